@@ -13,15 +13,21 @@ STAMP  := $(VENV)/.installed
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q "$(TORCH)"
 	$(PIP) install -q -e ".[dev]"
 	touch $(STAMP)
 
 install: $(STAMP)
 
-serve: $(STAMP)
-	$(VENV)/bin/ftstudio serve
+DEMO := studio-data/models/demo/config.json
+
+$(DEMO): | $(STAMP)
+	$(VENV)/bin/ftstudio demo-model studio-data/models/demo
+
+serve: $(STAMP) $(DEMO)
+	@if $(VENV)/bin/ftstudio serve --help >/dev/null 2>&1; then $(VENV)/bin/ftstudio serve; \
+	else echo "The browser studio is not built yet; train from the command line meanwhile:"; \
+	echo "  $(VENV)/bin/ftstudio train static/examples/demo.yaml"; fi
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -352,6 +352,10 @@ def _coerce(key: str, value: Any) -> Any:
         raise ValueError(f"needs a value (default {default_for(key)!r})")
     inner = [a for a in args if a is not type(None)] if args and get_origin(tp) is not Literal \
         else [tp]
+    if key == "method.target_modules" and isinstance(value, str) and value != "all-linear":
+        names = [v.strip() for v in value.split(",") if v.strip()]
+        if names:
+            return names
     for t in inner:
         if get_origin(t) is Literal:
             if value in get_args(t):
@@ -395,8 +399,6 @@ def _coerce(key: str, value: Any) -> Any:
         if get_origin(t) is list:
             if isinstance(value, list) and all(isinstance(v, str) for v in value):
                 return list(value)
-            if isinstance(value, str) and "," in value:
-                return [v.strip() for v in value.split(",") if v.strip()]
             continue
     choices = choices_for(key)
     if choices:
@@ -615,3 +617,23 @@ def _has(module: str) -> bool:
     import importlib.util
 
     return importlib.util.find_spec(module) is not None
+
+
+def reference_markdown() -> str:
+    """The README's config reference, generated from the field docs (tests keep it in sync).
+
+    Regenerate with: python -m engine.config
+    """
+    rows = ["| key | default | what it does |", "| --- | --- | --- |"]
+    for key in all_keys():
+        default = default_for(key)
+        shown = "null" if default is None else json.dumps(default) if not isinstance(
+            default, str) else default
+        choices = choices_for(key)
+        extra = f" One of: {', '.join(choices)}." if choices else ""
+        rows.append(f"| `{key}` | `{shown}` | {help_for(key)}{extra} |")
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    print(reference_markdown(), end="")

@@ -1,0 +1,41 @@
+"""Docs that cannot drift: every config key and every CLI command is in the README."""
+
+from __future__ import annotations
+
+import re
+
+import click
+
+from app.cli import cli
+from engine.config import all_keys, reference_markdown
+from tests_paths import ROOT
+
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+
+
+def _commands(group: click.Group, prefix: str = "ftstudio") -> list[str]:
+    names = []
+    for name, cmd in sorted(group.commands.items()):
+        path = f"{prefix} {name}"
+        names.append(path)
+        if isinstance(cmd, click.Group):
+            names.extend(_commands(cmd, path))
+    return names
+
+
+def test_config_reference_in_readme_is_current():
+    block = re.search(r"<!-- config-reference:start -->\n(.*?)<!-- config-reference:end -->",
+                      README, re.S)
+    assert block, "README lost its config-reference markers"
+    assert block.group(1) == reference_markdown(), \
+        "README config table is stale: regenerate it with `python -m engine.config`"
+
+
+def test_every_config_key_is_documented():
+    for key in all_keys():
+        assert f"`{key}`" in README, key
+
+
+def test_every_cli_command_is_in_the_readme():
+    for command in _commands(cli):
+        assert f"`{command}" in README, f"{command} is not in README.md"
