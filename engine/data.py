@@ -1,0 +1,939 @@
+"""From a data file to tokenized training examples, with a report of everything that happened.
+
+Use from Python:
+    from engine.data import prepare, data_report, format_report
+    data = prepare(cfg, tokenizer, log=print)     # PreparedData: train, validation, report
+    print(format_report(data_report("static/examples/chat.jsonl", tokenizer)))
+
+The path a file takes (each step counts what it removes, so nothing is dropped silently):
+
+1. read_records: .json (an array), .jsonl, .csv or .parquet into raw records, each with where it
+   came from ("line 17", "record 3 (line 12)", "row 4 (line 5)", "row 4"; all 1-based).
+2. the format (engine.formats): given by data.format or detected from the fields; each record is
+   converted to a normalized example. A malformed one raises DataError naming the file, the line
+   or record, the field and the fix, or with data.on_bad_record=skip is counted in `skipped_bad`.
+3. curation: data.system_prompt is added to conversations that have none; exact duplicates are
+   counted (and dropped with data.dedupe); records outside min_tokens..max_tokens are dropped.
+4. tokenizing (through `datasets`, in parallel above PARALLEL_THRESHOLD records), rendering
+   conversations with the tokenizer's chat template. Longer than data.max_seq_len: truncated and
+   counted. A record left with no trained token after truncation is dropped and counted.
+5. the validation split: data.validation, or a seeded val_fraction of the records.
+
+Tokenized examples have three columns, in file order (batching applies data.order later):
+    input_ids  list[int]
+    labels     list[int]; -100 where no loss is computed
+    length     int, len(input_ids)
+Labels are -100 on every prompt and template token unless data.train_on_prompt. Each assistant
+turn is trained: its content and the template's end-of-turn token (e.g. <|im_end|>), so the model
+learns to stop; whitespace the template writes after that token is not. Completion records train
+the completion and an EOS; text records train every token and an EOS. The FIRST LABEL OF EVERY
+EXAMPLE IS -100, always: nothing predicts a record's first token, so a packed sequence never
+learns to predict one record from the end of the one before it. A BOS token appears once: from
+the chat template when it writes one, else prepended when the tokenizer adds one by default.
+
+Tokenizers without a chat template get DEFAULT_CHAT_TEMPLATE (see ensure_chat_template):
+
+    <|system|>
+    {system}
+    <|user|>
+    {user}
+    <|assistant|>
+    {assistant}{eos_token}
+
+(each turn followed by a newline; the markers are plain text, no tokens are added to the vocab.)
+
+Tokenized data is cached under `cache_dir` (default $FTSTUDIO_HOME/cache, FTSTUDIO_HOME defaulting
+to ./studio-data), keyed by the sha256 of the file, the tokenizer (name, vocab, chat template) and
+the data settings that change tokens; a second run loads it instead of tokenizing again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import random
+import re
+import shutil
+import statistics
+import sys
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from engine.config import DATA_SUFFIXES, DataConfig, TrainConfig
+from engine.formats import FORMATS, RecordError, detect_format
+
+if TYPE_CHECKING:
+    import datasets
+
+#: bump when the tokenized output changes for the same inputs, to invalidate old caches
+CACHE_VERSION = 1
+#: above this many records, tokenizing runs in min(cpu_count, 8) processes
+PARALLEL_THRESHOLD = 20_000
+#: how many bad-record messages a report keeps
+MAX_BAD_EXAMPLES = 20
+IGNORE_INDEX = -100
+
+DEFAULT_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|' + message['role'] + '|>\n' + message['content'] }}"
+    "{% if message['role'] == 'assistant' %}{{ eos_token }}{% endif %}"
+    "{{ '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
+)
+
+
+class DataError(ValueError):
+    """A data file or record cannot be used; the message names the file, line/record, field and
+    the fix."""
+
+
+class FormatNotDetected(DataError):
+    """data.format is auto and no format's fields are in the records."""
+
+
+# --------------------------------------------------------------------------- reading
+
+
+@dataclass(frozen=True)
+class RawRecord:
+    """One record as read, with where it came from (1-based, as an editor shows it)."""
+
+    index: int              # position in the file: record / row number
+    line: int | None        # line where the record starts (None for parquet)
+    data: Any               # the parsed record; None when it could not be read
+    error: str | None = None  # why it could not be read (only with on_bad_record=skip)
+    kind: str = "line"      # "line" (jsonl), "record" (json array), "row" (csv, parquet)
+
+    @property
+    def where(self) -> str:
+        if self.kind == "line":
+            return f"line {self.line}"
+        if self.line is None:
+            return f"{self.kind} {self.index}"
+        return f"{self.kind} {self.index} (line {self.line})"
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_records(path: str | os.PathLike, on_bad_record: str = "error") -> list[RawRecord]:
+    """The raw records of a .json/.jsonl/.csv/.parquet file, each with its line or row.
+
+    A record that cannot even be parsed (an invalid JSON line, a CSV row with too many values)
+    raises DataError, or with on_bad_record="skip" comes back with `error` set and data None.
+    Problems with the whole file (missing, empty, not an array, broken JSON) always raise.
+    """
+    p = _check_file(path)
+    records = READERS[p.suffix.lower()](p)
+    if not records:
+        raise DataError(f"{p} has no records; it needs at least one")
+    if on_bad_record == "error":
+        for r in records:
+            if r.error:
+                raise DataError(f"{p} {r.where}: {r.error}{_SKIP_HINT}")
+    return records
+
+
+def _check_file(path: str | os.PathLike) -> Path:
+    p = Path(path)
+    suffix = p.suffix.lower()
+    if suffix not in READERS:
+        raise DataError(f"{p}: unsupported file type {suffix or '(none)'}; use "
+                        f"{', '.join(DATA_SUFFIXES)}")
+    if not p.is_file():
+        raise DataError(f"{p} does not exist; check the path (relative paths are from "
+                        f"{os.getcwd()})")
+    if p.stat().st_size == 0:
+        raise DataError(f"{p} is empty; it needs at least one record")
+    return p
+
+
+_SKIP_HINT = " [or set data.on_bad_record=skip to leave such records out]"
+
+
+def _read_text(p: Path) -> str:
+    raw = p.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise DataError(f"{p} line {line}: is not UTF-8 text ({exc.reason} at byte "
+                        f"{exc.start}); save the file as UTF-8") from None
+    return text.removeprefix("\ufeff")
+
+
+def _read_jsonl(p: Path) -> list[RawRecord]:
+    records = []
+    for n, line in enumerate(_read_text(p).split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(RawRecord(len(records) + 1, n, json.loads(line)))
+        except json.JSONDecodeError as exc:
+            records.append(RawRecord(len(records) + 1, n, None,
+                                     f"is not valid JSON ({exc.msg} at column {exc.colno}); "
+                                     "each line must be one JSON object"))
+    return records
+
+
+_WS = re.compile(r"\s*")
+
+
+def _read_json(p: Path) -> list[RawRecord]:
+    """An array of records, decoded element by element so each keeps its line number."""
+    text = _read_text(p)
+    pos = _WS.match(text, 0).end()
+    if pos == len(text):
+        raise DataError(f"{p} is empty; it needs an array of records")
+
+    def broken(exc: json.JSONDecodeError) -> DataError:
+        return DataError(f"{p} line {exc.lineno} column {exc.colno}: invalid JSON ({exc.msg}); "
+                         "fix the file there (or use .jsonl, where one bad line can be skipped "
+                         "with data.on_bad_record=skip)")
+
+    if text[pos] != "[":
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise broken(exc) from None
+        what = "an object" if isinstance(value, dict) else f"a {type(value).__name__} value"
+        hint = ""
+        if isinstance(value, dict):
+            lists = [k for k, v in value.items() if isinstance(v, list)]
+            hint = (f" with keys {', '.join(list(value)[:8])}" +
+                    (f"; the records may be the list under '{lists[0]}': save that list itself"
+                     if lists else ""))
+        raise DataError(f"{p}: a .json file must hold an array of records [{{...}}, ...], but it "
+                        f"holds {what}{hint}; or write one record per line in a .jsonl file")
+    decoder = json.JSONDecoder()
+    records: list[RawRecord] = []
+    line, counted = 1, 0
+    pos = _WS.match(text, pos + 1).end()
+    if text.startswith("]", pos):
+        return records
+    while True:
+        line += text.count("\n", counted, pos)
+        counted = pos
+        try:
+            value, end = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError as exc:
+            raise broken(exc) from None
+        records.append(RawRecord(len(records) + 1, line, value, kind="record"))
+        pos = _WS.match(text, end).end()
+        if text.startswith(",", pos):
+            pos = _WS.match(text, pos + 1).end()
+        elif text.startswith("]", pos):
+            break
+        else:
+            raise broken(json.JSONDecodeError("Expecting ',' or ']' after a record", text, pos))
+    rest = _WS.match(text, pos + 1).end()
+    if rest < len(text):
+        raise broken(json.JSONDecodeError("Extra data after the array", text, rest))
+    return records
+
+
+def _read_csv(p: Path) -> list[RawRecord]:
+    """A header row of field names, then one record per row (cells are text)."""
+    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+    text = _read_text(p)
+    reader = csv.reader(text.splitlines(keepends=True))
+    records: list[RawRecord] = []
+    header: list[str] | None = None
+    last = 0
+    try:
+        for row in reader:
+            start, last = last + 1, reader.line_num
+            if not row or (len(row) == 1 and not row[0].strip()):
+                continue
+            if header is None:
+                header = [h.strip() for h in row]
+                continue
+            if len(row) > len(header):
+                records.append(RawRecord(len(records) + 1, start, None,
+                                         f"has {len(row)} values but the header has "
+                                         f"{len(header)} columns ({', '.join(header)}); quote "
+                                         "values that contain commas", kind="row"))
+                continue
+            records.append(RawRecord(len(records) + 1, start, dict(zip(header, row)),
+                                     kind="row"))
+    except csv.Error as exc:
+        raise DataError(f"{p} line {reader.line_num}: unreadable CSV ({exc}); fix the quoting "
+                        "there") from None
+    return records
+
+
+def _read_parquet(p: Path) -> list[RawRecord]:
+    import pyarrow.parquet as pq
+
+    try:
+        rows = pq.read_table(p).to_pylist()
+    except Exception as exc:  # pyarrow raises several types for a damaged file
+        raise DataError(f"{p} is not a readable parquet file ({exc}); re-export it") from None
+    return [RawRecord(i, None, row, kind="row") for i, row in enumerate(rows, start=1)]
+
+
+#: one reader per file type, each returning RawRecords
+READERS: dict[str, Callable[[Path], list[RawRecord]]] = {
+    ".json": _read_json, ".jsonl": _read_jsonl, ".csv": _read_csv, ".parquet": _read_parquet}
+
+
+# --------------------------------------------------------------------------- chat template
+
+
+def ensure_chat_template(tokenizer) -> str:
+    """Give a tokenizer without a chat template DEFAULT_CHAT_TEMPLATE.
+
+    Returns "tokenizer" when it has its own, "default" when the default was set (the tokenizer is
+    changed in place, so a saved adapter's tokenizer renders chats the same way)."""
+    current = getattr(tokenizer, "chat_template", None)
+    if current == DEFAULT_CHAT_TEMPLATE:
+        return "default"
+    if current:
+        return "tokenizer"
+    tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE
+    return "default"
+
+
+def tokenizer_fingerprint(tokenizer) -> dict[str, Any]:
+    """What identifies a tokenizer for the cache: name, vocab, chat template, special tokens."""
+    vocab = json.dumps(sorted(tokenizer.get_vocab().items()), ensure_ascii=False)
+    template = json.dumps(getattr(tokenizer, "chat_template", None), sort_keys=True)
+    return {
+        "class": type(tokenizer).__name__,
+        "name_or_path": str(getattr(tokenizer, "name_or_path", "")),
+        "vocab_size": len(tokenizer),
+        "vocab_sha256": hashlib.sha256(vocab.encode()).hexdigest(),
+        "chat_template_sha256": hashlib.sha256(template.encode()).hexdigest(),
+        "bos": tokenizer.bos_token, "eos": tokenizer.eos_token,
+    }
+
+
+# --------------------------------------------------------------------------- tokenizing
+
+
+@dataclass
+class Encoded:
+    input_ids: list[int]
+    labels: list[int]
+    #: the text of each token (for previews), only when asked for
+    pieces: list[str] | None = None
+
+
+class Encoder:
+    """Turns normalized examples into input_ids and labels (see the module docstring's rules)."""
+
+    def __init__(self, tokenizer, kind: str, train_on_prompt: bool = False,
+                 max_seq_len: int | None = None, path: str = ""):
+        self.tokenizer = tokenizer
+        self.kind = kind
+        self.train_on_prompt = train_on_prompt
+        self.max_seq_len = max_seq_len
+        self.path = path
+        bos = tokenizer.bos_token_id
+        probe = tokenizer("a", add_special_tokens=True)["input_ids"]
+        self.add_bos = bos is not None and bool(probe) and probe[0] == bos
+
+    # -- one example
+    def encode(self, example: Any, where: str = "", with_pieces: bool = False) -> Encoded:
+        """Raises RecordError when the chat template rejects a conversation."""
+        tok = self.tokenizer
+        append_eos = None
+        if self.kind == "messages":
+            text, spans = self._render(example, where)
+        elif self.kind == "completion":
+            prompt, completion = example
+            text, spans = prompt + completion, [(len(prompt), len(prompt) + len(completion))]
+            append_eos = tok.eos_token_id
+        else:
+            text, spans = example, [(0, len(example))]
+            append_eos = tok.eos_token_id
+        if append_eos is not None and tok.eos_token and text.endswith(tok.eos_token):
+            append_eos = None
+        ids, offsets = self._tokenize(text, spans)
+        labels = [tid if self.train_on_prompt or any(s < b and e > a for a, b in spans)
+                  else IGNORE_INDEX for tid, (s, e) in zip(ids, offsets)]
+        pieces = _pieces(text, offsets) if with_pieces else None
+        if self.add_bos and not (tok.bos_token and text.startswith(tok.bos_token)):
+            ids, labels = [tok.bos_token_id] + ids, [IGNORE_INDEX] + labels
+            if pieces is not None:
+                pieces = [tok.bos_token] + pieces
+        if append_eos is not None:
+            ids, labels = ids + [append_eos], labels + [append_eos]
+            if pieces is not None:
+                pieces.append(tok.eos_token)
+        if labels:
+            labels[0] = IGNORE_INDEX  # never predict a record's first token (packing relies on it)
+        return Encoded(ids, labels, pieces)
+
+    def _render(self, messages: list[dict], where: str) -> tuple[str, list[tuple[int, int]]]:
+        """The conversation's text and the character span of each assistant turn."""
+        full = self._apply(messages, False)
+        spans = []
+        for i, m in enumerate(messages):
+            if m["role"] != "assistant":
+                continue
+            prefix = self._apply(messages[:i], True)
+            through = self._apply(messages[:i + 1], False)
+            if not (through.startswith(prefix) and full.startswith(through)):
+                raise DataError(
+                    f"{self.path} {where}: the chat template renders the first {i + 1} messages "
+                    "differently from the start of the whole conversation (or its generation "
+                    "prompt is not a prefix of the assistant turn), so assistant turns cannot "
+                    "be located for the loss mask; use a tokenizer whose template renders "
+                    "earlier turns unchanged, or convert the data to the completion format")
+            end = len(through.rstrip())
+            spans.append((len(prefix), max(end, len(prefix))))
+        return full, spans
+
+    def _apply(self, messages: list[dict], add_generation_prompt: bool) -> str:
+        try:
+            return self.tokenizer.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+        except Exception as exc:  # jinja raises TemplateError; templates may raise anything
+            raise RecordError(None, f"the chat template rejected this conversation ({exc})",
+                              "check the roles and their order for this model") from None
+
+    def _tokenize(self, text: str, spans: list[tuple[int, int]]
+                  ) -> tuple[list[int], list[tuple[int, int]]]:
+        tok = self.tokenizer
+        if tok.is_fast:
+            enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
+            return list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
+        # slow tokenizers have no offsets: tokenize each prompt/response segment on its own
+        cuts = sorted({0, len(text), *(c for span in spans for c in span)})
+        ids, offsets = [], []
+        for a, b in zip(cuts, cuts[1:]):
+            seg = tok(text[a:b], add_special_tokens=False)["input_ids"]
+            ids += seg
+            offsets += [(a, b)] * len(seg)
+        return ids, offsets
+
+    # -- a batch, for datasets.map
+    def __call__(self, batch: dict[str, list]) -> dict[str, list]:
+        out: dict[str, list] = {k: [] for k in ("input_ids", "labels", "length", "full_length",
+                                                 "trained", "error")}
+        for where, raw in zip(batch["where"], batch["example"]):
+            try:
+                enc = self.encode(json.loads(raw), where)
+                error = None
+            except RecordError as exc:
+                enc, error = Encoded([], []), str(exc)
+            full = len(enc.input_ids)
+            ids, labels = enc.input_ids, enc.labels
+            if self.max_seq_len is not None and full > self.max_seq_len:
+                ids, labels = ids[:self.max_seq_len], labels[:self.max_seq_len]
+            out["input_ids"].append(ids)
+            out["labels"].append(labels)
+            out["length"].append(len(ids))
+            out["full_length"].append(full)
+            out["trained"].append(sum(x != IGNORE_INDEX for x in labels))
+            out["error"].append(error)
+        return out
+
+
+def _pieces(text: str, offsets: list[tuple[int, int]]) -> list[str]:
+    """Each token's text, so that the pieces join back into `text` exactly."""
+    pieces, done = [], 0
+    for s, e in offsets:
+        start = max(s, done)
+        pieces.append(text[start:e] if e > start else "")
+        done = max(done, e)
+    return pieces
+
+
+def _features():
+    from datasets import Features, Sequence, Value
+
+    return Features({"where": Value("string"), "input_ids": Sequence(Value("int32")),
+                     "labels": Sequence(Value("int32")), "length": Value("int32"),
+                     "full_length": Value("int32"), "trained": Value("int32"),
+                     "error": Value("string")})
+
+
+@contextlib.contextmanager
+def _progress_bars(show: bool):
+    """datasets' progress bars only for inputs large enough to be worth watching."""
+    import datasets
+
+    hide = not show and not datasets.are_progress_bars_disabled()
+    if hide:
+        datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if hide:
+            datasets.enable_progress_bars()
+
+
+def _num_proc(n_records: int) -> int | None:
+    if n_records <= PARALLEL_THRESHOLD:
+        return None
+    procs = min(os.cpu_count() or 1, 8)
+    return procs if procs > 1 else None
+
+
+# --------------------------------------------------------------------------- the report
+
+
+@dataclass
+class DataReport:
+    """Everything `ftstudio data check` and the studio show about one data file.
+
+    Every record read ends in exactly one place:
+        records == used + skipped_bad + dropped_duplicates + too_short + too_long
+                   + no_trained_tokens
+    Lengths (length_*, histogram) are of the used records before truncation, in `length_unit`
+    (tokens, or whitespace-separated words when no tokenizer was given); total_tokens and
+    trained_tokens (those carrying loss) are after truncation.
+    """
+
+    path: str
+    format: str = ""
+    format_reason: str = ""
+    records: int = 0                 # read from the file, bad ones included
+    used: int = 0                    # tokenized examples kept (train + validation split)
+    skipped_bad: int = 0             # malformed records left out (on_bad_record=skip)
+    bad_examples: list[str] = field(default_factory=list)  # the first MAX_BAD_EXAMPLES reasons
+    duplicates: int = 0              # records equal to an earlier one (found)
+    dropped_duplicates: int = 0      # ... of which dropped (data.dedupe)
+    too_short: int = 0               # dropped: fewer than data.min_tokens
+    too_long: int = 0                # dropped: more than data.max_tokens
+    no_trained_tokens: int = 0       # dropped: no response token left after truncation
+    truncated: int = 0               # used records cut to max_seq_len
+    empty_fields: int = 0            # used records with an empty prompt-side field (kept)
+    length_unit: str = "tokens"
+    length_min: int = 0
+    length_median: float = 0
+    length_p95: int = 0
+    length_max: int = 0
+    length_mean: float = 0.0
+    histogram: list[tuple[int, int, int]] = field(default_factory=list)  # (start, end excl., n)
+    trained_tokens: int = 0
+    total_tokens: int = 0
+    train_records: int = 0
+    validation_records: int = 0
+    cache_hit: bool = False
+    max_seq_len: int = 0
+    chat_template: str | None = None  # "tokenizer", "default", or None when not used
+    notes: list[str] = field(default_factory=list)
+    validation: DataReport | None = None  # the report of a separate data.validation file
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DataReport:
+        data = dict(data)
+        data["histogram"] = [tuple(b) for b in data.get("histogram", [])]
+        if data.get("validation"):
+            data["validation"] = cls.from_dict(data["validation"])
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def _fill_lengths(report: DataReport, lengths: list[int]) -> None:
+    if not lengths:
+        return
+    ordered = sorted(lengths)
+    report.length_min, report.length_max = ordered[0], ordered[-1]
+    report.length_median = statistics.median(ordered)
+    report.length_p95 = ordered[max(0, math.ceil(0.95 * len(ordered)) - 1)]
+    report.length_mean = round(sum(ordered) / len(ordered), 2)
+    report.histogram = histogram(ordered)
+
+
+def histogram(lengths: list[int], bins: int = 10) -> list[tuple[int, int, int]]:
+    """(start, end exclusive, count) bins of equal integer width covering the lengths."""
+    if not lengths:
+        return []
+    lo, hi = min(lengths), max(lengths)
+    width = max(1, math.ceil((hi - lo + 1) / bins))
+    start = lo - lo % width
+    counts = [0] * ((hi - start) // width + 1)
+    for n in lengths:
+        counts[(n - start) // width] += 1
+    return [(start + k * width, start + (k + 1) * width, c) for k, c in enumerate(counts)]
+
+
+def format_report(report: DataReport) -> str:
+    """The report for people: counts, where records went, lengths with a text histogram."""
+    r, unit = report, report.length_unit
+    reason = r.format_reason if r.format_reason.startswith(f"{r.format}:") else \
+        f"{r.format} ({r.format_reason})"
+    lines = [f"Dataset:  {r.path}", f"Format:   {reason}"]
+    if r.chat_template:
+        lines.append("Template: " + ("the tokenizer's chat template" if r.chat_template ==
+                                     "tokenizer" else "ftstudio's default chat template"))
+    split = f" ({r.train_records} train, {r.validation_records} validation)" \
+        if r.train_records or r.validation_records else ""
+    lines.append(f"Records:  {r.records} read, {r.used} used{split}")
+    lines.append(f"Left out: {r.skipped_bad} bad, {r.dropped_duplicates} duplicates, "
+                 f"{r.too_short} too short, {r.too_long} too long, {r.no_trained_tokens} "
+                 "without a trained token after truncation")
+    if r.duplicates and not r.dropped_duplicates:
+        lines.append(f"Duplicates: {r.duplicates} found and kept (data.dedupe drops them)")
+    lines.append(f"Truncated: {r.truncated} record(s) longer than {r.max_seq_len} {unit}")
+    if r.empty_fields:
+        lines.append(f"Empty prompt fields: {r.empty_fields} record(s) (kept)")
+    lines.append(f"{unit.capitalize()}: {r.total_tokens:,} total, {r.trained_tokens:,} trained "
+                 "(carrying loss)")
+    if r.used:
+        lines.append(f"Length ({unit}, before truncation): min {r.length_min}, median "
+                     f"{r.length_median:g}, p95 {r.length_p95}, max {r.length_max}, mean "
+                     f"{r.length_mean:g}")
+        most = max(c for _, _, c in r.histogram) or 1
+        label_w = max(len(f"{a}-{b - 1}") for a, b, _ in r.histogram)
+        for a, b, c in r.histogram:
+            bar = "#" * math.ceil(40 * c / most) if c else ""
+            lines.append(f"  {f'{a}-{b - 1}':>{label_w}} | {bar} {c}")
+    if r.bad_examples:
+        lines.append(f"Problems ({len(r.bad_examples)} shown of {r.skipped_bad}):")
+        lines += [f"  - {msg}" for msg in r.bad_examples]
+    lines += [f"Note: {n}" for n in r.notes]
+    if r.cache_hit:
+        lines.append("Tokenized data loaded from the cache.")
+    if r.validation is not None:
+        lines.append("")
+        lines.append("Validation file:")
+        lines += ["  " + line for line in format_report(r.validation).splitlines()]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- the pipeline
+
+
+@dataclass
+class PreparedData:
+    train: datasets.Dataset        # columns: input_ids, labels (-100 masked), length
+    validation: datasets.Dataset | None
+    report: DataReport
+    format: str
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("FTSTUDIO_HOME", "studio-data")) / "cache"
+
+
+def _settings(d: DataConfig) -> dict[str, Any]:
+    """The data settings that change the tokenized output (the rest do not touch the cache)."""
+    return {"format": d.format, "max_seq_len": d.max_seq_len, "train_on_prompt": d.train_on_prompt,
+            "system_prompt": d.system_prompt, "dedupe": d.dedupe, "min_tokens": d.min_tokens,
+            "max_tokens": d.max_tokens, "on_bad_record": d.on_bad_record}
+
+
+def cache_key(path: str | os.PathLike, tokenizer, d: DataConfig) -> str:
+    material = {"version": CACHE_VERSION, "data_sha256": file_sha256(path),
+                "tokenizer": tokenizer_fingerprint(tokenizer), "settings": _settings(d)}
+    return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
+
+
+class _Tally:
+    """Counts bad records (or raises on the first one, per on_bad_record)."""
+
+    def __init__(self, path: str, report: DataReport, on_bad: str):
+        self.path, self.report, self.on_bad = path, report, on_bad
+
+    def bad(self, where: str, reason: str) -> None:
+        message = f"{self.path} {where}: {reason}"
+        if self.on_bad == "error":
+            raise DataError(message + _SKIP_HINT)
+        self.report.skipped_bad += 1
+        if len(self.report.bad_examples) < MAX_BAD_EXAMPLES:
+            self.report.bad_examples.append(message)
+
+
+def _resolve_format(path: str, records: list[RawRecord], fmt: str) -> tuple[str, str]:
+    if fmt != "auto":
+        return fmt, "set by data.format"
+    try:
+        return detect_format(r.data for r in records if r.error is None)
+    except RecordError as exc:
+        raise FormatNotDetected(f"{path}: {exc}") from None
+
+
+def _normalize(records: list[RawRecord], fmt: str, d: DataConfig, tally: _Tally
+               ) -> list[tuple[str, Any]]:
+    """(where, normalized example) for every usable record; bad ones go to the tally."""
+    convert, kind = FORMATS[fmt].convert, FORMATS[fmt].kind
+    report = tally.report
+    examples, seen = [], set()
+    for r in records:
+        if r.error:
+            tally.bad(r.where, r.error)
+            continue
+        try:
+            if not isinstance(r.data, dict):
+                raise RecordError(None, f"is a JSON {type(r.data).__name__}, not an object",
+                                  f"each {fmt} record must be an object with "
+                                  f"{' and '.join(FORMATS[fmt].fields)}")
+            example = convert(r.data)
+        except RecordError as exc:
+            tally.bad(r.where, str(exc))
+            continue
+        if kind == "messages" and d.system_prompt and example[0]["role"] != "system":
+            example = [{"role": "system", "content": d.system_prompt}] + example
+        key = json.dumps(example, ensure_ascii=False)
+        if key in seen:
+            report.duplicates += 1
+            if d.dedupe:
+                report.dropped_duplicates += 1
+                continue
+        seen.add(key)
+        examples.append((r.where, example))
+    return examples
+
+
+def _is_empty_prompt(example: Any, kind: str) -> bool:
+    if kind == "messages":
+        return any(not m["content"].strip() for m in example if m["role"] != "assistant")
+    if kind == "completion":
+        return not example[0].strip()
+    return False
+
+
+def _word_counts(example: Any, kind: str, train_on_prompt: bool) -> tuple[int, int]:
+    """(words, words carrying loss): the fallback length when there is no tokenizer."""
+    if kind == "messages":
+        total = sum(len(m["content"].split()) for m in example)
+        trained = sum(len(m["content"].split()) for m in example if m["role"] == "assistant")
+    elif kind == "completion":
+        total = len(example[0].split()) + len(example[1].split())
+        trained = len(example[1].split())
+    else:
+        total = trained = len(example.split())
+    return total, total if train_on_prompt else trained
+
+
+def _build(path: str | os.PathLike, d: DataConfig, tokenizer, on_bad: str,
+           fingerprint: str | None = None) -> tuple[datasets.Dataset | None, DataReport]:
+    """Read, normalize, curate and tokenize one file (tokenizer None: count words only)."""
+    path = str(path)
+    records = read_records(path, "skip")  # unreadable records reach the tally in file order
+    report = DataReport(path=path, records=len(records), max_seq_len=d.max_seq_len,
+                        length_unit="tokens" if tokenizer is not None else "words")
+    tally = _Tally(path, report, on_bad)
+    try:
+        fmt, reason = _resolve_format(path, records, d.format)
+    except FormatNotDetected:
+        unreadable = [r for r in records if r.error]
+        if unreadable and on_bad == "error":  # the likelier culprit: say what it is
+            tally.bad(unreadable[0].where, unreadable[0].error)
+        raise
+    report.format, report.format_reason = fmt, reason
+    kind = FORMATS[fmt].kind
+    if d.system_prompt and kind != "messages":
+        report.notes.append(f"data.system_prompt is ignored for the {fmt} format (it has no "
+                            "conversation to add it to)")
+    if tokenizer is not None and kind == "messages":
+        report.chat_template = ensure_chat_template(tokenizer)
+
+    examples = _normalize(records, fmt, d, tally)
+    if tokenizer is None:
+        report.notes.append("no tokenizer was given, so lengths count whitespace-separated "
+                            "words, not tokens (pass --model for token counts)")
+        counts = [_word_counts(ex, kind, d.train_on_prompt) for _, ex in examples]
+        rows = [{"where": w, "full_length": total, "trained": trained, "error": None,
+                 "length": min(total, d.max_seq_len)} for (w, _), (total, trained)
+                in zip(examples, counts)]
+        dataset = None
+    else:
+        dataset = _tokenize(examples, kind, d, tokenizer, path, fingerprint)
+        rows = [dict(zip(("where", "full_length", "trained", "error", "length"), values))
+                for values in zip(*(dataset[c] for c in ("where", "full_length", "trained",
+                                                         "error", "length")))]
+    keep, lengths = [], []
+    for i, (row, (_, example)) in enumerate(zip(rows, examples)):
+        if row["error"]:
+            tally.bad(row["where"], row["error"])
+        elif row["full_length"] < d.min_tokens:
+            report.too_short += 1
+        elif d.max_tokens is not None and row["full_length"] > d.max_tokens:
+            report.too_long += 1
+        elif row["trained"] == 0:
+            report.no_trained_tokens += 1
+        else:
+            keep.append(i)
+            lengths.append(row["full_length"])
+            report.truncated += row["full_length"] > d.max_seq_len
+            report.empty_fields += _is_empty_prompt(example, kind)
+            report.total_tokens += row["length"]
+            report.trained_tokens += row["trained"]
+    report.used = len(keep)
+    _fill_lengths(report, lengths)
+    if dataset is not None:
+        dataset = dataset.select(keep).select_columns(["input_ids", "labels", "length"])
+    return dataset, report
+
+
+def _tokenize(examples: list[tuple[str, Any]], kind: str, d: DataConfig, tokenizer, path: str,
+              fingerprint: str | None) -> datasets.Dataset:
+    from datasets import Dataset
+
+    table = Dataset.from_dict({"where": [w for w, _ in examples],
+                               "example": [json.dumps(ex, ensure_ascii=False)
+                                           for _, ex in examples]})
+    encoder = Encoder(tokenizer, kind, d.train_on_prompt, d.max_seq_len, path)
+    with _progress_bars(len(examples) > PARALLEL_THRESHOLD):
+        return table.map(encoder, batched=True, batch_size=500, remove_columns=["example"],
+                         features=_features(), num_proc=_num_proc(len(examples)),
+                         new_fingerprint=fingerprint, desc=f"tokenizing {Path(path).name}")
+
+
+def _load_or_build(path: str, d: DataConfig, tokenizer, cache_dir: Path,
+                   log: Callable[[str], None]) -> tuple[datasets.Dataset, DataReport]:
+    from datasets import load_from_disk
+
+    _check_file(path)
+    key = cache_key(path, tokenizer, d)
+    folder = cache_dir / f"tokenized-{key[:32]}"
+    if (folder / "report.json").is_file():
+        try:
+            dataset = load_from_disk(str(folder / "dataset"))
+            report = DataReport.from_dict(json.loads((folder / "report.json").read_text("utf-8")))
+            report.path, report.cache_hit = path, True
+            log(f"data: {path}: cache hit ({folder.name}), not tokenizing again")
+            return dataset, report
+        except Exception as exc:  # a damaged cache entry is rebuilt, never trusted
+            log(f"data: {path}: cache entry {folder.name} is unreadable ({exc}); rebuilding")
+    log(f"data: {path}: cache miss, tokenizing")
+    dataset, report = _build(path, d, tokenizer, d.on_bad_record, fingerprint=key[:32])
+    _save_cache(folder, dataset, report, log)
+    return dataset, report
+
+
+def _save_cache(folder: Path, dataset: datasets.Dataset, report: DataReport,
+                log: Callable[[str], None]) -> None:
+    """Write to a temporary folder and rename it, so concurrent jobs never read half a cache."""
+    tmp = folder.parent / f".tmp-{folder.name}-{uuid.uuid4().hex[:8]}"
+    try:
+        with _progress_bars(len(dataset) > PARALLEL_THRESHOLD):
+            dataset.flatten_indices().save_to_disk(str(tmp / "dataset"))
+        (tmp / "report.json").write_text(json.dumps(report.to_dict()), "utf-8")
+        os.replace(tmp, folder)
+    except OSError as exc:
+        if not (folder / "report.json").is_file():
+            log(f"data: could not write the cache at {folder} ({exc}); continuing without it")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def split_indices(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """(train, validation) indices in file order; the validation set is a seeded sample of
+    round(n * val_fraction) records (at least 1 and leaving at least 1 to train on)."""
+    if val_fraction <= 0 or n < 2:
+        return list(range(n)), []
+    n_val = min(n - 1, max(1, round(n * val_fraction)))
+    held = set(random.Random(seed).sample(range(n), n_val))
+    return [i for i in range(n) if i not in held], sorted(held)
+
+
+def _summary(report: DataReport) -> str:
+    return (f"{report.records} read, {report.used} used; left out: {report.skipped_bad} bad, "
+            f"{report.dropped_duplicates} duplicates, {report.too_short} too short, "
+            f"{report.too_long} too long, {report.no_trained_tokens} without trained tokens; "
+            f"{report.truncated} truncated to {report.max_seq_len} tokens")
+
+
+def prepare(cfg: TrainConfig, tokenizer, cache_dir: str | os.PathLike | None = None,
+            log: Callable[[str], None] = print) -> PreparedData:
+    """Tokenized train (and validation) data for cfg.data, from the cache when it is there.
+
+    Raises DataError for a bad file, a bad record (unless data.on_bad_record=skip), or when no
+    record is left to train on. The tokenizer gets DEFAULT_CHAT_TEMPLATE if it has none.
+    """
+    d = cfg.data
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    cache.mkdir(parents=True, exist_ok=True)
+    if ensure_chat_template(tokenizer) == "default":
+        log("data: the tokenizer has no chat template; using ftstudio's default "
+            "(<|system|>/<|user|>/<|assistant|> markers, assistant turns end with EOS)")
+    train, report = _load_or_build(d.train, d, tokenizer, cache, log)
+    log(f"data: format {report.format} ({report.format_reason})")
+    log(f"data: {d.train}: {_summary(report)}")
+    for message in report.bad_examples[:3]:
+        log(f"data: skipped {message}")
+    if report.used == 0:
+        raise DataError(f"{d.train}: no record is left to train on ({_summary(report)}); "
+                        "see `ftstudio data check " + d.train + "`")
+    validation = None
+    if d.validation:
+        validation, vreport = _load_or_build(d.validation, d, tokenizer, cache, log)
+        log(f"data: {d.validation}: {_summary(vreport)}")
+        report.validation = vreport
+        validation = validation if len(validation) else None
+    elif d.val_fraction > 0:
+        train_idx, val_idx = split_indices(len(train), d.val_fraction, cfg.train.seed)
+        if val_idx:
+            validation = train.select(val_idx)
+            train = train.select(train_idx)
+        else:
+            log("data: too few records to hold any out for validation; evaluation is off")
+    report.train_records = len(train)
+    report.validation_records = len(validation) if validation is not None else 0
+    log(f"data: {report.train_records} train and {report.validation_records} validation "
+        f"examples; {report.trained_tokens:,} of {report.total_tokens:,} tokens carry loss")
+    return PreparedData(train=train, validation=validation, report=report, format=report.format)
+
+
+def data_report(path: str | os.PathLike, tokenizer=None, data_cfg: DataConfig | None = None
+                ) -> DataReport:
+    """The report of one file, for `ftstudio data check` and the studio's dataset tab.
+
+    Bad records never raise here: they are counted and listed (with their lines). Problems with
+    the whole file (missing, empty, unreadable) still raise DataError. Without a tokenizer,
+    lengths count whitespace-separated words and the report says so.
+    """
+    d = dataclasses.replace(data_cfg or DataConfig(), train=str(path))
+    try:
+        _, report = _build(path, d, tokenizer, on_bad="skip")
+    except FormatNotDetected as exc:
+        records = read_records(path, "skip")
+        report = DataReport(path=str(path), format="unknown", format_reason=str(exc),
+                            records=len(records), skipped_bad=len(records),
+                            bad_examples=[str(exc)], max_seq_len=d.max_seq_len,
+                            length_unit="tokens" if tokenizer is not None else "words")
+        return report
+    train_idx, val_idx = split_indices(report.used, 0 if d.validation else d.val_fraction, 0)
+    report.train_records, report.validation_records = len(train_idx), len(val_idx)
+    return report
+
+
+def preview(records_path: str | os.PathLike, tokenizer, data_cfg: DataConfig | None = None,
+            n: int = 3) -> list[list[tuple[str, bool]]]:
+    """The first n usable records as (token text, carries loss) pieces, truncated like training.
+
+    Bad records are passed over; the rendering is exactly what prepare() trains on.
+    """
+    d = data_cfg or DataConfig()
+    records = read_records(records_path, "skip")
+    fmt, _ = _resolve_format(str(records_path), records, d.format)
+    kind = FORMATS[fmt].kind
+    if kind == "messages":
+        ensure_chat_template(tokenizer)
+    encoder = Encoder(tokenizer, kind, d.train_on_prompt, d.max_seq_len, str(records_path))
+    report = DataReport(path=str(records_path))
+    shown: list[list[tuple[str, bool]]] = []
+    for where, example in _normalize(records, fmt, d, _Tally(str(records_path), report, "skip")):
+        if len(shown) >= n:
+            break
+        try:
+            enc = encoder.encode(example, where, with_pieces=True)
+        except RecordError:
+            continue
+        pairs = list(zip(enc.pieces or [], (x != IGNORE_INDEX for x in enc.labels)))
+        shown.append(pairs[:d.max_seq_len])
+    return shown
