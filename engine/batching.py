@@ -1,0 +1,246 @@
+"""From tokenized examples to training batches: order, packing or length grouping, padding.
+
+Use from Python:
+    from engine.batching import Batches
+    batches = Batches(prep.train, batch_size=8, max_seq_len=512, packing=True, order="shuffle",
+                      seed=42, pad_id=tokenizer.pad_token_id)
+    for rows in batches.plan(epoch=0):            # this process's batches, deterministic
+        batch = batches.collate(rows)             # dict of tensors for model(**batch)
+
+A batch is a list of rows and a row is a list of example indices: one example, or several packed
+into one sequence. The plan depends only on (seed, epoch, settings), so a resumed run that asks
+for the same epoch gets the same batches.
+
+- packing: examples go into rows of at most max_seq_len tokens by best-fit decreasing.
+  position_ids restart at 0 for every example and the attention mask is a 4-D additive float
+  mask (0 where allowed, the dtype's minimum elsewhere) that is causal within each example and
+  blocks everything across examples. (Restarted position_ids alone do not isolate examples, and
+  a boolean 4-D mask is added to the scores as 0/1 by eager attention; the float mask isolates
+  under both sdpa and eager.)
+- no packing: one example per row, right padding, 2-D attention mask. With order=shuffle the
+  examples are grouped by length inside mega-batches so that padding stays small.
+- order: shuffle (by seed and epoch), shortest_first, or as_is (file order).
+"""
+
+from __future__ import annotations
+
+import bisect
+import random
+from typing import Any, Callable, Sequence
+
+import torch
+
+IGNORE_INDEX = -100
+#: examples shuffled together before sorting by length (in batches), as in HF's length grouping
+MEGABATCH_BATCHES = 50
+
+
+def best_fit_decreasing(indices: Sequence[int], lengths: Sequence[int], capacity: int
+                        ) -> list[list[int]]:
+    """Pack examples into bins of `capacity` tokens: longest first, each into the fullest bin
+    it still fits in (ties keep the order of `indices`). An example longer than the capacity
+    gets a bin of its own."""
+    order = sorted(indices, key=lambda i: -lengths[i])  # stable: ties keep the given order
+    bins: list[list[int]] = []
+    free: dict[int, list[int]] = {}   # free tokens -> bins with exactly that much room
+    sizes: list[int] = []             # the sorted keys of `free`
+    for i in order:
+        n = lengths[i]
+        at = bisect.bisect_left(sizes, n)
+        if at < len(sizes):
+            room = sizes[at]
+            b = free[room].pop()
+            if not free[room]:
+                del free[room]
+                sizes.pop(at)
+        else:
+            room, b = capacity, len(bins)
+            bins.append([])
+        bins[b].append(i)
+        left = room - n
+        if left > 0:
+            if left not in free:
+                free[left] = []
+                bisect.insort(sizes, left)
+            free[left].append(b)
+    return bins
+
+
+def ordered_indices(lengths: Sequence[int], order: str, seed: int, epoch: int,
+                    batch_size: int) -> list[int]:
+    """Example indices in training order for one epoch (no packing)."""
+    n = len(lengths)
+    if order == "as_is":
+        return list(range(n))
+    if order == "shortest_first":
+        return sorted(range(n), key=lambda i: lengths[i])
+    rng = _rng(seed, epoch)
+    idx = list(range(n))
+    rng.shuffle(idx)
+    mega = batch_size * MEGABATCH_BATCHES
+    groups = [sorted(idx[s:s + mega], key=lambda i: -lengths[i]) for s in range(0, n, mega)]
+    batches = [g[s:s + batch_size] for g in groups for s in range(0, len(g), batch_size)]
+    rng.shuffle(batches)
+    return [i for b in batches for i in b]
+
+
+def packed_rows(lengths: Sequence[int], order: str, seed: int, epoch: int, capacity: int
+                ) -> list[list[int]]:
+    """Rows of packed example indices in training order for one epoch."""
+    n = len(lengths)
+    if order == "shuffle":
+        rng = _rng(seed, epoch)
+        idx = list(range(n))
+        rng.shuffle(idx)
+        rows = best_fit_decreasing(idx, lengths, capacity)
+        rng.shuffle(rows)
+        return rows
+    rows = best_fit_decreasing(range(n), lengths, capacity)
+    if order == "shortest_first":
+        return sorted(rows, key=lambda r: (sum(lengths[i] for i in r) / len(r), min(r)))
+    return sorted(rows, key=min)  # as_is: by the first record each row holds
+
+
+def records_moved(rows: Sequence[Sequence[int]]) -> int:
+    """How many examples are not at their file position in this order."""
+    return sum(1 for pos, i in enumerate(i for r in rows for i in r) if pos != i)
+
+
+def _rng(seed: int, epoch: int) -> random.Random:
+    return random.Random(seed * 1_000_003 + epoch)
+
+
+class Batches:
+    """The batches of one split for this process: planned per epoch, collated on demand."""
+
+    def __init__(self, dataset, *, batch_size: int, max_seq_len: int, packing: bool,
+                 order: str, seed: int, pad_id: int, mask_dtype: torch.dtype = torch.float32,
+                 rank: int = 0, world: int = 1, log: Callable[[str], None] | None = None):
+        self.dataset = dataset.select_columns(["input_ids", "labels"])
+        self.lengths: list[int] = list(dataset["length"])
+        self.batch_size, self.max_seq_len = batch_size, max_seq_len
+        self.packing, self.order, self.seed = packing, order, seed
+        self.pad_id, self.mask_dtype = pad_id, mask_dtype
+        self.rank, self.world = rank, world
+        self.log = log
+        self._plans: dict[int, list[list[list[int]]]] = {}
+        self._rows: dict[int, list[list[int]]] = {}
+        self.rows_per_epoch = len(self.rows(0))
+        self.batches_per_epoch = (self.rows_per_epoch // batch_size
+                                  + bool(self.rows_per_epoch % batch_size)) // world
+
+    def __len__(self) -> int:
+        return self.batches_per_epoch
+
+    def rows(self, epoch: int) -> list[list[int]]:
+        """All rows of the epoch, every process's, in training order (the latest two kept)."""
+        if epoch not in self._rows:
+            if self.packing:
+                rows = packed_rows(self.lengths, self.order, self.seed, epoch, self.max_seq_len)
+            else:
+                rows = [[i] for i in ordered_indices(self.lengths, self.order, self.seed, epoch,
+                                                     self.batch_size)]
+            self._rows = {e: r for e, r in self._rows.items() if e == epoch - 1} | {epoch: rows}
+        return self._rows[epoch]
+
+    def plan(self, epoch: int) -> list[list[list[int]]]:
+        """This process's batches for `epoch`: every world-th batch, the same count on each."""
+        if epoch not in self._plans:
+            rows = self.rows(epoch)
+            batches = [rows[s:s + self.batch_size] for s in range(0, len(rows), self.batch_size)]
+            self._plans = {epoch: batches[self.rank::self.world][:self.batches_per_epoch]}
+            if self.log:
+                self.log(f"batching: epoch {epoch + 1}: order {self.order}"
+                         f"{f' (seed {self.seed})' if self.order == 'shuffle' else ''}, "
+                         f"{records_moved(rows)} of {len(self.lengths)} records moved from "
+                         f"file order")
+        return self._plans[epoch]
+
+    def padding_share(self, epoch: int = 0) -> float:
+        """Share of the tokens in this epoch's batches that are padding."""
+        rows = self.rows(epoch)
+        real = padded = 0
+        for s in range(0, len(rows), self.batch_size):
+            batch = [sum(self.lengths[i] for i in r) for r in rows[s:s + self.batch_size]]
+            real += sum(batch)
+            padded += max(batch) * len(batch)
+        return 1 - real / padded if padded else 0.0
+
+    def summary(self) -> dict[str, Any]:
+        """For run.json."""
+        return {"packing": self.packing, "order": self.order, "rows_per_epoch": self.rows_per_epoch,
+                "batches_per_epoch": self.batches_per_epoch,
+                "padding_share": round(self.padding_share(), 4)}
+
+    def describe(self) -> str:
+        how = (f"packing {len(self.lengths)} records into {self.rows_per_epoch} rows of at most "
+               f"{self.max_seq_len} tokens" if self.packing else
+               f"{len(self.lengths)} records, one per row"
+               f"{', grouped by length' if self.order == 'shuffle' else ''}")
+        return (f"batching: {how}; {self.batches_per_epoch} batches of {self.batch_size} rows "
+                f"per epoch{f' per process' if self.world > 1 else ''}; padding "
+                f"{self.padding_share():.1%} of tokens")
+
+    def collate(self, rows: list[list[int]]) -> dict[str, torch.Tensor]:
+        """Tensors for one batch: input_ids, labels, attention_mask (+ position_ids packed)."""
+        flat = [i for r in rows for i in r]
+        data = self.dataset[flat]
+        by_index = {i: (ids, lab) for i, ids, lab in zip(flat, data["input_ids"], data["labels"])}
+        if self.packing:
+            return collate_packed([[by_index[i] for i in r] for r in rows], self.pad_id,
+                                  self.mask_dtype)
+        return collate_padded([by_index[r[0]] for r in rows], self.pad_id)
+
+
+def collate_padded(examples: list[tuple[list[int], list[int]]], pad_id: int
+                   ) -> dict[str, torch.Tensor]:
+    """One example per row, right-padded; labels padded with -100."""
+    width = max(len(ids) for ids, _ in examples)
+    input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for b, (ids, lab) in enumerate(examples):
+        input_ids[b, :len(ids)] = torch.tensor(ids)
+        labels[b, :len(lab)] = torch.tensor(lab)
+        mask[b, :len(ids)] = 1
+    return {"input_ids": input_ids, "labels": labels, "attention_mask": mask}
+
+
+def collate_packed(rows: list[list[tuple[list[int], list[int]]]], pad_id: int,
+                   mask_dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    """Several examples per row: positions restart per example and attention stays inside it."""
+    width = max(sum(len(ids) for ids, _ in row) for row in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+    position_ids = torch.zeros((len(rows), width), dtype=torch.long)
+    segment = torch.full((len(rows), width), -1, dtype=torch.long)  # -1: padding
+    for b, row in enumerate(rows):
+        at = 0
+        for k, (ids, lab) in enumerate(row):
+            n = len(ids)
+            input_ids[b, at:at + n] = torch.tensor(ids)
+            labels[b, at:at + n] = torch.tensor(lab)
+            position_ids[b, at:at + n] = torch.arange(n)
+            segment[b, at:at + n] = k
+            at += n
+    return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids,
+            "attention_mask": block_causal_mask(segment, mask_dtype)}
+
+
+def block_causal_mask(segment: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """(B, 1, L, L) additive mask from per-token segment ids (-1 = padding): 0 where token q may
+    attend to token k (same segment, k <= q), the dtype's minimum elsewhere. Padding tokens
+    attend only to themselves, so no row is fully masked."""
+    width = segment.shape[1]
+    causal = torch.ones(width, width, dtype=torch.bool).tril()
+    same = segment[:, :, None] == segment[:, None, :]
+    allowed = same & causal & (segment[:, :, None] >= 0)
+    allowed |= torch.eye(width, dtype=torch.bool)
+    mask = torch.zeros(allowed.shape, dtype=dtype)
+    mask.masked_fill_(~allowed, torch.finfo(dtype).min)
+    return mask[:, None]
+
+
+def trained_tokens(batch: dict[str, Any]) -> int:
+    """Tokens that carry loss in a batch (labels shifted by one, as the loss sees them)."""
+    return int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())

@@ -1,0 +1,415 @@
+"""The training loop: setup, then step after step, then finish; one Accelerator for every layout.
+
+Run as: python -m engine.train CONFIG.yaml [--set key=value ...]
+    or: accelerate launch --multi_gpu --num_processes 2 --num_machines 1 -m engine.train CONFIG.yaml
+(two DDP processes; on a machine without GPUs they use gloo on CPU; add --mixed_precision no
+--dynamo_backend no to silence accelerate's defaults warning; --cpu would start ONE process.)
+From Python: `result = engine.train.run(cfg, reporter)` (what `ftstudio train` and the job
+runner call).
+
+One optimizer step = grad_accum micro-batches; its loss is the mean over every token that
+carries loss in those micro-batches on every process. Data order, dropout and NEFTune noise come
+from seeded RNGs that checkpoints save, so a resumed run repeats an uninterrupted one exactly.
+Only the main process reports and writes files.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+import torch.nn.functional as F
+
+from engine.batching import IGNORE_INDEX, Batches, trained_tokens
+from engine.checkpoint import (RunFiles, TrainState, capture_rng, find_checkpoint,
+                               list_checkpoints, load_checkpoint, prune_checkpoints, restore_rng,
+                               run_facts, save_checkpoint, stamp)
+from engine.config import VIRTUAL_TOKEN_METHODS, TrainConfig, TrainSection, check
+from engine.reporter import NullReporter, Reporter
+
+
+@dataclass
+class RunResult:
+    output_dir: str
+    adapter_dir: str | None
+    metrics: dict[str, Any] = field(default_factory=dict)   # the final metrics
+    steps: int = 0
+    stopped_early: bool = False
+    cancelled: bool = False
+    best_eval_loss: float | None = None
+
+
+def run(cfg: TrainConfig, reporter: Reporter | None = None) -> RunResult:
+    """Train cfg to the end (or to early stopping, or until the reporter says stop)."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from transformers import get_scheduler
+
+    from engine.data import prepare
+    from engine.model import load_model, save_trained
+
+    check(cfg, require_output_dir=True)
+    reporter, t, out = reporter or NullReporter(), cfg.train, Path(cfg.output_dir)
+    accelerator = Accelerator(mixed_precision=mixed_precision(t.precision),
+                              cpu=not torch.cuda.is_available())
+    main, rank, world = (accelerator.is_main_process, accelerator.process_index,
+                         accelerator.num_processes)
+    say = reporter.on_log if main else (lambda line: None)
+    started = time.time()
+    set_seed(t.seed)
+
+    # ------------------------------------------------------------------ setup
+    resume_dir = find_checkpoint(t.resume_from, out) if t.resume_from else None
+    model, tokenizer, info = load_model(cfg, log=say, device=accelerator.device)
+    with accelerator.main_process_first():
+        data = prepare(cfg, tokenizer, log=say)
+    mask_dtype = compute_dtype(model, accelerator.mixed_precision)
+    train_batches, eval_batches = make_batches(cfg, data, tokenizer, mask_dtype, accelerator, say)
+    total_steps = t.max_steps or math.ceil(t.epochs * len(train_batches) / t.grad_accum)
+    optimizer = build_optimizer(model, t)
+    scheduler = get_scheduler(t.scheduler, optimizer, num_training_steps=total_steps,
+                              num_warmup_steps=math.ceil(t.warmup_ratio * total_steps))
+    model, optimizer = accelerator.prepare(model, optimizer)
+    unwrapped = accelerator.unwrap_model(model)
+    state, rng = TrainState(), None
+    if resume_dir:
+        state, rng = load_checkpoint(resume_dir, unwrapped, optimizer, scheduler, rank=rank)
+        say(f"resume: continuing from {resume_dir} at step {state.step} of {total_steps}")
+    if t.neftune_alpha:
+        add_neftune_noise(unwrapped, t.neftune_alpha)
+        say(f"neftune: noise alpha {t.neftune_alpha} on the input embeddings while training")
+    files = RunFiles(out, main, reporter, resumed_at=state.step if resume_dir else None)
+    files.update(status="running", **run_facts(cfg, info, data.report.to_dict()),
+                 total_steps=total_steps, processes=world, precision=accelerator.mixed_precision,
+                 batching=train_batches.summary(), resumed_from=str(resume_dir or "") or None,
+                 timings={"start": stamp(started)})
+    barrier = accelerator.wait_for_everyone
+
+    def keep_adapter() -> None:
+        save_trained(unwrapped, tokenizer, out / "adapter")
+
+    def save(reason: str) -> None:
+        folder = save_checkpoint(out / "checkpoints", unwrapped, optimizer, scheduler, state,
+                                 rng, rank=rank, barrier=barrier)
+        gone = prune_checkpoints(out, t.keep_checkpoints) if main else []
+        say(f"checkpoint: saved {folder} ({reason})"
+            + (f"; removed {', '.join(p.name for p in gone)}" if gone else ""))
+
+    # ------------------------------------------------------------------ the loop
+    say(f"training: {total_steps} steps of {t.grad_accum} x {t.batch_size} rows"
+        f"{f' x {world} processes' if world > 1 else ''}; {len(train_batches)} batches per epoch")
+    stream = micro_batches(train_batches, state.epoch, state.batch_index)
+    if rng is not None:
+        restore_rng(rng)
+    rng, status, saved_at = capture_rng(), "running", state.step if resume_dir else -1
+    throughput = Throughput(state.trained_tokens)
+    try:
+        while state.step < total_steps:
+            model.train()
+            step_batches = [next(stream) for _ in range(t.grad_accum)]
+            n_tokens = int(global_sum(accelerator, sum(trained_tokens(b) for b, _, _ in
+                                                       step_batches)))
+            loss_sum = torch.zeros((), device=accelerator.device)
+            for i, (batch, epoch, index) in enumerate(step_batches):
+                batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+                last = i == len(step_batches) - 1
+                with nullcontext() if last else accelerator.no_sync(model):
+                    loss = causal_lm_loss(model(**model_inputs(batch)).logits, batch["labels"])
+                    accelerator.backward(loss * world / max(n_tokens, 1))
+                loss_sum += loss.detach()
+            grad_norm = accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm or math.inf)
+            lr = scheduler.get_last_lr()[0]
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            state.advance(epoch, index, t.grad_accum, n_tokens)
+            rng = capture_rng()
+
+            if state.step % t.log_every == 0 or state.step == total_steps:
+                files.metrics({"step": state.step,
+                               "epoch": round(state.micro_steps / len(train_batches), 4),
+                               "loss": global_sum(accelerator, loss_sum) / max(n_tokens, 1),
+                               "lr": lr, "grad_norm": float(grad_norm),
+                               "tokens_per_s": throughput.since_last(state.trained_tokens),
+                               "total_steps": total_steps})
+            if eval_batches and t.eval_every and state.step % t.eval_every == 0:
+                if evaluate_and_track(model, eval_batches, accelerator, state, t, files, say,
+                                      keep_adapter):
+                    status = "stopped_early"
+            if t.save_every and state.step % t.save_every == 0:
+                save(f"every {t.save_every} steps")
+                saved_at = state.step
+            if status == "stopped_early":
+                break
+            if agree(accelerator, main and reporter.should_stop()) and state.step < total_steps:
+                status = "cancelled"
+                say(f"stop requested: stopping after step {state.step}")
+                break
+    except KeyboardInterrupt:
+        status, barrier = "cancelled", (lambda: None)  # other processes may be gone: no waiting
+        say(f"interrupted: stopping after step {state.step}")
+    except Exception as exc:
+        files.update(status="failed", error=f"{type(exc).__name__}: {exc}", steps=state.step)
+        raise
+
+    # ------------------------------------------------------------------ finish
+    status = "completed" if status == "running" else status
+    if eval_batches and status != "cancelled" and state.last_eval_step != state.step:
+        evaluate_and_track(model, eval_batches, accelerator, state, t, files, say, keep_adapter)
+    if saved_at != state.step:
+        save("end of run" if status != "cancelled" else "stopped")
+    keeps_best = t.early_stopping_patience is not None and state.best_eval_loss is not None
+    if main and not keeps_best:
+        keep_adapter()
+    barrier()
+    seconds = time.time() - started
+    files.update(status=status, steps=state.step, final_metrics=files.final_metrics(),
+                 best_eval_loss=state.best_eval_loss,
+                 timings={"start": stamp(started), "end": stamp(time.time()),
+                          "seconds": round(seconds, 2),
+                          "tokens_per_s": throughput.overall(state.trained_tokens)})
+    if status == "cancelled":
+        say("to resume: ftstudio train CONFIG --set train.resume_from="
+            f"{(list_checkpoints(out) or ['latest'])[-1]}")
+    say(f"finished ({status}) after {state.step} steps in {seconds:.1f}s; "
+        f"{'best adapter' if keeps_best else 'adapter'} in {out / 'adapter'}")
+    return RunResult(output_dir=str(out), adapter_dir=str(out / "adapter"),
+                     metrics=files.final_metrics(), steps=state.step,
+                     stopped_early=status == "stopped_early", cancelled=status == "cancelled",
+                     best_eval_loss=state.best_eval_loss)
+
+
+# --------------------------------------------------------------------------- the loss
+
+
+def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Everything but the labels: the loss is computed here, not by the model."""
+    return {k: v for k, v in batch.items() if k != "labels"}
+
+
+def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Summed next-token cross-entropy over the tokens whose label is not -100. Prompt tuning
+    returns logits for its virtual tokens first: only the last labels.shape[1] positions count."""
+    logits = logits[:, -labels.shape[1]:, :]
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(),
+                           ignore_index=IGNORE_INDEX, reduction="sum")
+
+
+@torch.no_grad()
+def evaluate(model, batches: Batches, accelerator) -> dict[str, float]:
+    """eval_loss (mean over trained tokens), eval_perplexity and eval_token_accuracy (share of
+    trained tokens predicted exactly), over the validation split shared across processes."""
+    model = accelerator.unwrap_model(model)  # no DDP collectives: processes may run unequal counts
+    model.eval()
+    totals = torch.zeros(3, dtype=torch.float64, device=accelerator.device)
+    for rows in batches.plan(0)[accelerator.process_index::accelerator.num_processes]:
+        batch = {k: v.to(accelerator.device) for k, v in batches.collate(rows).items()}
+        with accelerator.autocast():
+            logits = model(**model_inputs(batch)).logits
+        labels = batch["labels"]
+        trained = labels[:, 1:] != IGNORE_INDEX
+        predicted = logits[:, -labels.shape[1]:][:, :-1].argmax(-1)
+        totals += torch.stack([causal_lm_loss(logits, labels).double(),
+                               (predicted == labels[:, 1:])[trained].sum().double(),
+                               trained.sum().double()])
+    loss_sum, correct, count = accelerator.reduce(totals, "sum").tolist()
+    loss = loss_sum / max(count, 1)
+    return {"eval_loss": loss, "eval_perplexity": math.exp(min(loss, 50.0)),
+            "eval_token_accuracy": correct / max(count, 1)}
+
+
+def evaluate_and_track(model, batches: Batches, accelerator, state: TrainState,
+                       t: TrainSection, files: RunFiles, say, keep_adapter) -> bool:
+    """Evaluate, record, keep the best adapter (with early stopping); True: patience is out."""
+    metrics = evaluate(model, batches, accelerator)
+    state.last_eval_step = state.step
+    files.metrics({"step": state.step, "epoch": files.last_epoch, **metrics})
+    improved = state.best_eval_loss is None or metrics["eval_loss"] < state.best_eval_loss
+    say(f"eval at step {state.step}: loss {metrics['eval_loss']:.4f}, perplexity "
+        f"{metrics['eval_perplexity']:.2f}, token accuracy {metrics['eval_token_accuracy']:.3f}"
+        f"{' (best so far)' if improved else ''}")
+    if improved:
+        state.best_eval_loss, state.evals_without_improvement = metrics["eval_loss"], 0
+    else:
+        state.evals_without_improvement += 1
+    patience = t.early_stopping_patience
+    if patience is None:
+        return False
+    if improved and files.main:
+        keep_adapter()
+    if state.evals_without_improvement >= patience:
+        say(f"early stopping: eval loss has not improved for {patience} evaluation(s); the best "
+            f"({state.best_eval_loss:.4f}) is kept in adapter/")
+        return True
+    return False
+
+
+# --------------------------------------------------------------------------- setup helpers
+
+
+def mixed_precision(precision: str) -> str:
+    """Accelerate's mixed_precision for train.precision (auto: bf16/fp16 on GPUs, none on CPU)."""
+    if precision == "auto":
+        if not torch.cuda.is_available():
+            return "no"
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "no" if precision == "fp32" else precision
+
+
+def compute_dtype(model, mixed: str) -> torch.dtype:
+    """The dtype attention computes in (packed attention masks are built in it)."""
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(
+        mixed, model.get_input_embeddings().weight.dtype)
+
+
+def make_batches(cfg: TrainConfig, data, tokenizer, mask_dtype: torch.dtype, accelerator, say
+                 ) -> tuple[Batches, Batches | None]:
+    from engine.data import DataError
+
+    d, t = cfg.data, cfg.train
+    packing = d.packing
+    if packing and cfg.method.kind in VIRTUAL_TOKEN_METHODS:
+        say(f"batching: packing is off: {cfg.method.kind} prepends virtual tokens and needs one "
+            "record per row with a plain attention mask")
+        packing = False
+    common = dict(batch_size=t.batch_size, max_seq_len=d.max_seq_len, packing=packing,
+                  seed=t.seed, pad_id=tokenizer.pad_token_id, mask_dtype=mask_dtype)
+    train = Batches(data.train, order=d.order, rank=accelerator.process_index,
+                    world=accelerator.num_processes, log=say, **common)
+    if len(train) == 0:
+        raise DataError(f"{len(data.train)} training examples make too few batches of "
+                        f"{t.batch_size} for {accelerator.num_processes} processes; use a smaller "
+                        "train.batch_size or more data")
+    say(train.describe())
+    evals = Batches(data.validation, order="as_is", **common) \
+        if data.validation is not None and len(data.validation) else None
+    return train, evals
+
+
+def build_optimizer(model, t: TrainSection) -> torch.optim.Optimizer:
+    """train.optimizer over the trainable parameters; no weight decay on biases, norms and
+    scaling vectors."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            plain = p.ndim < 2 or "bias" in name or "norm" in name.lower() or "ia3_" in name
+            (no_decay if plain else decay).append(p)
+    groups = [g for g in ({"params": decay, "weight_decay": t.weight_decay},
+                          {"params": no_decay, "weight_decay": 0.0}) if g["params"]]
+    if t.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=t.lr)
+    if t.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=t.lr, momentum=0.9)
+    if t.optimizer == "adafactor":
+        from transformers.optimization import Adafactor
+
+        return Adafactor(groups, lr=t.lr, scale_parameter=False, relative_step=False,
+                         warmup_init=False)
+    import bitsandbytes.optim as bnb
+
+    eight_bit = {"adamw_8bit": bnb.AdamW8bit, "paged_adamw_8bit": bnb.PagedAdamW8bit,
+                 "lion_8bit": bnb.Lion8bit}
+    return eight_bit[t.optimizer](groups, lr=t.lr)
+
+
+def add_neftune_noise(model, alpha: float):
+    """NEFTune: uniform(-1, 1) x alpha / sqrt(L x d) noise on the input embeddings, only while
+    the model trains (eval and generation see clean embeddings)."""
+    def noisy(module, args, output):
+        if not module.training:
+            return output
+        scale = alpha / math.sqrt(output.shape[1] * output.shape[2])
+        return output + torch.zeros_like(output).uniform_(-scale, scale)
+
+    return model.get_input_embeddings().register_forward_hook(noisy)
+
+
+# --------------------------------------------------------------------------- loop helpers
+
+
+def micro_batches(batches: Batches, epoch: int, index: int
+                  ) -> Iterator[tuple[dict[str, torch.Tensor], int, int]]:
+    """(batch, epoch, index) forever from (epoch, index) on; epoch and index name the position
+    *after* the batch, which is where a checkpoint taken after it resumes."""
+    while True:
+        plan = batches.plan(epoch)
+        for i in range(index, len(plan)):
+            after = (epoch, i + 1) if i + 1 < len(plan) else (epoch + 1, 0)
+            yield batches.collate(plan[i]), *after
+        epoch, index = epoch + 1, 0
+
+
+def global_sum(accelerator, value: float | torch.Tensor) -> float:
+    """The sum of `value` over all processes (every process must call it)."""
+    if accelerator.num_processes == 1:
+        return float(value)
+    total = torch.tensor([float(value)], dtype=torch.float64, device=accelerator.device)
+    return float(accelerator.reduce(total, "sum").item())
+
+
+def agree(accelerator, flag: bool) -> bool:
+    """True on every process when any process says True (the main one answers should_stop)."""
+    return global_sum(accelerator, float(flag)) > 0
+
+
+class Throughput:
+    """Trained tokens per second since the last report, and over this session."""
+
+    def __init__(self, tokens: int):
+        self.start_tokens, self.start = tokens, time.time()
+        self.tokens, self.at = tokens, self.start
+
+    def since_last(self, tokens: int) -> float:
+        now = time.time()
+        rate = (tokens - self.tokens) / max(now - self.at, 1e-9)
+        self.tokens, self.at = tokens, now
+        return round(rate, 1)
+
+    def overall(self, tokens: int) -> float:
+        return round((tokens - self.start_tokens) / max(time.time() - self.start, 1e-9), 1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m engine.train CONFIG.yaml [--set k=v ...]`: train with log lines on stdout."""
+    import argparse
+    import json
+
+    from accelerate import PartialState
+
+    from engine.config import load_config
+
+    parser = argparse.ArgumentParser(prog="python -m engine.train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("config", metavar="CONFIG.yaml")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="KEY=VALUE", help="override a config key, e.g. train.lr=1e-4")
+    args = parser.parse_args(argv)
+    result = run(load_config(args.config, args.overrides), PrintReporter())
+    if PartialState().is_main_process:
+        print(json.dumps({"steps": result.steps, "cancelled": result.cancelled,
+                          "adapter_dir": result.adapter_dir, **result.metrics}), flush=True)
+    return 130 if result.cancelled else 0
+
+
+class PrintReporter:
+    """Log lines and metrics records on stdout (for `python -m engine.train`)."""
+
+    def on_metrics(self, record: dict[str, Any]) -> None:
+        print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                       for k, v in record.items()), flush=True)
+
+    def on_log(self, line: str) -> None:
+        print(line, flush=True)
+
+    def should_stop(self) -> bool:
+        return False
+
+
+if __name__ == "__main__":
+    sys.exit(main())
