@@ -13,12 +13,17 @@ the same shape, `method(base, cfg) -> model`, listed in METHODS: lora, dora, qlo
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
 from engine.config import PEFT_METHODS, TrainConfig
+
+# bitsandbytes' CPU backend warns on import that it cannot fetch an optional kernel from the hub;
+# that kernel is never downloaded here, and the warning would open every run's log
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 #: IA3 scales the inputs of these (feed-forward) modules and the outputs of the others
 FEEDFORWARD_NAMES = ("down_proj", "fc2", "w2", "c_proj", "dense_4h_to_h", "wo", "fc_out")

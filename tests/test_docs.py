@@ -39,3 +39,12 @@ def test_every_config_key_is_documented():
 def test_every_cli_command_is_in_the_readme():
     for command in _commands(cli):
         assert f"`{command}" in README, f"{command} is not in README.md"
+
+
+def test_every_environment_setting_is_in_the_readme():
+    names = set()
+    for package in ("engine", "jobs", "app"):
+        for path in (ROOT / package).rglob("*.py"):
+            names.update(re.findall(r"FTSTUDIO_[A-Z_]+[A-Z]", path.read_text(encoding="utf-8")))
+    missing = sorted(n for n in names if f"`{n}`" not in README)
+    assert not missing, f"settings missing from README.md: {missing}"

@@ -1,0 +1,249 @@
+"""Run one job that a worker has claimed: load its config from studio.db, train, record the end.
+
+Run as: python -m jobs.runner JOB_ID     (started by the worker, in its own session, with stdout
+        and stderr going to FTSTUDIO_HOME/jobs/JOB_ID/log.txt; or under `accelerate launch`)
+
+The reporter writes every metrics record and log line into studio.db, keeps the heartbeat
+(jobs.updated_at) fresh, and answers "should I stop?" from the job row: a cancel request, SIGTERM
+(cancel escalation or worker shutdown), a worker that died, or a newer attempt that owns the job.
+A job with checkpoints resumes from the newest (train.resume_from=latest), and metric rows past
+that checkpoint's step are deleted first, so steps continue with no gap and no duplicate.
+
+Test hook: FTSTUDIO_TEST_FAIL="oom" (or "oom:NAME,kill:NAME2") makes jobs (named NAME) raise a
+real torch.OutOfMemoryError at their first step ("oom") or SIGKILL themselves ("kill").
+FTSTUDIO_TEST_FAKE_TRAIN=N[:SECONDS] replaces engine.train with N fake steps (SECONDS apart; no
+torch import, no checkpoints), so queue tests push many jobs through the real worker and runner.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from jobs import store
+from jobs.errors import explain_exception
+
+HEARTBEAT_S = 5.0
+CHECK_EVERY_S = 0.5
+
+
+class StoreReporter:
+    """engine.reporter.Reporter that writes into studio.db (rank 0 only writes)."""
+
+    def __init__(self, job: dict, attempt: int, *, main: bool = True,
+                 worker_pid: int | None = None):
+        self.job_id, self.name, self.attempt, self.main = job["id"], job["name"], attempt, main
+        self.worker_pid = worker_pid
+        self.db = store.connect()
+        self.last_step = 0
+        self.total_steps: int | None = None
+        self.stop_reason: str | None = None
+        self._checked = 0.0
+        self._hooks = _test_hooks(self.name)
+
+    def on_metrics(self, record: dict[str, Any]) -> None:
+        if "oom" in self._hooks:
+            import torch
+
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB "
+                                         "(raised by the test hook FTSTUDIO_TEST_FAIL)")
+        if "kill" in self._hooks:
+            os.kill(os.getpid(), signal.SIGKILL)
+        self.total_steps = record.get("total_steps") or self.total_steps
+        step = int(record["step"])
+        if self.main and not store.add_metrics(self.db, self.job_id, record,
+                                               attempt=self.attempt,
+                                               total_steps=self.total_steps):
+            self.stop_reason = "superseded"
+        if step > self.last_step:
+            if self.main and self.last_step:
+                store.publish_metrics(self.db, self.job_id, self.last_step, attempt=self.attempt)
+            self.last_step = step
+
+    def on_log(self, line: str) -> None:
+        print(line, flush=True)
+        if self.main:
+            store.add_event(self.db, self.job_id, line)
+
+    def should_stop(self) -> bool:
+        now = time.monotonic()
+        if self.stop_reason is None and now - self._checked >= CHECK_EVERY_S:
+            self._checked = now
+            row = store.get_job(self.db, self.job_id)
+            if row["status"] != "running" or row["attempt"] != self.attempt:
+                self.stop_reason = "superseded"
+            elif row["cancel_requested"]:
+                self.stop_reason = "cancel"
+            elif self.worker_pid and not pid_alive(self.worker_pid):
+                self.stop_reason = "orphaned"
+            elif self.main and self.last_step:
+                store.publish_metrics(self.db, self.job_id, self.last_step, attempt=self.attempt)
+        return self.stop_reason is not None
+
+    def finish(self, status: str, **fields: Any) -> bool:
+        if not self.main or self.stop_reason == "superseded":
+            return False
+        return store.transition(self.db, self.job_id, status, frm=("running",),
+                                expect={"attempt": self.attempt}, finished_at=store.now(),
+                                **fields)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m jobs.runner JOB_ID", file=sys.stderr)
+        return 2
+    job_id = argv[0]
+    main_rank = int(os.environ.get("RANK", "0")) == 0
+    with store.connect() as db:
+        job = store.get_job(db, job_id)
+    attempt = int(os.environ.get("FTSTUDIO_JOB_ATTEMPT") or job["attempt"])
+    if job["status"] != "running" or job["attempt"] != attempt:
+        print(f"job {job_id} is {job['status']} (attempt {job['attempt']}, this runner "
+              f"{attempt}); the worker starts runners, not people", file=sys.stderr)
+        return 2
+    worker_pid = int(os.environ.get("FTSTUDIO_WORKER_PID") or 0) or None
+    reporter = StoreReporter(job, attempt, main=main_rank, worker_pid=worker_pid)
+    signal.signal(signal.SIGTERM, lambda *_: setattr(reporter, "stop_reason",
+                                                     reporter.stop_reason or "terminated"))
+    if main_rank:
+        _start_heartbeat(job_id, attempt)
+    out = store.job_dir(job_id)
+    log_path = out / "log.txt"
+    try:
+        cfg = _prepare(job, out, reporter, main_rank)
+        result = _train(cfg, reporter)
+    except BaseException as exc:  # noqa: BLE001 - every failure is recorded with a hint
+        traceback.print_exc()
+        sys.stdout.flush()
+        data_file = (job.get("config") or {}).get("data", {}).get("train")
+        error, hint = explain_exception(exc, data_file, log_path)
+        reporter.finish("failed", error=error, hint=hint)
+        return 1
+    return _record(job_id, reporter, result, out)
+
+
+def _prepare(job: dict, out: Path, reporter: StoreReporter, main_rank: bool):
+    from engine.config import from_dict, save_config
+
+    cfg = from_dict(job["config"])
+    cfg.output_dir = str(out)
+    step = latest_checkpoint_step(out)
+    if step is not None:
+        cfg.train.resume_from = "latest"
+        if main_rank:
+            dropped = store.truncate_metrics(reporter.db, job["id"], step)
+            reporter.last_step = step
+            reporter.on_log(f"resuming from checkpoint step-{step}"
+                            + (f" ({dropped} metric rows past it dropped)" if dropped else ""))
+    if main_rank:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")
+    return cfg
+
+
+def _train(cfg, reporter: StoreReporter):
+    fake = os.environ.get("FTSTUDIO_TEST_FAKE_TRAIN")
+    if fake:
+        steps, _, delay = fake.partition(":")
+        return _fake_train(cfg, reporter, int(steps), float(delay or 0))
+    from engine.train import run
+
+    return run(cfg, reporter)
+
+
+def _record(job_id: str, reporter: StoreReporter, result: Any, out: Path) -> int:
+    steps = getattr(result, "steps", reporter.last_step)
+    resume = f"`ftstudio jobs resume {job_id}` continues from the checkpoint"
+    if getattr(result, "cancelled", False):
+        if reporter.stop_reason == "cancel":
+            reporter.finish("cancelled", hint=f"stopped at step {steps}; {resume}")
+        elif reporter.stop_reason in ("terminated", "orphaned"):
+            why = "its worker stopped" if reporter.stop_reason == "terminated" else \
+                "its worker died"
+            reporter.finish("interrupted", resume_on_start=1,
+                            hint=f"{why} at step {steps}; it resumes when a worker starts, "
+                                 f"or {resume}")
+        else:
+            reporter.finish("cancelled", hint=f"stopped at step {steps}")
+        return 0
+    adapter = getattr(result, "adapter_dir", None)
+    metrics = getattr(result, "metrics", None) or {}
+    if reporter.main and adapter:
+        store.add_artifact(reporter.db, job_id, "adapter", adapter)
+    reporter.finish("completed", progress=1.0, result=_jsonable(metrics),
+                    adapter_dir=str(adapter) if adapter else None)
+    return 0
+
+
+def latest_checkpoint_step(output_dir: Path) -> int | None:
+    """The step of the newest complete checkpoint (checkpoints/step-N/state.json), or None."""
+    steps = []
+    for d in (Path(output_dir) / "checkpoints").glob("step-*"):
+        suffix = d.name.removeprefix("step-")
+        if suffix.isdigit() and (d / "state.json").is_file():
+            steps.append(int(suffix))
+    return max(steps) if steps else None
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _start_heartbeat(job_id: str, attempt: int) -> None:
+    def beat() -> None:
+        while True:
+            try:
+                with store.connect() as db:
+                    store.update(db, job_id, updated_at=store.now(),
+                                 expect={"attempt": attempt, "status": "running"})
+            except Exception as exc:  # a busy database must not end the heartbeat
+                print(f"heartbeat: {exc}", file=sys.stderr, flush=True)
+            time.sleep(HEARTBEAT_S)
+
+    threading.Thread(target=beat, name="heartbeat", daemon=True).start()
+
+
+def _test_hooks(name: str) -> set[str]:
+    kinds = set()
+    for item in filter(None, os.environ.get("FTSTUDIO_TEST_FAIL", "").split(",")):
+        kind, _, only = item.strip().partition(":")
+        if not only or only == name:
+            kinds.add(kind)
+    return kinds
+
+
+def _fake_train(cfg, reporter: StoreReporter, steps: int, delay: float):
+    """FTSTUDIO_TEST_FAKE_TRAIN: the engine's callbacks without a model (queue tests only)."""
+    from types import SimpleNamespace
+
+    reporter.on_log(f"fake training: {steps} steps")
+    for step in range(reporter.last_step + 1, steps + 1):
+        time.sleep(delay)
+        reporter.on_metrics({"step": step, "epoch": step / steps, "loss": 1.0 / step,
+                             "lr": cfg.train.lr, "total_steps": steps})
+        if reporter.should_stop():
+            return SimpleNamespace(cancelled=True, steps=step, adapter_dir=None, metrics={})
+    return SimpleNamespace(cancelled=False, steps=steps, adapter_dir=None,
+                           metrics={"loss": 1.0 / steps})
+
+
+def _jsonable(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool))
+            or v is None}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

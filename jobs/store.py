@@ -1,0 +1,372 @@
+"""The studio database: studio.db under FTSTUDIO_HOME, shared by the web process, workers and
+runner children (sqlite-utils, WAL, busy timeout, short transactions, schema by migrations).
+
+Use from Python:
+    from jobs import store
+    with store.connect() as db:               # migrated on first use in this process
+        job = store.get_job(db, job_id)
+        store.transition(db, job_id, "running", frm=("queued",), started_at=store.now())
+
+Every status change goes through transition(): one conditional UPDATE that only succeeds from an
+allowed status, so a cancel racing a start (or two workers racing one job) cannot both win.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import sqlite3
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from sqlite_utils import Database
+from sqlite_utils.migrations import Migrations
+
+STATUSES = ("queued", "running", "completed", "failed", "cancelled", "interrupted")
+#: to-status -> statuses it may be entered from
+ALLOWED: dict[str, tuple[str, ...]] = {
+    "queued": ("interrupted", "failed", "cancelled"),           # resume
+    "running": ("queued",),                                     # a worker claims it
+    "completed": ("running",),
+    "failed": ("queued", "running", "interrupted"),
+    "cancelled": ("queued", "running", "interrupted"),
+    "interrupted": ("running",),
+}
+FINISHED = ("completed", "failed", "cancelled", "interrupted")
+BUSY_TIMEOUT_S = 30.0
+JSON_COLUMNS = ("config", "result")
+
+_READY: set[str] = set()
+
+
+class JobError(ValueError):
+    """A job request that cannot be done; the message says why and what to do instead."""
+
+
+class JobNotFound(JobError, KeyError):
+    def __str__(self) -> str:  # KeyError would quote the message
+        return self.args[0] if self.args else "job not found"
+
+
+class Expr(str):
+    """A SQL expression as a transition/update value, e.g. Expr('attempt + 1')."""
+
+
+def now() -> float:
+    return time.time()
+
+
+def home() -> Path:
+    """FTSTUDIO_HOME (default ./studio-data), as an absolute path."""
+    return Path(os.environ.get("FTSTUDIO_HOME") or "studio-data").expanduser().resolve()
+
+
+def db_path() -> Path:
+    return home() / "studio.db"
+
+
+def job_dir(job_id: str) -> Path:
+    return home() / "jobs" / job_id
+
+
+def new_id() -> str:
+    return secrets.token_hex(5)
+
+
+# --------------------------------------------------------------------------- connections
+
+
+def connect(path: str | os.PathLike | None = None) -> Database:
+    """A new connection (one per call; cheap). Use as a context manager to close it."""
+    path = Path(path) if path is not None else db_path()
+    fresh = not path.exists()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_S, check_same_thread=False)
+    db = Database(conn)
+    db.execute("PRAGMA synchronous=NORMAL")
+    key = str(path)
+    if fresh or key not in _READY:
+        migrate(db)
+        _READY.add(key)
+    return db
+
+
+def migrate(db: Database) -> list[str]:
+    """Switch to WAL and apply pending migrations under one write lock; returns their names.
+    Safe to call again and from several processes at once."""
+    _retry_locked(db.enable_wal)
+    if not MIGRATIONS.pending(db):
+        return []
+    with _tx(db):  # re-read inside the lock: another process may have just applied them
+        names = [m.name for m in MIGRATIONS.pending(db)]
+        MIGRATIONS.apply(db)
+    return names
+
+
+def _retry_locked(fn, deadline_s: float = BUSY_TIMEOUT_S) -> None:
+    end = time.monotonic() + deadline_s
+    while True:
+        try:
+            return fn()
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > end:
+                raise
+            time.sleep(0.02)
+
+
+@contextmanager
+def _tx(db: Database) -> Iterator[Database]:
+    """A short write transaction that takes the write lock up front (no upgrade deadlocks)."""
+    _retry_locked(lambda: db.execute("BEGIN IMMEDIATE"))
+    try:
+        yield db
+    except BaseException:
+        db.rollback()
+        raise
+    db.execute("COMMIT")
+
+
+# --------------------------------------------------------------------------- schema
+
+MIGRATIONS = Migrations("ftstudio")
+
+
+@MIGRATIONS()
+def m001_jobs_metrics_events_artifacts(db: Database) -> None:
+    db["jobs"].create({
+        "id": str, "name": str, "owner": str, "kind": str, "status": str, "priority": int,
+        "config": str,                      # JSON TrainConfig (output_dir set by the queue)
+        "created_at": float, "started_at": float, "finished_at": float,
+        "updated_at": float,                # heartbeat of the running child
+        "step": int, "total_steps": int, "progress": float,
+        "metrics_step": int,                # metrics rows up to this step are complete
+        "error": str, "hint": str, "result": str,
+        "worker": str, "hostname": str, "worker_pid": int, "pid": int,
+        "attempt": int,                     # +1 per claim; the child writes only its own
+        "cancel_requested": int, "cancel_requested_at": float,
+        "resume_on_start": int,             # interrupted by a crash/shutdown: auto-resume
+        "output_dir": str, "adapter_dir": str,
+    }, pk="id", not_null={"status", "kind", "owner"},
+        defaults={"status": "queued", "kind": "train", "owner": "local", "priority": 0,
+                  "step": 0, "progress": 0.0, "metrics_step": 0, "attempt": 0,
+                  "cancel_requested": 0, "resume_on_start": 0})
+    db["jobs"].create_index(["status", "priority"])
+    db["jobs"].create_index(["owner", "created_at"])
+    db["metrics"].create({"id": int, "job_id": str, "step": int, "name": str, "value": float,
+                          "time": float}, pk="id", foreign_keys=[("job_id", "jobs", "id")])
+    db["metrics"].create_index(["job_id", "step"])
+    db["events"].create({"id": int, "job_id": str, "time": float, "level": str, "line": str},
+                        pk="id", foreign_keys=[("job_id", "jobs", "id")])
+    db["events"].create_index(["job_id", "id"])
+    db["artifacts"].create({"id": int, "job_id": str, "kind": str, "path": str, "size": int,
+                            "created_at": float, "meta": str},
+                           pk="id", foreign_keys=[("job_id", "jobs", "id")])
+    db["artifacts"].create_index(["job_id"])
+
+
+# --------------------------------------------------------------------------- jobs
+
+
+def insert_job(db: Database, *, config: dict, name: str | None, owner: str, priority: int,
+               kind: str = "train", job_id: str | None = None) -> str:
+    job_id = job_id or new_id()
+    t = now()
+    with _tx(db):
+        db["jobs"].insert({
+            "id": job_id, "name": name or job_id, "owner": owner, "kind": kind,
+            "status": "queued", "priority": int(priority), "config": json.dumps(config),
+            "created_at": t, "updated_at": t, "output_dir": config.get("output_dir"),
+        })
+        _event(db, job_id, "status", "queued")
+    return job_id
+
+
+def get_job(db: Database, job_id: str) -> dict[str, Any]:
+    rows = list(db.query("SELECT * FROM jobs WHERE id = ?", [job_id]))
+    if not rows:
+        raise JobNotFound(f"no job {job_id!r}; `ftstudio jobs ls` lists the jobs there are")
+    return _decode(rows[0])
+
+
+def list_jobs(db: Database, *, owner: str | None = None,
+              status: str | tuple[str, ...] | list[str] | None = None,
+              ids: list[str] | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+    where, params = ["1=1"], []
+    if ids is not None:
+        where.append(f"id IN ({', '.join('?' * len(ids))})")
+        params.extend(ids)
+    if owner is not None:
+        where.append("owner = ?")
+        params.append(owner)
+    if status is not None:
+        statuses = (status,) if isinstance(status, str) else tuple(status)
+        where.append(f"status IN ({', '.join('?' * len(statuses))})")
+        params.extend(statuses)
+    sql = f"SELECT * FROM jobs WHERE {' AND '.join(where)} ORDER BY created_at DESC, rowid DESC"
+    if limit:
+        sql += f" LIMIT {int(limit)}"
+    return [_decode(r) for r in db.query(sql, params)]
+
+
+def transition(db: Database, job_id: str, to: str, *, frm: tuple[str, ...] | None = None,
+               expect: dict[str, Any] | None = None, note: str | None = None,
+               **fields: Any) -> bool:
+    """Move a job to status `to` from an allowed status (narrowed by `frm`, guarded by
+    `expect` column values), setting `fields`, in one atomic UPDATE. False: refused."""
+    if to not in ALLOWED:
+        raise ValueError(f"unknown status {to!r}; statuses are {', '.join(STATUSES)}")
+    sources = [s for s in ALLOWED[to] if frm is None or s in frm]
+    if not sources:
+        return False
+    fields = {"status": to, "updated_at": now(), **fields}
+    sets, params = _assignments(fields)
+    where = [f"status IN ({', '.join('?' * len(sources))})", *(f"[{k}] = ?" for k in expect or {})]
+    with _tx(db):
+        cur = db.execute(f"UPDATE jobs SET {sets} WHERE id = ? AND {' AND '.join(where)}",
+                         [*params, job_id, *sources, *(expect or {}).values()])
+        if cur.rowcount != 1:
+            return False
+        line = to + (f": {fields['error']}" if fields.get("error") else "") + \
+            (f" ({note})" if note else "")
+        _event(db, job_id, "status", line)
+    return True
+
+
+def update(db: Database, job_id: str, *, expect: dict[str, Any] | None = None,
+           **fields: Any) -> bool:
+    """Set non-status fields (progress, pid, cancel flag...); status changes use transition()."""
+    if "status" in fields:
+        raise ValueError("status changes go through transition()")
+    sets, params = _assignments(fields)
+    where = "".join(f" AND [{k}] = ?" for k in expect or {})
+    with _tx(db):
+        cur = db.execute(f"UPDATE jobs SET {sets} WHERE id = ?{where}",
+                         [*params, job_id, *(expect or {}).values()])
+    return cur.rowcount == 1
+
+
+def delete_job(db: Database, job_id: str) -> bool:
+    with _tx(db):
+        for table in ("metrics", "events", "artifacts"):
+            db.execute(f"DELETE FROM {table} WHERE job_id = ?", [job_id])
+        return db.execute("DELETE FROM jobs WHERE id = ? AND status != 'running'",
+                          [job_id]).rowcount == 1
+
+
+def _assignments(fields: dict[str, Any]) -> tuple[str, list[Any]]:
+    sets, params = [], []
+    for key, value in fields.items():
+        if isinstance(value, Expr):
+            sets.append(f"[{key}] = {value}")
+            continue
+        sets.append(f"[{key}] = ?")
+        params.append(json.dumps(value) if key in JSON_COLUMNS and value is not None else value)
+    return ", ".join(sets), params
+
+
+def _decode(row: dict[str, Any]) -> dict[str, Any]:
+    for key in JSON_COLUMNS:
+        if row.get(key):
+            row[key] = json.loads(row[key])
+    return row
+
+
+# --------------------------------------------------------------------------- metrics, events
+
+
+def add_metrics(db: Database, job_id: str, record: dict[str, Any], *, attempt: int,
+                total_steps: int | None = None) -> bool:
+    """Write one engine metrics record (one row per numeric value) and the job's progress,
+    only while `attempt` still owns the job. False: this run has been superseded."""
+    step = int(record["step"])
+    total_steps = total_steps or record.get("total_steps")
+    t = now()
+    rows = [(job_id, step, k, float(v), t) for k, v in record.items()
+            if k not in ("step", "total_steps") and isinstance(v, (int, float))
+            and not isinstance(v, bool)]
+    with _tx(db):
+        owned = db.execute("SELECT 1 FROM jobs WHERE id = ? AND attempt = ? AND status = "
+                           "'running'", [job_id, attempt]).fetchone()
+        if not owned:
+            return False
+        db.conn.executemany("INSERT INTO metrics (job_id, step, name, value, time) "
+                            "VALUES (?, ?, ?, ?, ?)", rows)
+        progress = {"step": step, "updated_at": t}
+        if total_steps:
+            progress.update(total_steps=int(total_steps), progress=min(1.0, step / total_steps))
+        sets, params = _assignments(progress)
+        db.execute(f"UPDATE jobs SET {sets} WHERE id = ? AND step <= ?", [*params, job_id, step])
+    return True
+
+
+def publish_metrics(db: Database, job_id: str, step: int, *, attempt: int) -> None:
+    """Mark metrics up to `step` complete: metrics() polls only ever see whole steps."""
+    update(db, job_id, metrics_step=int(step), expect={"attempt": attempt})
+
+
+def truncate_metrics(db: Database, job_id: str, after_step: int) -> int:
+    """Delete metric rows past a checkpoint's step before resuming from it."""
+    with _tx(db):
+        n = db.execute("DELETE FROM metrics WHERE job_id = ? AND step > ?",
+                       [job_id, after_step]).rowcount
+        db.execute("UPDATE jobs SET metrics_step = MIN(metrics_step, ?), step = MIN(step, ?), "
+                   "progress = CASE WHEN total_steps > 0 THEN MIN(step, ?) * 1.0 / total_steps "
+                   "ELSE 0 END WHERE id = ?", [after_step, after_step, after_step, job_id])
+    return n
+
+
+def metrics(db: Database, job_id: str, since_step: int = -1) -> list[dict[str, Any]]:
+    """Complete metrics records after `since_step`, one dict per step: {step, loss, lr, ...,
+    eval_loss...}. Uses the (job_id, step) index, so each poll costs only its new rows."""
+    job = list(db.query("SELECT metrics_step, status FROM jobs WHERE id = ?", [job_id]))
+    if not job:
+        raise JobNotFound(f"no job {job_id!r}")
+    upto = job[0]["metrics_step"] or 0
+    if job[0]["status"] != "running":  # finished: everything written is final
+        upto = 1 << 62
+    records: dict[int, dict[str, Any]] = {}
+    for step, name, value in db.execute(
+            "SELECT step, name, value FROM metrics WHERE job_id = ? AND step > ? AND step <= ? "
+            "ORDER BY step, id", [job_id, since_step, upto]):
+        records.setdefault(step, {"step": step})[name] = value
+    return list(records.values())
+
+
+def add_event(db: Database, job_id: str, line: str, level: str = "info") -> None:
+    with _tx(db):
+        _event(db, job_id, level, line)
+
+
+def _event(db: Database, job_id: str, level: str, line: str) -> None:
+    db.execute("INSERT INTO events (job_id, time, level, line) VALUES (?, ?, ?, ?)",
+               [job_id, now(), level, line])
+
+
+def events(db: Database, job_id: str, since: int = 0, limit: int = 1000
+           ) -> list[dict[str, Any]]:
+    return list(db.query("SELECT id, time, level, line FROM events WHERE job_id = ? AND id > ? "
+                         "ORDER BY id LIMIT ?", [job_id, since, limit]))
+
+
+def add_artifact(db: Database, job_id: str, kind: str, path: str | os.PathLike,
+                 meta: dict | None = None) -> None:
+    p = Path(path)
+    size = sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) if p.is_dir() else \
+        (p.stat().st_size if p.exists() else 0)
+    with _tx(db):
+        db.execute("DELETE FROM artifacts WHERE job_id = ? AND kind = ? AND path = ?",
+                   [job_id, kind, str(p)])
+        db.execute("INSERT INTO artifacts (job_id, kind, path, size, created_at, meta) "
+                   "VALUES (?, ?, ?, ?, ?, ?)", [job_id, kind, str(p), size, now(),
+                                                  json.dumps(meta or {})])
+
+
+def artifacts(db: Database, job_id: str) -> list[dict[str, Any]]:
+    rows = list(db.query("SELECT kind, path, size, created_at, meta FROM artifacts "
+                         "WHERE job_id = ? ORDER BY id", [job_id]))
+    for r in rows:
+        r["meta"] = json.loads(r["meta"] or "{}")
+    return rows

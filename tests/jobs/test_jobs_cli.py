@@ -1,0 +1,79 @@
+"""`ftstudio worker`, `ftstudio submit` and `ftstudio jobs ...` through click's runner, and once
+with a real `ftstudio worker` process."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import yaml
+from click.testing import CliRunner
+
+from app.cli import cli
+from jobs import api
+from queue_helpers import fake_config, wait_for
+from tests_paths import ROOT
+
+
+def _config_file(tmp_path, **train) -> str:
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(fake_config(**train)))
+    return str(path)
+
+
+def test_submit_then_ls_show_logs_cancel_resume_delete(home, tmp_path):
+    run = CliRunner().invoke
+    result = run(cli, ["submit", _config_file(tmp_path), "--set", "train.lr=1e-3",
+                       "--priority", "3", "--name", "cli-job", "--json"])
+    assert result.exit_code == 0, result.output
+    job = json.loads(result.output)
+    assert (job["name"], job["priority"], job["config"]["train"]["lr"]) == ("cli-job", 3, 1e-3)
+    jid = job["id"]
+    result = run(cli, ["jobs", "ls"])
+    assert result.exit_code == 0 and jid in result.output and "queued" in result.output
+    assert [j["id"] for j in json.loads(run(cli, ["jobs", "ls", "--json"]).output)] == [jid]
+    assert "status:      queued" in run(cli, ["jobs", "show", jid]).output
+    assert json.loads(run(cli, ["jobs", "show", jid, "--json"]).output)["id"] == jid
+    assert "queued" in run(cli, ["jobs", "logs", jid]).output
+    assert f"job {jid} cancelled" in run(cli, ["jobs", "cancel", jid]).output
+    result = run(cli, ["jobs", "cancel", jid])
+    assert result.exit_code == 1 and "already cancelled" in result.output
+    assert "queued again" in run(cli, ["jobs", "resume", jid]).output
+    result = run(cli, ["jobs", "delete", jid, "--yes"])
+    assert result.exit_code == 0 and api.list_jobs() == []
+
+
+def test_errors_are_one_clear_line(home, tmp_path):
+    run = CliRunner().invoke
+    result = run(cli, ["jobs", "show", "nope"])
+    assert result.exit_code == 1 and "Error: no job 'nope'" in result.output
+    assert "Traceback" not in result.output
+    result = run(cli, ["submit", _config_file(tmp_path), "--set", "train.lr=-1",
+                       "--set", "train.batch_size=0"])
+    assert result.exit_code == 1
+    assert "train.lr" in result.output and "train.batch_size" in result.output
+    result = run(cli, ["worker", "--gpus", "cuda:0"])
+    assert result.exit_code == 1 and "device numbers" in result.output
+    assert "no jobs" in run(cli, ["jobs", "ls"]).output
+
+
+def test_a_real_ftstudio_worker_runs_a_submitted_job_and_logs_follow_ends(home, tmp_path):
+    result = CliRunner().invoke(cli, ["submit", _config_file(tmp_path, max_steps=3)])
+    assert result.exit_code == 0, result.output
+    jid = result.output.split()[2]
+    env = {"FTSTUDIO_HOME": str(home), "FTSTUDIO_TEST_FAKE_TRAIN": "3", "PATH": "/usr/bin:/bin"}
+    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "worker"], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        follow = subprocess.run([sys.executable, "-m", "app.cli", "jobs", "logs", jid,
+                                 "--follow"], cwd=ROOT, env=env, capture_output=True,
+                                text=True, timeout=120)
+        assert follow.returncode == 0, follow.stdout + follow.stderr
+        assert "fake training: 3 steps" in follow.stdout and "* completed" in follow.stdout
+        wait_for(lambda: api.get(jid)["status"] == "completed", 10)
+    finally:
+        proc.terminate()
+        out = proc.communicate(timeout=60)[0].decode()
+    assert proc.returncode == 0, out
+    assert "Huey consumer started" in out and "worker" in out
