@@ -25,9 +25,7 @@ $(DEMO): | $(STAMP)
 	$(VENV)/bin/ftstudio demo-model studio-data/models/demo
 
 serve: $(STAMP) $(DEMO)
-	@if $(VENV)/bin/ftstudio serve --help >/dev/null 2>&1; then $(VENV)/bin/ftstudio serve; \
-	else echo "The browser studio is not built yet; train from the command line meanwhile:"; \
-	echo "  $(VENV)/bin/ftstudio train static/examples/demo.yaml"; fi
+	$(VENV)/bin/ftstudio serve
 
 test: $(STAMP)
 	$(PY) -m pytest -q

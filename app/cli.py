@@ -151,6 +151,16 @@ def config_cmd(config_path: str | None, overrides: tuple[str, ...], keys: bool,
     click.echo(to_yaml(cfg), nl=False)
 
 
+from app.cli_serve import serve  # noqa: E402
+cli.add_command(serve)
+from app.cli_jobs import jobs_group, submit, worker  # noqa: E402
+cli.add_command(worker)
+cli.add_command(submit)
+cli.add_command(jobs_group)
+from app.cli_export import export  # noqa: E402
+cli.add_command(export)
+
+
 def main() -> None:
     cli(prog_name="ftstudio")
 

@@ -305,7 +305,7 @@ def save_config(cfg: TrainConfig, path: str | os.PathLike) -> Path:
 
 
 def to_yaml(cfg: TrainConfig) -> str:
-    return yaml.safe_dump(cfg.to_dict(), sort_keys=False, default_flow_style=None)
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False, default_flow_style=False)
 
 
 def apply_overrides(cfg: TrainConfig, overrides: list[str]) -> TrainConfig:

@@ -1,0 +1,156 @@
+"""Named API endpoints for scripts (gradio_client): submit jobs, read status and metrics.
+
+    from gradio_client import Client
+    c = Client("http://127.0.0.1:7860/")
+    job = c.predict(open("run.yaml").read(), "my-run", api_name="/submit_job")
+    c.predict(job["job_id"], api_name="/job_status")
+    c.predict(job["job_id"], -1, api_name="/job_metrics")   # rows after since_step
+
+Each endpoint is a thin wrapper over jobs.api or the engine; answers are plain JSON.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import gradio as gr
+import yaml
+
+from engine.config import ConfigError, Problem, TrainConfig, from_dict, validate
+
+ENDPOINTS = ("submit_job", "job_status", "job_metrics", "job_logs", "list_jobs", "cancel_job",
+             "validate_config", "estimate_memory")
+
+
+def _jsonable(value: Any) -> Any:
+    """Plain JSON. A dict's "path" key (job artifacts) comes back as "location": gradio and
+    gradio_client take any dict with a "path" for a file to transfer."""
+    if hasattr(value, "to_dict") and not isinstance(value, dict):
+        value = value.to_dict()
+    elif hasattr(value, "__dataclass_fields__"):
+        import dataclasses
+
+        value = dataclasses.asdict(value)
+    return _no_paths(json.loads(json.dumps(value, default=str)))
+
+
+def _no_paths(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {("location" if k == "path" else k): _no_paths(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_no_paths(v) for v in value]
+    return value
+
+
+def _parse(config_yaml: str) -> tuple[TrainConfig | None, list[Problem]]:
+    try:
+        data = yaml.safe_load(config_yaml or "") or {}
+    except yaml.YAMLError as exc:
+        return None, [Problem("config", f"not valid YAML: {exc}")]
+    if not isinstance(data, dict):
+        return None, [Problem("config", "must be a mapping with model, data, method and "
+                                        "train sections")]
+    try:
+        return from_dict(data, source="the submitted config"), []
+    except ConfigError as exc:
+        return None, exc.problems
+
+
+def _problems(problems: list[Problem]) -> list[dict[str, str]]:
+    return [{"key": p.key, "message": p.message} for p in problems]
+
+
+def _jid(job_id: Any) -> Any:
+    from app.studio.jobview import parse_id
+
+    return parse_id(str(job_id))
+
+
+def submit_job(config_yaml: str, name: str = "", priority: int = 0,
+               request: gr.Request = None) -> dict:
+    """Queue a job from a YAML config: {"job_id": ..., "status": "queued"}, or
+    {"job_id": null, "problems": [{"key", "message"}, ...]} listing every problem."""
+    from app.studio.handlers import job_id_of
+    from jobs import api
+
+    cfg, problems = _parse(config_yaml)
+    if cfg is None:
+        return {"job_id": None, "problems": _problems(problems)}
+    owner = getattr(request, "username", None) or "local"
+    try:
+        job = api.submit(cfg, owner=owner, priority=int(priority or 0),
+                         name=(name or "").strip() or None)
+    except ConfigError as exc:
+        return {"job_id": None, "problems": _problems(exc.problems)}
+    except ValueError as exc:  # jobs.store.JobError: e.g. the queue is unreachable
+        raise gr.Error(str(exc)) from None
+    return {"job_id": job_id_of(job), "status": "queued", "problems": []}
+
+
+def job_status(job_id: str) -> dict:
+    """The job's record: status, progress, times, owner, config, error."""
+    from jobs import api
+
+    try:
+        return _jsonable(api.get(_jid(job_id)))
+    except (KeyError, ValueError) as exc:  # JobNotFound
+        raise gr.Error(str(exc).strip("'\"")) from None
+
+
+def job_metrics(job_id: str, since_step: int = -1) -> list:
+    """Metrics rows after since_step: [{"step", "name", "value", "time"}, ...]."""
+    from jobs import api
+
+    return _jsonable(list(api.metrics(_jid(job_id), since_step=int(since_step))))
+
+
+def job_logs(job_id: str, since: int = 0) -> list:
+    """Log lines of the job from position `since`."""
+    from jobs import api
+
+    return _jsonable(api.logs(_jid(job_id), since=int(since)))
+
+
+def list_jobs(status: str = "") -> list:
+    """Every job (optionally only those with one status), newest first."""
+    from jobs import api
+
+    return _jsonable(list(api.list_jobs(status=status or None)))
+
+
+def cancel_job(job_id: str) -> dict:
+    """Ask a queued or running job to stop; returns its record."""
+    from jobs import api
+
+    try:
+        return _jsonable(api.cancel(_jid(job_id)))
+    except (KeyError, ValueError) as exc:  # JobNotFound, JobError (already finished)
+        raise gr.Error(str(exc).strip("'\"")) from None
+
+
+def validate_config(config_yaml: str) -> list:
+    """Every problem with a YAML config ([] when it is good to go)."""
+    cfg, problems = _parse(config_yaml)
+    if cfg is not None:
+        problems = validate(cfg)
+    return _problems(problems)
+
+
+def estimate_memory(config_yaml: str) -> dict:
+    """Trainable parameters, peak memory (bytes, by part) and fits/tight/exceeds."""
+    from app.studio.handlers import device
+    from engine.estimate import estimate
+
+    cfg, problems = _parse(config_yaml)
+    if cfg is None:
+        raise gr.Error("; ".join(str(p) for p in problems))
+    est = estimate(cfg, device=device())
+    return {} if est is None else _jsonable(est.to_dict())
+
+
+def register() -> None:
+    """Add the endpoints to the Blocks being built (call inside `with gr.Blocks()`)."""
+    for name in ENDPOINTS:
+        fn = globals()[name]
+        gr.api(fn, api_name=name, api_description=(fn.__doc__ or "").strip())

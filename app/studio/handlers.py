@@ -1,0 +1,237 @@
+"""The Train tab's handlers: plain functions from form values to what the page shows.
+
+Each one calls engine/ or jobs/ and turns their errors into messages; none trains, tokenizes or
+touches the database itself. Tested as plain functions in tests/app/test_studio_handlers.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shlex
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from app.studio import form, render
+from engine.catalog import NEEDS_ASSUME, demo_dir, describe, list_models, studio_home
+from engine.config import (DATA_SUFFIXES, ConfigError, Problem, TrainConfig, load_config,
+                           to_yaml)
+
+STATIC = Path(__file__).resolve().parents[2] / "static"
+EXAMPLES = STATIC / "examples"
+PREVIEW_RECORDS = 3
+
+
+# --------------------------------------------------------------------------- defaults
+
+
+def default_config() -> TrainConfig:
+    """The form's starting point: the demo model on the bundled alpaca example, with the
+    settings of static/examples/demo.yaml (it visibly learns in a minute or two on a CPU)."""
+    try:
+        cfg = load_config(EXAMPLES / "demo.yaml")
+    except ConfigError:
+        cfg = TrainConfig()
+    cfg.model.name = str(demo_dir())
+    cfg.data.train = str(EXAMPLES / "alpaca.json")
+    cfg.output_dir = None
+    return cfg
+
+
+def model_choices() -> list[tuple[str, str]]:
+    return [(c.label, c.name) for c in list_models()]
+
+
+def example_choices() -> list[tuple[str, str]]:
+    """The bundled example datasets: (label, absolute path)."""
+    out = []
+    for p in sorted(EXAMPLES.iterdir()) if EXAMPLES.is_dir() else []:
+        if p.suffix in DATA_SUFFIXES:
+            out.append((f"{p.stem} ({p.suffix[1:]})", str(p)))
+    return out
+
+
+# --------------------------------------------------------------------------- model
+
+
+def model_card(name: str | None) -> str:
+    if not name:
+        return render.note("Pick a base model.", "warn")
+    try:
+        return render.model_card(describe(name))
+    except Exception as exc:  # noqa: BLE001 - a broken folder should not break the page
+        return render.note(f"Could not read {name}: {exc}", "bad")
+
+
+# --------------------------------------------------------------------------- data
+
+_tokenizers: dict[str, Any] = {}
+_tok_lock = threading.Lock()
+
+
+def tokenizer_for(name: str):
+    """The model's tokenizer (kept), or None when it does not load without a network."""
+    with _tok_lock:
+        if name in _tokenizers:
+            return _tokenizers[name]
+    from engine.catalog import tokenizer_if_available
+
+    try:
+        tok = tokenizer_if_available(name)
+    except Exception:  # noqa: BLE001 - offline hub ids, broken folders: report words instead
+        tok = None
+    if tok is not None:   # failures are not kept: the folder may appear or be fixed
+        with _tok_lock:
+            _tokenizers[name] = tok
+    return tok
+
+
+def store_upload(path: str | None) -> str | None:
+    """Keep an uploaded file under FTSTUDIO_HOME/datasets/<sha256[:16]>/<its name>."""
+    if not path:
+        return None
+    src = Path(path)
+    if src.suffix.lower() not in DATA_SUFFIXES:
+        raise ValueError(f"{src.name}: unsupported file type; upload "
+                         f"{', '.join(DATA_SUFFIXES)}")
+    digest = hashlib.sha256(src.read_bytes()).hexdigest()[:16]
+    dest = studio_home() / "datasets" / digest / src.name
+    if not dest.is_file():
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dest)
+    return str(dest.resolve())
+
+
+def data_panel(values: dict[str, Any]) -> tuple[str, Any, list[list[tuple[str, str | None]]]]:
+    """(report HTML, histogram frame, preview records) for the form's data settings."""
+    from app.studio.jobview import frame
+    from engine.data import DataError, data_report, preview
+
+    columns = {"length": "str", "start": "int64", "records": "int64"}
+    cfg, _ = form.build_config(values)
+    path = values.get("data.train")
+    if not path or not Path(path).is_file():
+        return render.note("Choose a bundled example or upload a .json, .jsonl, .csv or "
+                           ".parquet file.", "info"), None, []
+    tok = tokenizer_for(cfg.model.name)
+    try:
+        rep = data_report(path, tok, cfg.data).to_dict()
+    except (DataError, ConfigError, OSError) as exc:
+        return render.note(str(exc), "bad"), None, []
+    bins = rep.get("histogram") or []
+    width = max((len(str(b - 1)) for _, b, _ in bins), default=1)
+    # labels padded with leading spaces: the chart orders bars by label, so "  9–17" must sort
+    # before " 18–26" and "108–116"
+    hist = frame([{"length": f"{a:>{width}}–{b - 1}", "start": a, "records": n}
+                  for a, b, n in bins], columns)
+    records: list[list[tuple[str, str | None]]] = []
+    if tok is not None and rep.get("used"):
+        try:
+            shown = preview(path, tok, cfg.data, n=PREVIEW_RECORDS)
+        except (DataError, ConfigError, ValueError) as exc:
+            rep.setdefault("notes", []).append(f"preview unavailable: {exc}")
+            shown = []
+        records = [[(text, "trained" if loss else None) for text, loss in rec]
+                   for rec in shown]
+    return render.data_report(rep), hist if len(hist) else None, records
+
+
+# --------------------------------------------------------------------------- estimate
+
+_device: tuple[float, Any] | None = None
+
+
+def device():
+    """The detected GPU or RAM, refreshed at most every 15 seconds."""
+    global _device
+    from engine.estimate import detect_device
+
+    if _device is None or time.monotonic() - _device[0] > 15:
+        _device = (time.monotonic(), detect_device())
+    return _device[1]
+
+
+def estimate_panel(values: dict[str, Any]) -> str:
+    from engine.estimate import estimate
+
+    cfg, _ = form.build_config(values)
+    try:
+        est = estimate(cfg, device=device())
+    except Exception as exc:  # noqa: BLE001 - odd config.json files: say so, keep going
+        return render.estimate_card(None, f"No estimate: {exc}")
+    return render.estimate_card(est)
+
+
+# --------------------------------------------------------------------------- YAML and command
+
+
+def command_preview(values: dict[str, Any], name: str = "") -> str:
+    """The same run from a terminal: the config with --set, then train (or submit) it."""
+    cfg, _ = form.build_config(values)
+    sets = " \\\n    ".join(f"--set {shlex.quote(o)}" for o in form.overrides(cfg))
+    run = _slug(name) or "my-run"
+    return ("# the same settings as a YAML file (or use Save YAML above)\n"
+            f"ftstudio config {sets} > {run}.yaml\n\n"
+            "# train in this terminal with a progress bar\n"
+            f"ftstudio train {run}.yaml --set output_dir=runs/{run}\n\n"
+            "# or queue it for the studio's workers\n"
+            f"ftstudio submit {run}.yaml\n")
+
+
+def yaml_text(values: dict[str, Any]) -> str:
+    cfg, _ = form.build_config(values)
+    return to_yaml(cfg)
+
+
+def save_yaml(values: dict[str, Any], name: str = "") -> str:
+    """Write the settings to a YAML file to download; returns its path."""
+    text = yaml_text(values)
+    digest = hashlib.sha256(text.encode()).hexdigest()[:12]
+    out = Path(tempfile.gettempdir()) / "ftstudio-yaml" / digest / \
+        f"{_slug(name) or 'ftstudio-config'}.yaml"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text, encoding="utf-8")
+    return str(out)
+
+
+def load_yaml(path: str) -> tuple[list[Any] | None, list[Problem]]:
+    """Form values from a YAML (or JSON) config file, or the problems reading it."""
+    try:
+        cfg = load_config(path)
+    except ConfigError as exc:
+        return None, exc.problems
+    cfg.output_dir = None
+    cfg.train.resume_from = None
+    return form.config_to_form(cfg), []
+
+
+def _slug(name: str | None) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "-" for c in (name or "").strip())[:60]
+
+
+# --------------------------------------------------------------------------- start
+
+
+def start_job(values: dict[str, Any], name: str = "", owner: str = "local"
+              ) -> tuple[Any | None, list[Problem]]:
+    """Validate the form and queue the job: (job id, []) or (None, every problem)."""
+    cfg, problems = form.check_form(values)
+    if problems:
+        return None, problems
+    from jobs import api
+
+    try:
+        job = api.submit(cfg, owner=owner or "local", name=(name or "").strip() or None)
+    except ConfigError as exc:
+        return None, exc.problems
+    return job_id_of(job), []
+
+
+def job_id_of(job: Any) -> Any:
+    """jobs.api returns an id or a job record; the studio only needs the id."""
+    if isinstance(job, dict):
+        return job.get("id", job.get("job_id"))
+    return getattr(job, "id", job)

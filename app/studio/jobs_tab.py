@@ -1,0 +1,243 @@
+"""The Jobs tab: the table of jobs, one job's live page, compare, downloads.
+
+A gr.Timer ticks every TICK seconds; each tick fetches only the metrics after the session's
+`since_step` (jobview.poll) and skips every output when nothing changed. The job being watched
+is remembered in the browser (gr.BrowserState), so reloading the page re-attaches to it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import gradio as gr
+
+from app.studio import form, jobview, render
+
+TICK = 1.5          # seconds between live-chart polls
+TABLE_TICK = 4.0    # seconds between job-table refreshes
+STATUSES = ["queued", "running", "completed", "failed", "cancelled", "interrupted"]
+
+
+@dataclass
+class JobsTab:
+    table: Any
+    status_filter: Any
+    job_picker: Any
+    session: Any
+    remembered: Any
+    clone: Any
+    compare_picker: Any
+    outputs: list[Any]      # what a poll updates
+    timer: Any
+    table_timer: Any
+
+
+def _plot(title: str, y: str, color: str | None = None, elem_id: str | None = None):
+    return gr.LinePlot(x="step", y="value", color=color, title=title, x_title="step",
+                       y_title=y, height=250, elem_id=elem_id, tooltip="all",
+                       color_map={"raw": "#a5b4fc", "smoothed": "#4338ca"} if color else None)
+
+
+def build() -> JobsTab:
+    with gr.Row(equal_height=False, elem_classes=["fs-toolbar"]):
+        status_filter = gr.Dropdown(choices=[("all", "")] + [(s, s) for s in STATUSES], value="",
+                                    label="Show", scale=0, min_width=180, container=False,
+                                    elem_id="status-filter")
+        refresh = gr.Button("↻ Refresh", size="sm", scale=0, min_width=110,
+                            elem_id="refresh-jobs")
+        gr.HTML('<div class="fs-muted">Click a row to open the job. Reloading the page '
+                're-attaches to the job you were watching.</div>', scale=1, min_width=300)
+    table = gr.Dataframe(headers=jobview.TABLE_COLUMNS, interactive=False, wrap=False,
+                         max_height=260, elem_id="jobs-table", show_search="search")
+    with gr.Column(elem_classes=["fs-section"], elem_id="job-page"):
+        with gr.Row(equal_height=False, elem_classes=["fs-toolbar"]):
+            job_picker = gr.Dropdown(choices=[], label="Job", show_label=False, scale=1,
+                                     min_width=260, container=False, elem_id="job-picker")
+            cancel = gr.Button("■ Cancel", size="sm", scale=0, min_width=100,
+                               elem_id="cancel-job")
+            resume = gr.Button("↻ Resume", size="sm", scale=0, min_width=100,
+                               elem_id="resume-job")
+            clone = gr.Button("Clone into Train", size="sm", scale=0, min_width=150,
+                              elem_id="clone-job")
+            delete = gr.Button("✕ Delete", size="sm", scale=0, min_width=100, variant="stop",
+                               elem_id="delete-job")
+            confirm = gr.Button("Really delete?", size="sm", scale=0, min_width=130,
+                                variant="stop", visible=False, elem_id="confirm-delete")
+        header = gr.HTML(elem_id="job-header")
+        progress = gr.HTML(elem_id="job-progress")
+        message = gr.HTML(elem_id="job-message", elem_classes=["fs-slot"])
+        with gr.Row():
+            loss = _plot("Training loss", "loss", color="series", elem_id="loss-plot")
+            eval_loss = gr.ScatterPlot(x="step", y="value", title="Eval loss", x_title="step",
+                                       y_title="eval loss", height=250, elem_id="eval-plot",
+                                       tooltip="all")
+        with gr.Row():
+            lr = _plot("Learning rate", "lr", elem_id="lr-plot")
+            tps = _plot("Throughput", "tokens/s", elem_id="tps-plot")
+        with gr.Accordion("Log", open=True):
+            log = gr.Textbox(show_label=False, lines=10, max_lines=10, autoscroll=True,
+                             interactive=False, elem_id="log-tail")
+        with gr.Row(equal_height=False, elem_classes=["fs-toolbar"]):
+            kw = dict(size="sm", scale=0, min_width=170)
+            dl_adapter = gr.Button("⇩ Adapter (.zip)", elem_id="dl-adapter", **kw)
+            dl_bundle = gr.Button("⇩ Run bundle (.zip)", elem_id="dl-bundle", **kw)
+            dl_csv = gr.Button("⇩ Metrics (.csv)", elem_id="dl-csv", **kw)
+        downloads = gr.File(label="Ready to download", file_count="multiple",
+                            interactive=False, visible=False, elem_id="downloads")
+    with gr.Accordion("Compare jobs", open=False, elem_id="compare"):
+        compare_picker = gr.Dropdown(choices=[], multiselect=True, label="Jobs to overlay",
+                                     elem_id="compare-picker")
+        compare_plot = gr.LinePlot(x="step", y="loss", color="job", height=320,
+                                   title="Smoothed training loss (and eval loss)",
+                                   elem_id="compare-plot")
+    session = gr.State(jobview.new_session())
+    remembered = gr.BrowserState(None, storage_key="ftstudio-job")
+    timer, table_timer = gr.Timer(TICK), gr.Timer(TABLE_TICK)
+    outputs = [session, header, progress, loss, eval_loss, lr, tps, log]
+    tab = JobsTab(table, status_filter, job_picker, session, remembered, clone, compare_picker,
+                  outputs, timer, table_timer)
+
+    timer.tick(tick, [session, job_picker], outputs, show_progress="hidden",
+               api_visibility="private")
+    job_picker.change(select_job, [job_picker, session], outputs + [remembered],
+                      show_progress="hidden", api_visibility="private")
+    table_timer.tick(table_tick, [status_filter, table], [table, job_picker, compare_picker],
+                     show_progress="hidden", api_visibility="private")
+    gr.on([refresh.click, status_filter.change], refresh_table, [status_filter],
+          [table, job_picker, compare_picker], api_visibility="private")
+    table.select(row_selected, None, job_picker, api_visibility="private")
+
+    def act(fn, verb):
+        def run(jid):
+            if not jid:
+                return render.note("Pick a job first.", "warn")
+            try:
+                fn(jobview.parse_id(jid))
+            except Exception as exc:  # noqa: BLE001 - show why (e.g. not running) in the page
+                return render.note(f"Could not {verb} job {jid}: {exc}", "bad")
+            return render.note(f"Job {jid}: {verb} requested.", "good")
+        return run
+
+    api = jobview._api
+    cancel.click(act(lambda j: api().cancel(j), "cancel"), job_picker, message,
+                 api_visibility="private")
+    resume.click(act(lambda j: api().resume(j), "resume"), job_picker, message,
+                 api_visibility="private")
+    delete.click(lambda: (gr.update(visible=False), gr.update(visible=True)), None,
+                 [delete, confirm], queue=False, api_visibility="private")
+    confirm.click(act(lambda j: api().delete(j), "delete"), job_picker, message,
+                  api_visibility="private").then(
+        lambda: (gr.update(visible=True), gr.update(visible=False)), None, [delete, confirm],
+        queue=False, api_visibility="private").then(
+        refresh_table, [status_filter], [table, job_picker, compare_picker],
+        api_visibility="private")
+    for button, fn in ((dl_adapter, jobview.adapter_zip), (dl_bundle, jobview.bundle_zip),
+                       (dl_csv, jobview.metrics_csv)):
+        button.click(_download(fn), [job_picker, downloads], [downloads, message],
+                     api_visibility="private")
+    compare_picker.change(lambda ids: jobview.compare_frame(ids) if ids else None,
+                          compare_picker, compare_plot, api_visibility="private")
+    return tab
+
+
+def _download(fn):
+    def run(jid, current):
+        if not jid:
+            return gr.skip(), render.note("Pick a job first.", "warn")
+        try:
+            path = fn(jid)
+        except (OSError, PermissionError) as exc:
+            return gr.skip(), render.note(str(exc), "bad")
+        files = [f for f in (current or []) if not str(f).endswith(path.rsplit("/", 1)[-1])]
+        return gr.update(value=files + [path], visible=True), ""
+    return run
+
+
+def _outputs(session, job) -> list[Any]:
+    f = jobview.frames(session)
+    log = "\n".join(session["log"])
+    total = jobview.progress_of(job)[1] if job is not None else None
+    span = [0, total] if total else None           # the charts fill up from left to right
+    # an empty frame would fix a chart's colour scale before any series exists: send None
+    plots = [gr.update(value=f[k] if len(f[k]) else None, x_lim=span)
+             for k in ("loss", "eval_loss", "lr", "tokens_per_s")]
+    return [session, jobview.header_html(job), jobview.progress_html(session, job), *plots, log]
+
+
+def tick(session, jid):
+    if not jid:
+        return [gr.skip()] * 8
+    try:
+        session, changed, job = jobview.poll(session, jid)
+    except Exception:  # noqa: BLE001 - a store hiccup skips one tick
+        return [gr.skip()] * 8
+    if not changed:
+        return [session] + [gr.skip()] * 7
+    return _outputs(session, job)
+
+
+def select_job(jid, session):
+    session, _, job = jobview.poll(jobview.new_session(jid), jid)
+    return _outputs(session, job) + [jid]
+
+
+def refresh_table(status):
+    jobs = jobview.list_jobs()
+    shown = [j for j in jobs if not status or jobview.field(j, "status") == status]
+    frame = jobview.table(jobs=shown)
+    every = jobview.choices(jobs)
+    return frame, gr.update(choices=every), gr.update(choices=every)
+
+
+def table_tick(status, current):
+    try:
+        frame, picker, compare = refresh_table(status)
+    except Exception:  # noqa: BLE001
+        return gr.skip(), gr.skip(), gr.skip()
+    if current is not None and hasattr(current, "equals") and frame.equals(current):
+        return gr.skip(), gr.skip(), gr.skip()
+    return frame, picker, compare
+
+
+def row_selected(evt: gr.SelectData):
+    row = evt.row_value if getattr(evt, "row_value", None) else None
+    return str(row[0]) if row else gr.skip()
+
+
+def attach(demo, tab: JobsTab) -> None:
+    """On page load: fill the table and re-attach to the remembered (or running) job."""
+    def on_load(status, remembered):
+        frame, picker, compare = refresh_table(status)
+        chosen = jobview.pick_default(jobview.list_jobs(), remembered)
+        return frame, gr.update(**picker, value=chosen), compare
+
+    demo.load(on_load, [tab.status_filter, tab.remembered],
+              [tab.table, tab.job_picker, tab.compare_picker], api_visibility="private")
+
+
+def open_started(job_id, session):
+    """After Start: switch to the Jobs tab showing the new job."""
+    if job_id is None:
+        return gr.skip(), gr.skip(), gr.skip()
+    return (gr.Tabs(selected="jobs"), gr.update(choices=jobview.choices(), value=str(job_id)),
+            jobview.new_session(job_id))
+
+
+def clone_values(jid):
+    """Clone: the job's settings into the Train form, and switch to it."""
+    from engine.config import ConfigError, from_dict
+
+    n = len(form.FORM_KEYS)
+    if not jid:
+        return [gr.skip()] * (n + 2) + [render.note("Pick a job to clone.", "warn")]
+    try:
+        job = jobview._api().get(jobview.parse_id(jid))
+        cfg = from_dict(jobview.job_config(job))
+    except (ConfigError, KeyError, ValueError) as exc:    # JobNotFound, a broken config
+        return [gr.skip()] * (n + 2) + [render.note(f"Could not clone job {jid}: {exc}", "bad")]
+    cfg.output_dir, cfg.train.resume_from = None, None
+    name = (jobview.field(job, "name") or f"job-{jid}") + "-copy"
+    return form.config_to_form(cfg) + [name, gr.Tabs(selected="train"),
+                                       render.note(f"Settings of job {jid} loaded: change what "
+                                                   "you like and press Start.", "good")]

@@ -1,0 +1,417 @@
+"""The Jobs tab's handlers: the table, one job's live metrics, actions and downloads.
+
+Live charts poll `jobs.api.metrics(job_id, since_step)`; the session keeps what it has seen
+(`new_session` / `poll`), so each tick moves only new rows, whatever the job's length.
+Downloads are written into and served from the job's own folder, FTSTUDIO_HOME/jobs/<id>/,
+after resolving every path and checking that it stays inside (job_dir, job_file).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import time
+import zipfile
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from app.studio import render
+from engine.catalog import studio_home
+
+TERMINAL = {"completed", "failed", "cancelled", "interrupted"}
+CHART_POINTS = 1500            # longer series are thinned for the browser (the store keeps all)
+SMOOTHING = 0.9                # EMA weight of the smoothed loss (TensorBoard-style, debiased)
+LOG_LINES = 300
+TABLE_COLUMNS = ["ID", "Name", "Status", "Progress", "ETA", "Started", "Duration", "Owner",
+                 "Model", "Method"]
+
+
+def _api():
+    from jobs import api
+
+    return api
+
+
+def field(job: Any, *names: str, default: Any = None) -> Any:
+    """A job record's field whether the record is a dict or an object."""
+    for name in names:
+        value = job.get(name) if isinstance(job, dict) else getattr(job, name, None)
+        if value is not None:
+            return value
+    return default
+
+
+def job_config(job: Any) -> dict[str, Any]:
+    cfg = field(job, "config", default={})
+    if isinstance(cfg, str):
+        import yaml
+
+        cfg = yaml.safe_load(cfg) or {}
+    return cfg if isinstance(cfg, dict) else getattr(cfg, "to_dict", dict)()
+
+
+def parse_id(value: Any) -> str:
+    """Job ids are text (jobs.store.new_id); dropdowns and API callers may send anything."""
+    return str(value).strip()
+
+
+def metric_rows(records: list[dict[str, Any]]) -> list[tuple[int, str, float]]:
+    """(step, name, value) from jobs.api.metrics records, whether one record per step
+    ({step, loss, lr, ...}) or one per value ({step, name, value, time})."""
+    out = []
+    for r in records or []:
+        step = int(r["step"])
+        if "name" in r and "value" in r:
+            out.append((step, str(r["name"]), float(r["value"])))
+            continue
+        for name, value in r.items():
+            if name not in ("step", "time", "job_id", "id") and isinstance(value, (int, float)) \
+                    and not isinstance(value, bool):
+                out.append((step, name, float(value)))
+    return out
+
+
+def _ts(value: Any) -> float | None:
+    if value in (None, ""):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    try:
+        return datetime.fromisoformat(str(value)).timestamp()
+    except ValueError:
+        return None
+
+
+def _clock(value: Any) -> str:
+    ts = _ts(value)
+    if ts is None:
+        return ""
+    when = datetime.fromtimestamp(ts)
+    fmt = "%H:%M:%S" if when.date() == datetime.now().date() else "%b %d %H:%M"
+    return when.strftime(fmt)
+
+
+# --------------------------------------------------------------------------- table
+
+
+def progress_of(job: Any) -> tuple[int, int | None]:
+    step = field(job, "step", "progress_step", "current_step", default=0) or 0
+    total = field(job, "total_steps", "max_steps")
+    return int(step), (int(total) if total else None)
+
+
+def eta_of(job: Any, now: float | None = None) -> float | None:
+    step, total = progress_of(job)
+    started = _ts(field(job, "started_at", "started"))
+    if field(job, "status") != "running" or not started or not total or step <= 0:
+        return None
+    elapsed = (now or time.time()) - started
+    return elapsed / step * max(0, total - step)
+
+
+def table_row(job: Any) -> list[Any]:
+    cfg, status = job_config(job), field(job, "status", default="?")
+    step, total = progress_of(job)
+    share = f"{step / total:.0%} · {step}/{total}" if total else (f"step {step}" if step else "")
+    if status == "completed":
+        share = f"100% · {total or step}/{total or step}" if (total or step) else "100%"
+    started, finished = _ts(field(job, "started_at", "started")), \
+        _ts(field(job, "finished_at", "ended_at", "finished"))
+    took = (finished or time.time()) - started if started else None
+    model = str((cfg.get("model") or {}).get("name", ""))
+    return [field(job, "id", "job_id"), field(job, "name", default="") or "",
+            f"{render.STATUS_ICONS.get(status, '')} {status}", share,
+            render.duration(eta_of(job)), _clock(field(job, "started_at", "created_at")),
+            render.duration(took), field(job, "owner", default="local"),
+            model.rstrip("/").rsplit("/", 1)[-1] if "/" in model and Path(model).is_absolute()
+            else model, (cfg.get("method") or {}).get("kind", "")]
+
+
+def list_jobs(status: str | None = None) -> list[Any]:
+    return list(_api().list_jobs(status=status or None))
+
+
+def table(status: str | None = None, jobs: list[Any] | None = None):
+    import pandas as pd
+
+    jobs = list_jobs(status) if jobs is None else jobs
+    return pd.DataFrame([table_row(j) for j in jobs], columns=TABLE_COLUMNS)
+
+
+def job_label(job: Any) -> str:
+    name = field(job, "name") or (job_config(job).get("method") or {}).get("kind", "job")
+    return f"#{field(job, 'id', 'job_id')} · {name} · {field(job, 'status', default='?')}"
+
+
+def choices(jobs: list[Any] | None = None, statuses: set[str] | None = None
+            ) -> list[tuple[str, str]]:
+    jobs = list_jobs() if jobs is None else jobs
+    return [(job_label(j), str(field(j, "id", "job_id"))) for j in jobs
+            if statuses is None or field(j, "status") in statuses]
+
+
+def pick_default(jobs: list[Any], remembered: Any = None) -> str | None:
+    """The job to show: the remembered one if it still exists, else the newest running one,
+    else the newest."""
+    ids = [str(field(j, "id", "job_id")) for j in jobs]
+    if remembered is not None and str(remembered) in ids:
+        return str(remembered)
+    running = [str(field(j, "id", "job_id")) for j in jobs if field(j, "status") == "running"]
+    return (running or ids or [None])[0]
+
+
+# --------------------------------------------------------------------------- live metrics
+
+
+def new_session(job_id: Any = None) -> dict[str, Any]:
+    return {"job": None if job_id in (None, "") else str(job_id), "since": -1, "points": {},
+            "status": None, "log_since": 0, "log": [], "version": 0, "rate_from": None,
+            "rate_to": None}
+
+
+def poll(session: dict[str, Any] | None, job_id: Any) -> tuple[dict[str, Any], bool, Any]:
+    """Fetch what is new for `job_id`: (session, changed, job record)."""
+    api = _api()
+    if not session or session.get("job") != (None if job_id in (None, "") else str(job_id)):
+        session = new_session(job_id)
+    if session["job"] is None:
+        return session, False, None
+    jid = parse_id(session["job"])
+    try:
+        job = api.get(jid)
+    except (KeyError, LookupError, ValueError):
+        job = None
+    if job is None:
+        changed = session["status"] != "missing"
+        session["status"] = "missing"
+        return session, changed, None
+    status = field(job, "status")
+    # rows at the last seen step are fetched again: an eval row may land after its train row
+    records = api.metrics(jid, since_step=max(-1, session["since"] - 1))
+    points, before = session["points"], len(session["points"])
+    for step, name, value in metric_rows(records):
+        points[f"{step}|{name}"] = (step, name, value, None)
+        session["since"] = max(session["since"], step)
+    if len(points) != before and session["since"] > 0:   # for the ETA: steps seen over time
+        seen = (time.time(), session["since"])
+        session["rate_from"] = session.get("rate_from") or seen
+        session["rate_to"] = seen
+    new_lines, session["log_since"] = _log_lines(api.logs(jid, since=session["log_since"]),
+                                                 session["log_since"])
+    if new_lines:
+        session["log"] = (session["log"] + new_lines)[-LOG_LINES:]
+    changed = len(points) != before or bool(new_lines) or status != session["status"] or \
+        session["version"] == 0
+    session["status"] = status
+    session["version"] += 1
+    return session, changed, job
+
+
+def _log_lines(lines: Any, since: int) -> tuple[list[str], int]:
+    """New log lines and the position to ask from next time (event ids, or a line count)."""
+    if isinstance(lines, str):
+        lines = lines.splitlines()
+    out = []
+    for item in lines or []:
+        if isinstance(item, dict):
+            text = item.get("line", item.get("message", ""))
+            level = item.get("level")
+            out.append(f"[{level}] {text}" if level and level not in ("info",) else str(text))
+            since = max(since, int(item.get("id", since + 1)))
+        else:
+            out.append(str(item))
+            since += 1
+    return out, since
+
+
+def series(session: dict[str, Any], name: str) -> list[tuple[int, float]]:
+    return sorted((s, v) for s, n, v, _ in session["points"].values() if n == name)
+
+
+def smooth(values: list[float], weight: float = SMOOTHING) -> list[float]:
+    """Debiased exponential moving average, as TensorBoard draws it."""
+    out, avg = [], 0.0
+    for i, v in enumerate(values, 1):
+        avg = weight * avg + (1 - weight) * v
+        out.append(avg / (1 - weight ** i))
+    return out
+
+
+def thin(points: list[tuple[int, float]], limit: int = CHART_POINTS) -> list[tuple[int, float]]:
+    if len(points) <= limit:
+        return points
+    stride = math.ceil(len(points) / limit)
+    return points[::stride] + ([points[-1]] if (len(points) - 1) % stride else [])
+
+
+def frame(rows: list[dict[str, Any]], columns: dict[str, str]):
+    """A DataFrame with fixed column dtypes even when empty: the browser picks each chart's
+    axis types (numbers or categories) from the first frame it gets."""
+    import pandas as pd
+
+    return pd.DataFrame({c: pd.Series([r[c] for r in rows], dtype=t) for c, t in
+                         columns.items()})
+
+
+STEP_VALUE = {"step": "int64", "value": "float64"}
+
+
+def frames(session: dict[str, Any]) -> dict[str, Any]:
+    """The chart frames: loss (raw and smoothed), eval loss, learning rate, tokens/s."""
+    loss = series(session, "loss")
+    smoothed = list(zip([s for s, _ in loss], smooth([v for _, v in loss])))
+    rows = [{"step": s, "value": v, "series": "raw"} for s, v in thin(loss)] + \
+        [{"step": s, "value": v, "series": "smoothed"} for s, v in thin(smoothed)]
+    out = {"loss": frame(rows, {**STEP_VALUE, "series": "str"})}
+    for name in ("eval_loss", "lr", "tokens_per_s"):
+        out[name] = frame([{"step": s, "value": v} for s, v in thin(series(session, name))],
+                          STEP_VALUE)
+    return out
+
+
+def progress_html(session: dict[str, Any], job: Any) -> str:
+    if job is None:
+        return ""
+    status = field(job, "status", default="?")
+    step, total = progress_of(job)
+    train = series(session, "loss")
+    if train:
+        step = max(step, train[-1][0])
+    totals = series(session, "total_steps")
+    if totals and not total:
+        total = int(totals[-1][1])
+    if status == "completed" and not total:
+        total = step or None
+    eta = eta_of({**_as_dict(job), "step": step, "total_steps": total})
+    (t0, s0), (t1, s1) = session.get("rate_from") or (0, 0), session.get("rate_to") or (0, 0)
+    if status == "running" and total and s1 > s0:       # the pace seen on this page
+        eta = (t1 - t0) / (s1 - s0) * max(0, total - s1) - (time.time() - t1)
+        eta = max(eta, 0)
+    label = f"ETA {render.duration(eta)}" if eta is not None else ""
+    return render.progress(step, total, label, status)
+
+
+def _as_dict(job: Any) -> dict[str, Any]:
+    return dict(job) if isinstance(job, dict) else dict(vars(job))
+
+
+def header_html(job: Any) -> str:
+    if job is None:
+        return render.note("Pick a job from the table, or start one in the Train tab.")
+    cfg = job_config(job)
+    model = (cfg.get("model") or {}).get("name", "")
+    data = (cfg.get("data") or {}).get("train", "")
+    meta = " · ".join(x for x in [
+        f"owner {field(job, 'owner', default='local')}",
+        f"created {_clock(field(job, 'created_at'))}" if field(job, "created_at") else "",
+        f"started {_clock(field(job, 'started_at'))}" if field(job, "started_at") else "",
+        f"finished {_clock(field(job, 'finished_at'))}" if field(job, "finished_at") else "",
+    ] if x)
+    error, hint = field(job, "error"), field(job, "hint")
+    notes = (render.note(str(error), "bad") if error else "") + \
+        (render.note(str(hint), "info") if hint else "")
+    return (f'<div class="fs-job-h"><span class="fs-job-name">#{render.esc(field(job, "id"))} '
+            f'{render.esc(field(job, "name", default="") or "")}</span>'
+            f'{render.badge(field(job, "status", default="?"))}<span class="fs-muted">'
+            f'{render.esc((cfg.get("method") or {}).get("kind", ""))} on '
+            f'{render.esc(Path(model).name if Path(model).is_absolute() else model)} · data '
+            f'{render.esc(Path(str(data)).name)}</span></div><div class="fs-muted">'
+            f'{render.esc(meta)}</div>' + notes)
+
+
+# --------------------------------------------------------------------------- compare
+
+
+def compare_frame(job_ids: list[Any]):
+    """Smoothed training loss of several jobs on one chart (and eval loss as points)."""
+    api, rows = _api(), []
+    for jid in job_ids or []:
+        s = new_session(jid)
+        for step, name, value in metric_rows(api.metrics(parse_id(jid), since_step=-1)):
+            s["points"][f"{step}|{name}"] = (step, name, value, None)
+        label = f"#{jid}"
+        try:
+            label = job_label(api.get(parse_id(jid))).rsplit(" · ", 1)[0]
+        except Exception:  # noqa: BLE001 - a deleted job keeps its number as label
+            pass
+        loss = series(s, "loss")
+        sm = list(zip([a for a, _ in loss], smooth([v for _, v in loss])))
+        rows += [{"step": a, "loss": v, "job": label} for a, v in thin(sm)]
+        rows += [{"step": a, "loss": v, "job": f"{label} (eval)"}
+                 for a, v in series(s, "eval_loss")]
+    return frame(rows, {"step": "int64", "loss": "float64", "job": "str"})
+
+
+# --------------------------------------------------------------------------- files
+
+
+def job_dir(job_id: Any) -> Path:
+    """FTSTUDIO_HOME/jobs/<id>, refusing ids that would lead anywhere else."""
+    root = (studio_home() / "jobs").resolve()
+    folder = (root / str(job_id)).resolve()
+    if folder.parent != root:
+        raise PermissionError(f"job id {job_id!r} is not a plain job id")
+    return folder
+
+
+def job_file(job_id: Any, relative: str) -> Path:
+    """A path inside the job's folder; anything resolving outside it is refused."""
+    folder = job_dir(job_id)
+    path = (folder / relative).resolve()
+    if not path.is_relative_to(folder):
+        raise PermissionError(f"{relative} is outside job {job_id}'s folder")
+    return path
+
+
+def adapter_zip(job_id: Any) -> str:
+    src = job_file(job_id, "adapter")
+    if not src.is_dir() or not any(src.iterdir()):
+        raise FileNotFoundError(f"job {job_id} has no adapter yet (it appears when training "
+                                "ends or saves a checkpoint)")
+    return str(_zip(job_id, "adapter.zip", [(p, p.relative_to(src.parent)) for p in
+                                            sorted(src.rglob("*")) if p.is_file()]))
+
+
+def bundle_zip(job_id: Any) -> str:
+    names = ["config.yaml", "run.json", "metrics.jsonl", "log.txt"]
+    files = [(job_file(job_id, n), Path(n)) for n in names]
+    files = [(p, a) for p, a in files if p.is_file()]
+    if not files:
+        raise FileNotFoundError(f"job {job_id} has no run files yet")
+    return str(_zip(job_id, f"job-{job_id}-run.zip", files))
+
+
+def metrics_csv(job_id: Any) -> str:
+    """Every metrics row of the job, one line per step, one column per metric."""
+    rows = metric_rows(_api().metrics(parse_id(job_id), since_step=-1))
+    if not rows:
+        raise FileNotFoundError(f"job {job_id} has no metrics yet")
+    by_step: dict[int, dict[str, Any]] = {}
+    names: list[str] = []
+    for step, name, value in rows:
+        by_step.setdefault(step, {"step": step})[name] = value
+        if name not in names:
+            names.append(name)
+    out = job_file(job_id, f"exports/job-{job_id}-metrics.csv")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["step", *names])
+        writer.writeheader()
+        writer.writerows(by_step[s] for s in sorted(by_step))
+    return str(out)
+
+
+def _zip(job_id: Any, name: str, files: list[tuple[Path, Path]]) -> Path:
+    folder = job_dir(job_id)
+    out = job_file(job_id, f"exports/{name}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".part")
+    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+        for path, arcname in files:
+            real = path.resolve()
+            if not real.is_relative_to(folder):   # a symlink pointing out of the job folder
+                raise PermissionError(f"{path} leads outside job {job_id}'s folder")
+            zf.write(real, str(arcname))
+    tmp.replace(out)
+    return out

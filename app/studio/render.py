@@ -1,0 +1,155 @@
+"""Small HTML pieces the studio shows: cards, stat tiles, badges, meters, problem lists.
+
+Pure functions from plain values to HTML strings (every value escaped); styled by
+static/studio.css (class names prefixed `fs-`).
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from collections.abc import Iterable
+from typing import Any
+
+from engine.catalog import ModelInfo, human_count
+from engine.config import Problem
+from engine.estimate import Estimate, human_bytes
+
+STATUS_ICONS = {"queued": "◷", "running": "●", "completed": "✓", "failed": "✕",
+                "cancelled": "■", "interrupted": "↯"}
+VERDICT_TEXT = {"fits": "Fits", "tight": "Tight", "exceeds": "Exceeds"}
+PART_LABELS = {"weights": "Weights", "adapter": "Adapter", "gradients": "Gradients",
+               "optimizer": "Optimizer state", "activations": "Activations",
+               "logits": "Logits", "overhead": "Overhead"}
+
+
+def esc(value: Any) -> str:
+    return html.escape("" if value is None else str(value))
+
+
+def badge(status: str) -> str:
+    return (f'<span class="fs-badge fs-{esc(status)}">{STATUS_ICONS.get(status, "")} '
+            f'{esc(status)}</span>')
+
+
+def tiles(items: Iterable[tuple[str, Any, str]]) -> str:
+    """A row of stat tiles: (label, value, tone) with tone '', 'good', 'warn' or 'bad'."""
+    cells = "".join(f'<div class="fs-tile {esc(tone)}"><div class="fs-tile-v">{esc(v)}</div>'
+                    f'<div class="fs-tile-l">{esc(label)}</div></div>'
+                    for label, v, tone in items)
+    return f'<div class="fs-tiles">{cells}</div>'
+
+
+def note(text: str, tone: str = "info") -> str:
+    return f'<div class="fs-note fs-{esc(tone)}">{esc(text)}</div>'
+
+
+def problems(items: list[Problem], label_for=lambda k: k) -> str:
+    """Every problem, each with the setting's label, its key and the message."""
+    if not items:
+        return ""
+    rows = "".join(f'<li><b>{esc(label_for(p.key))}</b> <code>{esc(p.key)}</code> '
+                   f'{esc(p.message)}</li>' for p in items)
+    n = len(items)
+    return (f'<div class="fs-problems" role="alert"><div class="fs-problems-h">'
+            f'{n} problem{"s" if n != 1 else ""} to fix before starting</div><ul>{rows}</ul>'
+            '</div>')
+
+
+def model_card(info: ModelInfo) -> str:
+    avail = ("Available offline", "good") if info.offline else ("Needs a download", "warn")
+    kind = {"demo": "Demo model", "local": "Local folder", "preset": "Curated preset",
+            "hub": "Hub model"}[info.source]
+    body = tiles([("Architecture", info.architecture, ""),
+                  ("Parameters", human_count(info.params), ""),
+                  (kind, avail[0], avail[1])])
+    notes = "".join(note(n, "warn" if "random" not in n else "info") for n in info.notes)
+    demo = '<span class="fs-pill">DEMO</span>' if info.is_demo else ""
+    return (f'<div class="fs-card"><div class="fs-card-h">{esc(info.label)} {demo}</div>'
+            f'<div class="fs-muted fs-mono">{esc(info.name)}</div>{body}{notes}</div>')
+
+
+def estimate_card(est: Estimate | None, reason: str = "") -> str:
+    if est is None:
+        return (f'<div class="fs-card fs-estimate"><div class="fs-card-h">Memory estimate</div>'
+                f'{note(reason or "No estimate: the model shape is unknown offline.", "warn")}'
+                '</div>')
+    dev, verdict = est.device, est.verdict
+    share = est.peak_bytes / dev.capacity_bytes if dev.capacity_bytes else 1.0
+    width = max(2, min(100, math.ceil(100 * share)))
+    where = (f"{dev.name} · {human_bytes(dev.total_bytes)}" if dev.kind == "cuda" else
+             f"CPU RAM · {human_bytes(dev.available_bytes)} free of "
+             f"{human_bytes(dev.total_bytes)}")
+    parts = sorted(((k, v) for k, v in est.parts.items() if v), key=lambda kv: -kv[1])
+    legend = "".join(f'<div class="fs-part"><span>{esc(PART_LABELS.get(k, k))}</span>'
+                     f'<span>{human_bytes(v)}</span></div>' for k, v in parts)
+    notes = "".join(note(n, "warn") for n in est.notes)
+    pct = est.trainable_share * 100
+    pct_text = f"{pct:.2f}%" if pct < 10 else f"{pct:.0f}%"
+    return (
+        f'<div class="fs-card fs-estimate"><div class="fs-card-h">Before you start</div>'
+        + tiles([("Trainable parameters", human_count(est.trainable_params), ""),
+                 ("of all weights", pct_text, ""),
+                 ("Peak memory", human_bytes(est.peak_bytes), "")])
+        + f'<div class="fs-meter fs-{verdict}"><div class="fs-meter-fill" '
+          f'style="width:{width}%"></div></div>'
+        f'<div class="fs-verdict fs-{verdict}"><b>{VERDICT_TEXT[verdict]}</b> · '
+        f'{share:.0%} of {esc(where)}</div>'
+        f'<details class="fs-breakdown"><summary>Breakdown</summary>{legend}</details>'
+        f'{notes}</div>')
+
+
+def data_report(rep: dict[str, Any]) -> str:
+    """The dataset report (DataReport.to_dict()) as tiles, notes and problems."""
+    unit = rep.get("length_unit", "tokens")
+    bad = rep.get("skipped_bad", 0)
+    head = tiles([
+        ("Format", rep.get("format", "?"), "bad" if rep.get("format") == "unknown" else ""),
+        ("Records", f"{rep.get('records', 0):,}", ""),
+        ("Used", f"{rep.get('used', 0):,}", "bad" if not rep.get("used") else "good"),
+        ("Train / val", f"{rep.get('train_records', 0)} / {rep.get('validation_records', 0)}",
+         ""),
+        ("Truncated", rep.get("truncated", 0), "warn" if rep.get("truncated") else ""),
+        ("Duplicates", rep.get("duplicates", 0), "warn" if rep.get("duplicates") else ""),
+        ("Errors", bad, "bad" if bad else ""),
+    ])
+    lines = [f'<div class="fs-muted">{esc(rep.get("format_reason", ""))}</div>']
+    if rep.get("used"):
+        lines.append(
+            f'<div class="fs-muted">Length in {esc(unit)}: min {rep.get("length_min")}, median '
+            f'{rep.get("length_median", 0):g}, p95 {rep.get("length_p95")}, max '
+            f'{rep.get("length_max")} · {rep.get("trained_tokens", 0):,} of '
+            f'{rep.get("total_tokens", 0):,} {esc(unit)} carry loss</div>')
+    if unit != "tokens":
+        lines.append(note("Lengths are counted in words: the model's tokenizer is not "
+                          "available offline.", "warn"))
+    for text in rep.get("notes") or []:
+        lines.append(note(text, "info"))
+    if rep.get("bad_examples"):
+        items = "".join(f"<li>{esc(m)}</li>" for m in rep["bad_examples"])
+        more = bad - len(rep["bad_examples"])
+        lines.append(f'<div class="fs-problems"><div class="fs-problems-h">{bad} record'
+                     f'{"s" if bad != 1 else ""} with errors</div><ul>{items}</ul>'
+                     + (f"<div>… and {more} more</div>" if more > 0 else "") + "</div>")
+    return f'<div class="fs-card fs-report">{head}{"".join(lines)}</div>'
+
+
+def progress(done: int, total: int | None, label: str = "", status: str = "running") -> str:
+    share = (done / total) if total else 0.0
+    width = max(0, min(100, round(100 * share)))
+    text = f"step {done:,} of {total:,}" if total else f"step {done:,}"
+    return (f'<div class="fs-progress fs-{esc(status)}"><div class="fs-progress-bar">'
+            f'<div class="fs-progress-fill" style="width:{width}%"></div></div>'
+            f'<div class="fs-progress-t"><span>{esc(text)}</span><span>{width}%'
+            f'{" · " + esc(label) if label else ""}</span></div></div>')
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None or seconds < 0 or not math.isfinite(seconds):
+        return ""
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m {s % 60:02d}s"
+    return f"{s // 3600}h {s % 3600 // 60:02d}m"

@@ -1,0 +1,244 @@
+"""The Train tab: base model, data, method and hyperparameters, with the estimate and Start.
+
+Layout: the form on the left in four numbered steps, a sticky summary on the right (memory
+estimate, job name, Start, every problem at once, YAML and the equivalent command).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import gradio as gr
+
+from app.studio import form, handlers, render
+
+FIELD = "fs-field"
+
+
+@dataclass
+class TrainTab:
+    widgets: dict[str, Any] = field(default_factory=dict)
+    inputs: list[Any] = field(default_factory=list)  # widgets in FORM_KEYS order
+    job_name: Any = None
+    start: Any = None
+    problems: Any = None
+    started: Any = None        # gr.State: the id of the job just queued
+    status: Any = None
+    on_load: list[tuple[Any, list, list]] = field(default_factory=list)  # (fn, inputs, outputs)
+
+
+def _widget(key: str, value: Any = None, **kw: Any):
+    spec = form.widget_spec(key)
+    common = dict(label=spec["label"], info=spec["info"], elem_classes=[FIELD],
+                  elem_id="f-" + key.replace(".", "-").replace("_", "-"))
+    common.update(kw)
+    value = spec["value"] if value is None else value
+    if spec["type"] == "dropdown":
+        return gr.Dropdown(choices=spec["choices"], value=value, **common)
+    if spec["type"] == "checkbox":
+        return gr.Checkbox(value=value, **common)
+    if spec["type"] == "number":
+        return gr.Number(value=value, precision=spec.get("precision"), **common)
+    return gr.Textbox(value=value, placeholder=spec.get("placeholder"), max_lines=1, **common)
+
+
+def _step(n: int, title: str, sub: str) -> None:
+    gr.HTML(f'<div class="fs-step"><span class="fs-step-n">{n}</span><div><div '
+            f'class="fs-step-t">{render.esc(title)}</div><div class="fs-muted">'
+            f'{render.esc(sub)}</div></div></div>')
+
+
+def build() -> TrainTab:
+    t = TrainTab()
+    cfg = handlers.default_config()
+    start_values = dict(zip(form.FORM_KEYS, form.config_to_form(cfg)))
+    w = t.widgets
+
+    def add(key: str, **kw: Any):
+        w[key] = _widget(key, start_values[key], **kw)
+        return w[key]
+
+    with gr.Row(equal_height=False, elem_id="train-layout"):
+        with gr.Column(scale=3, elem_id="train-form"):
+            # 1 -- base model
+            with gr.Column(elem_classes=["fs-section"]):
+                _step(1, "Base model", "A curated preset, a folder under FTSTUDIO_HOME/models, "
+                                       "the offline demo, or any hub id.")
+                w["model.name"] = gr.Dropdown(
+                    choices=handlers.model_choices(), value=start_values["model.name"],
+                    allow_custom_value=True, filterable=True, label="Base model",
+                    info="Type a hub id (owner/name) or a local path to use another model. "
+                         f"Memory shown for presets: {handlers.NEEDS_ASSUME}.",
+                    elem_classes=[FIELD], elem_id="f-model-name")
+                model_card = gr.HTML(handlers.model_card(start_values["model.name"]))
+                with gr.Accordion("Model loading options", open=False):
+                    with gr.Row():
+                        for key in form.MODEL_ADVANCED:
+                            add(key)
+            # 2 -- data
+            with gr.Column(elem_classes=["fs-section"]):
+                _step(2, "Data", "Upload .json, .jsonl, .csv or .parquet, or try a bundled "
+                                 "example. The report and preview update at once.")
+                with gr.Row(equal_height=True):
+                    examples = handlers.example_choices()
+                    example = gr.Dropdown(choices=examples, value=start_values["data.train"]
+                                          if start_values["data.train"] in dict(examples).values()
+                                          else None,
+                                          label="Bundled example", scale=2,
+                                          elem_id="example-picker")
+                    upload = gr.UploadButton("⇪ Upload data file", scale=1, size="lg",
+                                             file_types=[".json", ".jsonl", ".csv", ".parquet"],
+                                             elem_id="upload-data")
+                add("data.train")
+                report = gr.HTML(elem_id="data-report")
+                with gr.Row(equal_height=False):
+                    hist = gr.BarPlot(x="length", y="records", sort=None, height=250,
+                                      y_lim=[0, None], x_label_angle=-45,
+                                      title="Record length", x_title="length",
+                                      y_title="records", scale=2, elem_id="length-hist")
+                    with gr.Column(scale=3):
+                        previews = [gr.HighlightedText(
+                            label=f"Record {i + 1} as the model sees it", show_legend=i == 0,
+                            color_map={"trained": "#16a34a"}, combine_adjacent=True,
+                            show_inline_category=False,
+                            elem_classes=["fs-preview"]) for i in range(handlers.PREVIEW_RECORDS)]
+                with gr.Row():
+                    for key in form.DATA_MAIN:
+                        add(key)
+                with gr.Accordion("More data settings", open=False):
+                    with gr.Row():
+                        for key in form.DATA_ADVANCED[:5]:
+                            add(key)
+                    with gr.Row():
+                        for key in form.DATA_ADVANCED[5:]:
+                            add(key)
+            # 3 -- method
+            with gr.Column(elem_classes=["fs-section"]):
+                _step(3, "Method", "How the model learns. Only the chosen method's settings "
+                                   "show.")
+                w["method.kind"] = gr.Radio(
+                    choices=[(form.METHOD_LABELS[k], k) for k in form.METHOD_LABELS],
+                    value=start_values["method.kind"], label="Method", show_label=False,
+                    elem_classes=[FIELD, "fs-methods"], elem_id="f-method-kind")
+                blurb = gr.HTML(render.note(form.METHOD_BLURBS[start_values["method.kind"]]))
+                with gr.Row():
+                    for key, kinds in form.METHOD_KEYS.items():
+                        add(key, visible=start_values["method.kind"] in kinds)
+            # 4 -- training
+            with gr.Column(elem_classes=["fs-section"]):
+                _step(4, "Training", "Sensible defaults; hover a setting's name for what it "
+                                     "does.")
+                with gr.Row():
+                    for key in form.TRAIN_MAIN:
+                        add(key)
+                with gr.Accordion("Advanced training settings", open=False):
+                    for i in range(0, len(form.TRAIN_ADVANCED), 5):
+                        with gr.Row():
+                            for key in form.TRAIN_ADVANCED[i:i + 5]:
+                                add(key)
+        # -- the summary column
+        with gr.Column(scale=2, elem_id="train-side", elem_classes=["fs-sticky"]):
+            estimate = gr.HTML(elem_id="estimate")
+            t.job_name = gr.Textbox(label="Job name", placeholder="optional, e.g. demo-lora",
+                                    max_lines=1, elem_id="job-name")
+            t.start = gr.Button("▶ Start training", variant="primary", size="lg",
+                                elem_id="start-btn")
+            t.problems = gr.HTML(elem_id="problems", elem_classes=["fs-slot"])
+            t.status = gr.HTML(elem_id="start-status", elem_classes=["fs-slot"])
+            with gr.Accordion("Settings as YAML · equivalent command", open=False,
+                              elem_id="yaml-box"):
+                with gr.Row():
+                    save = gr.DownloadButton("⇩ Save YAML", size="sm", elem_id="save-yaml")
+                    load = gr.UploadButton("⇪ Load YAML", size="sm",
+                                           file_types=[".yaml", ".yml", ".json"],
+                                           elem_id="load-yaml")
+                yaml_box = gr.Code(language="yaml", label="config.yaml", interactive=False,
+                                   max_lines=24)
+                command = gr.Code(language="shell", label="ftstudio command",
+                                  interactive=False, elem_id="command")
+    t.inputs = [w[k] for k in form.FORM_KEYS]
+    t.started = gr.State(None)
+    _wire(t, model_card, example, upload, report, hist, previews, blurb, estimate, save, load,
+          yaml_box, command)
+    return t
+
+
+def _values(args) -> dict[str, Any]:
+    return form.form_to_values(args[:len(form.FORM_KEYS)])
+
+
+def _wire(t: TrainTab, model_card, example, upload, report, hist, previews, blurb, estimate,
+          save, load, yaml_box, command) -> None:
+    w, n = t.widgets, len(form.FORM_KEYS)
+
+    def side(*args):
+        values, name = _values(args), args[n]
+        return (handlers.estimate_panel(values), handlers.command_preview(values, name),
+                handlers.yaml_text(values), handlers.save_yaml(values, name))
+
+    side_io = (t.inputs + [t.job_name], [estimate, command, yaml_box, save])
+    gr.on([x.change for x in t.inputs] + [t.job_name.change], side, *side_io,
+          show_progress="hidden", trigger_mode="always_last", queue=False,
+          api_visibility="private")
+    t.on_load.append((side, *side_io))
+
+    def data(*args):
+        html, frame, recs = handlers.data_panel(_values(args))
+        shown = [gr.update(value=recs[i], visible=True) if i < len(recs) else
+                 gr.update(value=None, visible=i == 0) for i in range(len(previews))]
+        return [html, frame, *shown]
+
+    data_io = (t.inputs, [report, hist, *previews])
+    gr.on([w[k].change for k in form.DATA_KEYS], data, *data_io, show_progress="minimal",
+          trigger_mode="always_last", api_visibility="private")
+    t.on_load.append((data, *data_io))
+    w["model.name"].change(handlers.model_card, w["model.name"], model_card,
+                           show_progress="hidden", api_visibility="private")
+    example.change(lambda p: p or gr.skip(), example, w["data.train"], queue=False,
+                   api_visibility="private")
+    known = {path for _, path in handlers.example_choices()}
+    w["data.train"].change(lambda p: p if p in known else None, w["data.train"], example,
+                           queue=False, api_visibility="private")
+
+    def uploaded(file):
+        try:
+            return handlers.store_upload(file), ""
+        except (OSError, ValueError) as exc:
+            return gr.skip(), render.note(str(exc), "bad")
+
+    upload.upload(uploaded, upload, [w["data.train"], t.status], api_visibility="private")
+
+    def method_changed(kind):
+        return [render.note(form.METHOD_BLURBS.get(kind, ""))] + [
+            gr.update(visible=kind in kinds) for kinds in form.METHOD_KEYS.values()]
+
+    w["method.kind"].change(method_changed, w["method.kind"],
+                            [blurb] + [w[k] for k in form.METHOD_KEYS], queue=False,
+                            api_visibility="private")
+
+    def loaded(file):
+        values, problems = handlers.load_yaml(file)
+        if problems:
+            return [gr.skip()] * n + [render.problems(problems, form.label_for)]
+        return values + [render.note("Settings loaded.", "good")]
+
+    load.upload(loaded, load, t.inputs + [t.problems], api_visibility="private")
+
+
+def start_handler(*args, request: gr.Request | None = None):
+    """Start: (problems HTML, status HTML, job id state, field highlight updates...)."""
+    values, name = _values(args), args[len(form.FORM_KEYS)]
+    owner = getattr(request, "username", None) or "local"
+    try:
+        job_id, problems = handlers.start_job(values, name, owner)
+    except Exception as exc:  # noqa: BLE001 - the queue being down is a message, not a crash
+        return [render.note(f"Could not queue the job: {exc}", "bad"), "", None] + \
+            [gr.update(elem_classes=[FIELD])] * len(form.FORM_KEYS)
+    bad = {p.key for p in problems}
+    marks = [gr.update(elem_classes=[FIELD, "fs-bad"] if k in bad else [FIELD])
+             for k in form.FORM_KEYS]
+    if problems:
+        return [render.problems(problems, form.label_for), "", None] + marks
+    return ["", render.note(f"Job {job_id} queued: follow it in the Jobs tab.", "good"),
+            job_id] + marks

@@ -1,0 +1,149 @@
+"""The Train tab's handlers as plain functions: form <-> config, data report, estimate,
+YAML, the command preview, uploads."""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+
+import yaml
+from click.testing import CliRunner
+
+from app.cli import cli
+from app.studio import form, handlers, render
+from engine.config import TrainConfig, load_config, to_yaml
+
+
+def _values(cfg: TrainConfig | None = None) -> dict:
+    return form.form_to_values(form.config_to_form(cfg or TrainConfig()))
+
+
+def _good(tiny_model, examples) -> dict:
+    cfg = TrainConfig()
+    cfg.model.name, cfg.data.train = str(tiny_model), str(examples / "alpaca.json")
+    return _values(cfg)
+
+
+def test_every_form_key_is_a_config_key_with_help():
+    from engine.config import all_keys, help_for
+
+    assert set(form.FORM_KEYS) <= set(all_keys())
+    for key in form.FORM_KEYS:
+        spec = form.widget_spec(key)
+        assert spec["info"] == help_for(key) and spec["label"]
+
+
+def test_form_round_trip_keeps_the_config(tiny_model, examples):
+    cfg = TrainConfig()
+    cfg.model.name, cfg.data.train = str(tiny_model), str(examples / "chat.jsonl")
+    cfg.method.kind, cfg.method.target_modules = "dora", ["q_proj", "v_proj"]
+    cfg.train.max_steps, cfg.train.lr, cfg.data.system_prompt = 7, 1e-3, "Be brief."
+    built, problems = form.check_form(_values(cfg))
+    assert problems == []
+    assert built.to_dict() == cfg.to_dict()
+
+
+def test_every_problem_is_reported_at_once(tiny_model, examples):
+    values = _good(tiny_model, examples)
+    values.update({"train.lr": "fast", "method.r": None, "data.train": "notes.txt",
+                   "train.warmup_ratio": 2, "train.max_steps": "-3"})
+    _, problems = form.check_form(values)
+    keys = {p.key for p in problems}
+    assert {"train.lr", "method.r", "data.train", "train.warmup_ratio",
+            "train.max_steps"} <= keys
+    html = render.problems(problems, form.label_for)
+    assert "Learning rate" in html and f"{len(problems)} problems to fix" in html
+
+
+def test_empty_optional_numbers_become_null(tiny_model, examples):
+    values = _good(tiny_model, examples)
+    values = form.form_to_values([values[k] for k in form.FORM_KEYS])
+    assert values["train.max_steps"] is None and values["train.neftune_alpha"] is None
+    cfg, problems = form.check_form({**values, "train.max_steps": "12"})
+    assert not problems and cfg.train.max_steps == 12
+
+
+def test_data_panel_reports_and_previews_with_loss_marks(tiny_model, examples):
+    html, hist, records = handlers.data_panel(_good(tiny_model, examples))
+    assert "alpaca" in html and "Records" in html
+    assert len(hist) > 0 and hist["records"].sum() > 0
+    assert len(records) == handlers.PREVIEW_RECORDS
+    labels = {label for _, label in records[0]}
+    assert labels == {"trained", None}              # both kinds of token are there
+    trained = "".join(t for t, label in records[0] if label == "trained")
+    assert "<|im_end|>" in trained                  # the end of turn is trained
+
+
+def test_data_panel_shows_bad_records_with_line_numbers(tiny_model, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"instruction": "a", "output": "b"}\n{"instruction": "c"}\nnot json\n')
+    values = {**_good(tiny_model, tmp_path), "data.train": str(bad)}
+    html, _, _ = handlers.data_panel(values)
+    assert "line 2" in html and "line 3" in html
+
+
+def test_data_panel_without_a_file_says_what_to_do(tiny_model, examples):
+    html, hist, records = handlers.data_panel({**_good(tiny_model, examples),
+                                               "data.train": None})
+    assert "upload" in html.lower() and hist is None and records == []
+
+
+def test_estimate_panel_shows_trainable_params_and_a_verdict(tiny_model, examples):
+    html = handlers.estimate_panel(_good(tiny_model, examples))
+    assert "Trainable parameters" in html and "32.8K" in html
+    assert any(v in html for v in ("Fits", "Tight", "Exceeds"))
+    unknown = handlers.estimate_panel({**_good(tiny_model, examples),
+                                       "model.name": "nobody/nothing-here"})
+    assert "No estimate" in unknown
+
+
+def test_command_preview_reproduces_the_config(tiny_model, examples):
+    values = _good(tiny_model, examples)
+    values.update({"method.kind": "ia3", "train.lr": 0.01, "data.system_prompt": "Be brief & kind",
+                   "method.target_modules": "k_proj, v_proj"})
+    text = handlers.command_preview(values, "my run")
+    first = text.split("ftstudio config ", 1)[1].split(" > ", 1)[0].replace("\\\n", " ")
+    result = CliRunner().invoke(cli, ["config", *shlex.split(first)])
+    assert result.exit_code == 0, result.output
+    assert yaml.safe_load(result.output) == yaml.safe_load(handlers.yaml_text(values))
+    assert "ftstudio train my-run.yaml" in text
+
+
+def test_yaml_save_and_load_round_trip(tiny_model, examples):
+    values = _good(tiny_model, examples)
+    values["method.kind"], values["train.epochs"] = "prompt_tuning", 2.5
+    path = handlers.save_yaml(values, "demo")
+    assert path.endswith("demo.yaml")
+    loaded, problems = handlers.load_yaml(path)
+    assert not problems
+    assert dict(zip(form.FORM_KEYS, loaded))["method.kind"] == "prompt_tuning"
+    assert load_config(path).train.epochs == 2.5
+
+
+def test_loading_a_bad_yaml_lists_its_problems(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  lr: fast\n  speed: 3\n")
+    values, problems = handlers.load_yaml(str(bad))
+    assert values is None and {p.key for p in problems} == {"train.lr", "train.speed"}
+
+
+def test_uploads_are_kept_by_content_hash(home, examples, tmp_path):
+    src = tmp_path / "mine.jsonl"
+    shutil.copy(examples / "chat.jsonl", src)
+    stored = handlers.store_upload(str(src))
+    assert stored.startswith(str(home.resolve())) and stored.endswith("mine.jsonl")
+    assert handlers.store_upload(str(src)) == stored
+    try:
+        handlers.store_upload(str(examples / "demo.yaml"))
+    except ValueError as exc:
+        assert "unsupported" in str(exc)
+    else:
+        raise AssertionError("a .yaml upload was accepted as data")
+
+
+def test_default_form_is_the_demo_with_a_bundled_example(home):
+    cfg = handlers.default_config()
+    assert cfg.model.name.endswith("models/demo") and cfg.data.train.endswith("alpaca.json")
+    assert cfg.output_dir is None
+    assert to_yaml(cfg)
+    assert any(path.endswith("chat.jsonl") for _, path in handlers.example_choices())

@@ -1,0 +1,227 @@
+"""The studio end to end in a real browser: `ftstudio serve` in a subprocess, driven by
+Playwright over Debian's Chromium (never a downloaded browser), plus the named API through
+gradio_client.
+
+Run as: pytest -m e2e tests/e2e/test_browser.py      (needs /usr/bin/chromium: apt-get install
+        chromium). Screenshots of each tab land in test-artifacts/e2e/.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from tests_paths import EXAMPLES, ROOT
+
+pytestmark = pytest.mark.e2e
+
+CHROMIUM = Path(os.environ.get("FTSTUDIO_CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run",
+                 "--disable-quic"]
+ARTIFACTS = ROOT / "test-artifacts" / "e2e"
+STEPS = 12
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"ftstudio serve exited ({proc.returncode}):\n"
+                                 + log.read_text(errors="replace")[-4000:])
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise AssertionError("ftstudio serve did not answer:\n" + log.read_text()[-4000:])
+
+
+@pytest.fixture(scope="module")
+def studio(tiny_model, tmp_path_factory):
+    """A running `ftstudio serve` in a fresh FTSTUDIO_HOME holding the tiny test model."""
+    home = tmp_path_factory.mktemp("studio") / "home"
+    shutil.copytree(tiny_model, home / "models" / "tiny")
+    port = _free_port()
+    exe = Path(sys.executable).parent / "ftstudio"
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "app.cli"]
+    env = {**os.environ, "FTSTUDIO_HOME": str(home), "GRADIO_ANALYTICS_ENABLED": "False",
+           "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    env.pop("FTSTUDIO_REDIS_URL", None)
+    log = home.parent / "serve.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd + ["serve", "--port", str(port), "--home", str(home)],
+                                cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        _wait_http(url, proc, log)
+        yield {"url": url, "home": home, "model": home / "models" / "tiny", "log": log}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        shutil.copy(log, ARTIFACTS / "serve.log") if ARTIFACTS.is_dir() else None
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} missing: apt-get install -y chromium")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+def _shot(page, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.evaluate("() => window.scrollTo(0, 0)")   # the sticky side panel where it belongs
+    page.wait_for_timeout(300)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def _line_points(page, selector: str) -> int:
+    """How many points the Vega line marks of a chart draw (in a visible colour)."""
+    return page.evaluate("""(sel) => {
+        let n = 0;
+        for (const p of document.querySelectorAll(sel + ' g.mark-line path')) {
+            const d = p.getAttribute('d') || '';
+            if (!p.getAttribute('stroke') || p.getAttribute('stroke') === 'null') continue;
+            n = Math.max(n, (d.match(/[ML]/g) || []).length);
+        }
+        return n; }""", selector)
+
+
+def test_train_watch_download_and_chat_in_the_browser(studio, browser, tmp_path):
+    page = browser.new_page(viewport={"width": 1440, "height": 900}, accept_downloads=True)
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(studio["url"])
+    page.wait_for_selector("#start-btn", timeout=60_000)
+    page.wait_for_selector("#estimate .fs-estimate", timeout=60_000)
+
+    # the tiny model from FTSTUDIO_HOME/models, typed into the picker
+    model = page.locator("#f-model-name input")
+    model.click()
+    model.fill(str(studio["model"]))
+    model.press("Enter")
+    page.wait_for_function(                                 # LoRA r=16 on the tiny model
+        "() => document.querySelector('#estimate').innerText.includes('32.8K')", timeout=30_000)
+
+    # upload a bundled example: the report and the loss-marked preview appear
+    with page.expect_file_chooser() as chooser:
+        page.locator("#upload-data").click()
+    chooser.value.set_files(str(EXAMPLES / "chat.jsonl"))
+    page.wait_for_function(
+        "() => document.querySelector('#data-report').innerText.includes('chat')",
+        timeout=60_000)
+    assert "datasets" in page.locator("#f-data-train input").input_value()
+    page.wait_for_selector(".fs-preview .token.highlighted", timeout=30_000)   # carry loss
+    assert page.locator(".fs-preview .text.unlabeled").count() > 0               # masked
+
+    page.locator("#f-train-max-steps input").fill(str(STEPS))
+    page.locator("#f-train-batch-size input").fill("4")
+    page.locator("#job-name input").fill("e2e-lora")
+    page.wait_for_timeout(500)
+    _shot(page, "train")
+    page.locator("#start-btn").click()
+
+    # the Jobs tab opens on the new job; the loss chart fills; the job completes
+    page.wait_for_selector("#job-header .fs-job-name", timeout=30_000)
+    assert "e2e-lora" in page.locator("#job-header").inner_text()
+    seen_points, status = 0, ""
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and status not in ("completed", "failed", "cancelled"):
+        page.wait_for_timeout(1000)
+        status = page.locator("#job-header .fs-badge").inner_text().split()[-1]
+        if status == "running":
+            seen_points = max(seen_points, _line_points(page, "#loss-plot"))
+    assert status == "completed", page.locator("#log-tail textarea").input_value()[-3000:]
+    page.wait_for_timeout(2500)                               # the last tick draws every step
+    assert _line_points(page, "#loss-plot") >= STEPS
+    assert seen_points >= 1 or STEPS <= 2, "no loss point was drawn while the job ran"
+    assert "100%" in page.locator("#job-progress").inner_text()
+    _shot(page, "jobs")
+
+    # download the adapter and load it with peft
+    page.locator("#dl-adapter").click()
+    link = page.locator("#downloads a").first
+    link.wait_for(timeout=30_000)
+    with page.expect_download() as download:
+        link.click()
+    target = tmp_path / "adapter.zip"
+    download.value.save_as(target)
+    with zipfile.ZipFile(target) as zf:
+        zf.extractall(tmp_path / "unzipped")
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(studio["model"])
+    tuned = PeftModel.from_pretrained(base, tmp_path / "unzipped" / "adapter")
+    assert sum(p.numel() for n, p in tuned.named_parameters() if "lora_" in n) == 32768
+
+    # the playground answers with the tuned model beside the base model
+    page.get_by_role("tab", name="Playground").click()
+    page.wait_for_function(
+        "() => document.querySelector('#play-job input')?.value.includes('e2e-lora')",
+        timeout=30_000)
+    page.locator("#play-prompt textarea").fill("Reverse the order of the words.\nred blue")
+    page.locator("#play-send").click()
+    page.wait_for_selector("#chat-base .bot", timeout=120_000)
+    page.wait_for_timeout(1000)
+    _shot(page, "playground")
+
+    # reopening the page re-attaches to the job that was watched
+    page.reload()
+    page.get_by_role("tab", name="Jobs").click()
+    page.wait_for_function("() => document.querySelector('#job-header')?.innerText"
+                           ".includes('e2e-lora')", timeout=30_000)
+    assert not errors, errors
+    page.close()
+
+
+def test_gradio_client_submits_a_job_and_reads_its_metrics(studio):
+    from gradio_client import Client
+
+    client = Client(studio["url"], verbose=False)
+    bad = client.predict("train:\n  lr: -1\n", "", 0, api_name="/submit_job")
+    assert bad["job_id"] is None and "train.lr" in {p["key"] for p in bad["problems"]}
+    config = (f"model:\n  name: {studio['model']}\ndata:\n  train: {EXAMPLES / 'alpaca.json'}\n"
+              f"  max_seq_len: 128\ntrain:\n  max_steps: 3\n  batch_size: 4\n")
+    assert client.predict(config, api_name="/validate_config") == []
+    job = client.predict(config, "api-job", 0, api_name="/submit_job")
+    job_id = job["job_id"]
+    assert job_id and job["problems"] == []
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        status = client.predict(job_id, api_name="/job_status")
+        if status["status"] in ("completed", "failed", "cancelled"):
+            break
+        time.sleep(1)
+    assert status["status"] == "completed", status
+    rows = client.predict(job_id, -1, api_name="/job_metrics")
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3]
+    assert client.predict(job_id, 2, api_name="/job_metrics")[0]["step"] == 3
+    listed = client.predict("completed", api_name="/list_jobs")
+    assert job_id in {j["id"] for j in listed}

@@ -1,0 +1,137 @@
+"""engine.estimate: parameter counts match the real models, memory moves the right way."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from engine.catalog import PRESETS, describe, list_models, safetensors_params
+from engine.config import TrainConfig
+from engine.estimate import (GiB, Device, classify, count_params, detect_device, estimate,
+                             human_bytes, trainable_params)
+
+GPU80 = Device("cuda", "test GPU", 80 * GiB, 80 * GiB)
+
+
+def _cfg(model: str, kind: str = "lora", **train) -> TrainConfig:
+    cfg = TrainConfig()
+    cfg.model.name, cfg.method.kind = str(model), kind
+    for k, v in train.items():
+        setattr(cfg.train, k, v)
+    return cfg
+
+
+def test_total_params_match_the_safetensors(tiny_model):
+    config = json.loads((tiny_model / "config.json").read_text())
+    assert count_params(config).total == safetensors_params(tiny_model)
+
+
+@pytest.mark.parametrize("kind", ["lora", "dora", "ia3", "prompt_tuning", "prefix_tuning",
+                                  "full"])
+def test_trainable_params_match_what_the_engine_builds(tiny_model, kind):
+    from engine.model import load_model
+
+    cfg = _cfg(tiny_model, kind)
+    _, _, info = load_model(cfg, log=lambda _: None, device="cpu")
+    config = json.loads((tiny_model / "config.json").read_text())
+    assert trainable_params(cfg, config)[0] == info["trainable_params"]
+
+
+def test_target_module_lists_count_only_those(tiny_model):
+    config = json.loads((tiny_model / "config.json").read_text())
+    cfg = _cfg(tiny_model)
+    cfg.method.target_modules = ["q_proj", "v_proj", "c_attn"]
+    n, notes = trainable_params(cfg, config)
+    h, kv = 64, 2 * 16
+    assert n == 2 * 16 * ((h + h) + (h + kv))
+    assert "c_attn" in notes[0]
+
+
+def test_presets_have_their_published_sizes():
+    sizes = {p.name: count_params(p.config).total for p in PRESETS}
+    assert sizes["meta-llama/Llama-3.1-8B-Instruct"] == 8_030_261_248
+    assert sizes["Qwen/Qwen2.5-0.5B-Instruct"] == 494_032_768
+    assert abs(sizes["mistralai/Mistral-7B-Instruct-v0.3"] - 7.248e9) < 0.01e9
+    assert abs(sizes["HuggingFaceTB/SmolLM2-135M-Instruct"] - 134.5e6) < 1e6
+
+
+def test_memory_moves_the_right_way():
+    name = "meta-llama/Llama-3.1-8B-Instruct"
+    lora = estimate(_cfg(name), device=GPU80)
+    qlora = estimate(_cfg(name, "qlora"), device=GPU80)
+    full = estimate(_cfg(name, "full"), device=GPU80)
+    ckpt = estimate(_cfg(name, gradient_checkpointing=True), device=GPU80)
+    big = estimate(_cfg(name, batch_size=8), device=GPU80)
+    assert qlora.parts["weights"] < lora.parts["weights"] / 2.5
+    assert full.peak_bytes > 2.5 * lora.peak_bytes
+    assert ckpt.parts["activations"] < lora.parts["activations"] / 5
+    assert big.parts["activations"] == 2 * lora.parts["activations"]
+    assert 14 * GiB < lora.parts["weights"] < 16 * GiB          # 8B in bf16
+    assert lora.verdict == "fits" and full.verdict == "exceeds"
+    assert lora.trainable_params == 41_943_040                  # r=16 on all linear layers
+    assert human_bytes(lora.peak_bytes).endswith("GB")
+
+
+def test_cpu_uses_float32():
+    cpu = Device("cpu", "CPU RAM", 64 * GiB, 32 * GiB)
+    gpu = estimate(_cfg("Qwen/Qwen2.5-0.5B-Instruct"), device=GPU80)
+    ram = estimate(_cfg("Qwen/Qwen2.5-0.5B-Instruct"), device=cpu)
+    assert ram.parts["weights"] == 2 * gpu.parts["weights"]
+    assert ram.device.capacity_bytes == 32 * GiB               # what is free, on a CPU
+
+
+def test_classify():
+    assert classify(50, 100) == "fits"
+    assert classify(90, 100) == "tight"
+    assert classify(101, 100) == "exceeds"
+
+
+def test_unknown_shape_gives_no_estimate():
+    assert estimate(_cfg("someone/not-a-real-model-xyz"), device=GPU80) is None
+
+
+def test_detect_device_finds_memory():
+    dev = detect_device()
+    assert dev.total_bytes > 0 and dev.kind in ("cuda", "cpu")
+
+
+def test_catalog_describes_local_demo_and_presets(tiny_model, home):
+    info = describe(str(tiny_model))
+    assert info.is_demo and info.offline and info.params == safetensors_params(tiny_model)
+    assert info.architecture == "LlamaForCausalLM"
+    preset = describe("Qwen/Qwen2.5-0.5B-Instruct")
+    assert preset.source == "preset" and preset.params == 494_032_768 and not preset.offline
+    choices = list_models()
+    assert choices[0].source == "demo" and "built on first start" in choices[0].label
+    assert any("LoRA ≈" in c.label for c in choices if c.source == "preset")
+
+
+@pytest.mark.parametrize("kind,dropout", [("lora", 0.05), ("lora", 0.0), ("ia3", 0.0),
+                                          ("full", 0.0)])
+def test_activations_match_what_autograd_saves(tiny_model, kind, dropout):
+    """Count the bytes autograd keeps for backward (parameters aside) in one forward pass."""
+    import torch
+
+    from engine.model import load_model
+
+    cfg = _cfg(tiny_model, kind, batch_size=2)
+    cfg.method.dropout, cfg.data.max_seq_len = dropout, 128
+    model, _, _ = load_model(cfg, log=lambda _: None, device="cpu")
+    model.train()
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    saved: dict[int, int] = {}
+
+    def keep(t):
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in params:
+            saved[ptr] = t.untyped_storage().nbytes()
+        return t
+
+    ids = torch.randint(0, 512, (2, 128))
+    with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
+        model(input_ids=ids, labels=ids)
+    cpu = Device("cpu", "test", 64 * GiB, 64 * GiB)
+    est = estimate(cfg, device=cpu)
+    expected = est.parts["activations"] + 2 * 128 * 512 * 4   # + one float32 log-softmax
+    assert 0.8 < sum(saved.values()) / expected < 1.25
