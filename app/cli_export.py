@@ -1,15 +1,20 @@
-"""`ftstudio export`: a thin command over engine.export.export.
+"""`ftstudio export`: a thin command over engine.export.export, run here or queued as a job.
 
 Run as: ftstudio export JOB --format gguf-q8_0 [--out PATH]     (JOB: a job id or a run folder)
+        ftstudio export JOB --format gguf-q8_0 --queue [--wait]  (a worker runs it: jobs.api.export)
 """
 
 from __future__ import annotations
 
+import sys
+import time
 from pathlib import Path
 
 import click
 
 from engine.export import FORMATS
+
+FINISHED = ("completed", "failed", "cancelled", "interrupted")
 
 
 def _run_dir(job: str) -> Path:
@@ -36,8 +41,19 @@ def _run_dir(job: str) -> Path:
                    "(bitsandbytes-quantized), gguf-f16/gguf-q8_0/gguf-q4_0 (llama.cpp, Ollama).")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Output folder (default: the run folder's exports/FORMAT).")
-def export(job: str, fmt: str, out: str | None) -> None:
+@click.option("--queue", "queued", is_flag=True,
+              help="Queue it as an export job of JOB (a job id) for a worker, print the export "
+                   "job's id, and record the files on JOB's page. Not with --out.")
+@click.option("--wait", is_flag=True,
+              help="With --queue: print the export job's log until it ends (exit 0 only when "
+                   "it completed), then its files.")
+def export(job: str, fmt: str, out: str | None, queued: bool, wait: bool) -> None:
     """Export a finished run (a run folder, or a job id) for use in other tools."""
+    if queued:
+        _queue(job, fmt, out, wait)
+        return
+    if wait:
+        raise click.UsageError("--wait follows a queued export; add --queue")
     from engine.export import ExportError, export as run_export
 
     try:
@@ -46,3 +62,43 @@ def export(job: str, fmt: str, out: str | None) -> None:
         raise click.ClickException(str(exc)) from None
     for artifact in result.artifacts:
         click.echo(f"{artifact.bytes:>14,}  {artifact.path}")
+
+
+def _queue(job: str, fmt: str, out: str | None, wait: bool) -> None:
+    from jobs import api
+
+    if out is not None:
+        raise click.UsageError("--out is for an export run here; a queued export goes into "
+                               "the job's exports/FORMAT folder")
+    try:
+        exp = api.export(job, fmt)
+    except api.JobError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"queued export job {exp['id']} ({fmt} of job {job}); follow it with "
+               f"`ftstudio jobs logs {exp['id']} --follow`")
+    if not wait:
+        return
+    done = _follow(exp["id"])
+    if done["status"] != "completed":
+        click.echo(f"export job {exp['id']} {done['status']}: {done.get('error') or ''}".rstrip())
+        if done.get("hint"):
+            click.echo(f"hint: {done['hint']}")
+        sys.exit(1)
+    for artifact in api.artifacts(job):
+        if artifact["kind"] == "export" and artifact["meta"].get("export_job") == exp["id"]:
+            click.echo(f"{artifact['size']:>14,}  {api.artifact_path(job, artifact['path'])}")
+
+
+def _follow(job_id: str, every_s: float = 1.0) -> dict:
+    """Print a job's log lines until it has finished and they are all printed; the job."""
+    from jobs import api
+
+    since = 0
+    while True:
+        job = api.get(job_id)  # read before the lines: none written before the end is missed
+        for event in api.logs(job_id, since):
+            since = event["id"]
+            click.echo(("* " if event["level"] == "status" else "") + event["line"])
+        if job["status"] in FINISHED:
+            return job
+        time.sleep(every_s)

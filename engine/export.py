@@ -161,7 +161,7 @@ def export_adapter(run: Run, out: Path, log: Log) -> list[Path]:
 
 def export_merged(run: Run, out: Path, log: Log) -> list[Path]:
     """The adapter merged into the base, in the base's dtype, as a from_pretrained folder."""
-    _check_mergeable(run, "merged")
+    check_mergeable(run, "merged")
     if run.method == "full":
         log(f"merged: full fine-tuning, copying the trained model from {run.adapter_dir}")
         for path in _files(run.adapter_dir):
@@ -213,7 +213,7 @@ def export(run_dir: str | Path, fmt: str, out: str | Path | None = None,
         raise ExportError(f"unknown export format {fmt!r}; choose one of: {', '.join(FORMATS)}")
     run = read_run(run_dir)
     if fmt != "adapter":
-        _check_mergeable(run, fmt)
+        check_mergeable(run, fmt)
     target = Path(out) if out is not None else run.run_dir / "exports" / fmt
     created = not target.exists()
     target.mkdir(parents=True, exist_ok=True)
@@ -235,7 +235,7 @@ def export(run_dir: str | Path, fmt: str, out: str | Path | None = None,
 # --------------------------------------------------------------------------- shared steps
 
 
-def _check_mergeable(run: Run, fmt: str) -> None:
+def check_mergeable(run: Run, fmt: str) -> None:
     if run.method in VIRTUAL_TOKEN_METHODS:
         raise ExportError(
             f"{run.method} cannot be exported as {fmt}: it learns virtual tokens that are fed in "
@@ -249,7 +249,7 @@ def load_merged(run: Run, log: Log):
     import torch
     from transformers import AutoModelForCausalLM
 
-    _check_mergeable(run, "a merged model")
+    check_mergeable(run, "a merged model")
     if run.method == "full":
         log(f"merged: loading the fully fine-tuned model from {run.adapter_dir}")
         model = AutoModelForCausalLM.from_pretrained(run.adapter_dir, dtype=torch.float32,
@@ -299,7 +299,7 @@ def _export_bnb(run: Run, out: Path, log: Log, bits: int) -> list[Path]:
 
     from engine.model import default_device
 
-    _check_mergeable(run, f"bnb{bits}")
+    check_mergeable(run, f"bnb{bits}")
     with tempfile.TemporaryDirectory(prefix=".merged-", dir=out) as tmp:
         dtype = _saved_dtype(run)
         model, tokenizer = load_merged(run, log)
@@ -327,7 +327,7 @@ def _export_bnb(run: Run, out: Path, log: Log, bits: int) -> list[Path]:
 def _export_gguf(run: Run, out: Path, log: Log, qtype: str) -> list[Path]:
     from engine.export_gguf import check_supported, write_gguf, write_modelfile
 
-    _check_mergeable(run, f"gguf-{qtype}")
+    check_mergeable(run, f"gguf-{qtype}")
     if (model_type := _model_type(run)) is not None:
         check_supported(model_type)   # before loading anything (write_gguf checks again)
     model, tokenizer = load_merged(run, log)

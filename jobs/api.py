@@ -1,4 +1,5 @@
-"""What the UI and the CLI call: submit, list, inspect, follow, cancel, resume, clone, delete.
+"""What the UI and the CLI call: submit, export, list, inspect, follow, cancel, resume, clone,
+delete, and the files to download.
 
 Use from Python:
     from jobs import api
@@ -6,6 +7,9 @@ Use from Python:
     api.metrics(job["id"], since_step=last_seen_step)    # only whole steps after last_seen_step
     api.logs(job["id"], since=last_seen_event_id)
     api.cancel(job["id"]); api.resume(job["id"])
+    exp = api.export(job["id"], "gguf-q8_0")             # an export job on the same queue
+    for a in api.artifacts(job["id"]):                   # the adapter, then each exported file
+        api.artifact_path(job["id"], a["path"])          # -> the file, checked to be inside
 
 Every function returns plain dicts (JSON-ready; times are unix seconds) and raises
 engine.config.ConfigError (bad config, every problem listed) or jobs.store.JobError (JobNotFound,
@@ -25,8 +29,9 @@ from jobs import store, tasks
 from jobs.runner import latest_checkpoint_step
 from jobs.store import JobError, JobNotFound
 
-__all__ = ["submit", "list_jobs", "get", "metrics", "logs", "cancel", "resume", "clone",
-           "delete", "artifacts", "JobError", "JobNotFound", "ConfigError"]
+__all__ = ["submit", "export", "list_jobs", "get", "metrics", "logs", "cancel", "resume",
+           "clone", "delete", "artifacts", "artifact_path", "JobError", "JobNotFound",
+           "ConfigError"]
 
 
 def submit(config: TrainConfig | dict, owner: str = "local", priority: int = 0,
@@ -51,12 +56,59 @@ def submit(config: TrainConfig | dict, owner: str = "local", priority: int = 0,
         return _public(store.get_job(db, job_id))
 
 
-def list_jobs(owner: str | None = None, status: str | list[str] | None = None,
-              limit: int | None = None) -> list[dict[str, Any]]:
-    """Newest first; filter by owner and status (one or several)."""
+def export(job_id: str, fmt: str, owner: str | None = None) -> dict[str, Any]:
+    """Queue an export of a training job as fmt (one of engine.export.FORMATS); returns the
+    export job (kind "export", parent job_id, config {"format", "parent"}, the parent's owner).
+
+    A worker runs engine.export.export(parent folder, fmt) in a child process, logging each
+    stage; the files land in the parent's exports/<fmt>/ and are recorded as the PARENT's
+    artifacts with their sizes (an earlier export in that format is rewritten, and unlisted when
+    this one starts). Refused up front (JobError, nothing queued): an unknown job or format, a
+    job that is not a finished training job (completed, or stopped with an adapter/ saved), a
+    format the method cannot be exported as (the engine's message), or `owner` given (the
+    person asking) and not the job's owner."""
+    from engine.export import FORMATS, ExportError, check_mergeable, read_run
+
+    if fmt not in FORMATS:
+        raise JobError(f"unknown export format {fmt!r}; choose one of: {', '.join(FORMATS)}")
     with store.connect() as db:
-        return [_public(j) for j in store.list_jobs(db, owner=owner, status=status,
-                                                    limit=limit)]
+        parent = store.get_job(db, job_id)
+    if owner is not None and owner != parent["owner"]:
+        raise JobError(f"job {job_id} belongs to {parent['owner']}, not {owner}")
+    if parent["kind"] != "train":
+        raise JobError(f"job {job_id} is an {parent['kind']} job, not a training job; export "
+                       f"the job it came from ({parent['parent']})")
+    folder, status = store.folder_of(parent), parent["status"]
+    if status in ("queued", "running"):
+        raise JobError(f"job {job_id} is {status}; export it once it has completed (follow it "
+                       f"with `ftstudio jobs logs {job_id} --follow`)")
+    if status != "completed" and not (folder / "adapter").is_dir():
+        raise JobError(f"job {job_id} is {status} and saved no adapter, so there is nothing to "
+                       f"export; `ftstudio jobs resume {job_id}` continues it")
+    try:
+        run = read_run(folder)
+        if fmt != "adapter":
+            check_mergeable(run, fmt)  # the engine's rule: virtual tokens cannot be merged
+    except ExportError as exc:
+        raise JobError(str(exc)) from exc
+    export_id = store.new_id()
+    with store.connect() as db:
+        store.insert_job(db, config={"format": fmt, "parent": job_id}, kind="export",
+                         name=f"{parent['name']}-{fmt}", owner=parent["owner"],
+                         priority=parent["priority"], job_id=export_id, parent=job_id,
+                         output_dir=str(store.job_dir(export_id)))
+        _enqueue_or_fail(db, export_id, parent["priority"])
+        return _public(store.get_job(db, export_id))
+
+
+def list_jobs(owner: str | None = None, status: str | list[str] | None = None,
+              limit: int | None = None, kind: str | None = None,
+              parent: str | None = None) -> list[dict[str, Any]]:
+    """Newest first; filter by owner, status (one or several), kind ("train" or "export")
+    and parent (the export jobs of one training job)."""
+    with store.connect() as db:
+        return [_public(j) for j in store.list_jobs(db, owner=owner, status=status, kind=kind,
+                                                    parent=parent, limit=limit)]
 
 
 def get(job_id: str) -> dict[str, Any]:
@@ -104,14 +156,17 @@ def cancel(job_id: str) -> dict[str, Any]:
 
 def resume(job_id: str) -> dict[str, Any]:
     """Queue an interrupted, failed or cancelled job again as the SAME job: it continues from
-    its newest checkpoint (train.resume_from=latest) or starts over when it has none."""
+    its newest checkpoint (train.resume_from=latest) or starts over when it has none (an
+    export job always starts over)."""
     with store.connect() as db:
         job = store.get_job(db, job_id)
-        step = latest_checkpoint_step(Path(job["output_dir"]))
+        step = None
         config = dict(job["config"])
-        own = config["train"].get("resume_from")  # a checkpoint folder it started from
-        config["train"] = {**config["train"], "resume_from": "latest" if step is not None
-                           else (own if own != "latest" else None)}
+        if job["kind"] == "train":
+            step = latest_checkpoint_step(Path(job["output_dir"]))
+            own = config["train"].get("resume_from")  # a checkpoint folder it started from
+            config["train"] = {**config["train"], "resume_from": "latest" if step is not None
+                               else (own if own != "latest" else None)}
         if not store.transition(db, job_id, "queued", config=config, error=None, hint=None,
                                 finished_at=None, cancel_requested=0, resume_on_start=0,
                                 note=f"resume from step {step}" if step else "start over"):
@@ -127,6 +182,9 @@ def clone(job_id: str, *, name: str | None = None, owner: str | None = None,
     """Submit a new job with this job's config and `changes`: dotted keys
     (clone(id, **{"train.lr": 1e-4})) or sections (clone(id, train={"lr": 1e-4}))."""
     job = get(job_id)
+    if job["kind"] != "train":
+        raise JobError(f"job {job_id} is an {job['kind']} job; only training jobs can be "
+                       "cloned (export again with api.export or `ftstudio export`)")
     data = dict(job["config"])
     data["train"] = {**data["train"], "resume_from": None}
     overrides = []
@@ -145,22 +203,55 @@ def clone(job_id: str, *, name: str | None = None, owner: str | None = None,
 
 
 def delete(job_id: str) -> dict[str, Any]:
-    """Remove a job's rows and its folder; refused while it runs (cancel it first)."""
+    """Remove a job's rows and its folder, and its finished export jobs; refused while it or
+    an export of it is queued or running (cancel it first)."""
     with store.connect() as db:
         job = store.get_job(db, job_id)
+        exports = store.list_jobs(db, parent=job_id)
+        busy = [e["id"] for e in exports if e["status"] in ("queued", "running")]
+        if busy:
+            raise JobError(f"job {job_id} has an export queued or running ({', '.join(busy)});"
+                           f" cancel it first (`ftstudio jobs cancel {busy[0]}`)")
         if job["status"] == "running" or not store.delete_job(db, job_id):
             raise JobError(f"job {job_id} is running; cancel it first "
                            f"(`ftstudio jobs cancel {job_id}`)")
-    folder = Path(job["output_dir"] or store.job_dir(job_id))
-    if folder.resolve().is_relative_to(store.home()):  # never outside FTSTUDIO_HOME
-        shutil.rmtree(folder, ignore_errors=True)
+        gone = [e for e in exports if store.delete_job(db, e["id"])]
+    for row in [job, *gone]:
+        folder = store.folder_of(row)
+        if folder.resolve().is_relative_to(store.home()):  # never outside FTSTUDIO_HOME
+            shutil.rmtree(folder, ignore_errors=True)
     return {"id": job_id, "deleted": True}
 
 
 def artifacts(job_id: str) -> list[dict[str, Any]]:
+    """A job's files, oldest first: [{kind ("adapter" | "export"), format (exports), path
+    (relative to the job's folder), size (bytes), created_at, meta}]. An export's files are
+    listed under the training job it exported (meta["export_job"] names the export job)."""
     with store.connect() as db:
         store.get_job(db, job_id)
         return store.artifacts(db, job_id)
+
+
+def artifact_path(job_id: str, relative_path: str) -> Path:
+    """The file at relative_path inside the job's folder, for a download. Refused (JobError):
+    an absolute path, any `..`, a path that resolves outside the folder (a symlink), a folder,
+    or a file that does not exist."""
+    with store.connect() as db:
+        job = store.get_job(db, job_id)
+    folder = store.folder_of(job).resolve()
+    rel = Path(relative_path)
+    if not relative_path or rel.is_absolute() or ".." in rel.parts:
+        raise JobError(f"{relative_path!r} is not a path inside job {job_id}'s folder; use a "
+                       "path from api.artifacts(job_id)")
+    path = (folder / rel).resolve()
+    if not path.is_relative_to(folder):
+        raise JobError(f"{relative_path!r} leads outside job {job_id}'s folder; only files "
+                       "inside it can be downloaded")
+    if not path.is_file():
+        what = "is a folder" if path.is_dir() else "does not exist"
+        raise JobError(f"{relative_path!r} {what} in job {job_id}'s folder; "
+                       "api.artifacts(job_id) lists its files")
+    return path
 
 
 # --------------------------------------------------------------------------- helpers

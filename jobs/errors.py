@@ -38,8 +38,8 @@ def explain_exception(exc: BaseException, data_file: str | None = None,
     return f"{name}: {_first_line(text)}", see_log
 
 
-def explain_exit(returncode: int, log_path: str | Path | None = None, job_id: str = "ID"
-                 ) -> tuple[str, str]:
+def explain_exit(returncode: int, log_path: str | Path | None = None, job_id: str = "ID",
+                 what: str = "the training process") -> tuple[str, str]:
     tail = _tail(log_path)
     if returncode < 0:
         sig = -returncode
@@ -47,7 +47,7 @@ def explain_exit(returncode: int, log_path: str | Path | None = None, job_id: st
             signame = signal.Signals(sig).name
         except ValueError:
             signame = "unknown signal"
-        error = f"the training process was killed by signal {sig} ({signame})"
+        error = f"{what} was killed by signal {sig} ({signame})"
         if sig == signal.SIGKILL:
             return error, ("SIGKILL usually means the machine ran out of memory (the kernel's "
                            "OOM killer; see `dmesg`): " + OOM_HINT.removeprefix("out of memory: ")
@@ -59,7 +59,7 @@ def explain_exit(returncode: int, log_path: str | Path | None = None, job_id: st
         return error, ("something outside ftstudio stopped it; continue from the last "
                        f"checkpoint with `ftstudio jobs resume {job_id}`")
     last = next((ln for ln in reversed(tail) if ln.strip()), "")
-    error = last.strip() or f"the training process exited with code {returncode}"
+    error = last.strip() or f"{what} exited with code {returncode}"
     if _is_oom("", "\n".join(tail)):
         return error, OOM_HINT
     return error, f"the traceback is in {log_path or 'log.txt'}"

@@ -1,7 +1,13 @@
-"""Run one job that a worker has claimed: load its config from studio.db, train, record the end.
+"""Run one job that a worker has claimed: load it from studio.db, train or export (by the job's
+kind), record the end.
 
 Run as: python -m jobs.runner JOB_ID     (started by the worker, in its own session, with stdout
         and stderr going to FTSTUDIO_HOME/jobs/JOB_ID/log.txt; or under `accelerate launch`)
+
+An export job (kind "export", config {"format", "parent"}) calls engine.export.export on its
+parent's folder, logging each stage (job.step counts them; a cancel stops it between stages),
+records each file with its size as an artifact of the PARENT (the rows of an earlier export in
+that format go when it starts), and fails with the engine's message as its hint on ExportError.
 
 The reporter writes every metrics record and log line into studio.db, keeps the heartbeat
 (jobs.updated_at) fresh, and answers "should I stop?" from the job row: a cancel request, SIGTERM
@@ -114,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
                                                      reporter.stop_reason or "terminated"))
     if main_rank:
         _start_heartbeat(job_id, attempt)
+    if job["kind"] == "export":
+        return _run_export(job, reporter)
     out = store.job_dir(job_id)
     log_path = out / "log.txt"
     try:
@@ -179,6 +187,64 @@ def _record(job_id: str, reporter: StoreReporter, result: Any, out: Path) -> int
         store.add_artifact(reporter.db, job_id, "adapter", adapter)
     reporter.finish("completed", progress=1.0, result=_jsonable(metrics),
                     adapter_dir=str(adapter) if adapter else None)
+    return 0
+
+
+# --------------------------------------------------------------------------- export jobs
+
+
+class _Stopped(Exception):
+    """Raised between export stages when the export job is asked to stop."""
+
+
+def _run_export(job: dict, reporter: StoreReporter) -> int:
+    from engine.export import ExportError, export
+
+    fmt, parent_id = job["config"]["format"], job["config"]["parent"]
+    log_path = store.folder_of(job) / "log.txt"
+
+    def log(line: str) -> None:  # one line per stage: the step counts stages
+        reporter.on_log(line)
+        if reporter.main:
+            store.update(reporter.db, job["id"], step=store.Expr("step + 1"),
+                         expect={"attempt": reporter.attempt, "status": "running"})
+        if reporter.should_stop():
+            raise _Stopped(reporter.stop_reason)
+
+    try:
+        parent_dir = store.folder_of(store.get_job(reporter.db, parent_id))
+        if reporter.main:  # exports/<fmt>/ is about to be rewritten: unlist its old files
+            store.replace_exports(reporter.db, parent_id, fmt, [])
+        result = export(parent_dir, fmt, log=log)
+    except _Stopped:
+        again = f"`ftstudio jobs resume {job['id']}` runs it again"
+        if reporter.stop_reason in ("terminated", "orphaned"):
+            why = "its worker stopped" if reporter.stop_reason == "terminated" else \
+                "its worker died"
+            reporter.finish("interrupted", resume_on_start=1,
+                            hint=f"{why} during export {fmt}; it runs again when a worker "
+                                 f"starts, or {again}")
+        else:
+            reporter.finish("cancelled", hint=f"export {fmt} stopped before it finished; {again}")
+        return 0
+    except ExportError as exc:
+        reporter.on_log(f"export {fmt} failed: {exc}")
+        reporter.finish("failed", error=f"cannot export job {parent_id} as {fmt}", hint=str(exc))
+        return 1
+    except BaseException as exc:  # noqa: BLE001 - every failure is recorded with a hint
+        traceback.print_exc()
+        sys.stdout.flush()
+        error, hint = explain_exception(exc, None, log_path)
+        reporter.finish("failed", error=error, hint=hint)
+        return 1
+    if reporter.main and reporter.stop_reason != "superseded":
+        store.replace_exports(reporter.db, parent_id, fmt,
+                              [(a.path, a.bytes) for a in result.artifacts],
+                              meta={"export_job": job["id"]})
+    reporter.finish("completed", progress=1.0, result={
+        "format": fmt, "parent": parent_id, "files": len(result.artifacts),
+        "out_dir": result.out_dir.relative_to(parent_dir).as_posix(),
+        "total_bytes": result.total_bytes})
     return 0
 
 

@@ -167,18 +167,37 @@ def m001_jobs_metrics_events_artifacts(db: Database) -> None:
     db["artifacts"].create_index(["job_id"])
 
 
+@MIGRATIONS()
+def m002_export_jobs(db: Database) -> None:
+    """Export jobs point at the training job they export (jobs.parent); artifacts carry the
+    export format and a path relative to their job's folder (downloads resolve it there)."""
+    db["jobs"].add_column("parent", str)
+    db["jobs"].create_index(["parent"])
+    db["artifacts"].add_column("format", str)
+    for row in list(db.query("SELECT a.id, a.path, j.output_dir FROM artifacts a "
+                             "JOIN jobs j ON j.id = a.job_id")):
+        if row["output_dir"] and Path(row["path"]).is_absolute() and \
+                Path(row["path"]).is_relative_to(row["output_dir"]):
+            db.execute("UPDATE artifacts SET path = ? WHERE id = ?",
+                       [Path(row["path"]).relative_to(row["output_dir"]).as_posix(), row["id"]])
+
+
 # --------------------------------------------------------------------------- jobs
 
 
 def insert_job(db: Database, *, config: dict, name: str | None, owner: str, priority: int,
-               kind: str = "train", job_id: str | None = None) -> str:
+               kind: str = "train", job_id: str | None = None, parent: str | None = None,
+               output_dir: str | None = None) -> str:
+    """Record a queued job. output_dir: its folder (default config["output_dir"], which the
+    queue sets for training jobs); parent: the job an export job exports."""
     job_id = job_id or new_id()
     t = now()
     with _tx(db):
         db["jobs"].insert({
             "id": job_id, "name": name or job_id, "owner": owner, "kind": kind,
             "status": "queued", "priority": int(priority), "config": json.dumps(config),
-            "created_at": t, "updated_at": t, "output_dir": config.get("output_dir"),
+            "created_at": t, "updated_at": t, "parent": parent,
+            "output_dir": output_dir or config.get("output_dir"),
         })
         _event(db, job_id, "status", "queued")
     return job_id
@@ -193,8 +212,13 @@ def get_job(db: Database, job_id: str) -> dict[str, Any]:
 
 def list_jobs(db: Database, *, owner: str | None = None,
               status: str | tuple[str, ...] | list[str] | None = None,
-              ids: list[str] | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+              ids: list[str] | None = None, kind: str | None = None, parent: str | None = None,
+              limit: int | None = None) -> list[dict[str, Any]]:
     where, params = ["1=1"], []
+    for column, value in (("kind", kind), ("parent", parent)):
+        if value is not None:
+            where.append(f"{column} = ?")
+            params.append(value)
     if ids is not None:
         where.append(f"id IN ({', '.join('?' * len(ids))})")
         params.extend(ids)
@@ -353,20 +377,53 @@ def events(db: Database, job_id: str, since: int = 0, limit: int = 1000
 
 def add_artifact(db: Database, job_id: str, kind: str, path: str | os.PathLike,
                  meta: dict | None = None) -> None:
+    """Record one file or folder of a job (a folder's size is the sum of its files); its path
+    is stored relative to the job's folder (jobs.api.artifact_path resolves it)."""
     p = Path(path)
     size = sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) if p.is_dir() else \
         (p.stat().st_size if p.exists() else 0)
+    rel = _relative(db, job_id, p)
     with _tx(db):
         db.execute("DELETE FROM artifacts WHERE job_id = ? AND kind = ? AND path = ?",
-                   [job_id, kind, str(p)])
+                   [job_id, kind, rel])
         db.execute("INSERT INTO artifacts (job_id, kind, path, size, created_at, meta) "
-                   "VALUES (?, ?, ?, ?, ?, ?)", [job_id, kind, str(p), size, now(),
+                   "VALUES (?, ?, ?, ?, ?, ?)", [job_id, kind, rel, size, now(),
                                                   json.dumps(meta or {})])
 
 
+def replace_exports(db: Database, job_id: str, fmt: str, files: list[tuple[Path, int]],
+                    meta: dict | None = None) -> None:
+    """Record the files of one export of a job (path, size in bytes), replacing the rows of
+    its previous export in that format, in one transaction."""
+    t = now()
+    rows = [(job_id, "export", fmt, _relative(db, job_id, Path(p)), int(size), t,
+             json.dumps(meta or {})) for p, size in files]
+    with _tx(db):
+        db.execute("DELETE FROM artifacts WHERE job_id = ? AND kind = 'export' AND format = ?",
+                   [job_id, fmt])
+        db.conn.executemany("INSERT INTO artifacts (job_id, kind, format, path, size, "
+                            "created_at, meta) VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+
+
 def artifacts(db: Database, job_id: str) -> list[dict[str, Any]]:
-    rows = list(db.query("SELECT kind, path, size, created_at, meta FROM artifacts "
+    """[{kind, format, path, size, created_at, meta}], oldest first; path is relative to the
+    job's folder (jobs.api.artifact_path resolves it safely)."""
+    rows = list(db.query("SELECT kind, format, path, size, created_at, meta FROM artifacts "
                          "WHERE job_id = ? ORDER BY id", [job_id]))
     for r in rows:
         r["meta"] = json.loads(r["meta"] or "{}")
     return rows
+
+
+def folder_of(job: dict[str, Any]) -> Path:
+    """A job's folder: its output_dir, or FTSTUDIO_HOME/jobs/ID."""
+    return Path(job.get("output_dir") or job_dir(job["id"]))
+
+
+def _relative(db: Database, job_id: str, path: Path) -> str:
+    """path relative to the job's folder when inside it (as stored in artifacts), else as is."""
+    folder = folder_of(get_job(db, job_id)).resolve()
+    resolved = path.resolve() if path.is_absolute() else (folder / path).resolve()
+    if resolved.is_relative_to(folder):
+        return resolved.relative_to(folder).as_posix()
+    return str(path)
