@@ -3,12 +3,14 @@ Playwright over Debian's Chromium (never a downloaded browser), plus the named A
 gradio_client.
 
 Run as: pytest -m e2e tests/e2e/test_browser.py      (needs /usr/bin/chromium: apt-get install
-        chromium). Screenshots of each tab land in test-artifacts/e2e/.
+        chromium). Screenshots of each tab (and of the Export section) land in
+        test-artifacts/e2e/.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -29,7 +31,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
                  "--disable-component-update", "--disable-sync", "--no-first-run",
                  "--disable-quic"]
 ARTIFACTS = ROOT / "test-artifacts" / "e2e"
-STEPS = 12
+STEPS = 40                     # long enough that the chart is seen filling while it runs
 
 
 def _free_port() -> int:
@@ -180,6 +182,32 @@ def test_train_watch_download_and_chat_in_the_browser(studio, browser, tmp_path)
     base = AutoModelForCausalLM.from_pretrained(studio["model"])
     tuned = PeftModel.from_pretrained(base, tmp_path / "unzipped" / "adapter")
     assert sum(p.numel() for n, p in tuned.named_parameters() if "lora_" in n) == 32768
+
+    # export the adapter: a job on the queue; its files are listed with sizes and download
+    page.locator("#export-adapter").click()
+    page.wait_for_function("() => document.querySelector('#export-message')?.innerText"
+                           ".includes('queued as job')", timeout=30_000)
+    page.wait_for_selector("#export-jobs [data-format=adapter] .fs-badge.fs-completed",
+                           timeout=180_000)
+    cell = page.locator("#export-files td").filter(has_text="tiny-ft-adapter.zip").first
+    cell.wait_for(timeout=30_000)
+    row = page.locator("#export-files tr").filter(has_text="tiny-ft-adapter.zip").first
+    assert re.search(r"Adapter\s+tiny-ft-adapter\.zip\s+\d+\.\d KB", row.inner_text()), \
+        row.inner_text()
+    cell.click()
+    link = page.locator("#export-download a").first
+    link.wait_for(timeout=30_000)
+    page.locator("#export-panel").scroll_into_view_if_needed()
+    page.wait_for_timeout(300)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.locator("#export-panel").screenshot(path=str(ARTIFACTS / "export.png"))
+    with page.expect_download() as download:
+        link.click()
+    exported = tmp_path / "exported.zip"
+    download.value.save_as(exported)
+    with zipfile.ZipFile(exported) as zf:
+        assert {"adapter_config.json", "adapter_model.safetensors", "README.md"} <= \
+            set(zf.namelist())
 
     # the playground answers with the tuned model beside the base model
     page.get_by_role("tab", name="Playground").click()

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-gguf = pytest.importorskip("gguf")
+import gguf
 
 from engine.export import ExportError, export  # noqa: E402
 from engine.export_gguf import chat_style, modelfile, write_gguf  # noqa: E402
