@@ -159,6 +159,8 @@ cli.add_command(submit)
 cli.add_command(jobs_group)
 from app.cli_export import export  # noqa: E402
 cli.add_command(export)
+from app.cli_users import user_group  # noqa: E402
+cli.add_command(user_group)
 
 
 def main() -> None:

@@ -1,19 +1,79 @@
 """`ftstudio serve`: the browser studio, with an embedded worker unless --no-worker.
 
 Run as: ftstudio serve [--host 127.0.0.1] [--port 7860] [--home studio-data] [--no-worker]
+        ftstudio serve --auth --host 0.0.0.0 --no-worker     (a team server; see docs/deploy.md)
+
+Safe by default: without auth the studio listens only on loopback and refuses any other address
+unless --insecure-no-auth is given (with a warning); with auth (--auth or FTSTUDIO_AUTH=on) it
+needs at least one account (`ftstudio user add NAME --admin`) and checks logins with
+jobs.users.verify.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 
 import click
 
+TRUE = ("1", "true", "yes", "on")
+
+
+class BindRefused(ValueError):
+    """The host/auth combination is unsafe; the message says what to do."""
+
+
+def is_loopback(host: str) -> bool:
+    host = (host or "").strip().strip("[]")
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a hostname that may resolve to anything counts as public
+
+
+def check_binding(host: str, auth: bool, insecure_no_auth: bool = False) -> str | None:
+    """Decide whether the studio may listen on `host`: None (fine), a warning to print, or
+    BindRefused. Without auth only loopback is allowed unless insecure_no_auth is set."""
+    if auth or is_loopback(host):
+        return None
+    if insecure_no_auth:
+        return (f"WARNING: serving on {host} WITHOUT authentication (--insecure-no-auth): "
+                "anyone who can reach this port can read every job and run training on this "
+                "machine. Use --auth (and `ftstudio user add NAME --admin`) for a shared server.")
+    raise BindRefused(f"refusing to serve on {host} without authentication: anyone on the "
+                      "network could use the studio. Turn logins on with --auth (or "
+                      "FTSTUDIO_AUTH=on) after `ftstudio user add NAME --admin`, keep the "
+                      "default --host 127.0.0.1, or pass --insecure-no-auth if you really mean it")
+
+
+def auth_enabled(flag: bool) -> bool:
+    return flag or os.environ.get("FTSTUDIO_AUTH", "").strip().lower() in TRUE
+
+
+def check_users() -> None:
+    """Auth with no account would lock everyone out: refuse, saying how to add one."""
+    from jobs.users import count_users
+
+    if count_users() == 0:
+        raise BindRefused("authentication is on but there are no users yet; create the first "
+                          "admin with `ftstudio user add NAME --admin` (with Docker: `docker "
+                          "compose run --rm web user add NAME --admin`), then start again")
+
+
+def gradio_auth(username: str, password: str) -> bool:
+    """Gradio's auth= callable: a login succeeds when jobs.users.verify accepts it."""
+    from jobs.users import verify
+
+    return verify(username, password) is not None
+
 
 @click.command()
 @click.option("--host", default="127.0.0.1", show_default=True, envvar="FTSTUDIO_HOST",
-              help="Address to listen on (0.0.0.0 for every interface). Env: FTSTUDIO_HOST.")
+              help="Address to listen on (0.0.0.0 for every interface; needs --auth, or "
+                   "--insecure-no-auth). Env: FTSTUDIO_HOST.")
 @click.option("--port", default=7860, show_default=True, type=int, envvar="FTSTUDIO_PORT",
               help="Port to listen on. Env: FTSTUDIO_PORT.")
 @click.option("--home", default="studio-data", show_default=True, envvar="FTSTUDIO_HOME",
@@ -21,10 +81,25 @@ import click
               help="Studio folder: database, models/, datasets/, jobs/. Env: FTSTUDIO_HOME.")
 @click.option("--no-worker", is_flag=True,
               help="Do not run jobs in this process (workers run apart: `ftstudio worker`).")
-def serve(host: str, port: int, home: str, no_worker: bool) -> None:
+@click.option("--auth", "auth_flag", is_flag=True,
+              help="Require a login (accounts: `ftstudio user add`). Env: FTSTUDIO_AUTH=on.")
+@click.option("--insecure-no-auth", is_flag=True,
+              help="Allow a non-loopback --host without logins (anyone on the network can use "
+                   "the studio). Prints a warning.")
+def serve(host: str, port: int, home: str, no_worker: bool, auth_flag: bool,
+          insecure_no_auth: bool) -> None:
     """Open the studio in the browser: train, watch jobs live, chat with the results."""
     home_path = Path(home).expanduser().resolve()
     os.environ["FTSTUDIO_HOME"] = str(home_path)
+    auth = auth_enabled(auth_flag)
+    try:
+        warning = check_binding(host, auth, insecure_no_auth)
+        if auth:
+            check_users()
+    except BindRefused as exc:
+        raise click.ClickException(str(exc)) from None
+    if warning:
+        click.secho(warning, fg="red", err=True)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     (home_path / "jobs").mkdir(parents=True, exist_ok=True)
@@ -36,6 +111,7 @@ def serve(host: str, port: int, home: str, no_worker: bool) -> None:
         build_demo_model(demo)
 
     from app.studio import build_app, launch_kwargs
+    from app.studio.handlers import max_upload_bytes
 
     worker = None
     if not no_worker:
@@ -44,11 +120,15 @@ def serve(host: str, port: int, home: str, no_worker: bool) -> None:
         worker = start_embedded_worker()
     app = build_app(worker="embedded" if worker else "external")
     click.echo(f"ftstudio: http://{host}:{port}/  (home {home_path}; "
-               f"{'embedded worker' if worker else 'no worker: run `ftstudio worker`'})")
+               f"{'embedded worker' if worker else 'no worker: run `ftstudio worker`'}; "
+               f"{'logins required' if auth else 'no logins'})")
+    extra = dict(auth=gradio_auth, auth_message="ftstudio: log in with your account") \
+        if auth else {}
     try:
         app.queue(default_concurrency_limit=8).launch(
             server_name=host, server_port=port, allowed_paths=[str(home_path / "jobs")],
-            **launch_kwargs())
+            max_file_size=max_upload_bytes(),  # Gradio stops bigger uploads mid-transfer
+            **extra, **launch_kwargs())
     finally:
         if worker is not None:
             worker.stop()

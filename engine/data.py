@@ -80,6 +80,11 @@ PARALLEL_THRESHOLD = 20_000
 #: how many bad-record messages a report keeps
 MAX_BAD_EXAMPLES = 20
 IGNORE_INDEX = -100
+#: longest line (jsonl, csv) or single record (json) read, in characters: a larger one is
+#: refused as a whole-file problem (a broken export or not a dataset at all)
+MAX_LINE_CHARS = 10_000_000
+#: deepest nesting of lists and objects accepted in a record (real records nest a few levels)
+MAX_DEPTH = 64
 
 DEFAULT_CHAT_TEMPLATE = (
     "{% for message in messages %}"
@@ -165,24 +170,76 @@ def _check_file(path: str | os.PathLike) -> Path:
 _SKIP_HINT = " [or set data.on_bad_record=skip to leave such records out]"
 
 
+_UTF16_32 = ((b"\xff\xfe\x00\x00", "UTF-32"), (b"\x00\x00\xfe\xff", "UTF-32"),
+             (b"\xff\xfe", "UTF-16"), (b"\xfe\xff", "UTF-16"))
+
+
 def _read_text(p: Path) -> str:
+    """The file as UTF-8 text; binary files, UTF-16/32, other encodings and over-long lines
+    raise DataError saying what the file looks like and how to save it."""
     raw = p.read_bytes()
+    for bom, name in _UTF16_32:
+        if raw.startswith(bom):
+            raise DataError(f"{p} is {name} text; save the file as UTF-8 (in most editors: "
+                            "Save As, encoding UTF-8)")
+    nul = raw.find(b"\x00")
+    if nul >= 0:
+        head = raw[:4096]
+        if head.count(b"\x00") * 3 >= len(head):  # every other byte NUL: text in UTF-16
+            raise DataError(f"{p} looks like UTF-16 text without a byte-order mark; save the "
+                            "file as UTF-8")
+        line = raw[:nul].count(b"\n") + 1
+        raise DataError(f"{p} line {line}: contains a NUL byte, so it is a binary file, not "
+                        f"{p.suffix} text; upload the dataset itself ({', '.join(DATA_SUFFIXES)})")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = raw[:exc.start].count(b"\n") + 1
         raise DataError(f"{p} line {line}: is not UTF-8 text ({exc.reason} at byte "
-                        f"{exc.start}); save the file as UTF-8") from None
+                        f"{exc.start}; Latin-1 or Windows-1252 perhaps); save the file as "
+                        "UTF-8") from None
     return text.removeprefix("\ufeff")
+
+
+def _check_line_lengths(p: Path, text: str) -> None:
+    if len(text) <= MAX_LINE_CHARS:
+        return
+    for n, line in enumerate(text.split("\n"), start=1):
+        if len(line) > MAX_LINE_CHARS:
+            raise DataError(f"{p} line {n}: is {len(line):,} characters long, over the limit of "
+                            f"{MAX_LINE_CHARS:,}; this is not one record per line (split the "
+                            "file, or check that it is the dataset)")
+
+
+def _too_deep(value: Any) -> bool:
+    """True when lists/objects nest deeper than MAX_DEPTH (checked without recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, (dict, list)):
+            if depth > MAX_DEPTH:
+                return True
+            children = node.values() if isinstance(node, dict) else node
+            stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
+    return False
+
+
+_DEEP = f"nests lists/objects more than {MAX_DEPTH} levels deep; records are flat objects"
 
 
 def _read_jsonl(p: Path) -> list[RawRecord]:
     records = []
-    for n, line in enumerate(_read_text(p).split("\n"), start=1):
+    text = _read_text(p)
+    _check_line_lengths(p, text)
+    for n, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
-            records.append(RawRecord(len(records) + 1, n, json.loads(line)))
+            value = json.loads(line)
+            records.append(RawRecord(len(records) + 1, n, None, _DEEP) if _too_deep(value)
+                           else RawRecord(len(records) + 1, n, value))
+        except RecursionError:
+            records.append(RawRecord(len(records) + 1, n, None, _DEEP))
         except json.JSONDecodeError as exc:
             records.append(RawRecord(len(records) + 1, n, None,
                                      f"is not valid JSON ({exc.msg} at column {exc.colno}); "
@@ -205,11 +262,16 @@ def _read_json(p: Path) -> list[RawRecord]:
                          "fix the file there (or use .jsonl, where one bad line can be skipped "
                          "with data.on_bad_record=skip)")
 
+    def deep(at: int) -> DataError:
+        return DataError(f"{p} line {text.count(chr(10), 0, at) + 1}: {_DEEP}")
+
     if text[pos] != "[":
         try:
             value = json.loads(text)
         except json.JSONDecodeError as exc:
             raise broken(exc) from None
+        except RecursionError:
+            raise deep(pos) from None
         what = "an object" if isinstance(value, dict) else f"a {type(value).__name__} value"
         hint = ""
         if isinstance(value, dict):
@@ -232,6 +294,14 @@ def _read_json(p: Path) -> list[RawRecord]:
             value, end = decoder.raw_decode(text, pos)
         except json.JSONDecodeError as exc:
             raise broken(exc) from None
+        except RecursionError:
+            raise deep(pos) from None
+        if _too_deep(value):
+            raise deep(pos)
+        if end - pos > MAX_LINE_CHARS:
+            raise DataError(f"{p} record {len(records) + 1} (line {line}): is {end - pos:,} "
+                            f"characters long, over the limit of {MAX_LINE_CHARS:,}; check that "
+                            "this is the dataset")
         records.append(RawRecord(len(records) + 1, line, value, kind="record"))
         pos = _WS.match(text, end).end()
         if text.startswith(",", pos):
@@ -250,6 +320,7 @@ def _read_csv(p: Path) -> list[RawRecord]:
     """A header row of field names, then one record per row (cells are text)."""
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
     text = _read_text(p)
+    _check_line_lengths(p, text)
     reader = csv.reader(text.splitlines(keepends=True))
     records: list[RawRecord] = []
     header: list[str] | None = None
@@ -910,6 +981,25 @@ def data_report(path: str | os.PathLike, tokenizer=None, data_cfg: DataConfig | 
     train_idx, val_idx = split_indices(report.used, 0 if d.validation else d.val_fraction, 0)
     report.train_records, report.validation_records = len(train_idx), len(val_idx)
     return report
+
+
+def check_file(path: str | os.PathLike) -> dict[str, Any]:
+    """Check a file as an upload is checked, before it is kept: it must read (see read_records:
+    encoding, binary, size of lines, nesting), have a detectable format and at least one usable
+    record. Returns {records, usable, format}; raises DataError saying what is wrong."""
+    records = read_records(path, "skip")
+    if all(r.error for r in records):
+        first = records[0]
+        raise DataError(f"{path}: none of its {len(records)} records can be read; the first, "
+                        f"{first.where}: {first.error}")
+    fmt, _ = _resolve_format(str(path), records, "auto")
+    report = DataReport(path=str(path))
+    usable = _normalize(records, fmt, DataConfig(train=str(path)),
+                        _Tally(str(path), report, "skip"))
+    if not usable:
+        raise DataError(f"{path}: no record is a usable {fmt} record; the first problem: "
+                        f"{report.bad_examples[0] if report.bad_examples else 'none found'}")
+    return {"records": len(records), "usable": len(usable), "format": fmt}
 
 
 def preview(records_path: str | os.PathLike, tokenizer, data_cfg: DataConfig | None = None,

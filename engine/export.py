@@ -253,13 +253,13 @@ def load_merged(run: Run, log: Log):
     if run.method == "full":
         log(f"merged: loading the fully fine-tuned model from {run.adapter_dir}")
         model = AutoModelForCausalLM.from_pretrained(run.adapter_dir, dtype=torch.float32,
-                                                     **run.model_options)
+                                                     use_safetensors=True, **run.model_options)
     else:
         from peft import PeftModel
 
         log(f"merged: loading base {run.base} in float32")
         base = AutoModelForCausalLM.from_pretrained(run.base, dtype=torch.float32,
-                                                    **run.model_options)
+                                                    use_safetensors=True, **run.model_options)
         if run.method == "qlora":
             log("merged: qlora adapter merged into the full-precision base (the quantized base "
                 "is only a training-time memory saving)")
@@ -315,7 +315,8 @@ def _export_bnb(run: Run, out: Path, log: Log, bits: int) -> list[Path]:
         log(f"bnb{bits}: quantizing with bitsandbytes on {device} "
             f"({'NF4, double quantization' if bits == 4 else 'LLM.int8'})")
         qmodel = AutoModelForCausalLM.from_pretrained(
-            tmp, quantization_config=quant, device_map={"": device}, dtype=dtype)
+            tmp, quantization_config=quant, device_map={"": device}, dtype=dtype,
+            use_safetensors=True)
         log(f"bnb{bits}: saving the quantized model with its quantization_config")
         qmodel.save_pretrained(out, safe_serialization=True)
         tokenizer.save_pretrained(out)

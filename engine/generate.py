@@ -90,7 +90,7 @@ def _load(base: str, adapter: str | None, dtype: str) -> Loaded:
     offline = {"local_files_only": True} if hub_cached_file(base, "config.json") else {}
     tokenizer = AutoTokenizer.from_pretrained(adapter if has_tokenizer else base,
                                               **({} if has_tokenizer else offline))
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype,
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, use_safetensors=True,
                                                  **({} if kind == "full" else offline))
     if kind == "peft":
         from peft import PeftModel

@@ -11,6 +11,10 @@ Use from Python:
     for a in api.artifacts(job["id"]):                   # the adapter, then each exported file
         api.artifact_path(job["id"], a["path"])          # -> the file, checked to be inside
 
+Each function that acts on jobs takes `actor`: a jobs.users user dict, or None (the default) for
+local mode with no restriction. A non-admin actor sees only its own jobs: another owner's job is
+JobNotFound, worded like a missing one (jobs/access.py holds the rules).
+
 Every function returns plain dicts (JSON-ready; times are unix seconds) and raises
 engine.config.ConfigError (bad config, every problem listed) or jobs.store.JobError (JobNotFound,
 or a request the job's status does not allow; the message says what to do instead).
@@ -25,7 +29,7 @@ from typing import Any
 
 from engine.config import ConfigError, Problem, TrainConfig, apply_overrides, from_dict, \
     is_local_model, validate
-from jobs import store, tasks
+from jobs import access, store, tasks
 from jobs.runner import latest_checkpoint_step
 from jobs.store import JobError, JobNotFound
 
@@ -34,15 +38,18 @@ __all__ = ["submit", "export", "list_jobs", "get", "metrics", "logs", "cancel", 
            "ConfigError"]
 
 
-def submit(config: TrainConfig | dict, owner: str = "local", priority: int = 0,
-           name: str | None = None) -> dict[str, Any]:
+def submit(config: TrainConfig | dict, owner: str | None = None, priority: int = 0,
+           name: str | None = None, actor: dict | None = None) -> dict[str, Any]:
     """Validate (every problem at once, as ConfigError), record the job as queued, enqueue it.
-    Relative model and data paths are made absolute so the worker finds them."""
+    Relative model and data paths are made absolute so the worker finds them. With an actor the
+    job is theirs (an admin may name another owner), the config must pass jobs.access (remote
+    code, which files) and a non-admin may have at most FTSTUDIO_MAX_QUEUED_PER_USER queued."""
+    owner = access.owner_of(actor, owner)
     cfg = from_dict(config) if isinstance(config, dict) else config.copy()
     job_id = store.new_id()
     cfg.output_dir = str(store.job_dir(job_id))
     _absolute_paths(cfg)
-    problems = validate(cfg)
+    problems = validate(cfg) + access.config_problems(cfg, actor)
     if cfg.train.resume_from == "latest":
         problems.append(Problem("train.resume_from", "latest: a new job has no checkpoints; "
                                 "to continue a job use `ftstudio jobs resume ID`, or name a "
@@ -50,13 +57,15 @@ def submit(config: TrainConfig | dict, owner: str = "local", priority: int = 0,
     if problems:
         raise ConfigError(problems)
     with store.connect() as db:
+        access.check_queue_limit(db, actor)
         store.insert_job(db, config=cfg.to_dict(), name=name, owner=owner,
                          priority=int(priority), job_id=job_id)
         _enqueue_or_fail(db, job_id, priority)
         return _public(store.get_job(db, job_id))
 
 
-def export(job_id: str, fmt: str, owner: str | None = None) -> dict[str, Any]:
+def export(job_id: str, fmt: str, owner: str | None = None, actor: dict | None = None
+           ) -> dict[str, Any]:
     """Queue an export of a training job as fmt (one of engine.export.FORMATS); returns the
     export job (kind "export", parent job_id, config {"format", "parent"}, the parent's owner).
 
@@ -72,7 +81,7 @@ def export(job_id: str, fmt: str, owner: str | None = None) -> dict[str, Any]:
     if fmt not in FORMATS:
         raise JobError(f"unknown export format {fmt!r}; choose one of: {', '.join(FORMATS)}")
     with store.connect() as db:
-        parent = store.get_job(db, job_id)
+        parent = _job(db, job_id, actor)
     if owner is not None and owner != parent["owner"]:
         raise JobError(f"job {job_id} belongs to {parent['owner']}, not {owner}")
     if parent["kind"] != "train":
@@ -93,6 +102,7 @@ def export(job_id: str, fmt: str, owner: str | None = None) -> dict[str, Any]:
         raise JobError(str(exc)) from exc
     export_id = store.new_id()
     with store.connect() as db:
+        access.check_queue_limit(db, actor)
         store.insert_job(db, config={"format": fmt, "parent": job_id}, kind="export",
                          name=f"{parent['name']}-{fmt}", owner=parent["owner"],
                          priority=parent["priority"], job_id=export_id, parent=job_id,
@@ -103,43 +113,47 @@ def export(job_id: str, fmt: str, owner: str | None = None) -> dict[str, Any]:
 
 def list_jobs(owner: str | None = None, status: str | list[str] | None = None,
               limit: int | None = None, kind: str | None = None,
-              parent: str | None = None) -> list[dict[str, Any]]:
+              parent: str | None = None, actor: dict | None = None) -> list[dict[str, Any]]:
     """Newest first; filter by owner, status (one or several), kind ("train" or "export")
-    and parent (the export jobs of one training job)."""
+    and parent (the export jobs of one training job). A non-admin actor sees only their own."""
+    owner = access.list_owner(actor, owner)
     with store.connect() as db:
         return [_public(j) for j in store.list_jobs(db, owner=owner, status=status, kind=kind,
                                                     parent=parent, limit=limit)]
 
 
-def get(job_id: str) -> dict[str, Any]:
+def get(job_id: str, actor: dict | None = None) -> dict[str, Any]:
     """One job: status, progress (0-1), step/total_steps, error and hint, config, result
     metrics, times, output_dir, adapter_dir, artifacts."""
     with store.connect() as db:
-        job = _public(store.get_job(db, job_id))
+        job = _public(_job(db, job_id, actor))
         job["artifacts"] = store.artifacts(db, job_id)
         return job
 
 
-def metrics(job_id: str, since_step: int = -1) -> list[dict[str, Any]]:
+def metrics(job_id: str, since_step: int = -1, actor: dict | None = None
+            ) -> list[dict[str, Any]]:
     """Metrics records after `since_step`, one dict per step ({step, epoch, loss, lr, grad_norm,
     tokens_per_s, and at eval steps eval_loss, eval_perplexity, eval_token_accuracy}). While a
     job runs only whole steps are returned, so the next poll passes the last step it got."""
     with store.connect() as db:
+        _job(db, job_id, actor)
         return store.metrics(db, job_id, since_step)
 
 
-def logs(job_id: str, since: int = 0) -> list[dict[str, Any]]:
+def logs(job_id: str, since: int = 0, actor: dict | None = None) -> list[dict[str, Any]]:
     """Log lines and status changes after event id `since`: [{id, time, level, line}]."""
     with store.connect() as db:
-        store.get_job(db, job_id)
+        _job(db, job_id, actor)
         return store.events(db, job_id, since)
 
 
-def cancel(job_id: str) -> dict[str, Any]:
+def cancel(job_id: str, actor: dict | None = None) -> dict[str, Any]:
     """A queued (or interrupted) job never starts; a running one is asked to stop: it saves a
     checkpoint and ends as cancelled within seconds, or its worker kills it after
     FTSTUDIO_CANCEL_GRACE seconds (SIGTERM, then SIGKILL)."""
     with store.connect() as db:
+        _job(db, job_id, actor)
         if store.transition(db, job_id, "cancelled", frm=("queued", "interrupted"),
                             finished_at=store.now(), resume_on_start=0,
                             hint=f"cancelled before it ran; `ftstudio jobs resume {job_id}` "
@@ -154,12 +168,14 @@ def cancel(job_id: str) -> dict[str, Any]:
         return _public(job)
 
 
-def resume(job_id: str) -> dict[str, Any]:
+def resume(job_id: str, actor: dict | None = None) -> dict[str, Any]:
     """Queue an interrupted, failed or cancelled job again as the SAME job: it continues from
     its newest checkpoint (train.resume_from=latest) or starts over when it has none (an
     export job always starts over)."""
     with store.connect() as db:
-        job = store.get_job(db, job_id)
+        job = _job(db, job_id, actor)
+        if job["status"] in ("interrupted", "failed", "cancelled"):
+            access.check_queue_limit(db, actor)
         step = None
         config = dict(job["config"])
         if job["kind"] == "train":
@@ -178,10 +194,12 @@ def resume(job_id: str) -> dict[str, Any]:
 
 
 def clone(job_id: str, *, name: str | None = None, owner: str | None = None,
-          priority: int | None = None, **changes: Any) -> dict[str, Any]:
+          priority: int | None = None, actor: dict | None = None, **changes: Any
+          ) -> dict[str, Any]:
     """Submit a new job with this job's config and `changes`: dotted keys
-    (clone(id, **{"train.lr": 1e-4})) or sections (clone(id, train={"lr": 1e-4}))."""
-    job = get(job_id)
+    (clone(id, **{"train.lr": 1e-4})) or sections (clone(id, train={"lr": 1e-4})). With an
+    actor the copy is the actor's (see submit)."""
+    job = get(job_id, actor=actor)
     if job["kind"] != "train":
         raise JobError(f"job {job_id} is an {job['kind']} job; only training jobs can be "
                        "cloned (export again with api.export or `ftstudio export`)")
@@ -197,16 +215,16 @@ def clone(job_id: str, *, name: str | None = None, owner: str | None = None,
             raise ConfigError([Problem(key, "unknown change; pass a dotted key such as "
                                             "train.lr or a section dict such as train={...}")])
     cfg = apply_overrides(from_dict(data), overrides)
-    return submit(cfg, owner=owner or job["owner"],
+    return submit(cfg, owner=owner or (job["owner"] if actor is None else None),
                   priority=job["priority"] if priority is None else priority,
-                  name=name or f"{job['name']}-copy")
+                  name=name or f"{job['name']}-copy", actor=actor)
 
 
-def delete(job_id: str) -> dict[str, Any]:
+def delete(job_id: str, actor: dict | None = None) -> dict[str, Any]:
     """Remove a job's rows and its folder, and its finished export jobs; refused while it or
     an export of it is queued or running (cancel it first)."""
     with store.connect() as db:
-        job = store.get_job(db, job_id)
+        job = _job(db, job_id, actor)
         exports = store.list_jobs(db, parent=job_id)
         busy = [e["id"] for e in exports if e["status"] in ("queued", "running")]
         if busy:
@@ -223,21 +241,21 @@ def delete(job_id: str) -> dict[str, Any]:
     return {"id": job_id, "deleted": True}
 
 
-def artifacts(job_id: str) -> list[dict[str, Any]]:
+def artifacts(job_id: str, actor: dict | None = None) -> list[dict[str, Any]]:
     """A job's files, oldest first: [{kind ("adapter" | "export"), format (exports), path
     (relative to the job's folder), size (bytes), created_at, meta}]. An export's files are
     listed under the training job it exported (meta["export_job"] names the export job)."""
     with store.connect() as db:
-        store.get_job(db, job_id)
+        _job(db, job_id, actor)
         return store.artifacts(db, job_id)
 
 
-def artifact_path(job_id: str, relative_path: str) -> Path:
+def artifact_path(job_id: str, relative_path: str, actor: dict | None = None) -> Path:
     """The file at relative_path inside the job's folder, for a download. Refused (JobError):
     an absolute path, any `..`, a path that resolves outside the folder (a symlink), a folder,
     or a file that does not exist."""
     with store.connect() as db:
-        job = store.get_job(db, job_id)
+        job = _job(db, job_id, actor)
     folder = store.folder_of(job).resolve()
     rel = Path(relative_path)
     if not relative_path or rel.is_absolute() or ".." in rel.parts:
@@ -255,6 +273,11 @@ def artifact_path(job_id: str, relative_path: str) -> Path:
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _job(db, job_id: str, actor: dict | None) -> dict[str, Any]:
+    """The job row if the actor may see it; JobNotFound otherwise (as for a missing id)."""
+    return access.check_visible(store.get_job(db, job_id), actor)
 
 
 def _enqueue_or_fail(db, job_id: str, priority: int) -> None:

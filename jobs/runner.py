@@ -34,6 +34,7 @@ from typing import Any
 
 from jobs import store
 from jobs.errors import explain_exception
+from jobs.redact import RedactingStream, redact, scrub_run_folder
 
 HEARTBEAT_S = 5.0
 CHECK_EVERY_S = 0.5
@@ -73,6 +74,7 @@ class StoreReporter:
             self.last_step = step
 
     def on_log(self, line: str) -> None:
+        line = redact(line)  # no HF_TOKEN or other *_TOKEN/_KEY value in logs (jobs/redact.py)
         print(line, flush=True)
         if self.main:
             store.add_event(self.db, self.job_id, line)
@@ -95,6 +97,7 @@ class StoreReporter:
     def finish(self, status: str, **fields: Any) -> bool:
         if not self.main or self.stop_reason == "superseded":
             return False
+        fields = {k: redact(v) if isinstance(v, str) else v for k, v in fields.items()}
         return store.transition(self.db, self.job_id, status, frm=("running",),
                                 expect={"attempt": self.attempt}, finished_at=store.now(),
                                 **fields)
@@ -106,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m jobs.runner JOB_ID", file=sys.stderr)
         return 2
     job_id = argv[0]
+    sys.stdout, sys.stderr = RedactingStream(sys.stdout), RedactingStream(sys.stderr)
     main_rank = int(os.environ.get("RANK", "0")) == 0
     with store.connect() as db:
         job = store.get_job(db, job_id)
@@ -132,8 +136,12 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.flush()
         data_file = (job.get("config") or {}).get("data", {}).get("train")
         error, hint = explain_exception(exc, data_file, log_path)
+        if main_rank:
+            scrub_run_folder(out)
         reporter.finish("failed", error=error, hint=hint)
         return 1
+    if main_rank:
+        scrub_run_folder(out)  # before the job is seen as finished (and exported)
     return _record(job_id, reporter, result, out)
 
 
@@ -153,6 +161,7 @@ def _prepare(job: dict, out: Path, reporter: StoreReporter, main_rank: bool):
     if main_rank:
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")
+        scrub_run_folder(out)
     return cfg
 
 

@@ -182,6 +182,20 @@ def m002_export_jobs(db: Database) -> None:
                        [Path(row["path"]).relative_to(row["output_dir"]).as_posix(), row["id"]])
 
 
+@MIGRATIONS()
+def m003_users_datasets(db: Database) -> None:
+    """Accounts of a team server (jobs/users.py) and who uploaded which dataset
+    (jobs/datasets.py): one row per (owner, stored file), so each person sees their own."""
+    db["users"].create({"username": str, "password_hash": str, "is_admin": int,
+                        "created_at": float, "disabled": int},
+                       pk="username", not_null={"password_hash"},
+                       defaults={"is_admin": 0, "disabled": 0})
+    db["datasets"].create({"id": int, "owner": str, "name": str, "path": str, "sha256": str,
+                           "size": int, "records": int, "created_at": float},
+                          pk="id", not_null={"owner", "path"})
+    db["datasets"].create_index(["owner", "path"], unique=True)
+
+
 # --------------------------------------------------------------------------- jobs
 
 

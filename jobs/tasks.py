@@ -152,6 +152,9 @@ def _supervise(job: dict, ctx: WorkerContext) -> None:
         _wait(job, proc, ctx)
     finally:
         ctx.put_gpus(gpus)
+    from jobs.redact import scrub_run_folder
+
+    scrub_run_folder(out)  # a child killed before it could (jobs/redact.py)
     _record_end(job, proc.returncode, ctx, out / "log.txt")
 
 

@@ -7,6 +7,8 @@ touches the database itself. Tested as plain functions in tests/app/test_studio_
 from __future__ import annotations
 
 import hashlib
+import os
+import re
 import shlex
 import shutil
 import tempfile
@@ -89,20 +91,74 @@ def tokenizer_for(name: str):
     return tok
 
 
-def store_upload(path: str | None) -> str | None:
-    """Keep an uploaded file under FTSTUDIO_HOME/datasets/<sha256[:16]>/<its name>."""
+DEFAULT_MAX_UPLOAD_MB = 200
+
+
+def max_upload_bytes() -> int:
+    """FTSTUDIO_MAX_UPLOAD_MB (default 200) in bytes: the largest dataset upload accepted."""
+    try:
+        mb = float(os.environ.get("FTSTUDIO_MAX_UPLOAD_MB", DEFAULT_MAX_UPLOAD_MB))
+    except ValueError:
+        mb = DEFAULT_MAX_UPLOAD_MB
+    return int(mb * 1024 * 1024)
+
+
+def store_upload(path: str | None, owner: str = "local") -> str | None:
+    """Check an uploaded file and keep it under FTSTUDIO_HOME/datasets/<sha256[:16]>/<name>,
+    recorded as `owner`'s. Everything is checked first (type, FTSTUDIO_MAX_UPLOAD_MB, that
+    engine.data can read it and finds usable records); a refused file raises DataError and
+    leaves nothing behind: no file under datasets/, no row in studio.db."""
+    from engine.data import DataError, check_file
+    from jobs import datasets
+
     if not path:
         return None
     src = Path(path)
+    name = _safe_name(src.name)
     if src.suffix.lower() not in DATA_SUFFIXES:
-        raise ValueError(f"{src.name}: unsupported file type; upload "
-                         f"{', '.join(DATA_SUFFIXES)}")
-    digest = hashlib.sha256(src.read_bytes()).hexdigest()[:16]
-    dest = studio_home() / "datasets" / digest / src.name
+        raise DataError(f"{name}: unsupported file type {src.suffix or '(none)'}; upload "
+                        f"{', '.join(DATA_SUFFIXES)}")
+    size, limit = src.stat().st_size, max_upload_bytes()
+    if size > limit:
+        raise DataError(f"{name} is {size / 2**20:.1f} MB, over the upload limit of "
+                        f"{limit / 2**20:.0f} MB (FTSTUDIO_MAX_UPLOAD_MB); split it, or ask "
+                        "the admin to raise the limit")
+    try:
+        info = check_file(src)
+    except DataError as exc:  # name the file as the person knows it, not the temp path
+        raise DataError(str(exc).replace(str(src), name)) from None
+    except (RecursionError, MemoryError) as exc:
+        raise DataError(f"{name} cannot be read ({type(exc).__name__}); check that it is a "
+                        "dataset file") from None
+    digest = hashlib.sha256(src.read_bytes()).hexdigest()
+    dest = studio_home() / "datasets" / digest[:16] / name
     if not dest.is_file():
         dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src, dest)
+        tmp = dest.with_name(f".{name}.{os.getpid()}.part")
+        try:
+            shutil.copyfile(src, tmp)
+            os.replace(tmp, dest)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            _remove_if_empty(dest.parent)
+            raise
+    datasets.record(owner or "local", dest, sha256=digest, size=size,
+                    records=info["records"])
     return str(dest.resolve())
+
+
+def _safe_name(name: str) -> str:
+    """A file name that is safe to store: letters, digits, '.', '_', '-'; no leading dot."""
+    stem, _, suffix = name.rpartition(".") if "." in name else (name, "", "")
+    clean = re.sub(r"[^A-Za-z0-9_.-]+", "_", stem).strip("._")[:100] or "data"
+    return f"{clean}.{suffix.lower()}" if suffix else clean
+
+
+def _remove_if_empty(folder: Path) -> None:
+    try:
+        folder.rmdir()
+    except OSError:
+        pass
 
 
 def data_panel(values: dict[str, Any]) -> tuple[str, Any, list[list[tuple[str, str | None]]]]:

@@ -201,9 +201,10 @@ def _wire(t: TrainTab, model_card, example, upload, report, hist, previews, blur
     w["data.train"].change(lambda p: p if p in known else None, w["data.train"], example,
                            queue=False, api_visibility="private")
 
-    def uploaded(file):
+    def uploaded(file, request: gr.Request | None = None):
         try:
-            return handlers.store_upload(file), ""
+            owner = getattr(request, "username", None) or "local"
+            return handlers.store_upload(file, owner), ""
         except (OSError, ValueError) as exc:
             return gr.skip(), render.note(str(exc), "bad")
 
