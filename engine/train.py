@@ -24,13 +24,13 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
-import torch.nn.functional as F
 
-from engine.batching import IGNORE_INDEX, Batches, trained_tokens
+from engine.batching import Batches, trained_tokens
 from engine.checkpoint import (RunFiles, TrainState, capture_rng, find_checkpoint,
                                list_checkpoints, load_checkpoint, prune_checkpoints, restore_rng,
                                run_facts, save_checkpoint, stamp)
 from engine.config import VIRTUAL_TOKEN_METHODS, TrainConfig, TrainSection, check
+from engine.loss import TokenLoss, causal_lm_loss, model_inputs  # noqa: F401 (re-exported)
 from engine.reporter import NullReporter, Reporter
 
 
@@ -77,6 +77,7 @@ def run(cfg: TrainConfig, reporter: Reporter | None = None) -> RunResult:
                               num_warmup_steps=math.ceil(t.warmup_ratio * total_steps))
     model, optimizer = accelerator.prepare(model, optimizer)
     unwrapped = accelerator.unwrap_model(model)
+    loss_of = TokenLoss(unwrapped, autocast=accelerator.autocast, log=say)  # engine/loss.py
     state, rng = TrainState(), None
     if resume_dir:
         state, rng = load_checkpoint(resume_dir, unwrapped, optimizer, scheduler, rank=rank)
@@ -120,7 +121,7 @@ def run(cfg: TrainConfig, reporter: Reporter | None = None) -> RunResult:
                 batch = {k: v.to(accelerator.device) for k, v in batch.items()}
                 last = i == len(step_batches) - 1
                 with nullcontext() if last else accelerator.no_sync(model):
-                    loss = causal_lm_loss(model(**model_inputs(batch)).logits, batch["labels"])
+                    loss = loss_of(model, batch)
                     accelerator.backward(loss * world / max(n_tokens, 1))
                 loss_sum += loss.detach()
             grad_norm = accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm or math.inf)
@@ -140,7 +141,7 @@ def run(cfg: TrainConfig, reporter: Reporter | None = None) -> RunResult:
                                "total_steps": total_steps})
             if eval_batches and t.eval_every and state.step % t.eval_every == 0:
                 if evaluate_and_track(model, eval_batches, accelerator, state, t, files, say,
-                                      keep_adapter):
+                                      keep_adapter, loss_of):
                     status = "stopped_early"
             if t.save_every and state.step % t.save_every == 0:
                 save(f"every {t.save_every} steps")
@@ -161,7 +162,8 @@ def run(cfg: TrainConfig, reporter: Reporter | None = None) -> RunResult:
     # ------------------------------------------------------------------ finish
     status = "completed" if status == "running" else status
     if eval_batches and status != "cancelled" and state.last_eval_step != state.step:
-        evaluate_and_track(model, eval_batches, accelerator, state, t, files, say, keep_adapter)
+        evaluate_and_track(model, eval_batches, accelerator, state, t, files, say, keep_adapter,
+                           loss_of)
     if saved_at != state.step:
         save("end of run" if status != "cancelled" else "stopped")
     keeps_best = t.early_stopping_patience is not None and state.best_eval_loss is not None
@@ -185,39 +187,22 @@ def run(cfg: TrainConfig, reporter: Reporter | None = None) -> RunResult:
                      best_eval_loss=state.best_eval_loss)
 
 
-# --------------------------------------------------------------------------- the loss
-
-
-def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Everything but the labels: the loss is computed here, not by the model."""
-    return {k: v for k, v in batch.items() if k != "labels"}
-
-
-def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Summed next-token cross-entropy over the tokens whose label is not -100. Prompt tuning
-    returns logits for its virtual tokens first: only the last labels.shape[1] positions count."""
-    logits = logits[:, -labels.shape[1]:, :]
-    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(),
-                           ignore_index=IGNORE_INDEX, reduction="sum")
+# --------------------------------------------------------------------------- evaluation
+# (the loss itself, chunked through the lm_head, is engine/loss.py)
 
 
 @torch.no_grad()
-def evaluate(model, batches: Batches, accelerator) -> dict[str, float]:
+def evaluate(model, batches: Batches, accelerator, loss_of: TokenLoss | None = None
+             ) -> dict[str, float]:
     """eval_loss (mean over trained tokens), eval_perplexity and eval_token_accuracy (share of
     trained tokens predicted exactly), over the validation split shared across processes."""
     model = accelerator.unwrap_model(model)  # no DDP collectives: processes may run unequal counts
     model.eval()
+    loss_of = loss_of or TokenLoss(model, autocast=accelerator.autocast, log=lambda line: None)
     totals = torch.zeros(3, dtype=torch.float64, device=accelerator.device)
     for rows in batches.plan(0)[accelerator.process_index::accelerator.num_processes]:
         batch = {k: v.to(accelerator.device) for k, v in batches.collate(rows).items()}
-        with accelerator.autocast():
-            logits = model(**model_inputs(batch)).logits
-        labels = batch["labels"]
-        trained = labels[:, 1:] != IGNORE_INDEX
-        predicted = logits[:, -labels.shape[1]:][:, :-1].argmax(-1)
-        totals += torch.stack([causal_lm_loss(logits, labels).double(),
-                               (predicted == labels[:, 1:])[trained].sum().double(),
-                               trained.sum().double()])
+        totals += torch.stack(loss_of.evaluate(model, batch))
     loss_sum, correct, count = accelerator.reduce(totals, "sum").tolist()
     loss = loss_sum / max(count, 1)
     return {"eval_loss": loss, "eval_perplexity": math.exp(min(loss, 50.0)),
@@ -225,9 +210,10 @@ def evaluate(model, batches: Batches, accelerator) -> dict[str, float]:
 
 
 def evaluate_and_track(model, batches: Batches, accelerator, state: TrainState,
-                       t: TrainSection, files: RunFiles, say, keep_adapter) -> bool:
+                       t: TrainSection, files: RunFiles, say, keep_adapter,
+                       loss_of: TokenLoss | None = None) -> bool:
     """Evaluate, record, keep the best adapter (with early stopping); True: patience is out."""
-    metrics = evaluate(model, batches, accelerator)
+    metrics = evaluate(model, batches, accelerator, loss_of)
     state.last_eval_step = state.step
     files.metrics({"step": state.step, "epoch": files.last_epoch, **metrics})
     improved = state.best_eval_loss is None or metrics["eval_loss"] < state.best_eval_loss
