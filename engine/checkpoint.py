@@ -242,7 +242,7 @@ class RunFiles:
 def run_facts(cfg: TrainConfig, info: dict[str, Any], report: dict[str, Any]
               ) -> dict[str, Any]:
     """What run.json records about the inputs: config, data hashes, versions, seed, model."""
-    from engine.data import file_sha256
+    from engine.readers import file_sha256
 
     files = [p for p in (cfg.data.train, cfg.data.validation) if p]
     return {"config": cfg.to_dict(), "data_sha256": {p: file_sha256(p) for p in files},

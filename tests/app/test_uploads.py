@@ -10,7 +10,7 @@ import shutil
 import pytest
 
 from app.studio import handlers
-from engine.data import MAX_LINE_CHARS, DataError
+from engine.readers import MAX_LINE_CHARS, DataError
 from jobs import datasets, store
 
 ROW = {"instruction": "Reverse: a b", "output": "b a"}
