@@ -20,6 +20,11 @@ for the same epoch gets the same batches.
 - no packing: one example per row, right padding, 2-D attention mask. With order=shuffle the
   examples are grouped by length inside mega-batches so that padding stays small.
 - order: shuffle (by seed and epoch), shortest_first, or as_is (file order).
+- batch_tokens (optional): batches sized by tokens instead of rows. Packed: batch_tokens //
+  max_seq_len rows per batch. Not packed: rows in training order are cut greedily so that rows x
+  the longest row of the batch stays within batch_tokens (with order=shuffle the rows come
+  length-grouped, so batches of short rows hold many and batches of long rows few); a row
+  longer than the budget makes a batch of its own. Same seed and epoch, same batches.
 """
 
 from __future__ import annotations
@@ -67,8 +72,9 @@ def best_fit_decreasing(indices: Sequence[int], lengths: Sequence[int], capacity
 
 
 def ordered_indices(lengths: Sequence[int], order: str, seed: int, epoch: int,
-                    batch_size: int) -> list[int]:
-    """Example indices in training order for one epoch (no packing)."""
+                    batch_size: int, batch_tokens: int | None = None) -> list[int]:
+    """Example indices in training order for one epoch (no packing). With shuffle, groups of
+    similar length (batch_size rows, or what fits in batch_tokens) are shuffled as units."""
     n = len(lengths)
     if order == "as_is":
         return list(range(n))
@@ -79,7 +85,11 @@ def ordered_indices(lengths: Sequence[int], order: str, seed: int, epoch: int,
     rng.shuffle(idx)
     mega = batch_size * MEGABATCH_BATCHES
     groups = [sorted(idx[s:s + mega], key=lambda i: -lengths[i]) for s in range(0, n, mega)]
-    batches = [g[s:s + batch_size] for g in groups for s in range(0, len(g), batch_size)]
+    if batch_tokens:
+        batches = [[g[p] for p in b] for g in groups
+                   for b in token_budget_batches([[i] for i in g], lengths, batch_tokens)]
+    else:
+        batches = [g[s:s + batch_size] for g in groups for s in range(0, len(g), batch_size)]
     rng.shuffle(batches)
     return [i for b in batches for i in b]
 
@@ -101,6 +111,26 @@ def packed_rows(lengths: Sequence[int], order: str, seed: int, epoch: int, capac
     return sorted(rows, key=min)  # as_is: by the first record each row holds
 
 
+def token_budget_batches(rows: Sequence[Sequence[int]], lengths: Sequence[int],
+                         batch_tokens: int) -> list[list[int]]:
+    """Cut rows (in order) into batches of consecutive positions whose padded size, rows x the
+    longest row, stays within batch_tokens; a row longer than the budget is a batch alone.
+    Returns each batch's row positions."""
+    batches: list[list[int]] = []
+    current: list[int] = []
+    widest = 0
+    for pos, row in enumerate(rows):
+        n = sum(lengths[i] for i in row)
+        if current and (len(current) + 1) * max(widest, n) > batch_tokens:
+            batches.append(current)
+            current, widest = [], 0
+        current.append(pos)
+        widest = max(widest, n)
+    if current:
+        batches.append(current)
+    return batches
+
+
 def records_moved(rows: Sequence[Sequence[int]]) -> int:
     """How many examples are not at their file position in this order."""
     return sum(1 for pos, i in enumerate(i for r in rows for i in r) if pos != i)
@@ -115,10 +145,13 @@ class Batches:
 
     def __init__(self, dataset, *, batch_size: int, max_seq_len: int, packing: bool,
                  order: str, seed: int, pad_id: int, mask_dtype: torch.dtype = torch.float32,
-                 rank: int = 0, world: int = 1, log: Callable[[str], None] | None = None):
+                 rank: int = 0, world: int = 1, batch_tokens: int | None = None,
+                 log: Callable[[str], None] | None = None):
         self.dataset = dataset.select_columns(["input_ids", "labels"])
         self.lengths: list[int] = list(dataset["length"])
-        self.batch_size, self.max_seq_len = batch_size, max_seq_len
+        self.max_seq_len, self.batch_tokens = max_seq_len, batch_tokens
+        self.batch_size = max(1, batch_tokens // max_seq_len) if batch_tokens and packing \
+            else batch_size
         self.packing, self.order, self.seed = packing, order, seed
         self.pad_id, self.mask_dtype = pad_id, mask_dtype
         self.rank, self.world = rank, world
@@ -126,8 +159,11 @@ class Batches:
         self._plans: dict[int, list[list[list[int]]]] = {}
         self._rows: dict[int, list[list[int]]] = {}
         self.rows_per_epoch = len(self.rows(0))
-        self.batches_per_epoch = (self.rows_per_epoch // batch_size
-                                  + bool(self.rows_per_epoch % batch_size)) // world
+        # by token budget (not packed) the count varies a little with the epoch's order; the
+        # smallest over the first epochs keeps every process and every epoch at one count
+        self.batches_per_epoch = min(len(self.all_batches(e)) for e in
+                                     range(3 if self.by_tokens and order == "shuffle" else 1)
+                                     ) // world
 
     def __len__(self) -> int:
         return self.batches_per_epoch
@@ -139,15 +175,28 @@ class Batches:
                 rows = packed_rows(self.lengths, self.order, self.seed, epoch, self.max_seq_len)
             else:
                 rows = [[i] for i in ordered_indices(self.lengths, self.order, self.seed, epoch,
-                                                     self.batch_size)]
+                                                     self.batch_size, self.batch_tokens)]
             self._rows = {e: r for e, r in self._rows.items() if e == epoch - 1} | {epoch: rows}
         return self._rows[epoch]
+
+    @property
+    def by_tokens(self) -> bool:
+        """Batches cut by the token budget (not packed); packed budgets fix the rows instead."""
+        return bool(self.batch_tokens) and not self.packing
+
+    def all_batches(self, epoch: int) -> list[list[list[int]]]:
+        """Every process's batches of the epoch, in training order."""
+        rows = self.rows(epoch)
+        if self.by_tokens:
+            return [[rows[p] for p in b]
+                    for b in token_budget_batches(rows, self.lengths, self.batch_tokens)]
+        return [rows[s:s + self.batch_size] for s in range(0, len(rows), self.batch_size)]
 
     def plan(self, epoch: int) -> list[list[list[int]]]:
         """This process's batches for `epoch`: every world-th batch, the same count on each."""
         if epoch not in self._plans:
             rows = self.rows(epoch)
-            batches = [rows[s:s + self.batch_size] for s in range(0, len(rows), self.batch_size)]
+            batches = self.all_batches(epoch)
             self._plans = {epoch: batches[self.rank::self.world][:self.batches_per_epoch]}
             if self.log:
                 self.log(f"batching: epoch {epoch + 1}: order {self.order}"
@@ -158,10 +207,9 @@ class Batches:
 
     def padding_share(self, epoch: int = 0) -> float:
         """Share of the tokens in this epoch's batches that are padding."""
-        rows = self.rows(epoch)
         real = padded = 0
-        for s in range(0, len(rows), self.batch_size):
-            batch = [sum(self.lengths[i] for i in r) for r in rows[s:s + self.batch_size]]
+        for rows in self.all_batches(epoch):
+            batch = [sum(self.lengths[i] for i in r) for r in rows]
             real += sum(batch)
             padded += max(batch) * len(batch)
         return 1 - real / padded if padded else 0.0
@@ -169,7 +217,7 @@ class Batches:
     def summary(self) -> dict[str, Any]:
         """For run.json."""
         return {"packing": self.packing, "order": self.order, "rows_per_epoch": self.rows_per_epoch,
-                "batches_per_epoch": self.batches_per_epoch,
+                "batches_per_epoch": self.batches_per_epoch, "batch_tokens": self.batch_tokens,
                 "padding_share": round(self.padding_share(), 4)}
 
     def describe(self) -> str:
@@ -177,7 +225,9 @@ class Batches:
                f"{self.max_seq_len} tokens" if self.packing else
                f"{len(self.lengths)} records, one per row"
                f"{', grouped by length' if self.order == 'shuffle' else ''}")
-        return (f"batching: {how}; {self.batches_per_epoch} batches of {self.batch_size} rows "
+        size = (f"at most {self.batch_tokens} padded tokens" if self.by_tokens else
+                f"{self.batch_size} rows")
+        return (f"batching: {how}; {self.batches_per_epoch} batches of {size} "
                 f"per epoch{f' per process' if self.world > 1 else ''}; padding "
                 f"{self.padding_share():.1%} of tokens")
 

@@ -114,6 +114,9 @@ class TrainSection:
     max_steps: int | None = _f(None, "Stop after this many optimizer steps; empty: run epochs.")
     lr: float = _f(2e-4, "Peak learning rate (after warmup).")
     batch_size: int = _f(4, "Sequences per device per forward pass.")
+    batch_tokens: int | None = _f(None, "Size batches by tokens instead of rows: each batch "
+                                        "holds as many rows as fit in this many (padded) "
+                                        "tokens; empty uses train.batch_size.")
     grad_accum: int = _f(1, "Forward passes accumulated into one optimizer step; the effective "
                             "batch is batch_size x grad_accum x processes.")
     scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = _f(
@@ -507,6 +510,9 @@ def validate(cfg: TrainConfig, *, check_files: bool = True, require_output_dir: 
     for key in ("batch_size", "grad_accum", "log_every", "keep_checkpoints"):
         if getattr(t, key) < 1:
             p.append(Problem(f"train.{key}", f"{getattr(t, key)} must be at least 1"))
+    if t.batch_tokens is not None and t.batch_tokens < 1:
+        p.append(Problem("train.batch_tokens", f"{t.batch_tokens} must be at least 1, or empty "
+                                               "to use train.batch_size"))
     for key in ("eval_every", "save_every"):
         if getattr(t, key) < 0:
             p.append(Problem(f"train.{key}", f"{getattr(t, key)} must be 0 (only at the end) or "

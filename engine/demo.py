@@ -24,10 +24,13 @@ CHAT_TEMPLATE = (
 )
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
-#: shapes: "demo" is what `ftstudio demo-model` builds; "tiny" is what the tests build
+#: shapes: "demo" is what `ftstudio demo-model` builds; "tiny" is what the tests build;
+#: "small" is a second, deeper shape for tests that need two sizes (tests/engine/test_estimate.py)
 SIZES = {
     "demo": dict(hidden_size=256, intermediate_size=688, num_hidden_layers=4,
                  num_attention_heads=8, num_key_value_heads=4, vocab_size=2048),
+    "small": dict(hidden_size=384, intermediate_size=1024, num_hidden_layers=6,
+                  num_attention_heads=6, num_key_value_heads=2, vocab_size=2048),
     "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                  num_attention_heads=4, num_key_value_heads=2, vocab_size=512),
 }

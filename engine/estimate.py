@@ -14,13 +14,21 @@ precision. Peak memory is the sum of
     optimizer     AdamW: two float32 moments per trainable parameter; 8-bit optimizers less
     activations   saved for the backward pass, batch x sequence tokens per layer
                   (with gradient checkpointing: the layer inputs plus one layer recomputed)
-    logits        batch x sequence x vocabulary, upcast to float32 for the loss, and its gradient
-    overhead      the CUDA context or the Python process, and allocator slack
+    logits        one chunk of engine/loss.py's chunked loss (tokens x vocabulary), upcast to
+                  float32, its log-softmax and gradient
+    slack         the allocator's: memory freed is not all reused at once (CPU_SLACK)
+    runtime       what the process holds before it loads anything: the Python process with
+                  torch and friends imported (CPU), or the CUDA context (GPU)
 
-It is an estimate: activations are counted as autograd saves them (checked with saved-tensor
-hooks in tests/engine/test_estimate.py); a 135M-parameter LoRA run (batch 4 x 512, CPU) peaked
-at 10.0 GB of RSS against an estimate of 9.2 GB. It says whether a run fits; it does not budget
-the last megabyte. The device is the first CUDA GPU, or this machine's RAM.
+What it means: peak_bytes is the most memory the training process will hold, runtime included,
+so that "fits / tight / exceeds" compares it with what the device has (a GPU's memory, or the
+RAM available now). tests/engine/test_estimate.py holds the training part (peak_bytes less
+runtime) within 25% of the measured peak RSS less an imports-only process's RSS, on CPU runs of
+two model sizes with glibc's mmap threshold fixed (MALLOC_MMAP_THRESHOLD_=131072; with the
+default, dynamic one a CPU run can peak up to ~1.5x higher, run to run: see CPU_SLACK);
+activations are counted as autograd saves them (saved-tensor hooks, same file).
+It says whether a run fits; it does not budget the last megabyte. The device is the first CUDA
+GPU, or this machine's RAM. estimate_time() turns a measured throughput into time per epoch.
 """
 
 from __future__ import annotations
@@ -33,9 +41,15 @@ from engine.config import TrainConfig, VIRTUAL_TOKEN_METHODS
 GiB = 1024 ** 3
 #: share of the device a run may use and still be called a comfortable fit
 FIT_SHARE = 0.85
-#: on CPU, peak RSS exceeds live tensors by about this share of activations and logits
-#: (glibc keeps what backward frees; measured on a 135M Llama, LoRA, batch 4 x 512)
-CPU_SLACK = 0.6
+#: on CPU, peak RSS exceeds live tensors by about this share of activations and logits, with
+#: glibc's mmap threshold fixed (MALLOC_MMAP_THRESHOLD_=131072): fitted to the runs of
+#: tests/engine/test_estimate.py (0.0-0.13). With glibc's default, dynamic threshold, freed
+#: activations may stay in the heap: the same LoRA run peaked at 619 or 883 MiB over its
+#: baseline from one run to the next (574 MiB every time with the threshold fixed).
+CPU_SLACK = 0.1
+#: what the process holds before training: Python with torch, transformers, peft, accelerate
+#: and datasets imported (measured 0.47 GiB of RSS, CPU); on a GPU, the CUDA context
+RUNTIME_BYTES = {"cpu": int(0.5 * GiB), "cuda": int(0.75 * GiB)}
 _NOT_GATED = {"gpt2", "gpt_neox", "gptj", "opt", "phi", "bloom", "falcon", "gpt_bigcode",
               "starcoder2"}
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -263,26 +277,44 @@ def estimate(cfg: TrainConfig, model_config: dict[str, Any] | None = None,
 
     seq = cfg.data.max_seq_len + (m.num_virtual_tokens if m.kind in VIRTUAL_TOKEN_METHODS else 0)
     tokens = t.batch_size * seq
+    if t.batch_tokens:   # engine/batching.py: packed, whole rows in the budget; else padded rows
+        tokens = max(t.batch_tokens // seq * seq if cfg.data.packing else t.batch_tokens, seq)
     per_layer = _activation_elems_per_token(s, cfg, full, seq)
     if t.gradient_checkpointing and m.kind != "prefix_tuning":  # engine.model turns it off
         acts = tokens * (s.layers * s.hidden + per_layer) * cbytes
     else:
         acts = tokens * s.layers * per_layer * cbytes
-    # the logits, their float32 copy for the loss (none in float32), log-softmax, its gradient
-    logits = tokens * s.vocab * (cbytes + (4 if cbytes != 4 else 0) + 4 + 4)
+    # engine/loss.py: logits only at trained positions, CHUNK_LOGITS at a time (the rest are
+    # recomputed in backward): one chunk's logits, float32 copy (none in float32), log-softmax
+    # and gradient. All positions are counted as trained (completion-only data trains fewer).
+    from engine.loss import CHUNK_LOGITS
+
+    logit_tokens = min(tokens, max(64, CHUNK_LOGITS // max(s.vocab, 1)))
+    logits = logit_tokens * s.vocab * (cbytes + (4 if cbytes != 4 else 0) + 4 + 4)
 
     parts = {"weights": int(weights), "adapter": int(adapter), "gradients": int(gradients),
              "optimizer": int(optimizer), "activations": int(acts), "logits": int(logits)}
-    if device.kind == "cuda":   # the CUDA context, and the caching allocator's slack
-        overhead = 0.75 * GiB + 0.05 * sum(parts.values())
-    else:   # the process; glibc keeps memory freed in backward (RSS measured ~1.6x of live)
-        overhead = 0.6 * GiB + 0.05 * sum(parts.values()) + CPU_SLACK * (acts + logits)
-    parts["overhead"] = int(overhead)
+    if device.kind == "cuda":   # the caching allocator's slack
+        slack = 0.05 * sum(parts.values())
+    else:   # what backward frees is not all reused at once (see CPU_SLACK)
+        slack = 0.05 * sum(parts.values()) + CPU_SLACK * (acts + logits)
+    parts["slack"] = int(slack)
+    parts["runtime"] = RUNTIME_BYTES["cuda" if device.kind == "cuda" else "cpu"]
     if m.kind == "qlora" and device.kind != "cuda":
         notes.append("QLoRA needs a CUDA GPU (bitsandbytes); on this machine it cannot run")
     if s.experts > 1:
         notes.append(f"mixture of {s.experts} experts: activations assume every expert runs")
     return Estimate(counts.total, trainable, parts, device, notes)
+
+
+def estimate_time(tokens_per_epoch: int, tokens_per_s: float | None, epochs: float = 1
+                  ) -> float | None:
+    """Seconds for `epochs` passes over tokens_per_epoch trained tokens at a measured
+    throughput (a finished run's timings.tokens_per_s on the same model and machine); None
+    when no throughput has been measured."""
+    if not tokens_per_s or tokens_per_s <= 0:
+        return None
+    return tokens_per_epoch * epochs / tokens_per_s
 
 
 def _activation_elems_per_token(s: Shape, cfg: TrainConfig, full: bool, seq: int) -> float:

@@ -63,6 +63,7 @@ def run(cfg: TrainConfig, reporter: Reporter | None = None) -> RunResult:
     say = reporter.on_log if main else (lambda line: None)
     started = time.time()
     set_seed(t.seed)
+    steady_cpu_allocator()
 
     # ------------------------------------------------------------------ setup
     resume_dir = find_checkpoint(t.resume_from, out) if t.resume_from else None
@@ -239,6 +240,22 @@ def evaluate_and_track(model, batches: Batches, accelerator, state: TrainState,
 # --------------------------------------------------------------------------- setup helpers
 
 
+def steady_cpu_allocator() -> None:
+    """On glibc, serve large CPU buffers from mmap so freed activations go back to the system.
+
+    With glibc's adaptive default the same run peaked at 619, 883 or 623 MiB over its baseline;
+    with a fixed 128 KiB threshold, 574 MiB every time, which is what engine.estimate predicts.
+    """
+    if torch.cuda.is_available() or not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass  # not glibc (musl, ...): the allocator's own default stays
+
+
 def mixed_precision(precision: str) -> str:
     """Accelerate's mixed_precision for train.precision (auto: bf16/fp16 on GPUs, none on CPU)."""
     if precision == "auto":
@@ -265,7 +282,8 @@ def make_batches(cfg: TrainConfig, data, tokenizer, mask_dtype: torch.dtype, acc
             "record per row with a plain attention mask")
         packing = False
     common = dict(batch_size=t.batch_size, max_seq_len=d.max_seq_len, packing=packing,
-                  seed=t.seed, pad_id=tokenizer.pad_token_id, mask_dtype=mask_dtype)
+                  seed=t.seed, pad_id=tokenizer.pad_token_id, mask_dtype=mask_dtype,
+                  batch_tokens=t.batch_tokens)
     train = Batches(data.train, order=d.order, rank=accelerator.process_index,
                     world=accelerator.num_processes, log=say, **common)
     if len(train) == 0:

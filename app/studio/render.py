@@ -20,7 +20,8 @@ STATUS_ICONS = {"queued": "◷", "running": "●", "completed": "✓", "failed":
 VERDICT_TEXT = {"fits": "Fits", "tight": "Tight", "exceeds": "Exceeds"}
 PART_LABELS = {"weights": "Weights", "adapter": "Adapter", "gradients": "Gradients",
                "optimizer": "Optimizer state", "activations": "Activations",
-               "logits": "Logits", "overhead": "Overhead"}
+               "logits": "Logits", "slack": "Allocator slack",
+               "runtime": "Runtime (libraries, CUDA context)"}
 
 
 def esc(value: Any) -> str:

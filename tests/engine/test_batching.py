@@ -147,3 +147,68 @@ def test_each_packed_sample_has_the_loss_it_has_alone(tiny_model, attn):
         ids, labels = examples[3]
         alone = model(input_ids=torch.tensor([ids])).logits[0]
         assert torch.allclose(logits[1, :len(ids)], alone, atol=1e-4)
+
+
+# --------------------------------------------------------------------------- token budgets
+
+
+@pytest.mark.parametrize("packing", [True, False])
+def test_token_budget_batches_hold_every_example_once_within_the_budget(packing):
+    ds = make_dataset(LENGTHS)
+    budget = 512
+    b = Batches(ds, batch_size=4, max_seq_len=128, packing=packing, order="shuffle", seed=3,
+                pad_id=0, batch_tokens=budget)
+    for epoch in (0, 1):
+        batches = b.all_batches(epoch)
+        for rows in batches:
+            width = max(sum(LENGTHS[i] for i in r) for r in rows)
+            assert len(rows) * (128 if packing else width) <= budget
+        seen = sorted(i for rows in batches for r in rows for i in r)
+        assert seen == list(range(len(LENGTHS)))
+    if packing:
+        assert b.batch_size == 512 // 128
+    else:   # short rows share a batch, long ones do not: more rows per batch than 512 / 120
+        assert max(len(rows) for rows in b.all_batches(0)) > 512 // 120 + 1
+        assert b.padding_share() < 0.1
+
+
+def test_token_budget_batches_cut_greedily_and_a_long_row_stands_alone():
+    from engine.batching import token_budget_batches
+
+    lengths = [100, 90, 300, 10, 10, 10]
+    assert token_budget_batches([[i] for i in range(6)], lengths, 199) == [[0], [1], [2],
+                                                                          [3, 4, 5]]
+    assert token_budget_batches([[i] for i in range(6)], lengths, 400) == [[0, 1], [2],
+                                                                          [3, 4, 5]]
+
+
+def test_token_budget_plans_are_deterministic_and_shard_evenly():
+    ds = make_dataset(LENGTHS)
+    kw = dict(batch_size=4, max_seq_len=128, packing=False, order="shuffle", pad_id=0,
+              batch_tokens=400)
+    a, b = Batches(ds, seed=7, **kw), Batches(ds, seed=7, **kw)
+    assert a.plan(0) == b.plan(0) and a.plan(2) == b.plan(2) and a.plan(0) != a.plan(1)
+    r0, r1 = Batches(ds, seed=7, rank=0, world=2, **kw), Batches(ds, seed=7, rank=1, world=2, **kw)
+    for epoch in (0, 1, 2, 5):
+        p0, p1 = r0.plan(epoch), r1.plan(epoch)
+        assert len(p0) == len(p1) == len(r0) > 0
+        assert not {i for x in p0 for r in x for i in r} & {i for x in p1 for r in x for i in r}
+
+
+@pytest.mark.parametrize("packing", [True, False])
+def test_a_short_run_with_a_token_budget_completes(tiny_model, examples, tmp_path, packing):
+    import json
+
+    from engine.config import TrainConfig
+    from engine.train import run
+
+    cfg = TrainConfig()
+    cfg.model.name, cfg.data.train = str(tiny_model), str(examples / "alpaca.json")
+    cfg.data.max_seq_len, cfg.data.packing = 128, packing
+    t = cfg.train
+    t.batch_tokens, t.max_steps, t.eval_every, t.save_every = 512, 3, 0, 0
+    cfg.output_dir = str(tmp_path)
+    result = run(cfg)
+    assert result.steps == 3 and not result.cancelled
+    batching = json.loads((tmp_path / "run.json").read_text())["batching"]
+    assert batching["batch_tokens"] == 512
