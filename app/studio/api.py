@@ -5,6 +5,8 @@
     job = c.predict(open("run.yaml").read(), "my-run", api_name="/submit_job")
     c.predict(job["job_id"], api_name="/job_status")
     c.predict(job["job_id"], -1, api_name="/job_metrics")   # rows after since_step
+    exp = c.predict(job["job_id"], "gguf-q8_0", api_name="/export_job")  # an export job
+    c.predict(job["job_id"], api_name="/job_artifacts")     # its files, with their sizes
 
 Each endpoint is a thin wrapper over jobs.api or the engine; answers are plain JSON.
 """
@@ -20,7 +22,7 @@ import yaml
 from engine.config import ConfigError, Problem, TrainConfig, from_dict, validate
 
 ENDPOINTS = ("submit_job", "job_status", "job_metrics", "job_logs", "list_jobs", "cancel_job",
-             "validate_config", "estimate_memory")
+             "export_job", "job_artifacts", "validate_config", "estimate_memory")
 
 
 def _jsonable(value: Any) -> Any:
@@ -112,11 +114,12 @@ def job_logs(job_id: str, since: int = 0) -> list:
     return _jsonable(api.logs(_jid(job_id), since=int(since)))
 
 
-def list_jobs(status: str = "") -> list:
-    """Every job (optionally only those with one status), newest first."""
+def list_jobs(status: str = "", kind: str = "") -> list:
+    """Every job (optionally only those with one status, or of one kind: "train" or
+    "export"), newest first."""
     from jobs import api
 
-    return _jsonable(list(api.list_jobs(status=status or None)))
+    return _jsonable(list(api.list_jobs(status=status or None, kind=kind or None)))
 
 
 def cancel_job(job_id: str) -> dict:
@@ -126,6 +129,32 @@ def cancel_job(job_id: str) -> dict:
     try:
         return _jsonable(api.cancel(_jid(job_id)))
     except (KeyError, ValueError) as exc:  # JobNotFound, JobError (already finished)
+        raise gr.Error(str(exc).strip("'\"")) from None
+
+
+def export_job(job_id: str, format: str, request: gr.Request = None) -> dict:  # noqa: A002
+    """Queue an export of a finished training job as one format (adapter, merged, bnb4, bnb8,
+    gguf-f16, gguf-q8_0, gguf-q4_0): {"export_job_id", "status"}; follow it with /job_status,
+    then list its files with /job_artifacts. A format the job cannot be exported as is refused
+    with the reason."""
+    from jobs import api
+
+    owner = getattr(request, "username", None)   # with auth on: only the job's owner
+    try:
+        job = api.export(_jid(job_id), str(format).strip(), owner=owner)
+    except (KeyError, ValueError) as exc:  # JobNotFound, JobError: the reason, said plainly
+        raise gr.Error(str(exc).strip("'\"")) from None
+    return {"export_job_id": job["id"], "status": job["status"]}
+
+
+def job_artifacts(job_id: str) -> list:
+    """A training job's files, oldest first: [{"kind" ("adapter" | "export"), "format",
+    "location" (relative to the job's folder), "size" (bytes), "created_at", "meta"}]."""
+    from jobs import api
+
+    try:
+        return _jsonable(api.artifacts(_jid(job_id)))
+    except (KeyError, ValueError) as exc:  # JobNotFound
         raise gr.Error(str(exc).strip("'\"")) from None
 
 

@@ -1,8 +1,11 @@
-"""The Jobs tab: the table of jobs, one job's live page, compare, downloads.
+"""The Jobs tab: the table of training jobs, one job's live page (with its Export section,
+app/studio/export_panel.py), compare, downloads.
 
 A gr.Timer ticks every TICK seconds; each tick fetches only the metrics after the session's
-`since_step` (jobview.poll) and skips every output when nothing changed. The job being watched
-is remembered in the browser (gr.BrowserState), so reloading the page re-attaches to it.
+`since_step` (jobview.poll) and the job's export jobs (export_panel.poll), and skips every
+output that did not change. The job being watched is remembered in the browser
+(gr.BrowserState), so reloading the page re-attaches to it. Export jobs are listed under the
+training job they export, not in the table.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from typing import Any
 
 import gradio as gr
 
-from app.studio import form, jobview, render
+from app.studio import export_panel, form, jobview, render
 
 TICK = 1.5          # seconds between live-chart polls
 TABLE_TICK = 4.0    # seconds between job-table refreshes
@@ -28,6 +31,7 @@ class JobsTab:
     remembered: Any
     clone: Any
     compare_picker: Any
+    export: export_panel.ExportPanel
     outputs: list[Any]      # what a poll updates
     timer: Any
     table_timer: Any
@@ -85,6 +89,7 @@ def build() -> JobsTab:
             dl_csv = gr.Button("⇩ Metrics (.csv)", elem_id="dl-csv", **kw)
         downloads = gr.File(label="Ready to download", file_count="multiple",
                             interactive=False, visible=False, elem_id="downloads")
+        export = export_panel.build(job_picker)
     with gr.Accordion("Compare jobs", open=False, elem_id="compare"):
         compare_picker = gr.Dropdown(choices=[], multiselect=True, label="Jobs to overlay",
                                      elem_id="compare-picker")
@@ -94,13 +99,14 @@ def build() -> JobsTab:
     session = gr.State(jobview.new_session())
     remembered = gr.BrowserState(None, storage_key="ftstudio-job")
     timer, table_timer = gr.Timer(TICK), gr.Timer(TABLE_TICK)
-    outputs = [session, header, progress, loss, eval_loss, lr, tps, log]
+    outputs = [session, header, progress, loss, eval_loss, lr, tps, log] + export.outputs
     tab = JobsTab(table, status_filter, job_picker, session, remembered, clone, compare_picker,
-                  outputs, timer, table_timer)
+                  export, outputs, timer, table_timer)
 
     timer.tick(tick, [session, job_picker], outputs, show_progress="hidden",
                api_visibility="private")
-    job_picker.change(select_job, [job_picker, session], outputs + [remembered],
+    job_picker.change(select_job, [job_picker, session],
+                      outputs + [remembered, export.message, export.download],
                       show_progress="hidden", api_visibility="private")
     table_timer.tick(table_tick, [status_filter, table], [table, job_picker, compare_picker],
                      show_progress="hidden", api_visibility="private")
@@ -166,20 +172,24 @@ def _outputs(session, job) -> list[Any]:
 
 
 def tick(session, jid):
+    """Only what changed: the charts and log of the job, its Export section."""
+    skip_job, skip_export = [gr.skip()] * 7, [gr.skip()] * export_panel.OUTPUTS
     if not jid:
-        return [gr.skip()] * 8
+        return [gr.skip()] + skip_job + skip_export
     try:
         session, changed, job = jobview.poll(session, jid)
+        session, exports_changed = export_panel.poll(session, job)
     except Exception:  # noqa: BLE001 - a store hiccup skips one tick
-        return [gr.skip()] * 8
-    if not changed:
-        return [session] + [gr.skip()] * 7
-    return _outputs(session, job)
+        return [gr.skip()] + skip_job + skip_export
+    return [session] + (_outputs(session, job)[1:] if changed else skip_job) + \
+        (export_panel.view(session) if exports_changed else skip_export)
 
 
 def select_job(jid, session):
     session, _, job = jobview.poll(jobview.new_session(jid), jid)
-    return _outputs(session, job) + [jid]
+    session, _ = export_panel.poll(session, job)
+    return _outputs(session, job) + export_panel.view(session) + [jid, "", gr.update(
+        value=None, visible=False)]
 
 
 def refresh_table(status):

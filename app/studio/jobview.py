@@ -128,8 +128,9 @@ def table_row(job: Any) -> list[Any]:
             else model, (cfg.get("method") or {}).get("kind", "")]
 
 
-def list_jobs(status: str | None = None) -> list[Any]:
-    return list(_api().list_jobs(status=status or None))
+def list_jobs(status: str | None = None, kind: str = "train") -> list[Any]:
+    """Training jobs by default: export jobs are shown under the job they export."""
+    return list(_api().list_jobs(status=status or None, kind=kind))
 
 
 def table(status: str | None = None, jobs: list[Any] | None = None):

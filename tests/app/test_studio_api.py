@@ -27,7 +27,8 @@ def client(home, tiny_model):
 def test_named_endpoints(client, tiny_model):
     names = set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
     assert {"/submit_job", "/job_status", "/job_metrics", "/job_logs", "/list_jobs",
-            "/cancel_job", "/validate_config", "/estimate_memory"} <= names
+            "/cancel_job", "/export_job", "/job_artifacts", "/validate_config",
+            "/estimate_memory"} <= names
 
     config = (f"model:\n  name: {tiny_model}\ndata:\n  train: {EXAMPLES / 'alpaca.json'}\n"
               "train:\n  max_steps: 3\n")
@@ -50,3 +51,40 @@ def test_named_endpoints(client, tiny_model):
     assert client.predict(job["job_id"], 0, api_name="/job_logs")[0]["line"] == "queued"
     assert [j["id"] for j in client.predict("", api_name="/list_jobs")] == [job["job_id"]]
     assert client.predict(job["job_id"], api_name="/cancel_job")["status"] == "cancelled"
+
+
+def test_export_job_and_job_artifacts(client):
+    """/export_job queues an export job (or raises with the reason); /job_artifacts lists the
+    training job's files with their sizes, paths relative to its folder."""
+    import json
+
+    from gradio_client.exceptions import AppError
+
+    from jobs import api, store
+
+    job_id = store.new_id()
+    folder = store.job_dir(job_id)
+    (folder / "adapter").mkdir(parents=True)
+    (folder / "adapter" / "adapter_config.json").write_text(json.dumps(
+        {"peft_type": "PROMPT_TUNING", "base_model_name_or_path": "base-model"}))
+    with store.connect() as db:
+        store.insert_job(db, config={"output_dir": str(folder)}, name="pt", owner="local",
+                         priority=0, job_id=job_id)
+        store.transition(db, job_id, "running")
+        store.transition(db, job_id, "completed")
+        store.add_artifact(db, job_id, "adapter", folder / "adapter")
+
+    queued = client.predict(job_id, "adapter", api_name="/export_job")
+    assert queued == {"export_job_id": queued["export_job_id"], "status": "queued"}
+    assert api.get(queued["export_job_id"])["parent"] == job_id
+    with pytest.raises(AppError, match="prompt_tuning cannot be exported as merged"):
+        client.predict(job_id, "merged", api_name="/export_job")
+    with pytest.raises(AppError, match="unknown export format 'onnx'"):
+        client.predict(job_id, "onnx", api_name="/export_job")
+    assert [j["id"] for j in client.predict("", "export", api_name="/list_jobs")] == \
+        [queued["export_job_id"]]
+    files = client.predict(job_id, api_name="/job_artifacts")
+    assert [(f["kind"], f["location"], f["size"]) for f in files] == \
+        [("adapter", "adapter", (folder / "adapter" / "adapter_config.json").stat().st_size)]
+    with pytest.raises(AppError, match="no job 'nope'"):
+        client.predict("nope", api_name="/job_artifacts")

@@ -25,8 +25,9 @@ class FakeApi:
             raise KeyError(job_id)
         return self.jobs[job_id]
 
-    def list_jobs(self, owner=None, status=None):
-        return [j for j in self.jobs.values() if status in (None, j["status"])]
+    def list_jobs(self, owner=None, status=None, kind=None):
+        return [j for j in self.jobs.values() if status in (None, j["status"])
+                and kind in (None, j.get("kind", "train"))]
 
     def metrics(self, job_id, since_step=-1):
         self.calls.append(since_step)

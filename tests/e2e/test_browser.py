@@ -189,9 +189,11 @@ def test_train_watch_download_and_chat_in_the_browser(studio, browser, tmp_path)
                            ".includes('queued as job')", timeout=30_000)
     page.wait_for_selector("#export-jobs [data-format=adapter] .fs-badge.fs-completed",
                            timeout=180_000)
-    cell = page.locator("#export-files td").filter(has_text="tiny-ft-adapter.zip").first
+    page.locator("#export-files").scroll_into_view_if_needed()   # rows render when in view
+    cell = page.locator("#export-files [role=gridcell]").filter(
+        has_text="tiny-ft-adapter.zip").first
     cell.wait_for(timeout=30_000)
-    row = page.locator("#export-files tr").filter(has_text="tiny-ft-adapter.zip").first
+    row = page.locator("#export-files [role=row]").filter(has_text="tiny-ft-adapter.zip").first
     assert re.search(r"Adapter\s+tiny-ft-adapter\.zip\s+\d+\.\d KB", row.inner_text()), \
         row.inner_text()
     cell.click()
