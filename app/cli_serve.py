@@ -126,7 +126,9 @@ def serve(host: str, port: int, home: str, no_worker: bool, auth_flag: bool,
         if auth else {}
     try:
         app.queue(default_concurrency_limit=8).launch(
-            server_name=host, server_port=port, allowed_paths=[str(home_path / "jobs")],
+            # no allowed_paths: nothing under FTSTUDIO_HOME/jobs is served by path; downloads
+            # are copies a handler made after checking the job is the user's (jobview.served_copy)
+            server_name=host, server_port=port,
             max_file_size=max_upload_bytes(),  # Gradio stops bigger uploads mid-transfer
             **extra, **launch_kwargs())
     finally:

@@ -8,7 +8,9 @@
     exp = c.predict(job["job_id"], "gguf-q8_0", api_name="/export_job")  # an export job
     c.predict(job["job_id"], api_name="/job_artifacts")     # its files, with their sizes
 
-Each endpoint is a thin wrapper over jobs.api or the engine; answers are plain JSON.
+Each endpoint is a thin wrapper over jobs.api or the engine; answers are plain JSON. With logins
+on (`ftstudio serve --auth`; gradio_client's auth=(user, password)) each acts as the logged-in
+user: a non-admin lists and reads only their own jobs, another owner's job is "not found".
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 import gradio as gr
 import yaml
 
+from app.studio.session import actor as actor_of
 from engine.config import ConfigError, Problem, TrainConfig, from_dict, validate
 
 ENDPOINTS = ("submit_job", "job_status", "job_metrics", "job_logs", "list_jobs", "cancel_job",
@@ -79,10 +82,9 @@ def submit_job(config_yaml: str, name: str = "", priority: int = 0,
     cfg, problems = _parse(config_yaml)
     if cfg is None:
         return {"job_id": None, "problems": _problems(problems)}
-    owner = getattr(request, "username", None) or "local"
     try:
-        job = api.submit(cfg, owner=owner, priority=int(priority or 0),
-                         name=(name or "").strip() or None)
+        job = api.submit(cfg, priority=int(priority or 0), name=(name or "").strip() or None,
+                         actor=actor_of(request))
     except ConfigError as exc:
         return {"job_id": None, "problems": _problems(exc.problems)}
     except ValueError as exc:  # jobs.store.JobError: e.g. the queue is unreachable
@@ -90,44 +92,52 @@ def submit_job(config_yaml: str, name: str = "", priority: int = 0,
     return {"job_id": job_id_of(job), "status": "queued", "problems": []}
 
 
-def job_status(job_id: str) -> dict:
+def job_status(job_id: str, request: gr.Request = None) -> dict:
     """The job's record: status, progress, times, owner, config, error."""
     from jobs import api
 
     try:
-        return _jsonable(api.get(_jid(job_id)))
+        return _jsonable(api.get(_jid(job_id), actor=actor_of(request)))
     except (KeyError, ValueError) as exc:  # JobNotFound
         raise gr.Error(str(exc).strip("'\"")) from None
 
 
-def job_metrics(job_id: str, since_step: int = -1) -> list:
+def job_metrics(job_id: str, since_step: int = -1, request: gr.Request = None) -> list:
     """Metrics rows after since_step: [{"step", "name", "value", "time"}, ...]."""
     from jobs import api
 
-    return _jsonable(list(api.metrics(_jid(job_id), since_step=int(since_step))))
+    try:
+        return _jsonable(list(api.metrics(_jid(job_id), since_step=int(since_step),
+                                          actor=actor_of(request))))
+    except (KeyError, ValueError) as exc:  # JobNotFound
+        raise gr.Error(str(exc).strip("'\"")) from None
 
 
-def job_logs(job_id: str, since: int = 0) -> list:
+def job_logs(job_id: str, since: int = 0, request: gr.Request = None) -> list:
     """Log lines of the job from position `since`."""
     from jobs import api
 
-    return _jsonable(api.logs(_jid(job_id), since=int(since)))
+    try:
+        return _jsonable(api.logs(_jid(job_id), since=int(since), actor=actor_of(request)))
+    except (KeyError, ValueError) as exc:  # JobNotFound
+        raise gr.Error(str(exc).strip("'\"")) from None
 
 
-def list_jobs(status: str = "", kind: str = "") -> list:
-    """Every job (optionally only those with one status, or of one kind: "train" or
-    "export"), newest first."""
+def list_jobs(status: str = "", kind: str = "", request: gr.Request = None) -> list:
+    """Every job you may see (with logins on: your own; an admin: all), optionally only those
+    with one status, or of one kind ("train" or "export"), newest first."""
     from jobs import api
 
-    return _jsonable(list(api.list_jobs(status=status or None, kind=kind or None)))
+    return _jsonable(list(api.list_jobs(status=status or None, kind=kind or None,
+                                        actor=actor_of(request))))
 
 
-def cancel_job(job_id: str) -> dict:
+def cancel_job(job_id: str, request: gr.Request = None) -> dict:
     """Ask a queued or running job to stop; returns its record."""
     from jobs import api
 
     try:
-        return _jsonable(api.cancel(_jid(job_id)))
+        return _jsonable(api.cancel(_jid(job_id), actor=actor_of(request)))
     except (KeyError, ValueError) as exc:  # JobNotFound, JobError (already finished)
         raise gr.Error(str(exc).strip("'\"")) from None
 
@@ -139,21 +149,20 @@ def export_job(job_id: str, format: str, request: gr.Request = None) -> dict:  #
     with the reason."""
     from jobs import api
 
-    owner = getattr(request, "username", None)   # with auth on: only the job's owner
     try:
-        job = api.export(_jid(job_id), str(format).strip(), owner=owner)
+        job = api.export(_jid(job_id), str(format).strip(), actor=actor_of(request))
     except (KeyError, ValueError) as exc:  # JobNotFound, JobError: the reason, said plainly
         raise gr.Error(str(exc).strip("'\"")) from None
     return {"export_job_id": job["id"], "status": job["status"]}
 
 
-def job_artifacts(job_id: str) -> list:
+def job_artifacts(job_id: str, request: gr.Request = None) -> list:
     """A training job's files, oldest first: [{"kind" ("adapter" | "export"), "format",
     "location" (relative to the job's folder), "size" (bytes), "created_at", "meta"}]."""
     from jobs import api
 
     try:
-        return _jsonable(api.artifacts(_jid(job_id)))
+        return _jsonable(api.artifacts(_jid(job_id), actor=actor_of(request)))
     except (KeyError, ValueError) as exc:  # JobNotFound
         raise gr.Error(str(exc).strip("'\"")) from None
 

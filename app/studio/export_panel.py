@@ -17,6 +17,7 @@ from typing import Any
 import gradio as gr
 
 from app.studio import jobview, render
+from app.studio.session import actor as actor_of
 from app.studio.jobview import field
 
 # one entry per engine.export.FORMATS key, in its order (tests/app/test_studio_export.py checks)
@@ -67,14 +68,15 @@ def can_export(job: Any) -> bool:
     return status in jobview.TERMINAL and (Path(folder) / "adapter").is_dir()
 
 
-def start(job_id: Any, fmt: str, owner: str | None = None) -> tuple[str | None, str]:
+def start(job_id: Any, fmt: str, owner: str | None = None, actor: Any = None
+          ) -> tuple[str | None, str]:
     """Queue an export of the job: (export job id, a note saying so), or (None, the reason
     it was refused)."""
     if not job_id:
         return None, render.note("Pick a job first.", "warn")
     jid = jobview.parse_id(job_id)
     try:
-        exp = jobview._api().export(jid, fmt, owner=owner)
+        exp = jobview._api().export(jid, fmt, owner=owner, actor=actor)
     except (KeyError, ValueError) as exc:     # JobNotFound, JobError: the reason, said plainly
         return None, render.note(f"Cannot export job {jid} as {label(fmt)}: {exc}", "bad")
     return exp["id"], render.note(f"Export {label(fmt)} queued as job {exp['id']}: a worker "
@@ -82,15 +84,15 @@ def start(job_id: Any, fmt: str, owner: str | None = None) -> tuple[str | None, 
                                   "good")
 
 
-def cancel(job_id: Any) -> str:
+def cancel(job_id: Any, actor: Any = None) -> str:
     """Cancel the job's queued and running exports: a note saying which."""
     if not job_id:
         return render.note("Pick a job first.", "warn")
     api, done = jobview._api(), []
     for exp in api.list_jobs(kind="export", parent=jobview.parse_id(job_id),
-                             status=list(ACTIVE)):
+                             status=list(ACTIVE), actor=actor):
         try:
-            api.cancel(exp["id"])
+            api.cancel(exp["id"], actor=actor)
             done.append(f"{label(exp['config'].get('format'))} (job {exp['id']})")
         except (KeyError, ValueError):   # it ended meanwhile
             pass
@@ -99,10 +101,11 @@ def cancel(job_id: Any) -> str:
     return render.note(f"Cancel requested: {', '.join(done)}.", "good")
 
 
-def latest_exports(job_id: Any) -> list[dict[str, Any]]:
+def latest_exports(job_id: Any, actor: Any = None) -> list[dict[str, Any]]:
     """The newest export job of each format (newer ones replace older files), newest first."""
     seen, out = set(), []
-    for job in jobview._api().list_jobs(kind="export", parent=jobview.parse_id(job_id)):
+    for job in jobview._api().list_jobs(kind="export", parent=jobview.parse_id(job_id),
+                                        actor=actor):
         fmt = (field(job, "config", default={}) or {}).get("format")
         if fmt not in seen:
             seen.add(fmt)
@@ -110,17 +113,17 @@ def latest_exports(job_id: Any) -> list[dict[str, Any]]:
     return out
 
 
-def poll(session: dict[str, Any], job: Any) -> tuple[dict[str, Any], bool]:
+def poll(session: dict[str, Any], job: Any, actor: Any = None) -> tuple[dict[str, Any], bool]:
     """Refresh session["export"] (the job's export jobs, the last log line of each running
     one); changed tells whether the section must be drawn again."""
     state = session.setdefault("export", {"sig": None, "lines": {}, "exports": []})
     visible = can_export(job)
-    exports = latest_exports(field(job, "id")) if visible else []
+    exports = latest_exports(field(job, "id"), actor) if visible else []
     api = jobview._api()
     for exp in exports:
         if exp["status"] in ACTIVE:     # the stage it is at: only the lines after the last seen
             cursor, line = state["lines"].get(exp["id"], (0, ""))
-            for event in api.logs(exp["id"], since=cursor):
+            for event in api.logs(exp["id"], since=cursor, actor=actor):
                 cursor, line = event["id"], event["line"]
             state["lines"][exp["id"]] = (cursor, line)
     sig = (field(job, "id"), visible, tuple(
@@ -131,7 +134,7 @@ def poll(session: dict[str, Any], job: Any) -> tuple[dict[str, Any], bool]:
     return session, changed
 
 
-def view(session: dict[str, Any]) -> list[Any]:
+def view(session: dict[str, Any], actor: Any = None) -> list[Any]:
     """The section's outputs from the last poll: visibility, export jobs, files."""
     state = session.get("export") or {}
     if not state.get("visible"):
@@ -140,7 +143,7 @@ def view(session: dict[str, Any]) -> list[Any]:
     lines = {k: v[1] for k, v in state["lines"].items()}
     active = any(e["status"] in ACTIVE for e in state["exports"])
     return [gr.update(visible=True), jobs_html(state["exports"], lines),
-            gr.update(visible=active), files_frame(job_id)]
+            gr.update(visible=active), files_frame(job_id, actor)]
 
 
 def jobs_html(exports: list[dict[str, Any]], lines: dict[str, str] | None = None) -> str:
@@ -189,12 +192,12 @@ def _shown_name(artifact: dict[str, Any]) -> str:
     return path[len(prefix):] if path.startswith(prefix) else path
 
 
-def exported_files(job_id: Any) -> list[dict[str, Any]]:
+def exported_files(job_id: Any, actor: Any = None) -> list[dict[str, Any]]:
     """The job's exported files (jobs.api.artifacts, kind "export"): the newest export first,
     the files beside its folders (the .zip, the .gguf, the Modelfile) before those inside,
     the largest first (the file one came for)."""
     order = {fmt: i for i, fmt in enumerate(FORMATS)}
-    rows = [a for a in jobview._api().artifacts(jobview.parse_id(job_id))
+    rows = [a for a in jobview._api().artifacts(jobview.parse_id(job_id), actor=actor)
             if a.get("kind") == "export"]
     return sorted(rows, key=lambda a: (-(a.get("created_at") or 0),
                                        order.get(a.get("format"), len(order)),
@@ -202,18 +205,20 @@ def exported_files(job_id: Any) -> list[dict[str, Any]]:
                                        _shown_name(a)))
 
 
-def files_frame(job_id: Any):
+def files_frame(job_id: Any, actor: Any = None):
     rows = [{"Format": label(a.get("format")), "File": _shown_name(a), "Size": human(a["size"]),
-             "Exported": jobview._clock(a.get("created_at"))} for a in exported_files(job_id)]
+             "Exported": jobview._clock(a.get("created_at"))}
+            for a in exported_files(job_id, actor)]
     return jobview.frame(rows, {c: "str" for c in FILE_COLUMNS})
 
 
-def download(job_id: Any, fmt_label: str, name: str) -> str:
+def download(job_id: Any, fmt_label: str, name: str, actor: Any = None) -> str:
     """The file shown as (format label, name) in the job's table: its path, resolved by
     jobs.api.artifact_path. Only a recorded export of the job can be fetched."""
-    for a in exported_files(job_id):
+    for a in exported_files(job_id, actor):
         if label(a.get("format")) == fmt_label and _shown_name(a) == name:
-            return str(jobview._api().artifact_path(jobview.parse_id(job_id), a["path"]))
+            return str(jobview._api().artifact_path(jobview.parse_id(job_id), a["path"],
+                                                    actor=actor))
     raise FileNotFoundError(f"{name} is not an exported file of job {job_id} (any more); "
                             "export it again")
 
@@ -245,23 +250,30 @@ def build(job_picker: Any) -> ExportPanel:
                           elem_id="export-download")
     for fmt, button in buttons.items():
         button.click(_start(fmt), job_picker, message, api_visibility="private")
-    stop.click(cancel, job_picker, message, api_visibility="private")
+    stop.click(_cancel, job_picker, message, api_visibility="private")
     files.select(_download, job_picker, [fetched, message], api_visibility="private")
     return ExportPanel(box, message, jobs, stop, files, fetched)
 
 
 def _start(fmt: str):
-    def run(job_id, request: gr.Request):
-        return start(job_id, fmt, owner=getattr(request, "username", None))[1]
+    def run(job_id, request: gr.Request = None):
+        return start(job_id, fmt, actor=actor_of(request))[1]
     return run
 
 
-def _download(job_id, evt: gr.SelectData):
+def _cancel(job_id, request: gr.Request = None):
+    return cancel(job_id, actor=actor_of(request))
+
+
+def _download(job_id, evt: gr.SelectData, request: gr.Request = None):
+    """The clicked file, fetched only after the job is (jobs.api, with the actor), and handed
+    out as a served copy: no path under FTSTUDIO_HOME/jobs is served directly."""
     row = evt.row_value if getattr(evt, "row_value", None) else None
     if not job_id or not row:
         return gr.skip(), gr.skip()
     try:
-        path = download(job_id, str(row[0]), str(row[1]))
+        path = jobview.served_copy(download(job_id, str(row[0]), str(row[1]),
+                                            actor=actor_of(request)))
     except (FileNotFoundError, KeyError, ValueError) as exc:   # JobError: refused by the api
         return gr.skip(), render.note(str(exc), "bad")
     return gr.update(value=path, visible=True), ""

@@ -271,8 +271,8 @@ def _slug(name: str | None) -> str:
 # --------------------------------------------------------------------------- start
 
 
-def start_job(values: dict[str, Any], name: str = "", owner: str = "local"
-              ) -> tuple[Any | None, list[Problem]]:
+def start_job(values: dict[str, Any], name: str = "", owner: str = "local",
+              actor: dict[str, Any] | None = None) -> tuple[Any | None, list[Problem]]:
     """Validate the form and queue the job: (job id, []) or (None, every problem)."""
     cfg, problems = form.check_form(values)
     if problems:
@@ -280,7 +280,9 @@ def start_job(values: dict[str, Any], name: str = "", owner: str = "local"
     from jobs import api
 
     try:
-        job = api.submit(cfg, owner=owner or "local", name=(name or "").strip() or None)
+        job = api.submit(cfg, owner=None if actor is not None else owner or "local",
+                         name=(name or "").strip() or None,
+                         actor=actor)   # with an actor the job is theirs (jobs.access)
     except ConfigError as exc:
         return None, exc.problems
     return job_id_of(job), []

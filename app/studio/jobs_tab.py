@@ -16,6 +16,7 @@ from typing import Any
 import gradio as gr
 
 from app.studio import export_panel, form, jobview, render
+from app.studio.session import actor as actor_of
 
 TICK = 1.5          # seconds between live-chart polls
 TABLE_TICK = 4.0    # seconds between job-table refreshes
@@ -115,24 +116,24 @@ def build() -> JobsTab:
     table.select(row_selected, None, job_picker, api_visibility="private")
 
     def act(fn, verb):
-        def run(jid):
+        def run(jid, request: gr.Request = None):
             if not jid:
                 return render.note("Pick a job first.", "warn")
             try:
-                fn(jobview.parse_id(jid))
+                fn(jobview.parse_id(jid), actor_of(request))
             except Exception as exc:  # noqa: BLE001 - show why (e.g. not running) in the page
                 return render.note(f"Could not {verb} job {jid}: {exc}", "bad")
             return render.note(f"Job {jid}: {verb} requested.", "good")
         return run
 
     api = jobview._api
-    cancel.click(act(lambda j: api().cancel(j), "cancel"), job_picker, message,
+    cancel.click(act(lambda j, a: api().cancel(j, actor=a), "cancel"), job_picker, message,
                  api_visibility="private")
-    resume.click(act(lambda j: api().resume(j), "resume"), job_picker, message,
+    resume.click(act(lambda j, a: api().resume(j, actor=a), "resume"), job_picker, message,
                  api_visibility="private")
     delete.click(lambda: (gr.update(visible=False), gr.update(visible=True)), None,
                  [delete, confirm], queue=False, api_visibility="private")
-    confirm.click(act(lambda j: api().delete(j), "delete"), job_picker, message,
+    confirm.click(act(lambda j, a: api().delete(j, actor=a), "delete"), job_picker, message,
                   api_visibility="private").then(
         lambda: (gr.update(visible=True), gr.update(visible=False)), None, [delete, confirm],
         queue=False, api_visibility="private").then(
@@ -142,19 +143,26 @@ def build() -> JobsTab:
                        (dl_csv, jobview.metrics_csv)):
         button.click(_download(fn), [job_picker, downloads], [downloads, message],
                      api_visibility="private")
-    compare_picker.change(lambda ids: jobview.compare_frame(ids) if ids else None,
-                          compare_picker, compare_plot, api_visibility="private")
+    compare_picker.change(compare, compare_picker, compare_plot, api_visibility="private")
     return tab
 
 
+def compare(ids, request: gr.Request = None):
+    return jobview.compare_frame(ids, actor=actor_of(request)) if ids else None
+
+
 def _download(fn):
-    def run(jid, current):
+    """A download button's handler: the file is made only after the job is fetched with the
+    actor (another owner's job is "not found"), and handed out as a served copy."""
+    def run(jid, current, request: gr.Request = None):
         if not jid:
             return gr.skip(), render.note("Pick a job first.", "warn")
         try:
-            path = fn(jid)
+            path = jobview.served_copy(fn(jid, actor=actor_of(request)))
         except (OSError, PermissionError) as exc:
             return gr.skip(), render.note(str(exc), "bad")
+        except (KeyError, ValueError) as exc:    # JobNotFound: gone, or not the actor's
+            return gr.skip(), render.note(str(exc).strip("'\""), "bad")
         files = [f for f in (current or []) if not str(f).endswith(path.rsplit("/", 1)[-1])]
         return gr.update(value=files + [path], visible=True), ""
     return run
@@ -171,38 +179,40 @@ def _outputs(session, job) -> list[Any]:
     return [session, jobview.header_html(job), jobview.progress_html(session, job), *plots, log]
 
 
-def tick(session, jid):
+def tick(session, jid, request: gr.Request = None):
     """Only what changed: the charts and log of the job, its Export section."""
     skip_job, skip_export = [gr.skip()] * 7, [gr.skip()] * export_panel.OUTPUTS
     if not jid:
         return [gr.skip()] + skip_job + skip_export
     try:
-        session, changed, job = jobview.poll(session, jid)
-        session, exports_changed = export_panel.poll(session, job)
+        actor = actor_of(request)
+        session, changed, job = jobview.poll(session, jid, actor)
+        session, exports_changed = export_panel.poll(session, job, actor)
     except Exception:  # noqa: BLE001 - a store hiccup skips one tick
         return [gr.skip()] + skip_job + skip_export
     return [session] + (_outputs(session, job)[1:] if changed else skip_job) + \
-        (export_panel.view(session) if exports_changed else skip_export)
+        (export_panel.view(session, actor) if exports_changed else skip_export)
 
 
-def select_job(jid, session):
-    session, _, job = jobview.poll(jobview.new_session(jid), jid)
-    session, _ = export_panel.poll(session, job)
-    return _outputs(session, job) + export_panel.view(session) + [jid, "", gr.update(
+def select_job(jid, session, request: gr.Request = None):
+    actor = actor_of(request)
+    session, _, job = jobview.poll(jobview.new_session(jid), jid, actor)
+    session, _ = export_panel.poll(session, job, actor)
+    return _outputs(session, job) + export_panel.view(session, actor) + [jid, "", gr.update(
         value=None, visible=False)]
 
 
-def refresh_table(status):
-    jobs = jobview.list_jobs()
+def refresh_table(status, request: gr.Request = None):
+    jobs = jobview.list_jobs(actor=actor_of(request))
     shown = [j for j in jobs if not status or jobview.field(j, "status") == status]
     frame = jobview.table(jobs=shown)
     every = jobview.choices(jobs)
     return frame, gr.update(choices=every), gr.update(choices=every)
 
 
-def table_tick(status, current):
+def table_tick(status, current, request: gr.Request = None):
     try:
-        frame, picker, compare = refresh_table(status)
+        frame, picker, compare = refresh_table(status, request)
     except Exception:  # noqa: BLE001
         return gr.skip(), gr.skip(), gr.skip()
     if current is not None and hasattr(current, "equals") and frame.equals(current):
@@ -217,24 +227,25 @@ def row_selected(evt: gr.SelectData):
 
 def attach(demo, tab: JobsTab) -> None:
     """On page load: fill the table and re-attach to the remembered (or running) job."""
-    def on_load(status, remembered):
-        frame, picker, compare = refresh_table(status)
-        chosen = jobview.pick_default(jobview.list_jobs(), remembered)
+    def on_load(status, remembered, request: gr.Request = None):
+        frame, picker, compare = refresh_table(status, request)
+        chosen = jobview.pick_default(jobview.list_jobs(actor=actor_of(request)), remembered)
         return frame, gr.update(**picker, value=chosen), compare
 
     demo.load(on_load, [tab.status_filter, tab.remembered],
               [tab.table, tab.job_picker, tab.compare_picker], api_visibility="private")
 
 
-def open_started(job_id, session):
+def open_started(job_id, session, request: gr.Request = None):
     """After Start: switch to the Jobs tab showing the new job."""
     if job_id is None:
         return gr.skip(), gr.skip(), gr.skip()
-    return (gr.Tabs(selected="jobs"), gr.update(choices=jobview.choices(), value=str(job_id)),
+    return (gr.Tabs(selected="jobs"),
+            gr.update(choices=jobview.choices(actor=actor_of(request)), value=str(job_id)),
             jobview.new_session(job_id))
 
 
-def clone_values(jid):
+def clone_values(jid, request: gr.Request = None):
     """Clone: the job's settings into the Train form, and switch to it."""
     from engine.config import ConfigError, from_dict
 
@@ -242,7 +253,7 @@ def clone_values(jid):
     if not jid:
         return [gr.skip()] * (n + 2) + [render.note("Pick a job to clone.", "warn")]
     try:
-        job = jobview._api().get(jobview.parse_id(jid))
+        job = jobview._api().get(jobview.parse_id(jid), actor=actor_of(request))
         cfg = from_dict(jobview.job_config(job))
     except (ConfigError, KeyError, ValueError) as exc:    # JobNotFound, a broken config
         return [gr.skip()] * (n + 2) + [render.note(f"Could not clone job {jid}: {exc}", "bad")]

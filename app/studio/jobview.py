@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 import time
 import zipfile
 from datetime import datetime
@@ -128,15 +129,16 @@ def table_row(job: Any) -> list[Any]:
             else model, (cfg.get("method") or {}).get("kind", "")]
 
 
-def list_jobs(status: str | None = None, kind: str = "train") -> list[Any]:
-    """Training jobs by default: export jobs are shown under the job they export."""
-    return list(_api().list_jobs(status=status or None, kind=kind))
+def list_jobs(status: str | None = None, kind: str = "train", actor: Any = None) -> list[Any]:
+    """Training jobs by default: export jobs are shown under the job they export. With a
+    non-admin actor (app/studio/session.py) only their own."""
+    return list(_api().list_jobs(status=status or None, kind=kind, actor=actor))
 
 
-def table(status: str | None = None, jobs: list[Any] | None = None):
+def table(status: str | None = None, jobs: list[Any] | None = None, actor: Any = None):
     import pandas as pd
 
-    jobs = list_jobs(status) if jobs is None else jobs
+    jobs = list_jobs(status, actor=actor) if jobs is None else jobs
     return pd.DataFrame([table_row(j) for j in jobs], columns=TABLE_COLUMNS)
 
 
@@ -145,9 +147,9 @@ def job_label(job: Any) -> str:
     return f"#{field(job, 'id', 'job_id')} · {name} · {field(job, 'status', default='?')}"
 
 
-def choices(jobs: list[Any] | None = None, statuses: set[str] | None = None
+def choices(jobs: list[Any] | None = None, statuses: set[str] | None = None, actor: Any = None
             ) -> list[tuple[str, str]]:
-    jobs = list_jobs() if jobs is None else jobs
+    jobs = list_jobs(actor=actor) if jobs is None else jobs
     return [(job_label(j), str(field(j, "id", "job_id"))) for j in jobs
             if statuses is None or field(j, "status") in statuses]
 
@@ -171,7 +173,8 @@ def new_session(job_id: Any = None) -> dict[str, Any]:
             "rate_to": None}
 
 
-def poll(session: dict[str, Any] | None, job_id: Any) -> tuple[dict[str, Any], bool, Any]:
+def poll(session: dict[str, Any] | None, job_id: Any, actor: Any = None
+         ) -> tuple[dict[str, Any], bool, Any]:
     """Fetch what is new for `job_id`: (session, changed, job record)."""
     api = _api()
     if not session or session.get("job") != (None if job_id in (None, "") else str(job_id)):
@@ -180,7 +183,7 @@ def poll(session: dict[str, Any] | None, job_id: Any) -> tuple[dict[str, Any], b
         return session, False, None
     jid = parse_id(session["job"])
     try:
-        job = api.get(jid)
+        job = api.get(jid, actor=actor)
     except (KeyError, LookupError, ValueError):
         job = None
     if job is None:
@@ -189,7 +192,7 @@ def poll(session: dict[str, Any] | None, job_id: Any) -> tuple[dict[str, Any], b
         return session, changed, None
     status = field(job, "status")
     # rows at the last seen step are fetched again: an eval row may land after its train row
-    records = api.metrics(jid, since_step=max(-1, session["since"] - 1))
+    records = api.metrics(jid, since_step=max(-1, session["since"] - 1), actor=actor)
     points, before = session["points"], len(session["points"])
     for step, name, value in metric_rows(records):
         points[f"{step}|{name}"] = (step, name, value, None)
@@ -198,8 +201,8 @@ def poll(session: dict[str, Any] | None, job_id: Any) -> tuple[dict[str, Any], b
         seen = (time.time(), session["since"])
         session["rate_from"] = session.get("rate_from") or seen
         session["rate_to"] = seen
-    new_lines, session["log_since"] = _log_lines(api.logs(jid, since=session["log_since"]),
-                                                 session["log_since"])
+    lines = api.logs(jid, since=session["log_since"], actor=actor)
+    new_lines, session["log_since"] = _log_lines(lines, session["log_since"])
     if new_lines:
         session["log"] = (session["log"] + new_lines)[-LOG_LINES:]
     changed = len(points) != before or bool(new_lines) or status != session["status"] or \
@@ -324,16 +327,20 @@ def header_html(job: Any) -> str:
 # --------------------------------------------------------------------------- compare
 
 
-def compare_frame(job_ids: list[Any]):
+def compare_frame(job_ids: list[Any], actor: Any = None):
     """Smoothed training loss of several jobs on one chart (and eval loss as points)."""
     api, rows = _api(), []
     for jid in job_ids or []:
         s = new_session(jid)
-        for step, name, value in metric_rows(api.metrics(parse_id(jid), since_step=-1)):
+        try:
+            records = api.metrics(parse_id(jid), since_step=-1, actor=actor)
+        except (KeyError, LookupError, ValueError):   # gone, or not the actor's
+            continue
+        for step, name, value in metric_rows(records):
             s["points"][f"{step}|{name}"] = (step, name, value, None)
         label = f"#{jid}"
         try:
-            label = job_label(api.get(parse_id(jid))).rsplit(" · ", 1)[0]
+            label = job_label(api.get(parse_id(jid), actor=actor)).rsplit(" · ", 1)[0]
         except Exception:  # noqa: BLE001 - a deleted job keeps its number as label
             pass
         loss = series(s, "loss")
@@ -365,7 +372,30 @@ def job_file(job_id: Any, relative: str) -> Path:
     return path
 
 
-def adapter_zip(job_id: Any) -> str:
+def visible_job(job_id: Any, actor: Any = None) -> dict[str, Any]:
+    """The job if the actor may see it; JobNotFound (a KeyError) otherwise, as for a missing
+    id. Every download fetches the job this way before touching its folder."""
+    return _api().get(parse_id(job_id), actor=actor)
+
+
+def served_copy(path: Any) -> str:
+    """A copy of the file in a fresh temp folder (same name), for Gradio to hand out: the
+    studio serves no path under FTSTUDIO_HOME/jobs, so a file can only be fetched through a
+    handler that checked who is asking (Gradio moves the copy into its hashed cache)."""
+    import shutil
+    import tempfile
+
+    src = Path(path)
+    out = Path(tempfile.mkdtemp(prefix="ftstudio-dl-")) / src.name
+    try:
+        os.link(src, out)          # the same file system: no copy of a large export
+    except OSError:
+        shutil.copy2(src, out)
+    return str(out)
+
+
+def adapter_zip(job_id: Any, actor: Any = None) -> str:
+    visible_job(job_id, actor)
     src = job_file(job_id, "adapter")
     if not src.is_dir() or not any(src.iterdir()):
         raise FileNotFoundError(f"job {job_id} has no adapter yet (it appears when training "
@@ -374,7 +404,8 @@ def adapter_zip(job_id: Any) -> str:
                                             sorted(src.rglob("*")) if p.is_file()]))
 
 
-def bundle_zip(job_id: Any) -> str:
+def bundle_zip(job_id: Any, actor: Any = None) -> str:
+    visible_job(job_id, actor)
     names = ["config.yaml", "run.json", "metrics.jsonl", "log.txt"]
     files = [(job_file(job_id, n), Path(n)) for n in names]
     files = [(p, a) for p, a in files if p.is_file()]
@@ -383,9 +414,9 @@ def bundle_zip(job_id: Any) -> str:
     return str(_zip(job_id, f"job-{job_id}-run.zip", files))
 
 
-def metrics_csv(job_id: Any) -> str:
+def metrics_csv(job_id: Any, actor: Any = None) -> str:
     """Every metrics row of the job, one line per step, one column per metric."""
-    rows = metric_rows(_api().metrics(parse_id(job_id), since_step=-1))
+    rows = metric_rows(_api().metrics(parse_id(job_id), since_step=-1, actor=actor))
     if not rows:
         raise FileNotFoundError(f"job {job_id} has no metrics yet")
     by_step: dict[int, dict[str, Any]] = {}

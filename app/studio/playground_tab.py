@@ -13,6 +13,7 @@ from typing import Any
 import gradio as gr
 
 from app.studio import jobview, render
+from app.studio.session import actor as actor_of
 
 READY = {"completed", "cancelled", "interrupted"}
 
@@ -22,13 +23,16 @@ class Playground:
     job: Any
 
 
-def model_for_job(jid: Any) -> tuple[str, str]:
+def model_for_job(jid: Any, actor: Any = None) -> tuple[str, str]:
     """(base model, adapter folder) of a job; raises ValueError with the reason."""
     from engine.generate import adapter_kind
 
     if not jid:
         raise ValueError("Pick a finished job first.")
-    job = jobview._api().get(jobview.parse_id(jid))
+    try:
+        job = jobview._api().get(jobview.parse_id(jid), actor=actor)
+    except KeyError:       # JobNotFound: gone, or another owner's
+        job = None
     if job is None:
         raise ValueError(f"Job {jid} no longer exists.")
     base = (jobview.job_config(job).get("model") or {}).get("name")
@@ -52,7 +56,8 @@ def messages_of(history: list[dict[str, Any]], system: str = "") -> list[dict[st
 
 def respond(message: str, tuned: list, base: list, jid: Any, compare: bool, system: str,
             max_new_tokens: int, temperature: float, top_p: float, top_k: int,
-            repetition_penalty: float) -> Iterator[tuple[Any, list, list, str]]:
+            repetition_penalty: float, request: gr.Request = None
+            ) -> Iterator[tuple[Any, list, list, str]]:
     """Stream the tuned model's answer, then (side by side) the base model's."""
     from engine.generate import stream_chat
 
@@ -61,7 +66,7 @@ def respond(message: str, tuned: list, base: list, jid: Any, compare: bool, syst
         yield gr.skip(), tuned, base, ""
         return
     try:
-        base_name, adapter = model_for_job(jid)
+        base_name, adapter = model_for_job(jid, actor_of(request))
     except Exception as exc:  # noqa: BLE001 - a deleted or unfinished job is a message
         yield gr.skip(), tuned, base, render.note(str(exc), "warn")
         return
@@ -88,9 +93,13 @@ def respond(message: str, tuned: list, base: list, jid: Any, compare: bool, syst
     yield "", tuned, base, ""
 
 
-def base_title_html(jid: Any) -> str:
+def _job_changed(jid, request: gr.Request = None):
+    return [], [], base_title_html(jid, request)
+
+
+def base_title_html(jid: Any, request: gr.Request = None) -> str:
     try:
-        name = model_for_job(jid)[0]
+        name = model_for_job(jid, actor_of(request))[0]
     except Exception:  # noqa: BLE001 - no job picked yet
         name = ""
     shown = name.rstrip("/").rsplit("/", 1)[-1] if name.startswith("/") else name
@@ -98,9 +107,9 @@ def base_title_html(jid: Any) -> str:
             '</span></div>')
 
 
-def job_choices(current: Any = None):
+def job_choices(current: Any = None, request: gr.Request = None):
     try:
-        choices = jobview.choices(statuses=READY)
+        choices = jobview.choices(statuses=READY, actor=actor_of(request))
     except Exception:  # noqa: BLE001 - the queue not ready yet: an empty picker
         choices = []
     ids = [v for _, v in choices]
@@ -150,6 +159,6 @@ def build() -> Playground:
     compare.change(lambda c: gr.update(visible=c), compare, base_col, queue=False,
                    api_visibility="private")
     refresh.click(job_choices, job, job, api_visibility="private")
-    job.change(lambda jid: ([], [], base_title_html(jid)), job, [tuned, base, base_title],
+    job.change(_job_changed, job, [tuned, base, base_title],
                queue=False, api_visibility="private")
     return Playground(job)

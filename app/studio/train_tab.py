@@ -12,6 +12,7 @@ from typing import Any
 import gradio as gr
 
 from app.studio import form, handlers, render
+from app.studio.session import actor as actor_of
 
 FIELD = "fs-field"
 
@@ -230,9 +231,8 @@ def _wire(t: TrainTab, model_card, example, upload, report, hist, previews, blur
 def start_handler(*args, request: gr.Request | None = None):
     """Start: (problems HTML, status HTML, job id state, field highlight updates...)."""
     values, name = _values(args), args[len(form.FORM_KEYS)]
-    owner = getattr(request, "username", None) or "local"
     try:
-        job_id, problems = handlers.start_job(values, name, owner)
+        job_id, problems = handlers.start_job(values, name, actor=actor_of(request))
     except Exception as exc:  # noqa: BLE001 - the queue being down is a message, not a crash
         return [render.note(f"Could not queue the job: {exc}", "bad"), "", None] + \
             [gr.update(elem_classes=[FIELD])] * len(form.FORM_KEYS)

@@ -20,20 +20,20 @@ class FakeApi:
                                                           "method": {"kind": "lora"}}}}
         self.records, self.events, self.calls = [], [], []
 
-    def get(self, job_id):
+    def get(self, job_id, actor=None):
         if job_id not in self.jobs:
             raise KeyError(job_id)
         return self.jobs[job_id]
 
-    def list_jobs(self, owner=None, status=None, kind=None):
+    def list_jobs(self, owner=None, status=None, kind=None, actor=None):
         return [j for j in self.jobs.values() if status in (None, j["status"])
                 and kind in (None, j.get("kind", "train"))]
 
-    def metrics(self, job_id, since_step=-1):
+    def metrics(self, job_id, since_step=-1, actor=None):
         self.calls.append(since_step)
         return [r for r in self.records if r["step"] > since_step]
 
-    def logs(self, job_id, since=0):
+    def logs(self, job_id, since=0, actor=None):
         return [e for e in self.events if e["id"] > since]
 
     def step(self, n, eval_loss=None):
