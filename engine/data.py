@@ -427,7 +427,9 @@ class PreparedData:
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("FTSTUDIO_HOME", "studio-data")) / "cache"
+    from engine.catalog import studio_home
+
+    return studio_home() / "cache"
 
 
 def _settings(d: DataConfig) -> dict[str, Any]:

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from engine.config import VIRTUAL_TOKEN_METHODS
+from engine.estimate import human_bytes
 
 Log = Callable[[str], None]
 
@@ -228,7 +229,7 @@ def export(run_dir: str | Path, fmt: str, out: str | Path | None = None,
             target.rmdir()   # leave no empty folder behind a failed export
         raise
     result = ExportResult(fmt, target, [Artifact(p, p.stat().st_size) for p in paths])
-    log(f"export {fmt}: done, {len(paths)} file(s), {_human(result.total_bytes)}")
+    log(f"export {fmt}: done, {len(paths)} file(s), {human_bytes(result.total_bytes)}")
     return result
 
 
@@ -355,15 +356,6 @@ def _files(folder: Path) -> list[Path]:
 def _slug(run: Run) -> str:
     name = Path(run.base.rstrip("/")).name or "model"
     return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") + "-ft"
-
-
-def _human(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1024 or unit == "GB":
-            return f"{size:.1f} {unit}" if unit != "B" else f"{n} B"
-        size /= 1024
-    return f"{n} B"
 
 
 # --------------------------------------------------------------------------- the card
