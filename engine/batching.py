@@ -25,11 +25,20 @@ for the same epoch gets the same batches.
   the longest row of the batch stays within batch_tokens (with order=shuffle the rows come
   length-grouped, so batches of short rows hold many and batches of long rows few); a row
   longer than the budget makes a batch of its own. Same seed and epoch, same batches.
+  The number of cuts varies a little with each epoch's shuffle, but the count per epoch is
+  fixed at epoch 0's: an epoch with fewer batches splits its largest ones in two, an epoch
+  with more leaves its last ones out (logged; a later shuffle brings them back). See
+  `fit_batch_count`.
+- processes: every process gets the same number of batches in every epoch, so that they step
+  together and one checkpointed (epoch, batch) position resumes them all. The epoch's batches
+  are dealt round-robin (rank r gets batches r, r + world, ...); the batches past a multiple
+  of the number of processes are left out (logged).
 """
 
 from __future__ import annotations
 
 import bisect
+import heapq
 import random
 from typing import Any, Callable, Sequence
 
@@ -131,6 +140,41 @@ def token_budget_batches(rows: Sequence[Sequence[int]], lengths: Sequence[int],
     return batches
 
 
+def fit_batch_count(batches: list[list[list[int]]], lengths: Sequence[int], count: int
+                    ) -> tuple[list[list[list[int]]], list[list[list[int]]]]:
+    """Exactly `count` batches out of `batches` (in training order), and the batches left out.
+
+    More than `count`: the last ones are left out, like drop_last (in a shuffled order they are
+    a random few, and another epoch's shuffle trains them). Fewer: the batch with the most rows
+    (then the largest padded size, then the earliest) is split in place into two halves, its
+    first rows and its last, until there are `count`. A half has fewer rows than its batch and
+    no longer a row, so it fits any budget the batch fit.
+
+    Splitting can go on while any batch has 2+ rows, i.e. until there is one batch per row, so
+    it reaches any `count` up to the number of rows. Batches cut by a token budget (not packed)
+    hold the same rows, one record each, in every epoch, and `Batches` asks for at most epoch
+    0's number of batches, each of which held at least one row: the count is always reached.
+    Raises ValueError when `count` is more than the number of rows."""
+    if len(batches) >= count:
+        return batches[:count], batches[count:]
+
+    def entry(rows: list[list[int]], key: tuple[int, ...]):
+        width = max(sum(lengths[i] for i in r) for r in rows)
+        return -len(rows), -len(rows) * width, key, rows   # keys are unique: rows never compared
+
+    heap = [entry(rows, (p,)) for p, rows in enumerate(batches)]
+    heapq.heapify(heap)
+    for _ in range(count - len(batches)):
+        if not heap or -heap[0][0] < 2:
+            raise ValueError(f"{count} batches asked of {len(heap)} rows: a batch cannot be "
+                             "split below one row")
+        *_, key, rows = heapq.heappop(heap)
+        half = (len(rows) + 1) // 2
+        heapq.heappush(heap, entry(rows[:half], key + (0,)))
+        heapq.heappush(heap, entry(rows[half:], key + (1,)))
+    return [rows for *_, rows in sorted(heap, key=lambda e: e[2])], []
+
+
 def records_moved(rows: Sequence[Sequence[int]]) -> int:
     """How many examples are not at their file position in this order."""
     return sum(1 for pos, i in enumerate(i for r in rows for i in r) if pos != i)
@@ -159,11 +203,9 @@ class Batches:
         self._plans: dict[int, list[list[list[int]]]] = {}
         self._rows: dict[int, list[list[int]]] = {}
         self.rows_per_epoch = len(self.rows(0))
-        # by token budget (not packed) the count varies a little with the epoch's order; the
-        # smallest over the first epochs keeps every process and every epoch at one count
-        self.batches_per_epoch = min(len(self.all_batches(e)) for e in
-                                     range(3 if self.by_tokens and order == "shuffle" else 1)
-                                     ) // world
+        # one count for every process and every epoch: epoch 0's, dealt evenly (by token budget
+        # other epochs cut a few more or fewer; plan() fits them to it)
+        self.batches_per_epoch = len(self.all_batches(0)) // world
 
     def __len__(self) -> int:
         return self.batches_per_epoch
@@ -185,30 +227,61 @@ class Batches:
         return bool(self.batch_tokens) and not self.packing
 
     def all_batches(self, epoch: int) -> list[list[list[int]]]:
-        """Every process's batches of the epoch, in training order."""
+        """The epoch's rows cut into batches, in training order: every record once, before the
+        count is fitted to the processes (see epoch_batches)."""
         rows = self.rows(epoch)
         if self.by_tokens:
             return [[rows[p] for p in b]
                     for b in token_budget_batches(rows, self.lengths, self.batch_tokens)]
         return [rows[s:s + self.batch_size] for s in range(0, len(rows), self.batch_size)]
 
+    def epoch_batches(self, epoch: int) -> tuple[list[list[list[int]]], list[list[list[int]]]]:
+        """Every process's batches of the epoch, exactly batches_per_epoch x world of them in
+        training order, and the batches left out (fit_batch_count)."""
+        return fit_batch_count(self.all_batches(epoch), self.lengths,
+                               self.batches_per_epoch * self.world)
+
     def plan(self, epoch: int) -> list[list[list[int]]]:
-        """This process's batches for `epoch`: every world-th batch, the same count on each."""
+        """This process's batches for `epoch`: every world-th batch, batches_per_epoch of them
+        on every process in every epoch."""
         if epoch not in self._plans:
             rows = self.rows(epoch)
-            batches = self.all_batches(epoch)
-            self._plans = {epoch: batches[self.rank::self.world][:self.batches_per_epoch]}
+            cut = len(self.all_batches(epoch))
+            batches, left_out = self.epoch_batches(epoch)
+            self._plans = {epoch: batches[self.rank::self.world]}
             if self.log:
                 self.log(f"batching: epoch {epoch + 1}: order {self.order}"
                          f"{f' (seed {self.seed})' if self.order == 'shuffle' else ''}, "
                          f"{records_moved(rows)} of {len(self.lengths)} records moved from "
                          f"file order")
+                if len(batches) > cut:
+                    self.log(f"batching: epoch {epoch + 1}: the budget cuts {cut} batches; "
+                             f"{len(batches) - cut} splits of the batches with the most rows "
+                             f"keep the count at {len(batches)}")
+                if left_out:
+                    self.log(f"batching: epoch {epoch + 1}: {self._left_out(left_out)} past "
+                             f"this epoch's {len(batches)}{self._per_process()} "
+                             f"{'are' if len(left_out) > 1 else 'is'} left out; "
+                             f"{self._comes_back()}")
         return self._plans[epoch]
+
+    def _left_out(self, batches: list[list[list[int]]]) -> str:
+        records = sum(len(r) for b in batches for r in b)
+        return (f"{len(batches)} batch{'es' if len(batches) > 1 else ''} "
+                f"({records} record{'s' if records > 1 else ''})")
+
+    def _per_process(self) -> str:
+        return f" ({self.batches_per_epoch} for each of {self.world} processes)" \
+            if self.world > 1 else ""
+
+    def _comes_back(self) -> str:
+        return ("other epochs' shuffles train them" if self.order == "shuffle" else
+                f"order {self.order} leaves out the same ones every epoch")
 
     def padding_share(self, epoch: int = 0) -> float:
         """Share of the tokens in this epoch's batches that are padding."""
         real = padded = 0
-        for rows in self.all_batches(epoch):
+        for rows in self.epoch_batches(epoch)[0]:
             batch = [sum(self.lengths[i] for i in r) for r in rows]
             real += sum(batch)
             padded += max(batch) * len(batch)
@@ -227,9 +300,15 @@ class Batches:
                f"{', grouped by length' if self.order == 'shuffle' else ''}")
         size = (f"at most {self.batch_tokens} padded tokens" if self.by_tokens else
                 f"{self.batch_size} rows")
+        fitted = (" (epoch 1's count: other epochs split their largest batches or leave out "
+                  "their last to keep it)" if self.by_tokens and self.order == "shuffle" else "")
+        left_out = self.epoch_batches(0)[1]
+        dropped = (f"; {self._left_out(left_out)} past a multiple of the {self.world} "
+                   f"processes left out of {'epoch 1' if fitted else 'every epoch'} "
+                   f"({self._comes_back()})" if left_out else "")
         return (f"batching: {how}; {self.batches_per_epoch} batches of {size} "
-                f"per epoch{f' per process' if self.world > 1 else ''}; padding "
-                f"{self.padding_share():.1%} of tokens")
+                f"per epoch{f' per process' if self.world > 1 else ''}{fitted}{dropped}; "
+                f"padding {self.padding_share():.1%} of tokens")
 
     def collate(self, rows: list[list[int]]) -> dict[str, torch.Tensor]:
         """Tensors for one batch: input_ids, labels, attention_mask (+ position_ids packed)."""

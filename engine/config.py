@@ -130,6 +130,12 @@ class TrainSection:
         "auto", "Mixed precision: auto picks bf16 on GPUs that support it and fp32 on CPU.")
     gradient_checkpointing: bool = _f(False, "Recompute activations in the backward pass: much "
                                              "less memory for about 30% more time.")
+    kernels: Literal["auto", "liger", "none"] = _f(
+        "auto", "Fused GPU kernels: auto uses Liger's (RMSNorm, RoPE, MLP, fused "
+                "cross-entropy) on CUDA GPUs when liger-kernel is installed (pip install "
+                "\"ftstudio[gpu]\"); liger insists on them; none turns them off.")
+    compile: bool = _f(False, "Compile the model body with torch.compile: faster steps after a "
+                              "slow start (the first steps, and new lengths, compile first).")
     max_grad_norm: float | None = _f(1.0, "Clip the gradient norm to this value; empty: no "
                                           "clipping.")
     eval_every: int = _f(50, "Evaluate on the validation split every N optimizer steps (and at "

@@ -13,7 +13,8 @@ lm_head passing the hidden states through; the positions whose (shifted) label i
 selected; and only those go through the lm_head, at most CHUNK_LOGITS logits at a time. Each
 chunk beyond the first is recomputed in backward (torch.utils.checkpoint), so no more than one
 chunk's logits live at once. The loss and the gradients equal the plain path's
-(tests/engine/test_loss.py).
+(tests/engine/test_loss.py). With Liger's kernels on (engine/speedups.py, GPUs only), a plain
+nn.Linear lm_head goes through Liger's fused linear cross-entropy instead (`fused=`).
 
 The model is still called as a whole (through DDP, accelerate's autocast and peft's forward), so
 prompt tuning's virtual tokens come out in front of the hidden states exactly as they come out in
@@ -89,8 +90,10 @@ class TokenLoss:
 
     def __init__(self, model, *, autocast: Callable[[], Any] = nullcontext,
                  log: Callable[[str], None] = print, chunk_tokens: int | None = None,
-                 probe: bool = True):
+                 probe: bool = True,
+                 fused: Callable[[torch.nn.Module], Any] | None = None):
         self.head, why = find_lm_head(model)
+        self.fused = None  # fused(head): a (hidden, targets) -> summed loss, or None
         self.model, self.autocast, self.log = model, autocast, log
         self.chunked = self.head is not None
         self.unchecked = probe and self.chunked
@@ -98,8 +101,10 @@ class TokenLoss:
             self.head_forward = self.head.forward  # the module's own forward, kept while patched
             vocab = self.head.weight.shape[0] if hasattr(self.head, "weight") else 0
             self.chunk_tokens = chunk_tokens or max(64, CHUNK_LOGITS // max(vocab, 1))
-            log(f"loss: chunked cross-entropy through the lm_head, only at trained positions, "
-                f"{self.chunk_tokens} tokens per chunk")
+            self.fused = fused(self.head) if fused else None
+            log("loss: fused linear cross-entropy (Liger) at trained positions" if self.fused
+                else f"loss: chunked cross-entropy through the lm_head, only at trained "
+                     f"positions, {self.chunk_tokens} tokens per chunk")
         else:
             log(f"loss: full logits ({why})")
 
@@ -116,6 +121,8 @@ class TokenLoss:
             hidden = model(**model_inputs(batch)).logits
         hidden, targets = trained_positions(hidden, labels)
         with self.autocast():
+            if self.fused is not None:
+                return self.fused(hidden, targets)
             return chunked_cross_entropy(hidden, targets, self.head_forward, self.chunk_tokens)
 
     @torch.no_grad()

@@ -20,6 +20,7 @@ from typing import Any, Callable
 import torch
 
 from engine.config import PEFT_METHODS, TrainConfig
+from engine.speedups import apply_liger, use_liger
 
 # bitsandbytes' CPU backend warns on import that it cannot fetch an optional kernel from the hub;
 # that kernel is never downloaded here, and the warning would open every run's log
@@ -94,13 +95,18 @@ def load_model(cfg: TrainConfig, log: Callable[[str], None] = print,
         m.name, dtype=dtype, revision=m.revision, trust_remote_code=m.trust_remote_code,
         use_safetensors=True, **extra)
     base.config.use_cache = False
+    model_type = getattr(base.config, "model_type", "?")
+    liger, why = use_liger(cfg.train.kernels, device, model_type)  # ConfigError: asked, can't
+    log(why)
+    if liger:
+        apply_liger(base, log)
     if base.config.pad_token_id is None:
         base.config.pad_token_id = tokenizer.pad_token_id
     if cfg.train.gradient_checkpointing:
         enable_gradient_checkpointing(base, kind, log)
     model = METHODS[kind](base, cfg)
     trainable, total = count_parameters(model)
-    info = {"method": kind, "model_type": getattr(base.config, "model_type", "?"),
+    info = {"method": kind, "model_type": model_type, "kernels": "liger" if liger else "none",
             "dtype": str(dtype).removeprefix("torch."), "device": str(device),
             "trainable_params": trainable, "total_params": total,
             "quantized": f"{cfg.method.quant_bits}-bit" if quantization is not None else None}

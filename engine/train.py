@@ -32,6 +32,7 @@ from engine.checkpoint import (RunFiles, TrainState, capture_rng, find_checkpoin
 from engine.config import VIRTUAL_TOKEN_METHODS, TrainConfig, TrainSection, check
 from engine.loss import TokenLoss, causal_lm_loss, model_inputs  # noqa: F401 (re-exported)
 from engine.reporter import NullReporter, Reporter
+from engine.speedups import compile_body, liger_fused_loss
 
 
 @dataclass
@@ -78,7 +79,10 @@ def run(cfg: TrainConfig, reporter: Reporter | None = None) -> RunResult:
                               num_warmup_steps=math.ceil(t.warmup_ratio * total_steps))
     model, optimizer = accelerator.prepare(model, optimizer)
     unwrapped = accelerator.unwrap_model(model)
-    loss_of = TokenLoss(unwrapped, autocast=accelerator.autocast, log=say)  # engine/loss.py
+    loss_of = TokenLoss(unwrapped, autocast=accelerator.autocast, log=say,  # engine/loss.py
+                        fused=liger_fused_loss if info.get("kernels") == "liger" else None)
+    if t.compile:
+        compile_body(unwrapped, say)
     state, rng = TrainState(), None
     if resume_dir:
         state, rng = load_checkpoint(resume_dir, unwrapped, optimizer, scheduler, rank=rank)
@@ -287,9 +291,11 @@ def make_batches(cfg: TrainConfig, data, tokenizer, mask_dtype: torch.dtype, acc
     train = Batches(data.train, order=d.order, rank=accelerator.process_index,
                     world=accelerator.num_processes, log=say, **common)
     if len(train) == 0:
-        raise DataError(f"{len(data.train)} training examples make too few batches of "
-                        f"{t.batch_size} for {accelerator.num_processes} processes; use a smaller "
-                        "train.batch_size or more data")
+        size, key = ((f"{t.batch_tokens} tokens", "train.batch_tokens") if t.batch_tokens else
+                     (f"{t.batch_size} rows", "train.batch_size"))
+        raise DataError(f"{len(data.train)} training examples make too few batches of {size} "
+                        f"for {accelerator.num_processes} processes; use a smaller {key} or "
+                        "more data")
     say(train.describe())
     evals = Batches(data.validation, order="as_is", **common) \
         if data.validation is not None and len(data.validation) else None

@@ -32,6 +32,7 @@ LABELS = {
     "train.scheduler": "LR schedule", "train.warmup_ratio": "Warmup share",
     "train.weight_decay": "Weight decay", "train.optimizer": "Optimizer",
     "train.precision": "Precision", "train.gradient_checkpointing": "Gradient checkpointing",
+    "train.kernels": "Fused GPU kernels", "train.compile": "torch.compile",
     "train.max_grad_norm": "Max grad norm", "train.eval_every": "Evaluate every (steps)",
     "train.save_every": "Checkpoint every (steps)", "train.keep_checkpoints": "Checkpoints kept",
     "train.early_stopping_patience": "Early-stopping patience",
@@ -74,7 +75,8 @@ DATA_ADVANCED = ["data.validation", "data.train_on_prompt", "data.packing", "dat
 TRAIN_MAIN = ["train.epochs", "train.max_steps", "train.lr", "train.batch_size",
               "train.grad_accum", "train.scheduler"]
 TRAIN_ADVANCED = ["train.warmup_ratio", "train.optimizer", "train.precision",
-                  "train.gradient_checkpointing", "train.weight_decay", "train.max_grad_norm",
+                  "train.gradient_checkpointing", "train.kernels", "train.compile",
+                  "train.weight_decay", "train.max_grad_norm",
                   "train.eval_every", "train.save_every", "train.keep_checkpoints",
                   "train.early_stopping_patience", "train.neftune_alpha", "train.log_every",
                   "train.seed"]

@@ -12,14 +12,6 @@ from engine.config import TrainConfig
 from engine.loss import TokenLoss, causal_lm_loss, model_inputs
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def tiny(tiny_model, kind: str, checkpointing: bool = False):
     from engine.model import load_model
 

@@ -13,15 +13,6 @@ from engine.model import (enable_gradient_checkpointing, ia3_targets, load_model
                           load_tokenizer, pick_dtype, save_trained)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors on shared CPUs: one intra-op thread is several times faster."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def config(tiny_model, kind: str = "lora", **method) -> TrainConfig:
     cfg = TrainConfig()
     cfg.model.name = str(tiny_model)

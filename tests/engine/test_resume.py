@@ -14,15 +14,6 @@ from engine.reporter import ListReporter
 from engine.train import run
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors on shared CPUs: one intra-op thread is several times faster."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def config(tiny_model, examples, out: Path, kind: str, packing: bool) -> TrainConfig:
     cfg = TrainConfig()
     cfg.model.name = str(tiny_model)

@@ -16,14 +16,6 @@ from engine.config import TrainConfig
 from engine.loss import TokenLoss, causal_lm_loss, model_inputs
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def bench_data(tiny_model, tmp_path_factory):
     """The benchmark dataset (600 records), tokenized by the engine for the tiny model."""

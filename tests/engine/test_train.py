@@ -13,15 +13,6 @@ from engine.config import ConfigError, TrainConfig
 from engine.reporter import ListReporter
 from engine.train import run
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors on shared CPUs: one intra-op thread is several times faster."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 #: learning rates that make each method's loss fall visibly on the tiny model in 25 steps
 LEARNING_RATES = {"lora": 3e-2, "dora": 3e-2, "qlora": 3e-2, "qlora-8bit": 3e-2,
                   "prompt_tuning": 1e-1, "prefix_tuning": 3e-2, "ia3": 1e-1, "full": 3e-3}
