@@ -5,6 +5,7 @@ Use from Python:
     from jobs import api
     job = api.submit(cfg, owner="local", priority=0, name="my-run")   # cfg: TrainConfig or dict
     api.metrics(job["id"], since_step=last_seen_step)    # only whole steps after last_seen_step
+    api.metric_buckets(job["id"], points=1500)           # a long curve in <= 1500 buckets
     api.logs(job["id"], since=last_seen_event_id)
     api.cancel(job["id"]); api.resume(job["id"])
     exp = api.export(job["id"], "gguf-q8_0")             # an export job on the same queue
@@ -33,8 +34,8 @@ from jobs import access, store, tasks
 from jobs.runner import latest_checkpoint_step
 from jobs.store import JobError, JobNotFound
 
-__all__ = ["submit", "export", "list_jobs", "get", "metrics", "logs", "cancel", "resume",
-           "clone", "delete", "artifacts", "artifact_path", "JobError", "JobNotFound",
+__all__ = ["submit", "export", "list_jobs", "get", "metrics", "metric_buckets", "logs", "cancel",
+           "resume", "clone", "delete", "artifacts", "artifact_path", "JobError", "JobNotFound",
            "ConfigError"]
 
 
@@ -139,6 +140,21 @@ def metrics(job_id: str, since_step: int = -1, actor: dict | None = None
     with store.connect() as db:
         _job(db, job_id, actor)
         return store.metrics(db, job_id, since_step)
+
+
+def metric_buckets(job_id: str, points: int, names: list[str] | tuple[str, ...] | None = None,
+                   actor: dict | None = None) -> dict[str, Any]:
+    """Each metric's curve (or only `names`) in at most `points` buckets, aggregated in the
+    database, so a chart of a 100k-step job moves a few thousand numbers, not every row:
+    {"width": w, "metrics": {name: {"buckets": [{count, sum, first_step, last_step, min,
+    min_step, max, max_step}, ...], "first": {step, value}, "last": {step, value}}}}.
+    Bucket b holds steps b*w+1 .. (b+1)*w, w the smallest power of two that fits; min_step and
+    max_step are where the extremes occur, so a one-step spike can still be drawn. As for
+    metrics(), only whole steps while the job runs (poll metrics() after the last step seen
+    for what comes next); metrics() gives every row."""
+    with store.connect() as db:
+        _job(db, job_id, actor)
+        return store.metric_buckets(db, job_id, points, names)
 
 
 def logs(job_id: str, since: int = 0, actor: dict | None = None) -> list[dict[str, Any]]:

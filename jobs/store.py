@@ -359,18 +359,98 @@ def truncate_metrics(db: Database, job_id: str, after_step: int) -> int:
 def metrics(db: Database, job_id: str, since_step: int = -1) -> list[dict[str, Any]]:
     """Complete metrics records after `since_step`, one dict per step: {step, loss, lr, ...,
     eval_loss...}. Uses the (job_id, step) index, so each poll costs only its new rows."""
-    job = list(db.query("SELECT metrics_step, status FROM jobs WHERE id = ?", [job_id]))
-    if not job:
-        raise JobNotFound(f"no job {job_id!r}")
-    upto = job[0]["metrics_step"] or 0
-    if job[0]["status"] != "running":  # finished: everything written is final
-        upto = 1 << 62
+    upto = _complete_upto(db, job_id)
     records: dict[int, dict[str, Any]] = {}
     for step, name, value in db.execute(
             "SELECT step, name, value FROM metrics WHERE job_id = ? AND step > ? AND step <= ? "
             "ORDER BY step, id", [job_id, since_step, upto]):
         records.setdefault(step, {"step": step})[name] = value
     return list(records.values())
+
+
+def _complete_upto(db: Database, job_id: str) -> int:
+    """The last step whose metrics are complete: metrics_step while the job runs, any step
+    once it has stopped (everything written is final)."""
+    job = list(db.query("SELECT metrics_step, status FROM jobs WHERE id = ?", [job_id]))
+    if not job:
+        raise JobNotFound(f"no job {job_id!r}")
+    if job[0]["status"] != "running":
+        return 1 << 62
+    return job[0]["metrics_step"] or 0
+
+
+# SQLite fills a bare column (the step beside MIN(value)) from the min row only when a query
+# has exactly ONE min() or max() aggregate; this one needs several, so a window ranks each
+# bucket's rows by (value, step) instead: rank 1 is its min (the earliest step of a tie), the
+# last rank its max (the latest step of a tie). One sort, one pass over the job's rows.
+BUCKETS_SQL = """
+SELECT name, COUNT(*) AS count, SUM(value) AS sum, MIN(step) AS first_step,
+       MAX(step) AS last_step,
+       MIN(CASE WHEN rank = 1 THEN value END) AS min,
+       MIN(CASE WHEN rank = 1 THEN step END) AS min_step,
+       MIN(CASE WHEN rank = size THEN value END) AS max,
+       MIN(CASE WHEN rank = size THEN step END) AS max_step
+FROM (SELECT name, step, value, (step - 1) >> :shift AS bucket,
+             ROW_NUMBER() OVER ranked AS rank, COUNT(*) OVER ranked AS size
+      FROM metrics WHERE job_id = :job AND step <= :upto AND value IS NOT NULL {names}
+      WINDOW ranked AS (PARTITION BY name, (step - 1) >> :shift ORDER BY value, step
+                        ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING))
+GROUP BY name, bucket ORDER BY name, bucket
+"""
+
+
+def metric_buckets(db: Database, job_id: str, points: int,
+                   names: list[str] | tuple[str, ...] | None = None) -> dict[str, Any]:
+    """Each metric's curve in at most `points` buckets, aggregated in SQL (a long job's rows
+    never leave the database), over complete steps only, as metrics().
+
+    Bucket b holds steps b*width+1 .. (b+1)*width; width is the smallest power of two that
+    fits the job's steps in `points` buckets, the same for every metric, so a chart can merge
+    neighbours pairwise later and keep the grid. Returns {"width": w, "metrics": {name:
+    {"buckets": [{count, sum, first_step, last_step, min, min_step, max, max_step}, ...],
+    "first": {step, value}, "last": {step, value}}}} (buckets in step order, empty ones left
+    out; first/last: the metric's first and last row)."""
+    upto = _complete_upto(db, job_id)
+    lo, hi = db.execute("SELECT (SELECT MIN(step) FROM metrics WHERE job_id = :job AND "
+                        "step <= :upto), (SELECT MAX(step) FROM metrics WHERE job_id = :job "
+                        "AND step <= :upto)", {"job": job_id, "upto": upto}).fetchone()
+    shift = _bucket_shift(lo or 1, hi or 1, points)
+    params: dict[str, Any] = {"job": job_id, "upto": upto, "shift": shift}
+    where = ""
+    if names is not None:
+        params.update({f"n{i}": n for i, n in enumerate(names)})
+        where = f"AND name IN ({', '.join(f':n{i}' for i in range(len(names)))})"
+    out: dict[str, dict[str, Any]] = {}
+    for row in db.query(BUCKETS_SQL.format(names=where), params):
+        name = row.pop("name")
+        out.setdefault(name, {"buckets": []})["buckets"].append(row)
+    _add_ends(db, job_id, out)
+    return {"width": 1 << shift, "metrics": out}
+
+
+def _bucket_shift(first: int, last: int, points: int) -> int:
+    """log2 of the smallest width whose aligned buckets cover steps first..last in at most
+    `points` buckets."""
+    shift = 0
+    while ((last - 1) >> shift) - ((first - 1) >> shift) + 1 > max(1, points):
+        shift += 1
+    return shift
+
+
+def _add_ends(db: Database, job_id: str, series: dict[str, dict[str, Any]]) -> None:
+    """Each metric's first and last row ({step, value}), so a chart can draw both ends."""
+    steps = sorted({s["buckets"][0]["first_step"] for s in series.values()} |
+                   {s["buckets"][-1]["last_step"] for s in series.values()})
+    if not steps:
+        return
+    values = {(step, name): value for step, name, value in db.execute(
+        f"SELECT step, name, value FROM metrics WHERE job_id = ? AND step IN "
+        f"({', '.join('?' * len(steps))}) AND value IS NOT NULL ORDER BY id",
+        [job_id, *steps])}
+    for name, s in series.items():
+        for end, step in (("first", s["buckets"][0]["first_step"]),
+                          ("last", s["buckets"][-1]["last_step"])):
+            s[end] = {"step": step, "value": values[(step, name)]}
 
 
 def add_event(db: Database, job_id: str, line: str, level: str = "info") -> None:

@@ -1,7 +1,11 @@
 """The Jobs tab's handlers: the table, one job's live metrics, actions and downloads.
 
-Live charts poll `jobs.api.metrics(job_id, since_step)`; the session keeps what it has seen
-(`new_session` / `poll`), so each tick moves only new rows, whatever the job's length.
+Live charts: the first poll of a job reads each curve as at most CHART_POINTS buckets
+aggregated in SQL (`jobs.api.metric_buckets`), later polls only the new rows
+(`jobs.api.metrics(job_id, since_step)`); the session keeps each curve as a Curve, which merges
+neighbouring buckets when it holds too many, so a tick moves only new rows and the web process
+holds O(CHART_POINTS) numbers per curve, whatever the job's length. A bucket of many steps is
+drawn as its min and max, so a one-step loss spike stays visible.
 Downloads are written into and served from the job's own folder, FTSTUDIO_HOME/jobs/<id>/,
 after resolving every path and checking that it stays inside (job_dir, job_file).
 """
@@ -9,10 +13,10 @@ after resolving every path and checking that it stays inside (job_dir, job_file)
 from __future__ import annotations
 
 import csv
-import math
 import os
 import time
 import zipfile
+from dataclasses import dataclass, field as dataclass_field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -21,9 +25,11 @@ from app.studio import render
 from engine.catalog import studio_home
 
 TERMINAL = {"completed", "failed", "cancelled", "interrupted"}
-CHART_POINTS = 1500            # longer series are thinned for the browser (the store keeps all)
+CHART_POINTS = 1500            # buckets per curve; longer curves merge steps (the store keeps all)
+CHARTED = ("loss", "eval_loss", "lr", "tokens_per_s", "total_steps")   # the curves a session keeps
 SMOOTHING = 0.9                # EMA weight of the smoothed loss (TensorBoard-style, debiased)
 LOG_LINES = 300
+SERVED_COPY_TTL_S = 3600       # served_copy folders older than this go when a new one is made
 TABLE_COLUMNS = ["ID", "Name", "Status", "Progress", "ETA", "Started", "Duration", "Owner",
                  "Model", "Method"]
 
@@ -164,11 +170,134 @@ def pick_default(jobs: list[Any], remembered: Any = None) -> str | None:
     return (running or ids or [None])[0]
 
 
+# --------------------------------------------------------------------------- curves
+
+
+@dataclass(slots=True)
+class Bucket:
+    """One metric over an aligned run of steps, as jobs.store.metric_buckets returns it: how
+    many values and their sum, the first and last step, the min and the max with their steps
+    (a tied min keeps its earliest step, a tied max its latest, as the store ranks them)."""
+    count: int
+    sum: float
+    first_step: int
+    last_step: int
+    min: float
+    min_step: int
+    max: float
+    max_step: int
+
+    @classmethod
+    def of(cls, step: int, value: float) -> "Bucket":
+        return cls(1, value, step, step, value, step, value, step)
+
+    def absorb(self, later: "Bucket") -> None:
+        """Take in the bucket (or value) that follows this one."""
+        self.count, self.sum, self.last_step = self.count + later.count, \
+            self.sum + later.sum, later.last_step
+        if later.min < self.min:
+            self.min, self.min_step = later.min, later.min_step
+        if later.max >= self.max:
+            self.max, self.max_step = later.max, later.max_step
+
+
+@dataclass
+class Curve:
+    """One metric of a job in at most `limit` buckets of `width` steps (bucket b: steps
+    b*width+1 .. (b+1)*width), fed with the store's buckets and then with new values one by
+    one. Past `limit` buckets, neighbours merge pairwise and the width doubles, so it holds
+    O(limit) numbers however long the job runs, and stays on the store's grid."""
+    limit: int = CHART_POINTS
+    width: int = 1
+    buckets: list[Bucket] = dataclass_field(default_factory=list)
+    first: tuple[int, float] | None = None      # the metric's first and last (step, value)
+    last: tuple[int, float] | None = None
+
+    @classmethod
+    def seeded(cls, width: int, seed: dict[str, Any], limit: int = CHART_POINTS) -> "Curve":
+        """From one metric of jobs.api.metric_buckets."""
+        ends = [(e["step"], e["value"]) if e else None for e in (seed.get("first"),
+                                                                  seed.get("last"))]
+        curve = cls(limit, width, [Bucket(**b) for b in seed["buckets"]], *ends)
+        curve._fit()
+        return curve
+
+    def add(self, step: int, value: float) -> bool:
+        """Count one value; False for a step this curve has already counted (each poll
+        fetches the last seen step again)."""
+        if self.last is not None and step <= self.last[0]:
+            return False
+        tail = self.buckets[-1] if self.buckets else None
+        if tail is not None and self._key(tail) == (step - 1) // self.width:
+            tail.absorb(Bucket.of(step, value))
+        else:
+            self.buckets.append(Bucket.of(step, value))
+        self.first, self.last = self.first or (step, value), (step, value)
+        self._fit()
+        return True
+
+    def points(self) -> list[tuple[int, float]]:
+        """What the chart draws: a bucket of one step as its value, a bucket of many as its
+        min and its max in step order (a one-step spike stays visible), and the metric's
+        first and last values."""
+        out: list[tuple[int, float]] = []
+        for b in self.buckets:
+            out += [(b.first_step, b.min)] if b.count == 1 else \
+                sorted({(b.min_step, b.min), (b.max_step, b.max)})
+        if self.first and (not out or self.first[0] < out[0][0]):
+            out.insert(0, self.first)
+        if self.last and (not out or self.last[0] > out[-1][0]):
+            out.append(self.last)
+        return out
+
+    def smoothed(self, weight: float = SMOOTHING) -> list[tuple[int, float]]:
+        """smooth() over the buckets, one point at each bucket's last step. A bucket of n
+        steps counts as n steps all at its mean (weight**n): exactly smooth() while buckets
+        hold one step; for longer ones only the order of values inside a bucket is lost."""
+        out, avg, seen = [], 0.0, 0
+        for b in self.buckets:
+            keep = weight ** b.count
+            avg = keep * avg + (1 - keep) * (b.sum / b.count)
+            seen += b.count
+            out.append((b.last_step, avg / (1 - weight ** seen)))
+        return out
+
+    def _key(self, bucket: Bucket) -> int:
+        return (bucket.first_step - 1) // self.width
+
+    def _fit(self) -> None:
+        while len(self.buckets) > self.limit:
+            self.width *= 2
+            merged: list[Bucket] = []
+            for b in self.buckets:
+                if merged and self._key(merged[-1]) == self._key(b):
+                    merged[-1].absorb(b)
+                else:
+                    merged.append(b)
+            self.buckets = merged
+
+
+def curves(seed: dict[str, Any]) -> dict[str, Curve]:
+    """A Curve per metric of jobs.api.metric_buckets."""
+    return {name: Curve.seeded(seed["width"], s) for name, s in seed["metrics"].items()}
+
+
+def smooth(values: list[float], weight: float = SMOOTHING) -> list[float]:
+    """Debiased exponential moving average, as TensorBoard draws it (Curve.smoothed draws
+    it over buckets)."""
+    out, avg = [], 0.0
+    for i, v in enumerate(values, 1):
+        avg = weight * avg + (1 - weight) * v
+        out.append(avg / (1 - weight ** i))
+    return out
+
+
 # --------------------------------------------------------------------------- live metrics
 
 
 def new_session(job_id: Any = None) -> dict[str, Any]:
-    return {"job": None if job_id in (None, "") else str(job_id), "since": -1, "points": {},
+    """A page's state for one job; "curves" is None until the first poll reads them."""
+    return {"job": None if job_id in (None, "") else str(job_id), "since": -1, "curves": None,
             "status": None, "log_since": 0, "log": [], "version": 0, "rate_from": None,
             "rate_to": None}
 
@@ -191,13 +320,15 @@ def poll(session: dict[str, Any] | None, job_id: Any, actor: Any = None
         session["status"] = "missing"
         return session, changed, None
     status = field(job, "status")
-    # rows at the last seen step are fetched again: an eval row may land after its train row
-    records = api.metrics(jid, since_step=max(-1, session["since"] - 1), actor=actor)
-    points, before = session["points"], len(session["points"])
-    for step, name, value in metric_rows(records):
-        points[f"{step}|{name}"] = (step, name, value, None)
-        session["since"] = max(session["since"], step)
-    if len(points) != before and session["since"] > 0:   # for the ETA: steps seen over time
+    if session["curves"] is None:     # the first poll: every curve so far, bucketed in SQL
+        added = _seed_curves(session, api.metric_buckets(jid, CHART_POINTS, names=CHARTED,
+                                                         actor=actor))
+    else:
+        # rows at the last seen step are fetched again: an eval row may land after its train
+        # row (Curve.add skips a step it has counted)
+        records = api.metrics(jid, since_step=max(-1, session["since"] - 1), actor=actor)
+        added = _add_rows(session, metric_rows(records))
+    if added and session["since"] > 0:   # for the ETA: steps seen over time
         seen = (time.time(), session["since"])
         session["rate_from"] = session.get("rate_from") or seen
         session["rate_to"] = seen
@@ -205,11 +336,29 @@ def poll(session: dict[str, Any] | None, job_id: Any, actor: Any = None
     new_lines, session["log_since"] = _log_lines(lines, session["log_since"])
     if new_lines:
         session["log"] = (session["log"] + new_lines)[-LOG_LINES:]
-    changed = len(points) != before or bool(new_lines) or status != session["status"] or \
+    changed = bool(added) or bool(new_lines) or status != session["status"] or \
         session["version"] == 0
     session["status"] = status
     session["version"] += 1
     return session, changed, job
+
+
+def _seed_curves(session: dict[str, Any], seed: dict[str, Any]) -> int:
+    """Start the session's curves from jobs.api.metric_buckets; how many buckets came."""
+    session["curves"] = curves(seed)
+    ends = [c.last[0] for c in session["curves"].values() if c.last]
+    session["since"] = max([session["since"], *ends])
+    return sum(len(c.buckets) for c in session["curves"].values())
+
+
+def _add_rows(session: dict[str, Any], rows: list[tuple[int, str, float]]) -> int:
+    """Feed new (step, name, value) rows to the session's curves; how many were new."""
+    added = 0
+    for step, name, value in rows:
+        session["since"] = max(session["since"], step)
+        if name in CHARTED:
+            added += session["curves"].setdefault(name, Curve()).add(step, value)
+    return added
 
 
 def _log_lines(lines: Any, since: int) -> tuple[list[str], int]:
@@ -230,23 +379,13 @@ def _log_lines(lines: Any, since: int) -> tuple[list[str], int]:
 
 
 def series(session: dict[str, Any], name: str) -> list[tuple[int, float]]:
-    return sorted((s, v) for s, n, v, _ in session["points"].values() if n == name)
+    """The (step, value) points the chart of `name` draws."""
+    return curve(session, name).points()
 
 
-def smooth(values: list[float], weight: float = SMOOTHING) -> list[float]:
-    """Debiased exponential moving average, as TensorBoard draws it."""
-    out, avg = [], 0.0
-    for i, v in enumerate(values, 1):
-        avg = weight * avg + (1 - weight) * v
-        out.append(avg / (1 - weight ** i))
-    return out
-
-
-def thin(points: list[tuple[int, float]], limit: int = CHART_POINTS) -> list[tuple[int, float]]:
-    if len(points) <= limit:
-        return points
-    stride = math.ceil(len(points) / limit)
-    return points[::stride] + ([points[-1]] if (len(points) - 1) % stride else [])
+def curve(session: dict[str, Any], name: str) -> Curve:
+    """The session's Curve of `name` (an empty one before any value)."""
+    return (session.get("curves") or {}).get(name) or Curve()
 
 
 def frame(rows: list[dict[str, Any]], columns: dict[str, str]):
@@ -262,14 +401,14 @@ STEP_VALUE = {"step": "int64", "value": "float64"}
 
 
 def frames(session: dict[str, Any]) -> dict[str, Any]:
-    """The chart frames: loss (raw and smoothed), eval loss, learning rate, tokens/s."""
-    loss = series(session, "loss")
-    smoothed = list(zip([s for s, _ in loss], smooth([v for _, v in loss])))
-    rows = [{"step": s, "value": v, "series": "raw"} for s, v in thin(loss)] + \
-        [{"step": s, "value": v, "series": "smoothed"} for s, v in thin(smoothed)]
+    """The chart frames: loss (raw and smoothed), eval loss, learning rate, tokens/s; at
+    most twice CHART_POINTS points per series (Curve.points)."""
+    loss = curve(session, "loss")
+    rows = [{"step": s, "value": v, "series": "raw"} for s, v in loss.points()] + \
+        [{"step": s, "value": v, "series": "smoothed"} for s, v in loss.smoothed()]
     out = {"loss": frame(rows, {**STEP_VALUE, "series": "str"})}
     for name in ("eval_loss", "lr", "tokens_per_s"):
-        out[name] = frame([{"step": s, "value": v} for s, v in thin(series(session, name))],
+        out[name] = frame([{"step": s, "value": v} for s, v in series(session, name)],
                           STEP_VALUE)
     return out
 
@@ -279,12 +418,11 @@ def progress_html(session: dict[str, Any], job: Any) -> str:
         return ""
     status = field(job, "status", default="?")
     step, total = progress_of(job)
-    train = series(session, "loss")
-    if train:
-        step = max(step, train[-1][0])
-    totals = series(session, "total_steps")
-    if totals and not total:
-        total = int(totals[-1][1])
+    last_loss, last_total = curve(session, "loss").last, curve(session, "total_steps").last
+    if last_loss:
+        step = max(step, last_loss[0])
+    if last_total and not total:
+        total = int(last_total[1])
     if status == "completed" and not total:
         total = step or None
     eta = eta_of({**_as_dict(job), "step": step, "total_steps": total})
@@ -331,23 +469,20 @@ def compare_frame(job_ids: list[Any], actor: Any = None):
     """Smoothed training loss of several jobs on one chart (and eval loss as points)."""
     api, rows = _api(), []
     for jid in job_ids or []:
-        s = new_session(jid)
         try:
-            records = api.metrics(parse_id(jid), since_step=-1, actor=actor)
+            seed = api.metric_buckets(parse_id(jid), CHART_POINTS, names=("loss", "eval_loss"),
+                                      actor=actor)
         except (KeyError, LookupError, ValueError):   # gone, or not the actor's
             continue
-        for step, name, value in metric_rows(records):
-            s["points"][f"{step}|{name}"] = (step, name, value, None)
+        found = curves(seed)
+        loss, evals = found.get("loss") or Curve(), found.get("eval_loss") or Curve()
         label = f"#{jid}"
         try:
             label = job_label(api.get(parse_id(jid), actor=actor)).rsplit(" · ", 1)[0]
         except Exception:  # noqa: BLE001 - a deleted job keeps its number as label
             pass
-        loss = series(s, "loss")
-        sm = list(zip([a for a, _ in loss], smooth([v for _, v in loss])))
-        rows += [{"step": a, "loss": v, "job": label} for a, v in thin(sm)]
-        rows += [{"step": a, "loss": v, "job": f"{label} (eval)"}
-                 for a, v in series(s, "eval_loss")]
+        rows += [{"step": a, "loss": v, "job": label} for a, v in loss.smoothed()]
+        rows += [{"step": a, "loss": v, "job": f"{label} (eval)"} for a, v in evals.points()]
     return frame(rows, {"step": "int64", "loss": "float64", "job": "str"})
 
 
@@ -381,17 +516,39 @@ def visible_job(job_id: Any, actor: Any = None) -> dict[str, Any]:
 def served_copy(path: Any) -> str:
     """A copy of the file in a fresh temp folder (same name), for Gradio to hand out: the
     studio serves no path under FTSTUDIO_HOME/jobs, so a file can only be fetched through a
-    handler that checked who is asking (Gradio moves the copy into its hashed cache)."""
+    handler that checked who is asking (Gradio moves the copy into its hashed cache).
+    Folders of earlier copies older than SERVED_COPY_TTL_S are removed on the way."""
     import shutil
     import tempfile
 
     src = Path(path)
-    out = Path(tempfile.mkdtemp(prefix="ftstudio-dl-")) / src.name
+    folder = Path(tempfile.mkdtemp(prefix="ftstudio-dl-"))
+    remove_old_copies(folder.parent)
+    out = folder / src.name
     try:
         os.link(src, out)          # the same file system: no copy of a large export
     except OSError:
         shutil.copy2(src, out)
     return str(out)
+
+
+def remove_old_copies(tmp: Path, max_age_s: float = SERVED_COPY_TTL_S) -> list[Path]:
+    """Remove the served_copy folders in `tmp` untouched for max_age_s; returns them. Safe for
+    downloads in progress: Gradio takes the file into its own cache as soon as the handler
+    returns, so nothing reads a copy minutes later. Links and others' folders are left."""
+    import shutil
+
+    cutoff, gone = time.time() - max_age_s, []
+    for folder in tmp.glob("ftstudio-dl-*"):
+        try:
+            info = folder.lstat()
+        except OSError:            # removed meanwhile by another studio process
+            continue
+        if folder.is_dir() and not folder.is_symlink() and info.st_uid == os.getuid() and \
+                info.st_mtime < cutoff:
+            shutil.rmtree(folder, ignore_errors=True)
+            gone.append(folder)
+    return gone
 
 
 def adapter_zip(job_id: Any, actor: Any = None) -> str:

@@ -33,6 +33,20 @@ class FakeApi:
         self.calls.append(since_step)
         return [r for r in self.records if r["step"] > since_step]
 
+    def metric_buckets(self, job_id, points, names=None, actor=None):
+        """jobs.api.metric_buckets' shape, every value a bucket of its own (short jobs)."""
+        self.calls.append("buckets")
+        out = {}
+        for step, name, value in jobview.metric_rows(self.records):
+            if names is None or name in names:
+                one = {"step": step, "value": value}
+                s = out.setdefault(name, {"buckets": [], "first": one})
+                s["buckets"].append({"count": 1, "sum": value, "first_step": step,
+                                     "last_step": step, "min": value, "min_step": step,
+                                     "max": value, "max_step": step})
+                s["last"] = one
+        return {"width": 1, "metrics": out}
+
     def logs(self, job_id, since=0, actor=None):
         return [e for e in self.events if e["id"] > since]
 
@@ -57,7 +71,7 @@ def test_poll_fetches_only_new_steps(fake):
         fake.step(n)
     session, changed, job = jobview.poll(None, "a1")
     assert changed and job["id"] == "a1" and session["since"] == 3
-    assert fake.calls[-1] == -1
+    assert fake.calls == ["buckets"]                # the first poll reads the curves so far
     fake.step(4, eval_loss=0.5)
     session, changed, _ = jobview.poll(session, "a1")
     assert changed and fake.calls[-1] == 2          # the last seen step again, then newer
@@ -84,13 +98,16 @@ def test_frames_have_raw_and_smoothed_loss(fake):
     assert "step 5 of 10" in jobview.progress_html(session, job)
 
 
-def test_smoothing_and_thinning():
+def test_smoothing_and_downsampling():
     assert jobview.smooth([2.0, 2.0, 2.0]) == pytest.approx([2.0, 2.0, 2.0])
     s = jobview.smooth([1.0, 0.0] * 50)
     assert 0.4 < s[-1] < 0.6
-    pts = [(i, float(i)) for i in range(10_000)]
-    thin = jobview.thin(pts, 100)
-    assert len(thin) <= 101 and thin[-1] == pts[-1] and thin[0] == pts[0]
+    curve = jobview.Curve(limit=100)
+    for i in range(1, 10_001):
+        curve.add(i, float(i))
+    pts = curve.points()
+    assert len(curve.buckets) <= 100 and len(pts) <= 202
+    assert pts[0] == (1, 1.0) and pts[-1] == (10_000, 10_000.0)
 
 
 def test_metric_rows_read_both_shapes():

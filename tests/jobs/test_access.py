@@ -35,6 +35,7 @@ def _finished(job_id: str) -> None:
 CALLS = {
     "get": lambda j, a: api.get(j, actor=a),
     "metrics": lambda j, a: api.metrics(j, actor=a),
+    "metric_buckets": lambda j, a: api.metric_buckets(j, 100, actor=a),
     "logs": lambda j, a: api.logs(j, actor=a),
     "artifacts": lambda j, a: api.artifacts(j, actor=a),
     "artifact_path": lambda j, a: api.artifact_path(j, "adapter/adapter_config.json", actor=a),
