@@ -86,7 +86,8 @@ def data_check(file: str, model_name: str | None, fmt: str, max_seq_len: int,
     """The dataset report: format, counts, token lengths, duplicates, problems with line
     numbers."""
     from engine.config import DataConfig
-    from engine.data import DataError, data_report, format_report
+    from engine.data import DataError, data_report
+    from engine.data_report import format_report
 
     tokenizer = None
     if model_name:

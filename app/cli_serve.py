@@ -6,7 +6,8 @@ Run as: ftstudio serve [--host 127.0.0.1] [--port 7860] [--home studio-data] [--
 Safe by default: without auth the studio listens only on loopback and refuses any other address
 unless --insecure-no-auth is given (with a warning); with auth (--auth or FTSTUDIO_AUTH=on) it
 needs at least one account (`ftstudio user add NAME --admin`) and checks logins with
-jobs.users.verify.
+jobs.users.verify behind jobs.logins (wrong passwords lock a username for a while:
+FTSTUDIO_LOGIN_MAX_FAILURES, FTSTUDIO_LOGIN_LOCKOUT_S, FTSTUDIO_LOGIN_MAX_FAILURES_PER_MINUTE).
 """
 
 from __future__ import annotations
@@ -64,10 +65,12 @@ def check_users() -> None:
 
 
 def gradio_auth(username: str, password: str) -> bool:
-    """Gradio's auth= callable: a login succeeds when jobs.users.verify accepts it."""
-    from jobs.users import verify
+    """Gradio's auth= callable: a login succeeds when jobs.users.verify accepts it and
+    jobs.logins does not refuse it (too many failures for that username, or for all of them).
+    Gradio passes no client address, so the limits are per username and global."""
+    from jobs.logins import login
 
-    return verify(username, password) is not None
+    return login(username, password) is not None
 
 
 @click.command()
@@ -96,7 +99,10 @@ def serve(host: str, port: int, home: str, no_worker: bool, auth_flag: bool,
         warning = check_binding(host, auth, insecure_no_auth)
         if auth:
             check_users()
-    except BindRefused as exc:
+            from jobs.logins import default as login_limiter
+
+            login_limiter()  # a bad login limit setting is refused before starting
+    except ValueError as exc:  # BindRefused, or a bad setting
         raise click.ClickException(str(exc)) from None
     if warning:
         click.secho(warning, fg="red", err=True)

@@ -9,7 +9,7 @@ Use from Python:
 A user dict (`actor` in jobs.api) is {"username", "is_admin", "created_at", "disabled"}, never
 the hash. `None` as an actor means local mode (no auth): no restriction. The CLI is
 `ftstudio user add|remove|passwd|ls` (app/cli_users.py); `ftstudio serve --auth` checks logins
-with verify().
+with verify() behind the rate limits of jobs/logins.py.
 """
 
 from __future__ import annotations

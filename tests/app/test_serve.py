@@ -50,10 +50,46 @@ def test_auth_is_on_by_flag_or_environment(monkeypatch):
         assert auth_enabled(False) is on
 
 
-def test_the_gradio_login_checks_the_accounts(home):
+@pytest.fixture()
+def fresh_logins(monkeypatch):
+    """The process's login limiter, rebuilt from the environment on its next use."""
+    from jobs import logins
+
+    monkeypatch.setattr(logins, "_default", None)
+    for name in ("FTSTUDIO_LOGIN_MAX_FAILURES", "FTSTUDIO_LOGIN_LOCKOUT_S",
+                 "FTSTUDIO_LOGIN_MAX_FAILURES_PER_MINUTE"):
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+def test_the_gradio_login_checks_the_accounts(home, fresh_logins):
     users.add_user("alice", "alice-password")
     assert gradio_auth("alice", "alice-password")
     assert not gradio_auth("alice", "nope-nope") and not gradio_auth("mallory", "alice-password")
+
+
+def test_the_gradio_login_is_rate_limited(home, fresh_logins):
+    from jobs import logins
+
+    fresh_logins.setenv("FTSTUDIO_LOGIN_MAX_FAILURES", "2")
+    users.add_user("alice", "alice-password")
+    assert not gradio_auth("alice", "nope-nope") and not gradio_auth("alice", "nope-nope")
+    assert not gradio_auth("alice", "alice-password")     # locked: the right one is refused
+    assert not gradio_auth("bob", "x") and not gradio_auth("bob", "y")
+    assert logins.default().locked("bob")                  # unknown names count the same way
+
+
+def test_serve_refuses_a_bad_login_setting_before_starting(home, fresh_logins):
+    from click.testing import CliRunner
+
+    from app.cli import cli
+
+    users.add_user("alice", "alice-password")
+    fresh_logins.setenv("FTSTUDIO_LOGIN_LOCKOUT_S", "five minutes")
+    done = CliRunner().invoke(cli, ["serve", "--auth", "--no-worker", "--home", str(home)])
+    assert done.exit_code == 1, done.output
+    assert "FTSTUDIO_LOGIN_LOCKOUT_S='five minutes' is not valid" in done.output
+    assert not (home / "models").exists()
 
 
 def _serve(home, *args, **env):

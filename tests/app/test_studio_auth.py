@@ -155,6 +155,31 @@ def test_named_endpoints_with_logins(people):
         app.close()
 
 
+def test_a_locked_login_refuses_the_right_password(people, monkeypatch):
+    from gradio_client import Client
+
+    from app.cli_serve import gradio_auth
+    from app.studio import build_app, launch_kwargs
+    from jobs import logins
+
+    monkeypatch.setenv("FTSTUDIO_LOGIN_MAX_FAILURES", "2")
+    monkeypatch.setattr(logins, "_default", None)
+    app = build_app(worker="external")
+    app.queue().launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=None,
+                       quiet=True, auth=gradio_auth, **launch_kwargs())
+    try:
+        for _ in range(2):
+            with pytest.raises(ValueError, match="Could not login"):
+                Client(app.local_url, auth=("alice", "wrong-password"), verbose=False)
+        with pytest.raises(ValueError, match="Could not login"):
+            Client(app.local_url, auth=("alice", "alice-password"), verbose=False)
+        bob = Client(app.local_url, auth=("bob", "bob-password"), verbose=False)
+        assert {j["id"] for j in bob.predict("", "", api_name="/list_jobs")} == \
+            {people.jobs["bob"]}
+    finally:
+        app.close()
+
+
 def test_start_from_the_form_is_the_users_job(people):
     from app.studio import handlers
     from jobs import api
