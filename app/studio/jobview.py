@@ -320,6 +320,12 @@ def poll(session: dict[str, Any] | None, job_id: Any, actor: Any = None
         session["status"] = "missing"
         return session, changed, None
     status = field(job, "status")
+    attempt = field(job, "attempt")
+    if session.get("attempt") not in (None, attempt):
+        # claimed again (resumed from a checkpoint): the steps past the checkpoint were
+        # deleted and are being written anew, so the curves start over from the store
+        session.update(curves=None, since=-1, rate_from=None, rate_to=None)
+    session["attempt"] = attempt
     if session["curves"] is None:     # the first poll: every curve so far, bucketed in SQL
         added = _seed_curves(session, api.metric_buckets(jid, CHART_POINTS, names=CHARTED,
                                                          actor=actor))

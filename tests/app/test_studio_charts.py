@@ -200,3 +200,27 @@ def test_a_new_download_removes_copies_older_than_an_hour(tmp_path, monkeypatch)
     assert sorted(p.name for p in tmp.iterdir() if p.name.startswith("ftstudio-dl-")) == \
         sorted(["ftstudio-dl-recent", "ftstudio-dl-link", os.path.basename(
             os.path.dirname(served))])
+
+
+def test_a_resumed_job_redraws_the_steps_past_its_checkpoint(home):
+    """Resuming deletes the metrics past the checkpoint and writes those steps anew: an open
+    page must show the new values, not keep the old ones."""
+    with store.connect() as db:
+        job_id = running_job(db)
+        write_steps(db, job_id, 1, 30)
+    session, _, _ = jobview.poll(None, job_id)
+    with store.connect() as db:   # the worker died; the job resumes from step 20
+        assert store.transition(db, job_id, "interrupted", frm=("running",))
+        assert store.transition(db, job_id, "queued", frm=("interrupted",))
+        assert store.transition(db, job_id, "running", attempt=store.Expr("attempt + 1"))
+        store.truncate_metrics(db, job_id, 20)
+        with store._tx(db):
+            db.conn.executemany("INSERT INTO metrics (job_id, step, name, value, time) VALUES "
+                                "(?, ?, 'loss', ?, 0)", [(job_id, s, 7.0) for s in range(21, 26)])
+        store.publish_metrics(db, job_id, 25, attempt=2)
+    session, changed, _ = jobview.poll(session, job_id)
+    raw = jobview.frames(session)["loss"].query("series == 'raw'")
+    assert changed and session["since"] == 25
+    assert list(raw["step"]) == list(range(1, 26))
+    assert list(raw["value"])[20:] == [7.0] * 5
+    assert list(raw["value"])[:20] == [value("loss", s) for s in range(1, 21)]
