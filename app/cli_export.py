@@ -12,6 +12,7 @@ from pathlib import Path
 
 import click
 
+from app.cli_common import clean_errors
 from engine.export import FORMATS
 
 FINISHED = ("completed", "failed", "cancelled", "interrupted")
@@ -56,10 +57,8 @@ def export(job: str, fmt: str, out: str | None, queued: bool, wait: bool) -> Non
         raise click.UsageError("--wait follows a queued export; add --queue")
     from engine.export import ExportError, export as run_export
 
-    try:
+    with clean_errors(ExportError):
         result = run_export(_run_dir(job), fmt, out, log=click.echo)
-    except ExportError as exc:
-        raise click.ClickException(str(exc)) from None
     for artifact in result.artifacts:
         click.echo(f"{artifact.bytes:>14,}  {artifact.path}")
 
@@ -70,10 +69,8 @@ def _queue(job: str, fmt: str, out: str | None, wait: bool) -> None:
     if out is not None:
         raise click.UsageError("--out is for an export run here; a queued export goes into "
                                "the job's exports/FORMAT folder")
-    try:
+    with clean_errors():
         exp = api.export(job, fmt)
-    except api.JobError as exc:
-        raise click.ClickException(str(exc)) from None
     click.echo(f"queued export job {exp['id']} ({fmt} of job {job}); follow it with "
                f"`ftstudio jobs logs {exp['id']} --follow`")
     if not wait:

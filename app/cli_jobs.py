@@ -13,15 +13,9 @@ from datetime import datetime
 
 import click
 
-from engine.config import ConfigError
+from app.cli_common import clean_errors
 
 FINISHED = ("completed", "failed", "cancelled", "interrupted")
-
-
-def _errors():
-    from jobs.store import JobError
-
-    return (ConfigError, JobError, ValueError)
 
 
 def _echo_json(value) -> None:
@@ -55,10 +49,8 @@ def worker(gpus: str | None, workers: int, no_resume: bool) -> None:
     Ctrl-C lets running jobs checkpoint; they resume when a worker starts again."""
     from jobs.worker import parse_gpus, run_worker
 
-    try:
+    with clean_errors():
         run_worker(parse_gpus(gpus), workers, auto_resume=not no_resume)
-    except _errors() as exc:
-        raise click.ClickException(str(exc)) from None
 
 
 @click.command()
@@ -76,11 +68,9 @@ def submit(config_path: str, overrides: tuple[str, ...], priority: int, name: st
     from engine.config import load_config
     from jobs import api
 
-    try:
+    with clean_errors():
         job = api.submit(load_config(config_path, list(overrides)), owner=owner,
                          priority=priority, name=name)
-    except _errors() as exc:
-        raise click.ClickException(str(exc)) from None
     if as_json:
         _echo_json(job)
     else:
@@ -107,10 +97,8 @@ def jobs_ls(status: str | None, owner: str | None, limit: int, as_json: bool) ->
     """List jobs, newest first."""
     from jobs import api
 
-    try:
+    with clean_errors():
         jobs = api.list_jobs(owner=owner, status=status, limit=limit)
-    except _errors() as exc:
-        raise click.ClickException(str(exc)) from None
     if as_json:
         _echo_json(jobs)
         return
@@ -132,11 +120,9 @@ def jobs_show(job_id: str, as_json: bool) -> None:
     """Show one job: status, progress, error and hint, outputs, last metrics."""
     from jobs import api
 
-    try:
+    with clean_errors():
         job = api.get(job_id)
         last = api.metrics(job_id)[-3:]
-    except _errors() as exc:
-        raise click.ClickException(str(exc)) from None
     if as_json:
         _echo_json({**job, "last_metrics": last})
         return
@@ -164,7 +150,7 @@ def jobs_logs(job_id: str, follow: bool, as_json: bool) -> None:
     from jobs import api
 
     since = 0
-    try:
+    with clean_errors():
         while True:
             for ev in api.logs(job_id, since):
                 since = ev["id"]
@@ -181,8 +167,6 @@ def jobs_logs(job_id: str, follow: bool, as_json: bool) -> None:
                     sys.exit(0 if job["status"] == "completed" else 1)
                 continue
             time.sleep(1)
-    except _errors() as exc:
-        raise click.ClickException(str(exc)) from None
 
 
 @jobs_group.command("cancel")
@@ -192,10 +176,8 @@ def jobs_cancel(job_id: str, as_json: bool) -> None:
     """Cancel a job: a queued one never starts; a running one checkpoints and stops."""
     from jobs import api
 
-    try:
+    with clean_errors():
         job = api.cancel(job_id)
-    except _errors() as exc:
-        raise click.ClickException(str(exc)) from None
     if as_json:
         _echo_json(job)
     elif job["status"] == "running":
@@ -213,10 +195,8 @@ def jobs_resume(job_id: str, as_json: bool) -> None:
     checkpoint."""
     from jobs import api
 
-    try:
+    with clean_errors():
         job = api.resume(job_id)
-    except _errors() as exc:
-        raise click.ClickException(str(exc)) from None
     if as_json:
         _echo_json(job)
     else:
@@ -234,8 +214,6 @@ def jobs_delete(job_id: str, yes: bool) -> None:
 
     if not yes:
         click.confirm(f"Delete job {job_id} and all its files?", abort=True)
-    try:
+    with clean_errors():
         api.delete(job_id)
-    except _errors() as exc:
-        raise click.ClickException(str(exc)) from None
     click.echo(f"job {job_id} deleted")

@@ -13,6 +13,8 @@ from datetime import datetime
 
 import click
 
+from app.cli_common import clean_errors
+
 
 def _password(password_stdin: bool) -> str:
     """From one line of stdin (scripts), or a hidden prompt asked twice. Never a plain flag:
@@ -26,12 +28,8 @@ def _password(password_stdin: bool) -> str:
 
 
 def _run(fn, *args, **kwargs):
-    from jobs.store import JobError
-
-    try:
+    with clean_errors():
         return fn(*args, **kwargs)
-    except JobError as exc:
-        raise click.ClickException(str(exc)) from None
 
 
 @click.group("user")
