@@ -6,6 +6,7 @@ Use from Python:
     job = api.submit(cfg, owner="local", priority=0, name="my-run")   # cfg: TrainConfig or dict
     api.metrics(job["id"], since_step=last_seen_step)    # only whole steps after last_seen_step
     api.metric_buckets(job["id"], points=1500)           # a long curve in <= 1500 buckets
+    api.measured_throughput(model_name, "lora")          # tokens/s of a finished run, or None
     api.logs(job["id"], since=last_seen_event_id)
     api.cancel(job["id"]); api.resume(job["id"])
     exp = api.export(job["id"], "gguf-q8_0")             # an export job on the same queue
@@ -34,9 +35,9 @@ from jobs import access, store, tasks
 from jobs.runner import latest_checkpoint_step
 from jobs.store import JobError, JobNotFound
 
-__all__ = ["submit", "export", "list_jobs", "get", "metrics", "metric_buckets", "logs", "cancel",
-           "resume", "clone", "delete", "artifacts", "artifact_path", "JobError", "JobNotFound",
-           "ConfigError"]
+__all__ = ["submit", "export", "list_jobs", "get", "metrics", "metric_buckets",
+           "measured_throughput", "logs", "cancel", "resume", "clone", "delete", "artifacts",
+           "artifact_path", "JobError", "JobNotFound", "ConfigError"]
 
 
 def submit(config: TrainConfig | dict, owner: str | None = None, priority: int = 0,
@@ -155,6 +156,15 @@ def metric_buckets(job_id: str, points: int, names: list[str] | tuple[str, ...] 
     with store.connect() as db:
         _job(db, job_id, actor)
         return store.metric_buckets(db, job_id, points, names)
+
+
+def measured_throughput(model: str, method: str | None = None, actor: dict | None = None
+                        ) -> dict[str, Any] | None:
+    """What a finished run on `model` trained per second, for a time estimate before Start:
+    {job_id, method, tokens_per_s} of the newest completed job the actor can see (one with the
+    same method preferred), or None."""
+    with store.connect() as db:
+        return store.measured_throughput(db, model, method, owner=access.list_owner(actor, None))
 
 
 def logs(job_id: str, since: int = 0, actor: dict | None = None) -> list[dict[str, Any]]:

@@ -368,6 +368,37 @@ def metrics(db: Database, job_id: str, since_step: int = -1) -> list[dict[str, A
     return list(records.values())
 
 
+THROUGHPUT_SQL = """
+SELECT j.id AS job_id, json_extract(j.config, '$.method.kind') AS method, j.finished_at,
+       (SELECT AVG(m.value) FROM metrics m WHERE m.job_id = j.id AND m.name = 'tokens_per_s'
+          AND m.step > (SELECT MIN(step) FROM metrics WHERE job_id = j.id
+                        AND name = 'tokens_per_s')) AS steady,
+       (SELECT AVG(m.value) FROM metrics m WHERE m.job_id = j.id
+          AND m.name = 'tokens_per_s') AS overall
+FROM jobs j
+WHERE j.kind = 'train' AND j.status = 'completed'
+  AND json_extract(j.config, '$.model.name') = :model {owner}
+ORDER BY json_extract(j.config, '$.method.kind') = :method DESC, j.finished_at DESC
+LIMIT 1
+"""
+
+
+def measured_throughput(db: Database, model: str, method: str | None = None,
+                        owner: str | None = None) -> dict[str, Any] | None:
+    """The trained tokens per second of the newest completed training job on `model` (one with
+    the same method first; only `owner`'s when given): {job_id, method, tokens_per_s}, or None
+    when no such job logged any. The mean of its logged rates without the first (warm-up,
+    compilation), which include the evaluations and checkpoints in between, as a real run does.
+    """
+    params = {"model": model, "method": method or "", "owner": owner}
+    row = next(db.query(THROUGHPUT_SQL.format(owner="AND j.owner = :owner" if owner else ""),
+                        params), None)
+    rate = row and (row["steady"] or row["overall"])
+    if not rate:
+        return None
+    return {"job_id": row["job_id"], "method": row["method"], "tokens_per_s": float(rate)}
+
+
 def _complete_upto(db: Database, job_id: str) -> int:
     """The last step whose metrics are complete: metrics_step while the job runs, any step
     once it has stopped (everything written is final)."""

@@ -177,6 +177,7 @@ def data_panel(values: dict[str, Any]) -> tuple[str, Any, list[list[tuple[str, s
         rep = data_report(path, tok, cfg.data).to_dict()
     except (DataError, ConfigError, OSError) as exc:
         return render.note(str(exc), "bad"), None, []
+    _remember_report(cfg, rep)
     bins = rep.get("histogram") or []
     width = max((len(str(b - 1)) for _, b, _ in bins), default=1)
     # labels padded with leading spaces: the chart orders bars by label, so "  9–17" must sort
@@ -210,15 +211,72 @@ def device():
     return _device[1]
 
 
-def estimate_panel(values: dict[str, Any]) -> str:
+def estimate_panel(values: dict[str, Any], actor: Any = None) -> str:
+    """The memory estimate, and the time per epoch when a finished run measured the speed."""
     from engine.estimate import estimate
 
     cfg, _ = form.build_config(values)
+    timing = time_estimate(cfg, actor)
     try:
         est = estimate(cfg, device=device())
     except Exception as exc:  # noqa: BLE001 - odd config.json files: say so, keep going
-        return render.estimate_card(None, f"No estimate: {exc}")
-    return render.estimate_card(est)
+        return render.estimate_card(None, f"No estimate: {exc}", timing=timing)
+    return render.estimate_card(est, timing=timing)
+
+
+#: the latest data reports, by file and settings, so the estimate can count tokens
+_reports: dict[tuple, dict[str, Any]] = {}
+REPORTS_KEPT = 8
+
+
+def _report_key(cfg: TrainConfig) -> tuple | None:
+    import dataclasses
+    import json
+
+    try:
+        st = Path(cfg.data.train).stat()
+    except (OSError, TypeError):
+        return None
+    data = json.dumps(dataclasses.asdict(cfg.data), sort_keys=True, default=str)
+    return (str(Path(cfg.data.train).resolve()), st.st_mtime_ns, st.st_size, cfg.model.name,
+            data)
+
+
+def _remember_report(cfg: TrainConfig, report: dict[str, Any]) -> None:
+    key = _report_key(cfg)
+    if key is not None:
+        _reports[key] = report
+        while len(_reports) > REPORTS_KEPT:
+            del _reports[next(iter(_reports))]
+
+
+def time_estimate(cfg: TrainConfig, actor: Any = None) -> dict[str, Any] | None:
+    """{seconds_per_epoch, epochs, tokens_per_s, job_id, method, same_method} from the data
+    report the page already has (trained tokens of the training split) and the throughput a
+    finished run of this model measured (jobs.api.measured_throughput); or {"missing": why}.
+    None when the data report is not there yet."""
+    from engine.estimate import estimate_time
+    from jobs import api
+
+    report = _reports.get(_report_key(cfg) or ())
+    if not report or not report.get("used"):
+        return None
+    share = (report.get("train_records") or report["used"]) / report["used"]
+    tokens = int(report.get("trained_tokens", 0) * share)
+    from jobs.store import db_path
+
+    try:
+        measured = api.measured_throughput(cfg.model.name, cfg.method.kind, actor=actor) \
+            if db_path().is_file() else None
+    except Exception as exc:  # noqa: BLE001 - no store yet, or it is busy: no time shown
+        return {"missing": f"no measured speed ({exc})"}
+    if measured is None:
+        return {"missing": "no finished run of this model here yet: the time per epoch shows "
+                           "once one has measured its speed"}
+    return {"seconds_per_epoch": estimate_time(tokens, measured["tokens_per_s"]),
+            "epochs": None if cfg.train.max_steps else cfg.train.epochs,
+            "tokens_per_epoch": tokens, "same_method": measured["method"] == cfg.method.kind,
+            **measured}
 
 
 # --------------------------------------------------------------------------- YAML and command

@@ -70,11 +70,28 @@ def model_card(info: ModelInfo) -> str:
             f'<div class="fs-muted fs-mono">{esc(info.name)}</div>{body}{notes}</div>')
 
 
-def estimate_card(est: Estimate | None, reason: str = "") -> str:
+def timing_line(timing: dict[str, Any] | None) -> str:
+    """The time per epoch (handlers.time_estimate), or why there is none."""
+    if not timing:
+        return ""
+    if "missing" in timing:
+        return f'<div class="fs-muted fs-timing">Time: {esc(timing["missing"])}</div>'
+    per = timing["seconds_per_epoch"]
+    run = (f" ({duration(per * timing['epochs'])} for {timing['epochs']:g} epochs)"
+           if timing.get("epochs") not in (None, 1) else "")
+    source = (f"job #{timing['job_id']}" + ("" if timing["same_method"] else
+                                            f", a {timing['method']} run"))
+    return (f'<div class="fs-timing"><b>About {duration(per)} per epoch</b>{esc(run)} · '
+            f'{timing["tokens_per_epoch"]:,} trained tokens at {timing["tokens_per_s"]:,.0f} '
+            f'tokens/s, as measured by {esc(source)} on this model</div>')
+
+
+def estimate_card(est: Estimate | None, reason: str = "",
+                  timing: dict[str, Any] | None = None) -> str:
     if est is None:
         return (f'<div class="fs-card fs-estimate"><div class="fs-card-h">Memory estimate</div>'
                 f'{note(reason or "No estimate: the model shape is unknown offline.", "warn")}'
-                '</div>')
+                f'{timing_line(timing)}</div>')
     dev, verdict = est.device, est.verdict
     share = est.peak_bytes / dev.capacity_bytes if dev.capacity_bytes else 1.0
     width = max(2, min(100, math.ceil(100 * share)))
@@ -96,6 +113,7 @@ def estimate_card(est: Estimate | None, reason: str = "") -> str:
           f'style="width:{width}%"></div></div>'
         f'<div class="fs-verdict fs-{verdict}"><b>{VERDICT_TEXT[verdict]}</b> · '
         f'{share:.0%} of {esc(where)}</div>'
+        f'{timing_line(timing)}'
         f'<details class="fs-breakdown"><summary>Breakdown</summary>{legend}</details>'
         f'{notes}</div>')
 

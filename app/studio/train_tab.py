@@ -173,10 +173,11 @@ def _wire(t: TrainTab, model_card, example, upload, report, hist, previews, blur
           save, load, yaml_box, command) -> None:
     w, n = t.widgets, len(form.FORM_KEYS)
 
-    def side(*args):
+    def side(request: gr.Request, *args):
         values, name = _values(args), args[n]
-        return (handlers.estimate_panel(values), handlers.command_preview(values, name),
-                handlers.yaml_text(values), handlers.save_yaml(values, name))
+        return (handlers.estimate_panel(values, actor_of(request)),
+                handlers.command_preview(values, name), handlers.yaml_text(values),
+                handlers.save_yaml(values, name))
 
     side_io = (t.inputs + [t.job_name], [estimate, command, yaml_box, save])
     gr.on([x.change for x in t.inputs] + [t.job_name.change], side, *side_io,
@@ -184,13 +185,15 @@ def _wire(t: TrainTab, model_card, example, upload, report, hist, previews, blur
           api_visibility="private")
     t.on_load.append((side, *side_io))
 
-    def data(*args):
-        html, frame, recs = handlers.data_panel(_values(args))
+    def data(request: gr.Request, *args):
+        values = _values(args)
+        html, frame, recs = handlers.data_panel(values)
         shown = [gr.update(value=recs[i], visible=True) if i < len(recs) else
                  gr.update(value=None, visible=i == 0) for i in range(len(previews))]
-        return [html, frame, *shown]
+        # the estimate again: its time per epoch counts the tokens of this report
+        return [html, frame, handlers.estimate_panel(values, actor_of(request)), *shown]
 
-    data_io = (t.inputs, [report, hist, *previews])
+    data_io = (t.inputs, [report, hist, estimate, *previews])
     gr.on([w[k].change for k in form.DATA_KEYS], data, *data_io, show_progress="minimal",
           trigger_mode="always_last", api_visibility="private")
     t.on_load.append((data, *data_io))

@@ -147,3 +147,55 @@ def test_default_form_is_the_demo_with_a_bundled_example(home):
     assert cfg.output_dir is None
     assert to_yaml(cfg)
     assert any(path.endswith("chat.jsonl") for _, path in handlers.example_choices())
+
+
+def _finished_run(model: str, method: str, rates: list[float], owner: str = "local") -> str:
+    """A completed training job in the store that logged these tokens/s, one per step."""
+    from jobs import store
+
+    with store.connect() as db:
+        job_id = store.insert_job(db, config={"model": {"name": model},
+                                              "method": {"kind": method}},
+                                  name=f"{method}-run", owner=owner, priority=0)
+        assert store.transition(db, job_id, "running", attempt=store.Expr("attempt + 1"))
+        for step, rate in enumerate(rates, 1):
+            store.add_metrics(db, job_id, {"step": step, "loss": 2.0, "tokens_per_s": rate},
+                              attempt=1)
+        assert store.transition(db, job_id, "completed", frm=("running",))
+    return job_id
+
+
+def test_the_estimate_gives_the_time_per_epoch_a_finished_run_measured(home, tiny_model,
+                                                                       examples):
+    values = {**_good(tiny_model, examples), "train.epochs": 3, "train.max_steps": None}
+    report_html, _, _ = handlers.data_panel(values)
+    assert "Format" in report_html
+    before = handlers.estimate_panel(values)
+    assert "no finished run of this model here yet" in before
+
+    _finished_run(str(tiny_model), "full", [50.0, 400.0])      # another method: a fallback
+    other = handlers.estimate_panel(values)
+    assert "per epoch" in other and "a full run" in other
+
+    job_id = _finished_run(str(tiny_model), "lora", [9.0, 180.0, 220.0])  # first step: warm-up
+    cfg, _ = form.build_config(values)
+    timing = handlers.time_estimate(cfg)
+    report = handlers._reports[handlers._report_key(cfg)]
+    tokens = int(report["trained_tokens"] * report["train_records"] / report["used"])
+    assert timing["job_id"] == job_id and timing["same_method"]
+    assert timing["tokens_per_s"] == 200.0 and timing["tokens_per_epoch"] == tokens > 0
+    assert timing["seconds_per_epoch"] == tokens / 200.0
+    html = handlers.estimate_panel(values)
+    assert f"About {render.duration(tokens / 200.0)} per epoch" in html
+    assert f"{render.duration(3 * tokens / 200.0)} for 3 epochs" in html
+    assert f"job #{job_id}" in html and "a full run" not in html
+
+
+def test_another_users_run_is_not_used_for_their_estimate(home, tiny_model, examples):
+    values = _good(tiny_model, examples)
+    handlers.data_panel(values)
+    _finished_run(str(tiny_model), "lora", [100.0, 100.0], owner="bob")
+    alice = {"username": "alice", "is_admin": False}
+    assert "no finished run" in handlers.estimate_panel(values, alice)
+    assert "per epoch" in handlers.estimate_panel(values, {"username": "bob", "is_admin": False})
+    assert "per epoch" in handlers.estimate_panel(values, None)    # local mode sees all
