@@ -1,6 +1,7 @@
 """Throughput: ftstudio's engine against the default Hugging Face Trainer + peft path.
 
 Run as: python -m bench.throughput [--records 600] [--repeats 2] [--gpu] [--out bench/results]
+                                   [--kernels auto|liger|none] [--compile]
 
 Both sides train the same model (random weights, built here, nothing downloaded) with the same
 LoRA config, learning rate, schedule, seed and one epoch over the same tokenized examples
@@ -28,7 +29,9 @@ the same repeat.
 model FLOPs per second over the device's peak dense bf16 FLOP/s (989e12 for H100/H200 SXM, or
 --peak-tflops), with model FLOPs = 4 x N x useful tokens for LoRA (forward 2N, backward 2N for the
 activation gradients; frozen weights get no weight gradient), N = parameters without the input
-embedding table. Attention's own FLOPs are not counted.
+embedding table. Attention's own FLOPs are not counted. --kernels and --compile set ours'
+train.kernels (default auto: Liger's kernels on a GPU where liger-kernel is installed) and
+train.compile; the baseline keeps Trainer's defaults either way.
 
 Results: bench/results/throughput-<time>.json (and the summary on stdout).
 """
@@ -69,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, help="our rows per step (CPU 4, GPU 8)")
     parser.add_argument("--repeats", type=int, default=2, help="pairs of runs (default 2)")
     parser.add_argument("--peak-tflops", type=float, help="the GPU's peak dense bf16 TFLOP/s")
+    parser.add_argument("--kernels", choices=["auto", "liger", "none"], default="auto",
+                        help="ours: train.kernels (Liger on GPUs; default auto)")
+    parser.add_argument("--compile", action="store_true", help="ours: train.compile")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
     parser.add_argument("--child", help=argparse.SUPPRESS)  # ours|theirs: run one side
     parser.add_argument("--spec", help=argparse.SUPPRESS)
@@ -124,7 +130,8 @@ def setup(args) -> dict:
         write_bench_dataset(data, preset["records"])
     spec = {**preset, "gpu": args.gpu, "work": str(work), "home": str(work / "home"),
             "model": str(model), "data": str(data), "seed": 42, "r": 16, "alpha": 32,
-            "dropout": 0.05, "peak_flops": args.peak_tflops * 1e12 if args.peak_tflops else None}
+            "dropout": 0.05, "peak_flops": args.peak_tflops * 1e12 if args.peak_tflops else None,
+            "kernels": args.kernels, "compile": args.compile}
     cfg = train_config(spec, work / "probe")
     tokenizer = load_tokenizer(str(model))
     prepared = prepare(cfg, tokenizer, log=lambda line: None)
@@ -191,7 +198,8 @@ def summarize(spec: dict, runs: list[dict]) -> dict:
                      "transformers": transformers.__version__, "peft": peft.__version__},
         "settings": {k: spec[k] for k in ("shape", "records", "useful_tokens", "max_seq_len",
                                           "batch_size", "hf_batch_size", "steps", "lr", "r",
-                                          "alpha", "dropout", "seed", "gpu")},
+                                          "alpha", "dropout", "seed", "gpu", "kernels",
+                                          "compile")},
         "speedup_useful_tokens_per_s": statistics.median(
             a["useful_tokens_per_s"] / b["useful_tokens_per_s"] for a, b in pairs),
         "speedup_useful_tokens_per_cpu_s": statistics.median(
@@ -279,6 +287,7 @@ def train_config(spec: dict, out: Path):
     t.epochs, t.max_steps, t.batch_size, t.grad_accum = 1, None, spec["batch_size"], 1
     t.lr, t.scheduler, t.warmup_ratio, t.weight_decay = spec["lr"], "linear", 0.0, 0.0
     t.eval_every, t.save_every, t.log_every, t.seed = 0, 0, 1, spec["seed"]
+    t.kernels, t.compile = spec.get("kernels", "auto"), spec.get("compile", False)
     cfg.output_dir = str(out)
     return cfg
 
@@ -386,7 +395,8 @@ def run_ours(spec: dict) -> dict:
             "padding_share": run_json["batching"]["padding_share"], "steps": result.steps,
             "peak_mib": peak, "final_loss": last_tenth(clock.losses),
             "heldout_loss": heldout_loss(spec, model), "mfu": mfu(spec, base, rate),
-            "loss_path": next((l for l in clock.lines if l.startswith("loss:")), "")}
+            "loss_path": next((l for l in clock.lines if l.startswith("loss:")), ""),
+            "kernels": next((l for l in clock.lines if l.startswith("kernels:")), "")}
 
 
 def run_theirs(spec: dict) -> dict:

@@ -119,3 +119,5 @@ def test_the_benchmark_runs_both_sides_and_writes_its_results(tmp_path, monkeypa
     assert ours["steps"] == report["settings"]["steps"]
     assert abs(ours["final_loss"] - theirs["final_loss"]) < 1.0
     assert "chunked" in ours["runs"][0]["loss_path"]
+    assert report["settings"]["kernels"] == "auto" and report["settings"]["compile"] is False
+    assert ours["runs"][0]["kernels"].startswith("kernels: plain PyTorch")  # CPU: no Liger
