@@ -64,7 +64,6 @@ def run(cfg: TrainConfig, reporter: Reporter | None = None) -> RunResult:
     say = reporter.on_log if main else (lambda line: None)
     started = time.time()
     set_seed(t.seed)
-    steady_cpu_allocator()
 
     # ------------------------------------------------------------------ setup
     resume_dir = find_checkpoint(t.resume_from, out) if t.resume_from else None
@@ -242,22 +241,6 @@ def evaluate_and_track(model, batches: Batches, accelerator, state: TrainState,
 
 
 # --------------------------------------------------------------------------- setup helpers
-
-
-def steady_cpu_allocator() -> None:
-    """On glibc, serve large CPU buffers from mmap so freed activations go back to the system.
-
-    With glibc's adaptive default the same run peaked at 619, 883 or 623 MiB over its baseline;
-    with a fixed 128 KiB threshold, 574 MiB every time, which is what engine.estimate predicts.
-    """
-    if torch.cuda.is_available() or not sys.platform.startswith("linux"):
-        return
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
-    except (OSError, AttributeError):
-        pass  # not glibc (musl, ...): the allocator's own default stays
 
 
 def mixed_precision(precision: str) -> str:
