@@ -27,11 +27,6 @@ def _password(password_stdin: bool) -> str:
     return click.prompt("Password", hide_input=True, confirmation_prompt=True)
 
 
-def _run(fn, *args, **kwargs):
-    with clean_errors():
-        return fn(*args, **kwargs)
-
-
 @click.group("user")
 def user_group() -> None:
     """Accounts for `ftstudio serve --auth`: add, remove, change a password, list."""
@@ -46,7 +41,9 @@ def user_add(name: str, admin: bool, password_stdin: bool) -> None:
     """Create the account NAME (the password is asked for, hidden, twice)."""
     from jobs import users
 
-    user = _run(users.add_user, name, _password(password_stdin), is_admin=admin)
+    password = _password(password_stdin)
+    with clean_errors():
+        user = users.add_user(name, password, is_admin=admin)
     click.echo(f"user {user['username']} added" + (" (admin)" if user["is_admin"] else ""))
 
 
@@ -59,7 +56,8 @@ def user_remove(name: str, yes: bool) -> None:
 
     if not yes:
         click.confirm(f"Remove user {name}?", abort=True)
-    _run(users.remove_user, name)
+    with clean_errors():
+        users.remove_user(name)
     click.echo(f"user {name} removed")
 
 
@@ -73,7 +71,9 @@ def user_passwd(name: str, password_stdin: bool) -> None:
 
     if users.get_user(name) is None:  # before asking for a password it would throw away
         raise click.ClickException(f"no user {name!r}; add it with `ftstudio user add {name}`")
-    _run(users.set_password, name, _password(password_stdin))
+    password = _password(password_stdin)
+    with clean_errors():
+        users.set_password(name, password)
     click.echo(f"password of {name} changed")
 
 

@@ -180,6 +180,12 @@ def records_moved(rows: Sequence[Sequence[int]]) -> int:
     return sum(1 for pos, i in enumerate(i for r in rows for i in r) if pos != i)
 
 
+def _latest(cache: dict[int, Any], epoch: int, value: Any) -> dict[int, Any]:
+    """A per-epoch cache with `epoch`'s value and the previous epoch's only (a resumed or
+    wrapping stream asks for both)."""
+    return {e: v for e, v in cache.items() if e == epoch - 1} | {epoch: value}
+
+
 def _rng(seed: int, epoch: int) -> random.Random:
     return random.Random(seed * 1_000_003 + epoch)
 
@@ -202,6 +208,8 @@ class Batches:
         self.log = log
         self._plans: dict[int, list[list[list[int]]]] = {}
         self._rows: dict[int, list[list[int]]] = {}
+        self._cut: dict[int, list[list[list[int]]]] = {}     # all_batches, by epoch
+        self._fitted: dict[int, tuple] = {}                  # epoch_batches, by epoch
         self.rows_per_epoch = len(self.rows(0))
         # one count for every process and every epoch: epoch 0's, dealt evenly (by token budget
         # other epochs cut a few more or fewer; plan() fits them to it)
@@ -218,7 +226,7 @@ class Batches:
             else:
                 rows = [[i] for i in ordered_indices(self.lengths, self.order, self.seed, epoch,
                                                      self.batch_size, self.batch_tokens)]
-            self._rows = {e: r for e, r in self._rows.items() if e == epoch - 1} | {epoch: rows}
+            self._rows = _latest(self._rows, epoch, rows)
         return self._rows[epoch]
 
     @property
@@ -229,17 +237,23 @@ class Batches:
     def all_batches(self, epoch: int) -> list[list[list[int]]]:
         """The epoch's rows cut into batches, in training order: every record once, before the
         count is fitted to the processes (see epoch_batches)."""
-        rows = self.rows(epoch)
-        if self.by_tokens:
-            return [[rows[p] for p in b]
+        if epoch not in self._cut:
+            rows = self.rows(epoch)
+            cut = ([[rows[p] for p in b]
                     for b in token_budget_batches(rows, self.lengths, self.batch_tokens)]
-        return [rows[s:s + self.batch_size] for s in range(0, len(rows), self.batch_size)]
+                   if self.by_tokens else
+                   [rows[s:s + self.batch_size] for s in range(0, len(rows), self.batch_size)])
+            self._cut = _latest(self._cut, epoch, cut)
+        return self._cut[epoch]
 
     def epoch_batches(self, epoch: int) -> tuple[list[list[list[int]]], list[list[list[int]]]]:
         """Every process's batches of the epoch, exactly batches_per_epoch x world of them in
         training order, and the batches left out (fit_batch_count)."""
-        return fit_batch_count(self.all_batches(epoch), self.lengths,
-                               self.batches_per_epoch * self.world)
+        if epoch not in self._fitted:
+            fitted = fit_batch_count(self.all_batches(epoch), self.lengths,
+                                     self.batches_per_epoch * self.world)
+            self._fitted = _latest(self._fitted, epoch, fitted)
+        return self._fitted[epoch]
 
     def plan(self, epoch: int) -> list[list[list[int]]]:
         """This process's batches for `epoch`: every world-th batch, batches_per_epoch of them

@@ -38,6 +38,8 @@ from jobs.redact import RedactingStream, redact, scrub_run_folder
 
 HEARTBEAT_S = 5.0
 CHECK_EVERY_S = 0.5
+#: stop reasons that leave a job interrupted (it resumes), and how its hint says so
+WORKER_GONE = {"terminated": "its worker stopped", "orphaned": "its worker died"}
 
 
 class StoreReporter:
@@ -181,12 +183,10 @@ def _record(job_id: str, reporter: StoreReporter, result: Any, out: Path) -> int
     if getattr(result, "cancelled", False):
         if reporter.stop_reason == "cancel":
             reporter.finish("cancelled", hint=f"stopped at step {steps}; {resume}")
-        elif reporter.stop_reason in ("terminated", "orphaned"):
-            why = "its worker stopped" if reporter.stop_reason == "terminated" else \
-                "its worker died"
+        elif reporter.stop_reason in WORKER_GONE:
             reporter.finish("interrupted", resume_on_start=1,
-                            hint=f"{why} at step {steps}; it resumes when a worker starts, "
-                                 f"or {resume}")
+                            hint=f"{WORKER_GONE[reporter.stop_reason]} at step {steps}; it "
+                                 f"resumes when a worker starts, or {resume}")
         else:
             reporter.finish("cancelled", hint=f"stopped at step {steps}")
         return 0
@@ -227,12 +227,10 @@ def _run_export(job: dict, reporter: StoreReporter) -> int:
         result = export(parent_dir, fmt, log=log)
     except _Stopped:
         again = f"`ftstudio jobs resume {job['id']}` runs it again"
-        if reporter.stop_reason in ("terminated", "orphaned"):
-            why = "its worker stopped" if reporter.stop_reason == "terminated" else \
-                "its worker died"
+        if reporter.stop_reason in WORKER_GONE:
             reporter.finish("interrupted", resume_on_start=1,
-                            hint=f"{why} during export {fmt}; it runs again when a worker "
-                                 f"starts, or {again}")
+                            hint=f"{WORKER_GONE[reporter.stop_reason]} during export {fmt}; it "
+                                 f"runs again when a worker starts, or {again}")
         else:
             reporter.finish("cancelled", hint=f"export {fmt} stopped before it finished; {again}")
         return 0

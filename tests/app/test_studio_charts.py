@@ -12,10 +12,10 @@ import time
 import pandas as pd
 import pytest
 
-from app.studio import jobview
+from app.studio import curves as charts, jobview
 from jobs import api, store
 
-LIMIT = jobview.CHART_POINTS
+LIMIT = charts.CHART_POINTS
 SPIKE = 50_001             # one step whose loss jumps far above its neighbours
 DIP = 70_001               # and one where it drops far below them
 EVAL_EVERY = 500
@@ -95,7 +95,7 @@ def test_curves_stay_bounded_and_on_the_store_grid_over_100k_more_polled_steps(h
     assert (SPIKE, 40.0) in raw and raw[0][0] == 1 and raw[-1] == (200_000,
                                                                  value("loss", 200_000))
     # merged online, the curve holds what SQL computes at the same width
-    fresh = jobview.curves(api.metric_buckets(job_id, LIMIT, names=["loss"]))["loss"]
+    fresh = charts.curves(api.metric_buckets(job_id, LIMIT, names=["loss"]))["loss"]
     assert fresh.width == loss.width and len(fresh.buckets) == len(loss.buckets)
     for online, sql in zip(loss.buckets, fresh.buckets):
         assert online.sum == pytest.approx(sql.sum, rel=1e-9)
@@ -114,7 +114,7 @@ def frames_before(records) -> dict[str, pd.DataFrame]:
         return sorted({s: v for s, n, v in rows if n == name}.items())
 
     loss = points("loss")
-    smoothed = zip([s for s, _ in loss], jobview.smooth([v for _, v in loss]))
+    smoothed = zip([s for s, _ in loss], charts.smooth([v for _, v in loss]))
     out = {"loss": jobview.frame(
         [{"step": s, "value": v, "series": "raw"} for s, v in loss] +
         [{"step": s, "value": v, "series": "smoothed"} for s, v in smoothed],
@@ -171,7 +171,7 @@ def test_compare_reads_buckets_for_long_jobs_and_every_point_for_short_ones(home
     short_rows = frame[frame["job"] == f"#{short_id} · long"]
     losses = [value("loss", s) for s in range(1, 601)]
     assert list(short_rows["step"]) == list(range(1, 601))
-    assert list(short_rows["loss"]) == jobview.smooth(losses)
+    assert list(short_rows["loss"]) == charts.smooth(losses)
 
 
 def test_a_new_download_removes_copies_older_than_an_hour(tmp_path, monkeypatch):

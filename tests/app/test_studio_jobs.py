@@ -7,7 +7,7 @@ import zipfile
 
 import pytest
 
-from app.studio import jobview
+from app.studio import curves as charts, jobview
 
 
 class FakeApi:
@@ -99,10 +99,10 @@ def test_frames_have_raw_and_smoothed_loss(fake):
 
 
 def test_smoothing_and_downsampling():
-    assert jobview.smooth([2.0, 2.0, 2.0]) == pytest.approx([2.0, 2.0, 2.0])
-    s = jobview.smooth([1.0, 0.0] * 50)
+    assert charts.smooth([2.0, 2.0, 2.0]) == pytest.approx([2.0, 2.0, 2.0])
+    s = charts.smooth([1.0, 0.0] * 50)
     assert 0.4 < s[-1] < 0.6
-    curve = jobview.Curve(limit=100)
+    curve = charts.Curve(limit=100)
     for i in range(1, 10_001):
         curve.add(i, float(i))
     pts = curve.points()
