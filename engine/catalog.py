@@ -9,6 +9,8 @@ Use from Python:
 Nothing here downloads or loads weights. Presets carry the shape numbers of their config.json so
 parameter counts and memory estimates (engine.estimate) work without a network; local folders are
 read from their config.json and their safetensors headers (exact parameter counts, no tensors).
+Folders that engine.gguf_import made (an ftstudio-source.json beside config.json) are labelled
+"Imported from GGUF" with their quantization type.
 """
 
 from __future__ import annotations
@@ -34,6 +36,21 @@ def models_dir() -> Path:
 
 def demo_dir() -> Path:
     return models_dir() / "demo"
+
+
+#: written by engine.gguf_import into each model folder it makes: where the weights came from
+SOURCE_FILE = "ftstudio-source.json"
+
+
+def imported_from(folder: str | Path) -> dict[str, Any] | None:
+    """The ftstudio-source.json of a folder imported from a GGUF file, or None."""
+    data = _read_json(Path(folder) / SOURCE_FILE)
+    return data if data and data.get("kind") == "gguf" else None
+
+
+def _gguf_tag(source: dict[str, Any]) -> str:
+    quant = source.get("main_quantization") or ", ".join(source.get("quantization") or []) or "?"
+    return f"{quant} GGUF {source.get('file', '')}".strip()
 
 
 def _llama(h, i, layers, heads, kv, vocab, tied, head_dim=None, model_type="llama", **extra):
@@ -161,6 +178,11 @@ def describe(name: str) -> ModelInfo:
         info = ModelInfo(name, DEMO_LABEL if demo else path.name, "demo" if demo else "local",
                          offline=True, config=cfg)
         info.params = safetensors_params(path)
+        gguf = None if demo else imported_from(path)
+        if gguf:
+            info.label = f"{path.name} (imported from GGUF)"
+            info.notes.append(f"dequantized from the {_gguf_tag(gguf)}: an approximation of "
+                              "the original model's weights (its README.md says more)")
         if info.params is None:
             info.notes.append("no *.safetensors weights in this folder; only safetensors load")
         if cfg is None:
@@ -207,12 +229,15 @@ def tokenizer_if_available(name: str):
 
 
 def local_models() -> list[Path]:
-    """Folders under FTSTUDIO_HOME/models holding a config.json (one level, or owner/name)."""
+    """Folders under FTSTUDIO_HOME/models holding a config.json (one level, or owner/name).
+    Hidden folders (a GGUF import in progress) are left out."""
     root = models_dir()
     if not root.is_dir():
         return []
     found = []
     for child in sorted(root.iterdir()):
+        if child.name.startswith("."):
+            continue
         if (child / "config.json").is_file():
             found.append(child)
         elif child.is_dir():
@@ -237,6 +262,10 @@ def list_models() -> list[Choice]:
             tag = "demo" if folder.resolve() == demo.resolve() else "local"
             out.append(Choice(str(folder), f"Demo model · {folder.name} · offline · "
                               f"{human_count(safetensors_params(folder))} params", tag))
+        elif (gguf := imported_from(folder)) is not None:
+            out.append(Choice(str(folder), f"Imported from GGUF · {folder.name} · "
+                              f"{gguf.get('main_quantization') or '?'} · offline · "
+                              f"{human_count(safetensors_params(folder))} params", "local"))
         else:
             out.append(Choice(str(folder), f"Local · {folder.name} · offline · "
                               f"{human_count(safetensors_params(folder))} params", "local"))

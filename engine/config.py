@@ -144,8 +144,23 @@ class TrainSection:
                               "end); 0: only at the end.")
     keep_checkpoints: int = _f(2, "How many of the newest step checkpoints to keep on disk.")
     early_stopping_patience: int | None = _f(
-        None, "Stop when eval loss has not improved for this many evaluations; the best "
-              "adapter is kept. Empty: off.")
+        None, "Stop when train.early_stopping_metric has not improved for this many "
+              "evaluations; the best adapter is kept. Empty: off.")
+    early_stopping_metric: Literal["eval_loss", "gen_exact_match", "gen_token_f1",
+                                   "gen_rouge_l", "gen_chrf", "gen_bleu"] = _f(
+        "eval_loss", "What early stopping watches: eval_loss (lower is better, every "
+                     "train.eval_every steps) or a generation metric of train.eval_generate "
+                     "every N (higher is better, every N steps).")
+    eval_generate: str = _f(
+        "end", "Answer held-out prompts greedily with the base and the tuned model and score "
+               "the answers against the references (exact match, token F1, ROUGE-L, chrF, "
+               "BLEU, with 95% intervals): end (once training ends), every N (also every N "
+               "steps, drawn as live curves), or off. Needs a validation split.")
+    eval_generate_max: int = _f(100, "The most held-out records train.eval_generate answers "
+                                     "(the first ones of the split).")
+    eval_generate_max_new_tokens: int | None = _f(
+        None, "The longest answer train.eval_generate lets a model write, in tokens; empty: "
+              "1.25 x the longest reference + 16, at most 256.")
     neftune_alpha: float | None = _f(None, "NEFTune: add uniform noise of this scale to "
                                            "embeddings while training (5 is typical). Empty: off.")
     log_every: int = _f(1, "Report training metrics every N optimizer steps.")
@@ -537,6 +552,22 @@ def validate(cfg: TrainConfig, *, check_files: bool = True, require_output_dir: 
             p.append(Problem("train.early_stopping_patience", "needs evaluation: give "
                                                               "data.validation or a "
                                                               "data.val_fraction above 0"))
+    every = eval_generate_every(t.eval_generate)
+    if every is None and t.eval_generate not in ("off", "end"):
+        p.append(Problem("train.eval_generate", f"{t.eval_generate!r}: use off, end or "
+                                                "'every N' (e.g. every 50)"))
+    if every is not None and every < 1:
+        p.append(Problem("train.eval_generate", f"{t.eval_generate!r}: N must be at least 1"))
+    if t.eval_generate_max < 1:
+        p.append(Problem("train.eval_generate_max", f"{t.eval_generate_max} must be at least 1 "
+                                                    "(100 is typical)"))
+    if t.eval_generate_max_new_tokens is not None and t.eval_generate_max_new_tokens < 1:
+        p.append(Problem("train.eval_generate_max_new_tokens", "must be at least 1, or empty"))
+    if t.early_stopping_metric.startswith("gen_") and t.early_stopping_patience is not None \
+            and not every:
+        p.append(Problem("train.early_stopping_metric", f"{t.early_stopping_metric} is measured "
+                                                        "only with train.eval_generate 'every "
+                                                        "N'; set that, or watch eval_loss"))
     if t.neftune_alpha is not None and t.neftune_alpha <= 0:
         p.append(Problem("train.neftune_alpha", "must be positive (5 is typical), or empty"))
     if t.optimizer in ("adamw_8bit", "paged_adamw_8bit", "lion_8bit") and not _has("bitsandbytes"):
@@ -555,6 +586,14 @@ def validate(cfg: TrainConfig, *, check_files: bool = True, require_output_dir: 
     if require_output_dir and not cfg.output_dir:
         p.append(Problem("output_dir", "is required; e.g. --set output_dir=runs/my-run"))
     return p
+
+
+def eval_generate_every(value: str) -> int | None:
+    """N of train.eval_generate 'every N' (None for off, end, or anything else)."""
+    words = str(value).split()
+    if len(words) == 2 and words[0] == "every" and words[1].lstrip("-").isdigit():
+        return int(words[1])
+    return None
 
 
 def check(cfg: TrainConfig, **kw: Any) -> TrainConfig:

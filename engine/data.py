@@ -22,10 +22,12 @@ The path a file takes (each step counts what it removes, so nothing is dropped s
    counted. A record left with no trained token after truncation is dropped and counted.
 5. the validation split: data.validation, or a seeded val_fraction of the records.
 
-Tokenized examples have three columns, in file order (batching applies data.order later):
+Tokenized examples have four columns, in file order (batching applies data.order later):
     input_ids  list[int]
     labels     list[int]; -100 where no loss is computed
     length     int, len(input_ids)
+    where      str, the record's place in its file ("line 17"), so the validation split can be
+               found again as records (engine.evaluation answers their prompts)
 Labels are -100 on every prompt and template token unless data.train_on_prompt. Each assistant
 turn is trained: its content and the template's end-of-turn token (e.g. <|im_end|>), so the model
 learns to stop; whitespace the template writes after that token is not. Completion records train
@@ -75,7 +77,7 @@ if TYPE_CHECKING:
     import datasets
 
 #: bump when the tokenized output changes for the same inputs, to invalidate old caches
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 #: above this many records, tokenizing runs in min(cpu_count, 8) processes
 PARALLEL_THRESHOLD = 20_000
 #: how many bad-record messages a report keeps
@@ -454,7 +456,7 @@ def _build(path: str | os.PathLike, d: DataConfig, tokenizer, on_bad: str,
     report.used = len(keep)
     fill_lengths(report, lengths)
     if dataset is not None:
-        dataset = dataset.select(keep).select_columns(["input_ids", "labels", "length"])
+        dataset = dataset.select(keep).select_columns(["input_ids", "labels", "length", "where"])
     return dataset, report
 
 
@@ -559,6 +561,16 @@ def prepare(cfg: TrainConfig, tokenizer, cache_dir: str | os.PathLike | None = N
     log(f"data: {report.train_records} train and {report.validation_records} validation "
         f"examples; {report.trained_tokens:,} of {report.total_tokens:,} tokens carry loss")
     return PreparedData(train=train, validation=validation, report=report, format=report.format)
+
+
+def normalized_examples(path: str | os.PathLike, d: DataConfig
+                        ) -> tuple[str, str, list[tuple[str, Any]]]:
+    """(format, kind, [(where, normalized example)]) of a file's usable records, curated as for
+    training (system prompt, dedupe; bad records passed over), in file order."""
+    records = read_records(path, "skip")
+    fmt, _ = _resolve_format(str(path), records, d.format)
+    report = DataReport(path=str(path))
+    return fmt, FORMATS[fmt].kind, _normalize(records, fmt, d, _Tally(str(path), report, "skip"))
 
 
 def data_report(path: str | os.PathLike, tokenizer=None, data_cfg: DataConfig | None = None

@@ -52,6 +52,7 @@ class DataReport:
     length_min: int = 0
     length_median: float = 0
     length_p95: int = 0
+    length_p99: int = 0              # 0 in reports written before it was recorded
     length_max: int = 0
     length_mean: float = 0.0
     histogram: list[tuple[int, int, int]] = field(default_factory=list)  # (start, end excl., n)
@@ -85,9 +86,16 @@ def fill_lengths(report: DataReport, lengths: list[int]) -> None:
     ordered = sorted(lengths)
     report.length_min, report.length_max = ordered[0], ordered[-1]
     report.length_median = statistics.median(ordered)
-    report.length_p95 = ordered[max(0, math.ceil(0.95 * len(ordered)) - 1)]
+    report.length_p95 = percentile(ordered, 0.95)
+    report.length_p99 = percentile(ordered, 0.99)
     report.length_mean = round(sum(ordered) / len(ordered), 2)
     report.histogram = histogram(ordered)
+
+
+def percentile(ordered: list[int], share: float) -> int:
+    """The nearest-rank percentile of sorted lengths: the smallest length at least `share` of
+    them are not longer than."""
+    return ordered[max(0, math.ceil(share * len(ordered)) - 1)]
 
 
 def histogram(lengths: list[int], bins: int = 10) -> list[tuple[int, int, int]]:
@@ -126,8 +134,9 @@ def format_report(report: DataReport) -> str:
     lines.append(f"{unit.capitalize()}: {r.total_tokens:,} total, {r.trained_tokens:,} trained "
                  "(carrying loss)")
     if r.used:
+        p99 = f", p99 {r.length_p99}" if r.length_p99 else ""   # older reports lack it
         lines.append(f"Length ({unit}, before truncation): min {r.length_min}, median "
-                     f"{r.length_median:g}, p95 {r.length_p95}, max {r.length_max}, mean "
+                     f"{r.length_median:g}, p95 {r.length_p95}{p99}, max {r.length_max}, mean "
                      f"{r.length_mean:g}")
         most = max(c for _, _, c in r.histogram) or 1
         label_w = max(len(f"{a}-{b - 1}") for a, b, _ in r.histogram)

@@ -59,7 +59,7 @@ def load(base: str, adapter: str | None = None, dtype: str = "auto") -> Loaded:
         if key in _cache:
             _cache.move_to_end(key)
             return _cache[key]
-    loaded = _load(*key, dtype=dtype)
+    loaded = open_model(*key, dtype=dtype)
     with _cache_lock:
         _cache[key] = loaded
         while len(_cache) > CACHE_SIZE:
@@ -67,7 +67,8 @@ def load(base: str, adapter: str | None = None, dtype: str = "auto") -> Loaded:
     return loaded
 
 
-def _load(base: str, adapter: str | None, dtype: str) -> Loaded:
+def open_model(base: str, adapter: str | None, dtype: str = "auto") -> Loaded:
+    """Load (base, adapter) now, outside the cache (engine.evaluation frees it when done)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -29,7 +29,8 @@ from engine.batching import Batches, trained_tokens
 from engine.checkpoint import (RunFiles, TrainState, capture_rng, find_checkpoint,
                                list_checkpoints, load_checkpoint, prune_checkpoints, restore_rng,
                                run_facts, save_checkpoint, stamp)
-from engine.config import VIRTUAL_TOKEN_METHODS, TrainConfig, TrainSection, check
+from engine.config import (VIRTUAL_TOKEN_METHODS, TrainConfig, TrainSection, check,
+                           eval_generate_every)
 from engine.loss import TokenLoss, causal_lm_loss, model_inputs  # noqa: F401 (re-exported)
 from engine.reporter import NullReporter, Reporter
 from engine.speedups import compile_body, liger_fused_loss
@@ -90,6 +91,15 @@ def run(cfg: TrainConfig, reporter: Reporter | None = None) -> RunResult:
         add_neftune_noise(unwrapped, t.neftune_alpha)
         say(f"neftune: noise alpha {t.neftune_alpha} on the input embeddings while training")
     files = RunFiles(out, main, reporter, resumed_at=state.step if resume_dir else None)
+    gen, gen_every = None, eval_generate_every(t.eval_generate)
+    if main:  # generation evaluation (engine/evaluation.py): base answers once, before step 1
+        from engine.evaluation import GenEval
+
+        gen = GenEval.prepare(cfg, data, tokenizer, out, say)
+        if gen is not None:
+            gen.base_answers(unwrapped, separate_base=cfg.method.kind == "full",
+                             trained=state.step > 0)
+    accelerator.wait_for_everyone()
     files.update(status="running", **run_facts(cfg, info, data.report.to_dict()),
                  total_steps=total_steps, processes=world, precision=accelerator.mixed_precision,
                  batching=train_batches.summary(), resumed_from=str(resume_dir or "") or None,
@@ -147,6 +157,10 @@ def run(cfg: TrainConfig, reporter: Reporter | None = None) -> RunResult:
                 if evaluate_and_track(model, eval_batches, accelerator, state, t, files, say,
                                       keep_adapter, loss_of):
                     status = "stopped_early"
+            if gen_every and state.step % gen_every == 0:
+                if generate_and_track(gen, unwrapped, accelerator, state, t, files, say,
+                                      keep_adapter):
+                    status = "stopped_early"
             if t.save_every and state.step % t.save_every == 0:
                 save(f"every {t.save_every} steps")
                 saved_at = state.step
@@ -168,9 +182,14 @@ def run(cfg: TrainConfig, reporter: Reporter | None = None) -> RunResult:
     if eval_batches and status != "cancelled" and state.last_eval_step != state.step:
         evaluate_and_track(model, eval_batches, accelerator, state, t, files, say, keep_adapter,
                            loss_of)
+    if status != "cancelled" and state.last_gen_step != state.step and \
+            t.eval_generate != "off":
+        generate_and_track(gen, unwrapped, accelerator, state, t, files, say, keep_adapter)
     if saved_at != state.step:
         save("end of run" if status != "cancelled" else "stopped")
-    keeps_best = t.early_stopping_patience is not None and state.best_eval_loss is not None
+    keeps_best = t.early_stopping_patience is not None and (
+        state.best_metric if t.early_stopping_metric.startswith("gen_")
+        else state.best_eval_loss) is not None
     if main and not keeps_best:
         keep_adapter()
     barrier()
@@ -225,17 +244,51 @@ def evaluate_and_track(model, batches: Batches, accelerator, state: TrainState,
         f"{metrics['eval_perplexity']:.2f}, token accuracy {metrics['eval_token_accuracy']:.3f}"
         f"{' (best so far)' if improved else ''}")
     if improved:
-        state.best_eval_loss, state.evals_without_improvement = metrics["eval_loss"], 0
-    else:
-        state.evals_without_improvement += 1
+        state.best_eval_loss = metrics["eval_loss"]
+    if t.early_stopping_metric != "eval_loss":
+        return False
+    return patience_is_out(improved, state, t, files, say, keep_adapter,
+                           f"eval loss (best {state.best_eval_loss:.4f})")
+
+
+def generate_and_track(gen, model, accelerator, state: TrainState, t: TrainSection,
+                       files: RunFiles, say, keep_adapter) -> bool:
+    """A generation evaluation on the main process (engine/evaluation.py: answers, scores,
+    eval.json) recorded as gen_* metrics; with a generation early_stopping_metric, True when
+    its patience is out. Every process calls it (the others wait)."""
+    from engine.evaluation import flat_metrics
+
+    state.last_gen_step = state.step
+    record = gen.run(model, state.step) if gen is not None else None
+    stop = False
+    if record is not None:
+        values = flat_metrics(record)
+        files.metrics({"step": state.step, "epoch": files.last_epoch, **values})
+        name = t.early_stopping_metric
+        if name.startswith("gen_") and name in values:
+            value = values[name]
+            improved = state.best_metric is None or value > state.best_metric
+            if improved:
+                state.best_metric = value
+            stop = patience_is_out(improved, state, t, files, say, keep_adapter,
+                                   f"{name} (best {state.best_metric:.4f})")
+    accelerator.wait_for_everyone()
+    return agree(accelerator, stop)
+
+
+def patience_is_out(improved: bool, state: TrainState, t: TrainSection, files: RunFiles, say,
+                    keep_adapter, what: str) -> bool:
+    """Early stopping's bookkeeping after one evaluation of its metric: keep the best adapter,
+    count evaluations without improvement; True when train.early_stopping_patience is out."""
+    state.evals_without_improvement = 0 if improved else state.evals_without_improvement + 1
     patience = t.early_stopping_patience
     if patience is None:
         return False
     if improved and files.main:
         keep_adapter()
     if state.evals_without_improvement >= patience:
-        say(f"early stopping: eval loss has not improved for {patience} evaluation(s); the best "
-            f"({state.best_eval_loss:.4f}) is kept in adapter/")
+        say(f"early stopping: {what} has not improved for {patience} evaluation(s); the best "
+            "is kept in adapter/")
         return True
     return False
 

@@ -10,6 +10,8 @@ Use from Python:
     api.logs(job["id"], since=last_seen_event_id)
     api.cancel(job["id"]); api.resume(job["id"])
     exp = api.export(job["id"], "gguf-q8_0")             # an export job on the same queue
+    ev = api.evaluate(job["id"], data="held-out.jsonl")  # an eval job: base vs tuned answers
+    api.job_eval(job["id"], which="got worse")           # the newest evaluation and its rows
     for a in api.artifacts(job["id"]):                   # the adapter, then each exported file
         api.artifact_path(job["id"], a["path"])          # -> the file, checked to be inside
 
@@ -35,7 +37,7 @@ from jobs import access, store, tasks
 from jobs.runner import latest_checkpoint_step
 from jobs.store import JobError, JobNotFound
 
-__all__ = ["submit", "export", "list_jobs", "get", "metrics", "metric_buckets",
+__all__ = ["submit", "export", "evaluate", "job_eval", "eval_csv", "list_jobs", "get", "metrics", "metric_buckets",
            "measured_throughput", "logs", "cancel", "resume", "clone", "delete", "artifacts",
            "artifact_path", "JobError", "JobNotFound", "ConfigError"]
 
@@ -111,6 +113,100 @@ def export(job_id: str, fmt: str, owner: str | None = None, actor: dict | None =
                          output_dir=str(store.job_dir(export_id)))
         _enqueue_or_fail(db, export_id, parent["priority"])
         return _public(store.get_job(db, export_id))
+
+
+def evaluate(job_id: str, data: str | None = None, max_new_tokens: int | None = None,
+             max_records: int | None = None, actor: dict | None = None) -> dict[str, Any]:
+    """Queue a generation evaluation of a training job: the base and the tuned model answer the
+    job's held-out prompts (or those of `data`, any file in a supported format) greedily, and
+    each answer is scored against its reference (engine/evaluation.py). Returns the eval job
+    (kind "eval", parent job_id); its record is stored under the PARENT (job_eval shows it).
+    Refused up front (JobError / ConfigError, nothing queued): a job that is not a finished
+    training job, a missing or unreadable data file, a data file the actor may not use, or
+    limits below 1."""
+    from engine.data import DataError, check_file
+
+    with store.connect() as db:
+        parent = _job(db, job_id, actor)
+    if parent["kind"] != "train":
+        raise JobError(f"job {job_id} is an {parent['kind']} job, not a training job; evaluate "
+                       f"the job it came from ({parent['parent']})")
+    folder, status = store.folder_of(parent), parent["status"]
+    if status in ("queued", "running"):
+        raise JobError(f"job {job_id} is {status}; evaluate it once it has finished (training "
+                       "ends with an evaluation of its own when it has a validation split)")
+    if not (folder / "adapter").is_dir():
+        raise JobError(f"job {job_id} is {status} and saved no adapter, so there is nothing to "
+                       f"evaluate; `ftstudio jobs resume {job_id}` continues it")
+    problems = []
+    for key, value in (("max_new_tokens", max_new_tokens), ("max_records", max_records)):
+        if value is not None and int(value) < 1:
+            problems.append(Problem(key, f"{value} must be at least 1, or empty"))
+    if data:
+        path = Path(data).expanduser()
+        data = str(path.resolve()) if path.exists() else str(path)
+        cfg = from_dict(parent["config"])
+        cfg.data.train, cfg.data.validation = data, None
+        refused = [Problem("data", pr.message) for pr in access.config_problems(cfg, actor)
+                   if pr.key == "data.train"]
+        problems += refused
+        if not refused:
+            try:
+                check_file(data)
+            except (DataError, OSError) as exc:
+                problems.append(Problem("data", str(exc)))
+    if problems:
+        raise ConfigError(problems)
+    eval_id = store.new_id()
+    with store.connect() as db:
+        access.check_queue_limit(db, actor)
+        store.insert_job(db, config={"parent": job_id, "data": data or None,
+                                     "max_new_tokens": max_new_tokens,
+                                     "max_records": max_records},
+                         kind="eval", name=f"{parent['name']}-eval", owner=parent["owner"],
+                         priority=parent["priority"], job_id=eval_id, parent=job_id,
+                         output_dir=str(store.job_dir(eval_id)))
+        _enqueue_or_fail(db, eval_id, parent["priority"])
+        return _public(store.get_job(db, eval_id))
+
+
+def job_eval(job_id: str, eval_id: int | None = None, which: str = "all",
+             limit: int | None = None, actor: dict | None = None) -> dict[str, Any]:
+    """A training job's generation evaluation (the newest, or eval_id) and its rows, filtered
+    by `which` (all, changed, still wrong, got worse): {"eval": {id, kind, step, n, source,
+    metrics, seconds, card, ...} or None, "rows": [...], "evals": [every evaluation, newest
+    first, without rows], "filters": [...]}."""
+    from engine.evaluation import card_line
+
+    with store.connect() as db:
+        _job(db, job_id, actor)
+        every = store.evals(db, job_id)
+        for e in every:
+            e["card"] = card_line(e) if e.get("metrics") else ""
+        chosen = next((e for e in every if eval_id is None or e["id"] == int(eval_id)), None)
+        if eval_id is not None and chosen is None:
+            raise JobNotFound(f"job {job_id} has no evaluation {eval_id}; job_eval(job_id) "
+                              "lists its evaluations under 'evals'")
+        rows = store.eval_rows(db, chosen["id"], which, limit) if chosen else []
+        return {"eval": chosen, "rows": rows, "evals": every,
+                "filters": list(store.EVAL_FILTERS)}
+
+
+def eval_csv(job_id: str, eval_id: int | None = None, which: str = "all",
+             actor: dict | None = None) -> Path:
+    """The evaluation's rows (filtered) as a CSV file in the job's folder, for a download."""
+    from engine.evaluation import to_csv
+
+    found = job_eval(job_id, eval_id, which, actor=actor)
+    if found["eval"] is None:
+        raise JobError(f"job {job_id} has no evaluation yet; `ftstudio eval {job_id}` makes one")
+    with store.connect() as db:
+        folder = store.folder_of(_job(db, job_id, actor))
+    slug = which.replace(" ", "-")
+    out = folder / "exports" / f"job-{job_id}-eval-{found['eval']['id']}-{slug}.csv"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(to_csv(found["eval"], found["rows"]), encoding="utf-8")
+    return out
 
 
 def list_jobs(owner: str | None = None, status: str | list[str] | None = None,
@@ -247,14 +343,15 @@ def clone(job_id: str, *, name: str | None = None, owner: str | None = None,
 
 
 def delete(job_id: str, actor: dict | None = None) -> dict[str, Any]:
-    """Remove a job's rows and its folder, and its finished export jobs; refused while it or
-    an export of it is queued or running (cancel it first)."""
+    """Remove a job's rows and its folder, and its finished export and eval jobs; refused while
+    it or an export or eval of it is queued or running (cancel it first)."""
     with store.connect() as db:
         job = _job(db, job_id, actor)
         exports = store.list_jobs(db, parent=job_id)
         busy = [e["id"] for e in exports if e["status"] in ("queued", "running")]
         if busy:
-            raise JobError(f"job {job_id} has an export queued or running ({', '.join(busy)});"
+            raise JobError(f"job {job_id} has an export or eval queued or running "
+                           f"({', '.join(busy)});"
                            f" cancel it first (`ftstudio jobs cancel {busy[0]}`)")
         if job["status"] == "running" or not store.delete_job(db, job_id):
             raise JobError(f"job {job_id} is running; cancel it first "

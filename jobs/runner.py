@@ -1,5 +1,5 @@
-"""Run one job that a worker has claimed: load it from studio.db, train or export (by the job's
-kind), record the end.
+"""Run one job that a worker has claimed: load it from studio.db, train, export or evaluate (by
+the job's kind), record the end.
 
 Run as: python -m jobs.runner JOB_ID     (started by the worker, in its own session, with stdout
         and stderr going to FTSTUDIO_HOME/jobs/JOB_ID/log.txt; or under `accelerate launch`)
@@ -8,6 +8,12 @@ An export job (kind "export", config {"format", "parent"}) calls engine.export.e
 parent's folder, logging each stage (job.step counts them; a cancel stops it between stages),
 records each file with its size as an artifact of the PARENT (the rows of an earlier export in
 that format go when it starts), and fails with the engine's message as its hint on ExportError.
+
+An eval job (kind "eval", config {"parent", "data", "max_new_tokens", "max_records"}) calls
+engine.evaluation.evaluate_run on its parent's folder (base vs tuned answers to the held-out
+prompts, or to those of `data`), writes eval.json into its own folder and stores the record under
+the PARENT (jobs.store.add_eval), whose page shows it. A training job that ends with a generation
+evaluation (train.eval_generate) has it stored the same way, as kind "end".
 
 The reporter writes every metrics record and log line into studio.db, keeps the heartbeat
 (jobs.updated_at) fresh, and answers "should I stop?" from the job row: a cancel request, SIGTERM
@@ -128,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
         _start_heartbeat(job_id, attempt)
     if job["kind"] == "export":
         return _run_export(job, reporter)
+    if job["kind"] == "eval":
+        return _run_eval(job, reporter)
     out = store.job_dir(job_id)
     log_path = out / "log.txt"
     try:
@@ -194,6 +202,7 @@ def _record(job_id: str, reporter: StoreReporter, result: Any, out: Path) -> int
     metrics = getattr(result, "metrics", None) or {}
     if reporter.main and adapter:
         store.add_artifact(reporter.db, job_id, "adapter", adapter)
+    _store_end_eval(job_id, reporter, out, steps)
     reporter.finish("completed", progress=1.0, result=_jsonable(metrics),
                     adapter_dir=str(adapter) if adapter else None)
     return 0
@@ -252,6 +261,73 @@ def _run_export(job: dict, reporter: StoreReporter) -> int:
         "format": fmt, "parent": parent_id, "files": len(result.artifacts),
         "out_dir": result.out_dir.relative_to(parent_dir).as_posix(),
         "total_bytes": result.total_bytes})
+    return 0
+
+
+# --------------------------------------------------------------------------- evaluations
+
+
+def _store_end_eval(job_id: str, reporter: StoreReporter, out: Path, steps: int) -> None:
+    """The generation evaluation training ended with (out/eval.json at the last step), as the
+    job's evaluation rows in studio.db."""
+    from engine.evaluation import read_record
+
+    record = read_record(out / "eval.json") if reporter.main else None
+    if record is not None and record.get("step") == steps:
+        store.add_eval(reporter.db, job_id, record, kind="end", path=out / "eval.json")
+
+
+def _run_eval(job: dict, reporter: StoreReporter) -> int:
+    """An eval job (config {"parent", "data", "max_new_tokens", "max_records"}): the engine's
+    evaluate_run over the parent's run folder; the record goes into the eval job's folder and,
+    as rows, under the PARENT job (its page shows it)."""
+    from engine.evaluation import EvalError, evaluate_run
+
+    cfg, parent_id = job["config"], job["config"]["parent"]
+    folder = store.folder_of(job)
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def log(line: str) -> None:  # one line per stage: the step counts stages
+        reporter.on_log(line)
+        if reporter.main:
+            store.update(reporter.db, job["id"], step=store.Expr("step + 1"),
+                         expect={"attempt": reporter.attempt, "status": "running"})
+        if reporter.should_stop():
+            raise _Stopped(reporter.stop_reason)
+
+    try:
+        parent_dir = store.folder_of(store.get_job(reporter.db, parent_id))
+        record = evaluate_run(parent_dir, cfg.get("data"), max_new_tokens=cfg.get(
+            "max_new_tokens"), max_records=cfg.get("max_records"), out=folder / "eval.json",
+            log=log)
+    except _Stopped:
+        again = f"`ftstudio jobs resume {job['id']}` runs it again"
+        if reporter.stop_reason in WORKER_GONE:
+            reporter.finish("interrupted", resume_on_start=1,
+                            hint=f"{WORKER_GONE[reporter.stop_reason]} during the evaluation; "
+                                 f"it runs again when a worker starts, or {again}")
+        else:
+            reporter.finish("cancelled", hint=f"evaluation stopped before it finished; {again}")
+        return 0
+    except EvalError as exc:
+        reporter.on_log(f"eval failed: {exc}")
+        reporter.finish("failed", error=f"cannot evaluate job {parent_id}", hint=str(exc))
+        return 1
+    except BaseException as exc:  # noqa: BLE001 - every failure is recorded with a hint
+        traceback.print_exc()
+        sys.stdout.flush()
+        error, hint = explain_exception(exc, cfg.get("data"), folder / "log.txt")
+        reporter.finish("failed", error=error, hint=hint)
+        return 1
+    eval_id = None
+    if reporter.main and reporter.stop_reason != "superseded":
+        eval_id = store.add_eval(reporter.db, parent_id, record, kind="job",
+                                 path=folder / "eval.json", eval_job=job["id"])
+    from engine.evaluation import card_line
+
+    reporter.finish("completed", progress=1.0, result={
+        "parent": parent_id, "eval_id": eval_id, "n": record["n"], "card": card_line(record),
+        **{f"tuned_{k}": v["tuned"] for k, v in record["metrics"].items()}})
     return 0
 
 

@@ -196,6 +196,24 @@ def m003_users_datasets(db: Database) -> None:
     db["datasets"].create_index(["owner", "path"], unique=True)
 
 
+@MIGRATIONS()
+def m004_evals(db: Database) -> None:
+    """Generation evaluations of training jobs (engine/evaluation.py): one evals row per
+    evaluation (its summary JSON, where eval.json is), one eval_rows row per example, with the
+    columns the job page filters on."""
+    db["evals"].create({"id": int, "job_id": str, "eval_job": str, "kind": str, "step": int,
+                        "n": int, "source": str, "summary": str, "seconds": str, "path": str,
+                        "created_at": float}, pk="id", foreign_keys=[("job_id", "jobs", "id")])
+    db["evals"].create_index(["job_id", "created_at"])
+    db["eval_rows"].create({"id": int, "eval_id": int, "idx": int, "location": str,
+                            "prompt": str, "reference": str, "base": str, "tuned": str,
+                            "change": str, "changed": int, "base_exact_match": float,
+                            "tuned_exact_match": float, "base_token_f1": float,
+                            "tuned_token_f1": float, "detail": str},
+                           pk="id", foreign_keys=[("eval_id", "evals", "id")])
+    db["eval_rows"].create_index(["eval_id", "idx"])
+
+
 # --------------------------------------------------------------------------- jobs
 
 
@@ -288,7 +306,9 @@ def update(db: Database, job_id: str, *, expect: dict[str, Any] | None = None,
 
 def delete_job(db: Database, job_id: str) -> bool:
     with _tx(db):
-        for table in ("metrics", "events", "artifacts"):
+        db.execute("DELETE FROM eval_rows WHERE eval_id IN (SELECT id FROM evals WHERE "
+                   "job_id = ?)", [job_id])
+        for table in ("metrics", "events", "artifacts", "evals"):
             db.execute(f"DELETE FROM {table} WHERE job_id = ?", [job_id])
         return db.execute("DELETE FROM jobs WHERE id = ? AND status != 'running'",
                           [job_id]).rowcount == 1
@@ -538,6 +558,82 @@ def artifacts(db: Database, job_id: str) -> list[dict[str, Any]]:
     for r in rows:
         r["meta"] = json.loads(r["meta"] or "{}")
     return rows
+
+
+# --------------------------------------------------------------------------- evaluations
+
+#: eval_rows filters of the job page: SQL over the columns add_eval fills
+EVAL_FILTERS = {
+    "all": "1=1",
+    "changed": "changed = 1",
+    "still wrong": "tuned_exact_match = 0 AND COALESCE(base_exact_match, 0) = 0",
+    "got worse": "change = 'worse'",
+}
+
+
+def add_eval(db: Database, job_id: str, record: dict[str, Any], *, kind: str,
+             path: str | os.PathLike, eval_job: str | None = None) -> int:
+    """Store one engine.evaluation record of training job `job_id` (kind "end": at the end of
+    training, "job": an eval job `eval_job`); returns its id. A job's newest evaluation of a
+    kind replaces nothing: every one is kept, newest first in evals()."""
+    from engine.metrics import normalize_answer
+
+    with _tx(db):
+        cur = db.execute(
+            "INSERT INTO evals (job_id, eval_job, kind, step, n, source, summary, seconds, path, "
+            "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [job_id, eval_job, kind, record.get("step"), record["n"], record.get("source"),
+             json.dumps(record["metrics"]), json.dumps(record.get("seconds") or {}),
+             _relative(db, job_id, Path(path)), now()])
+        eval_id = cur.lastrowid
+        rows = []
+        for r in record["rows"]:
+            base, bs, ts = r.get("base"), r.get("base_scores") or {}, r["tuned_scores"]
+            rows.append((eval_id, r["index"], r["where"], r["prompt"], r["reference"], base,
+                         r["tuned"], r["change"],
+                         int(base is not None and normalize_answer(base) !=
+                             normalize_answer(r["tuned"])),
+                         bs.get("exact_match"), ts["exact_match"], bs.get("token_f1"),
+                         ts["token_f1"], json.dumps({k: r.get(k) for k in (
+                             "base_scores", "tuned_scores", "base_stopped", "tuned_stopped",
+                             "conversation")}, ensure_ascii=False)))
+        db.conn.executemany(
+            "INSERT INTO eval_rows (eval_id, idx, location, prompt, reference, base, tuned, "
+            "change, changed, base_exact_match, tuned_exact_match, base_token_f1, "
+            "tuned_token_f1, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+    return eval_id
+
+
+def evals(db: Database, job_id: str) -> list[dict[str, Any]]:
+    """The job's evaluations, newest first: [{id, job_id, eval_job, kind, step, n, source,
+    metrics, seconds, path, created_at}] (metrics: engine.metrics.summarize's dict)."""
+    out = []
+    for row in db.query("SELECT * FROM evals WHERE job_id = ? ORDER BY created_at DESC, id DESC",
+                        [job_id]):
+        row["metrics"] = json.loads(row.pop("summary") or "{}")
+        row["seconds"] = json.loads(row["seconds"] or "{}")
+        out.append(row)
+    return out
+
+
+def eval_rows(db: Database, eval_id: int, which: str = "all", limit: int | None = None
+              ) -> list[dict[str, Any]]:
+    """One evaluation's examples in order, filtered (EVAL_FILTERS: all, changed, still wrong,
+    got worse): [{index, where, prompt, reference, base, tuned, change, base_scores,
+    tuned_scores, base_stopped, tuned_stopped, conversation}]."""
+    if which not in EVAL_FILTERS:
+        raise ValueError(f"unknown filter {which!r}; use one of: {', '.join(EVAL_FILTERS)}")
+    sql = (f"SELECT idx, location, prompt, reference, base, tuned, change, detail FROM eval_rows "
+           f"WHERE eval_id = ? AND {EVAL_FILTERS[which]} ORDER BY idx")
+    if limit:
+        sql += f" LIMIT {int(limit)}"
+    out = []
+    for row in db.query(sql, [eval_id]):
+        detail = json.loads(row.pop("detail") or "{}")
+        out.append({"index": row["idx"], "where": row["location"], "prompt": row["prompt"],
+                    "reference": row["reference"], "base": row["base"], "tuned": row["tuned"],
+                    "change": row["change"], **detail})
+    return out
 
 
 def folder_of(job: dict[str, Any]) -> Path:

@@ -1,10 +1,10 @@
 """The queue's one task: claim a job, run it in a child process, record how it ended.
 
-The task carries only the job id, of a training or an export job alike (the runner dispatches
-on the job's kind). It claims the job with the atomic queued -> running transition (a cancelled
+The task carries only the job id, of a training, an export or an eval job alike (the runner
+dispatches on the job's kind). It claims the job with the atomic queued -> running transition (a cancelled
 job, or a duplicate task, does nothing), starts `python -m jobs.runner JOB_ID` (or `accelerate
 launch ... -m jobs.runner JOB_ID` when this worker thread owns several GPUs and the job trains;
-an export gets one of them) in its own session, and waits: it escalates a cancel the child ignores
+an export or an eval gets one of them) in its own session, and waits: it escalates a cancel the child ignores
 (SIGTERM after the grace period, SIGKILL later) and, when the worker shuts down, asks the child to
 checkpoint and stop. A child that dies without recording its end (a signal, an OOM kill, a crash
 before Python could report) becomes a failed job with an error and a hint.
@@ -140,8 +140,8 @@ def _supervise(job: dict, ctx: WorkerContext) -> None:
     out = Path(job["output_dir"])
     out.mkdir(parents=True, exist_ok=True)
     gpus = ctx.take_gpus()
-    # an export is one process: on one GPU of the group, never under accelerate launch
-    child_gpus = gpus[:1] if gpus and job["kind"] == "export" else gpus
+    # an export or an eval is one process: on one GPU of the group, never under accelerate
+    child_gpus = gpus[:1] if gpus and job["kind"] in ("export", "eval") else gpus
     try:
         with open(out / "log.txt", "ab") as logfile:
             proc = subprocess.Popen(child_command(job["id"], child_gpus), stdout=logfile,
@@ -198,7 +198,8 @@ def _record_end(job: dict, returncode: int, ctx: WorkerContext, log_path: Path) 
         common = dict(frm=("running",), expect={"attempt": job["attempt"]},
                       finished_at=store.now())
         resume = f"`ftstudio jobs resume {job['id']}` " + (
-            "runs it again" if job["kind"] == "export" else "continues from the last checkpoint")
+            "runs it again" if job["kind"] in ("export", "eval")
+            else "continues from the last checkpoint")
         if row["cancel_requested"]:
             store.transition(db, job["id"], "cancelled", **common,
                              hint=f"stopped by force after the cancel grace period; {resume}")
@@ -208,8 +209,9 @@ def _record_end(job: dict, returncode: int, ctx: WorkerContext, log_path: Path) 
                                   f"{resume}")
         else:
             error, hint = explain_exit(returncode, log_path, job["id"],
-                                       what="the export process" if job["kind"] == "export"
-                                       else "the training process")
+                                       what={"export": "the export process",
+                                             "eval": "the evaluation process"}.get(
+                                           job["kind"], "the training process"))
             store.transition(db, job["id"], "failed", **common, error=error, hint=hint)
         log.info("job %s ended: %s", job["id"], store.get_job(db, job["id"])["status"])
 

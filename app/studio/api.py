@@ -7,6 +7,8 @@
     c.predict(job["job_id"], -1, api_name="/job_metrics")   # rows after since_step
     exp = c.predict(job["job_id"], "gguf-q8_0", api_name="/export_job")  # an export job
     c.predict(job["job_id"], api_name="/job_artifacts")     # its files, with their sizes
+    ev = c.predict(job["job_id"], "", 0, api_name="/eval_job")  # base vs tuned answers, queued
+    c.predict(job["job_id"], "got worse", api_name="/job_eval")  # the newest evaluation
 
 Each endpoint is a thin wrapper over jobs.api or the engine; answers are plain JSON. With logins
 on (`ftstudio serve --auth`; gradio_client's auth=(user, password)) each acts as the logged-in
@@ -25,7 +27,8 @@ from app.studio.session import actor as actor_of
 from engine.config import ConfigError, Problem, TrainConfig, from_dict, validate
 
 ENDPOINTS = ("submit_job", "job_status", "job_metrics", "job_logs", "list_jobs", "cancel_job",
-             "export_job", "job_artifacts", "validate_config", "estimate_memory")
+             "export_job", "job_artifacts", "eval_job", "job_eval", "validate_config",
+             "estimate_memory")
 
 
 def _jsonable(value: Any) -> Any:
@@ -164,6 +167,39 @@ def job_artifacts(job_id: str, request: gr.Request = None) -> list:
     try:
         return _jsonable(api.artifacts(_jid(job_id), actor=actor_of(request)))
     except (KeyError, ValueError) as exc:  # JobNotFound
+        raise gr.Error(str(exc).strip("'\"")) from None
+
+
+def eval_job(job_id: str, data: str = "", max_new_tokens: int = 0,
+             request: gr.Request = None) -> dict:
+    """Queue a generation evaluation of a finished training job: the base and the tuned model
+    answer its held-out prompts (or those of `data`, a data file path on the server) and both
+    are scored (exact match, token F1, ROUGE-L, chrF, BLEU). max_new_tokens 0: the default.
+    Returns {"eval_job_id", "status"}; follow it with /job_status, read it with /job_eval."""
+    from jobs import api
+
+    try:
+        job = api.evaluate(_jid(job_id), data=(data or "").strip() or None,
+                           max_new_tokens=int(max_new_tokens or 0) or None,
+                           actor=actor_of(request))
+    except ConfigError as exc:
+        raise gr.Error("; ".join(str(p) for p in exc.problems)) from None
+    except (KeyError, ValueError) as exc:  # JobNotFound, JobError: the reason, said plainly
+        raise gr.Error(str(exc).strip("'\"")) from None
+    return {"eval_job_id": job["id"], "status": job["status"]}
+
+
+def job_eval(job_id: str, which: str = "all", request: gr.Request = None) -> dict:
+    """A training job's newest generation evaluation: {"eval": {kind, step, n, source, card,
+    metrics: {exact_match: {base, tuned, delta, base_ci, tuned_ci, delta_ci}, ...}} or null,
+    "rows": [{where, prompt, reference, base, tuned, change, ...}] filtered by `which` (all,
+    changed, still wrong, got worse), "evals": every evaluation of the job, newest first}."""
+    from jobs import api
+
+    try:
+        return _jsonable(api.job_eval(_jid(job_id), which=(which or "all"),
+                                      actor=actor_of(request)))
+    except (KeyError, ValueError) as exc:  # JobNotFound, an unknown filter
         raise gr.Error(str(exc).strip("'\"")) from None
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from app.studio import form, render
+from engine import recipes
 from engine.catalog import NEEDS_ASSUME, demo_dir, describe, list_models, studio_home
 from engine.config import (DATA_SUFFIXES, ConfigError, Problem, TrainConfig, load_config,
                            to_yaml)
@@ -66,6 +67,44 @@ def model_card(name: str | None) -> str:
         return render.model_card(describe(name))
     except Exception as exc:  # noqa: BLE001 - a broken folder should not break the page
         return render.note(f"Could not read {name}: {exc}", "bad")
+
+
+def import_gguf_upload(path: str | None, actor: dict[str, Any] | None = None
+                       ) -> tuple[str | None, str]:
+    """Import an uploaded .gguf file as a base model (engine.gguf_import does the work):
+    (the new folder, to select as model.name, or None; a note saying what happened). With
+    logins on, only admins may: FTSTUDIO_HOME/models is shared by everyone on the server. The
+    name is the file's stem, with -2, -3 ... when taken; the same file again selects the model
+    it made before."""
+    from engine.catalog import human_count, imported_from, models_dir
+    from engine.gguf_import import GGUFImportError, default_name, import_gguf, sha256_file
+
+    if not path:
+        return None, ""
+    if actor is not None and not actor.get("is_admin"):
+        return None, render.note("Only an admin can import a model: imported models are shared "
+                                 "by everyone on this server. Ask an admin, or run `ftstudio "
+                                 "models import FILE.gguf` on the server.", "bad")
+    src = Path(path)
+    if src.suffix.lower() != ".gguf":
+        return None, render.note(f"{src.name} is not a .gguf file.", "bad")
+    root, base = models_dir(), default_name(src)
+    name, n = base, 2
+    try:
+        while (root / name).exists():
+            before = imported_from(root / name)
+            if before and before.get("sha256") == sha256_file(src) and \
+                    (root / name / "config.json").is_file():
+                return str(root / name), render.note(
+                    f"{src.name} was imported before as {name}: selected it.", "good")
+            name, n = f"{base}-{n}", n + 1
+        m = import_gguf(src, name, log=lambda _: None)
+    except (GGUFImportError, OSError, MemoryError) as exc:
+        return None, render.note(str(exc).replace(str(src), src.name), "bad")
+    return str(m.folder), render.note(
+        f"Imported {src.name} as {m.name}: {m.model_type}, {human_count(m.params)} parameters, "
+        f"dequantized from {m.quantization[0]} to float32 in {m.seconds:.0f} s. Its README.md "
+        "notes that dequantized weights approximate the original model.", "good")
 
 
 # --------------------------------------------------------------------------- data
@@ -164,7 +203,7 @@ def _remove_if_empty(folder: Path) -> None:
 def data_panel(values: dict[str, Any]) -> tuple[str, Any, list[list[tuple[str, str | None]]]]:
     """(report HTML, histogram frame, preview records) for the form's data settings."""
     from app.studio.jobview import frame
-    from engine.data import DataError, data_report, preview
+    from engine.data import DataError, preview
 
     columns = {"length": "str", "start": "int64", "records": "int64"}
     cfg, _ = form.build_config(values)
@@ -174,10 +213,10 @@ def data_panel(values: dict[str, Any]) -> tuple[str, Any, list[list[tuple[str, s
                            ".parquet file.", "info"), None, []
     tok = tokenizer_for(cfg.model.name)
     try:
-        rep = data_report(path, tok, cfg.data).to_dict()
+        rep = report_for(cfg, tok)
     except (DataError, ConfigError, OSError) as exc:
         return render.note(str(exc), "bad"), None, []
-    _remember_report(cfg, rep)
+    rep = {**rep, "notes": list(rep.get("notes") or [])}   # the kept report stays as it was
     bins = rep.get("histogram") or []
     width = max((len(str(b - 1)) for _, b, _ in bins), default=1)
     # labels padded with leading spaces: the chart orders bars by label, so "  9–17" must sort
@@ -224,7 +263,8 @@ def estimate_panel(values: dict[str, Any], actor: Any = None) -> str:
     return render.estimate_card(est, timing=timing)
 
 
-#: the latest data reports, by file and settings, so the estimate can count tokens
+#: the latest data reports, by file and settings, so the estimate can count tokens and the
+#: defaults can read the lengths without tokenizing again
 _reports: dict[tuple, dict[str, Any]] = {}
 REPORTS_KEPT = 8
 
@@ -247,7 +287,33 @@ def _remember_report(cfg: TrainConfig, report: dict[str, Any]) -> None:
     if key is not None:
         _reports[key] = report
         while len(_reports) > REPORTS_KEPT:
-            del _reports[next(iter(_reports))]
+            old = next(iter(_reports))
+            _reports.pop(old, None)
+            _report_locks.pop(old, None)
+
+
+_report_locks: dict[tuple, threading.Lock] = {}
+
+
+def report_for(cfg: TrainConfig, tokenizer: Any = None) -> dict[str, Any]:
+    """The data report (DataReport.to_dict()) of cfg.data.train with cfg's data settings: the
+    kept one when this file, model and settings were reported already, else made and kept, so
+    the data panel and the defaults asking at once tokenize the file once. Raises what
+    engine.data.data_report raises."""
+    from engine.data import data_report
+
+    tok = tokenizer if tokenizer is not None else tokenizer_for(cfg.model.name)
+    key = _report_key(cfg)
+    if key is None:
+        return data_report(cfg.data.train, tok, cfg.data).to_dict()
+    with _tok_lock:
+        lock = _report_locks.setdefault(key, threading.Lock())
+    with lock:
+        report = _reports.get(key)
+        if report is None:
+            report = data_report(cfg.data.train, tok, cfg.data).to_dict()
+            _remember_report(cfg, report)
+    return report
 
 
 def time_estimate(cfg: TrainConfig, actor: Any = None) -> dict[str, Any] | None:
@@ -277,6 +343,106 @@ def time_estimate(cfg: TrainConfig, actor: Any = None) -> dict[str, Any] | None:
             "epochs": None if cfg.train.max_steps else cfg.train.epochs,
             "tokens_per_epoch": tokens, "same_method": measured["method"] == cfg.method.kind,
             **measured}
+
+
+# --------------------------------------------------------------------------- defaults
+
+#: the fields that take the model's defaults (engine.recipes), in the order the card lists them
+DEFAULT_KEYS = recipes.KEYS
+#: where a field's value came from when it is not the suggestion
+KEPT_TEXT = {"typed": "kept your value", "yaml": "kept the value from the YAML file",
+             "clone": "kept the value from the cloned job"}
+
+
+def new_defaults_state() -> dict[str, Any]:
+    """The Train form's defaults state (a gr.State per browser session): `edited` maps each
+    DEFAULT_KEYS field the user set to how ("typed", "yaml", "clone"); those are never
+    overwritten. `suggested` holds the latest suggestions, {key: [value, reason]}."""
+    return {"edited": {}, "suggested": {}}
+
+
+def suggestions(values: dict[str, Any]) -> dict[str, recipes.Suggestion]:
+    """engine.recipes.suggest for the form's model, method and data file (its report is the
+    data panel's, made here when it is not there yet; none when the file does not read)."""
+    from engine.catalog import read_config
+
+    cfg, _ = form.build_config(values)
+    name = cfg.model.name
+    try:
+        model_config = read_config(name) or {}
+    except Exception:  # noqa: BLE001 - an unreadable config.json: no position limit
+        model_config = {}
+    report = None
+    if not recipes.is_demo(name, model_config) and cfg.data.train and \
+            Path(cfg.data.train).is_file():
+        try:
+            report = report_for(cfg)
+        except Exception:  # noqa: BLE001 - the data panel shows the error; no lengths here
+            report = None
+    return recipes.suggest(name, cfg.method.kind, report, model_config=model_config,
+                           num_virtual_tokens=cfg.method.num_virtual_tokens)
+
+
+def apply_defaults(values: dict[str, Any], state: dict[str, Any] | None
+                   ) -> tuple[dict[str, Any], dict[str, Any], str]:
+    """The model's defaults for the fields the user has not edited: (the values to set,
+    {key: value}, only those that change; the new state; the card HTML). Called when the
+    user picks a model, a method or a data file."""
+    state = state or new_defaults_state()
+    edited = dict(state.get("edited") or {})
+    found = suggestions(values)
+    changes = {k: s.value for k, s in found.items()
+               if k not in edited and not _same(values.get(k), s.value)}
+    new_state = {"edited": edited,
+                 "suggested": {k: [s.value, s.reason] for k, s in found.items()}}
+    return changes, new_state, defaults_card(new_state, {**values, **changes})
+
+
+def mark_edited(state: dict[str, Any] | None, key: str, how: str = "typed"
+                ) -> dict[str, Any]:
+    """The state with `key` set by the user (the field's .input event: a person typed)."""
+    state = state or new_defaults_state()
+    return {**state, "edited": {**(state.get("edited") or {}), key: how}}
+
+
+def mark_loaded(state: dict[str, Any] | None, how: str) -> dict[str, Any]:
+    """Every default field set by a loaded YAML file ("yaml") or a cloned job ("clone"): the
+    loaded values count as the user's. The old suggestions no longer describe the form."""
+    return {"edited": {k: how for k in DEFAULT_KEYS}, "suggested": {}}
+
+
+def defaults_card(state: dict[str, Any] | None, values: dict[str, Any]) -> str:
+    """Where each default came from, and which fields kept the user's value."""
+    state = state or new_defaults_state()
+    edited, suggested = state.get("edited") or {}, state.get("suggested") or {}
+    rows = []
+    for key in DEFAULT_KEYS:
+        now = recipes.format_value(key, values.get(key))
+        if key in suggested:
+            value, reason = suggested[key]
+            why = _why(key, value, reason)
+        else:
+            value, why = None, ""
+        if key in edited:
+            kept = KEPT_TEXT.get(edited[key], KEPT_TEXT["typed"])
+            hint = f" (suggested {recipes.format_value(key, value)}: {why})" if why else ""
+            rows.append((form.label_for(key), now, f"{kept}{hint}", True))
+        elif why:
+            rows.append((form.label_for(key), recipes.format_value(key, value), why, False))
+    return render.defaults_card(rows)
+
+
+def _why(key: str, value: Any, reason: str) -> str:
+    """A reason without its leading "lr 2e-4: " (the card shows the value beside it)."""
+    name = "lr" if key == "train.lr" else key.rsplit(".", 1)[-1]
+    head = f"{name} {recipes.format_value(key, value)}: "
+    return reason[len(head):] if reason.startswith(head) else reason
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return abs(float(a) - float(b)) <= 1e-12 * max(1.0, abs(float(b)))
+    return a == b
 
 
 # --------------------------------------------------------------------------- YAML and command

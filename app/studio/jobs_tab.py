@@ -15,7 +15,7 @@ from typing import Any
 
 import gradio as gr
 
-from app.studio import export_panel, form, jobview, render
+from app.studio import eval_panel, export_panel, form, jobview, render
 from app.studio.session import actor as actor_of
 
 TICK = 1.5          # seconds between live-chart polls
@@ -33,6 +33,7 @@ class JobsTab:
     clone: Any
     compare_picker: Any
     export: export_panel.ExportPanel
+    evaluation: eval_panel.EvalPanel
     outputs: list[Any]      # what a poll updates
     timer: Any
     table_timer: Any
@@ -55,6 +56,7 @@ def build() -> JobsTab:
                 're-attaches to the job you were watching.</div>', scale=1, min_width=300)
     table = gr.Dataframe(headers=jobview.TABLE_COLUMNS, interactive=False, wrap=False,
                          max_height=260, elem_id="jobs-table", show_search="search")
+    session = gr.State(jobview.new_session())
     with gr.Column(elem_classes=["fs-section"], elem_id="job-page"):
         with gr.Row(equal_height=False, elem_classes=["fs-toolbar"]):
             job_picker = gr.Dropdown(choices=[], label="Job", show_label=False, scale=1,
@@ -90,6 +92,7 @@ def build() -> JobsTab:
             dl_csv = gr.Button("⇩ Metrics (.csv)", elem_id="dl-csv", **kw)
         downloads = gr.File(label="Ready to download", file_count="multiple",
                             interactive=False, visible=False, elem_id="downloads")
+        evaluation = eval_panel.build(job_picker, session)
         export = export_panel.build(job_picker)
     with gr.Accordion("Compare jobs", open=False, elem_id="compare"):
         compare_picker = gr.Dropdown(choices=[], multiselect=True, label="Jobs to overlay",
@@ -97,17 +100,22 @@ def build() -> JobsTab:
         compare_plot = gr.LinePlot(x="step", y="loss", color="job", height=320,
                                    title="Smoothed training loss (and eval loss)",
                                    elem_id="compare-plot")
-    session = gr.State(jobview.new_session())
+        compare_evals = gr.Dataframe(interactive=False, wrap=False, elem_id="compare-evals",
+                                     label="Generation evaluation, newest of each job "
+                                           "(base → tuned)")
     remembered = gr.BrowserState(None, storage_key="ftstudio-job")
     timer, table_timer = gr.Timer(TICK), gr.Timer(TABLE_TICK)
-    outputs = [session, header, progress, loss, eval_loss, lr, tps, log] + export.outputs
+    outputs = [session, header, progress, loss, eval_loss, lr, tps, log] + export.outputs + \
+        evaluation.outputs
     tab = JobsTab(table, status_filter, job_picker, session, remembered, clone, compare_picker,
-                  export, outputs, timer, table_timer)
+                  export, evaluation, outputs, timer, table_timer)
 
     timer.tick(tick, [session, job_picker], outputs, show_progress="hidden",
                api_visibility="private")
     job_picker.change(select_job, [job_picker, session],
-                      outputs + [remembered, export.message, export.download],
+                      outputs + [remembered, export.message, export.download,
+                                 evaluation.message, evaluation.download, evaluation.data,
+                                 evaluation.which],
                       show_progress="hidden", api_visibility="private")
     table_timer.tick(table_tick, [status_filter, table], [table, job_picker, compare_picker],
                      show_progress="hidden", api_visibility="private")
@@ -143,12 +151,16 @@ def build() -> JobsTab:
                        (dl_csv, jobview.metrics_csv)):
         button.click(_download(fn), [job_picker, downloads], [downloads, message],
                      api_visibility="private")
-    compare_picker.change(compare, compare_picker, compare_plot, api_visibility="private")
+    compare_picker.change(compare, compare_picker, [compare_plot, compare_evals],
+                          api_visibility="private")
     return tab
 
 
 def compare(ids, request: gr.Request = None):
-    return jobview.compare_frame(ids, actor=actor_of(request)) if ids else None
+    if not ids:
+        return None, None
+    actor = actor_of(request)
+    return jobview.compare_frame(ids, actor=actor), eval_panel.compare_frame(ids, actor)
 
 
 def _download(fn):
@@ -180,26 +192,32 @@ def _outputs(session, job) -> list[Any]:
 
 
 def tick(session, jid, request: gr.Request = None):
-    """Only what changed: the charts and log of the job, its Export section."""
+    """Only what changed: the charts and log of the job, its Evaluation and Export sections."""
     skip_job, skip_export = [gr.skip()] * 7, [gr.skip()] * export_panel.OUTPUTS
+    skip_eval = [gr.skip()] * eval_panel.OUTPUTS
     if not jid:
-        return [gr.skip()] + skip_job + skip_export
+        return [gr.skip()] + skip_job + skip_export + skip_eval
     try:
         actor = actor_of(request)
         session, changed, job = jobview.poll(session, jid, actor)
         session, exports_changed = export_panel.poll(session, job, actor)
+        session, evals_changed = eval_panel.poll(session, job, actor)
     except Exception:  # noqa: BLE001 - a store hiccup skips one tick
-        return [gr.skip()] + skip_job + skip_export
+        return [gr.skip()] + skip_job + skip_export + skip_eval
     return [session] + (_outputs(session, job)[1:] if changed else skip_job) + \
-        (export_panel.view(session, actor) if exports_changed else skip_export)
+        (export_panel.view(session, actor) if exports_changed else skip_export) + \
+        (eval_panel.view(session, "all", actor) if evals_changed else skip_eval)
 
 
 def select_job(jid, session, request: gr.Request = None):
     actor = actor_of(request)
     session, _, job = jobview.poll(jobview.new_session(jid), jid, actor)
     session, _ = export_panel.poll(session, job, actor)
-    return _outputs(session, job) + export_panel.view(session, actor) + [jid, "", gr.update(
-        value=None, visible=False)]
+    session, _ = eval_panel.poll(session, job, actor)
+    hidden = gr.update(value=None, visible=False)
+    return _outputs(session, job) + export_panel.view(session, actor) + \
+        eval_panel.view(session, "all", actor) + [jid, "", hidden, "", hidden, gr.update(
+            choices=eval_panel.data_choices(actor), value=""), "all"]
 
 
 def refresh_table(status, request: gr.Request = None):

@@ -134,9 +134,10 @@ def data_report(rep: dict[str, Any]) -> str:
     ])
     lines = [f'<div class="fs-muted">{esc(rep.get("format_reason", ""))}</div>']
     if rep.get("used"):
+        p99 = f', p99 {rep["length_p99"]}' if rep.get("length_p99") else ""  # older reports lack it
         lines.append(
             f'<div class="fs-muted">Length in {esc(unit)}: min {rep.get("length_min")}, median '
-            f'{rep.get("length_median", 0):g}, p95 {rep.get("length_p95")}, max '
+            f'{rep.get("length_median", 0):g}, p95 {rep.get("length_p95")}{p99}, max '
             f'{rep.get("length_max")} · {rep.get("trained_tokens", 0):,} of '
             f'{rep.get("total_tokens", 0):,} {esc(unit)} carry loss</div>')
     if unit != "tokens":
@@ -151,6 +152,21 @@ def data_report(rep: dict[str, Any]) -> str:
                      f'{"s" if bad != 1 else ""} with errors</div><ul>{items}</ul>'
                      + (f"<div>… and {more} more</div>" if more > 0 else "") + "</div>")
     return f'<div class="fs-card fs-report">{head}{"".join(lines)}</div>'
+
+
+def defaults_card(rows: list[tuple[str, str, str, bool]]) -> str:
+    """Where the form's defaults came from: (label, value, reason, kept) per field, kept when
+    the field holds the user's own value rather than the suggestion."""
+    if not rows:
+        return ""
+    items = "".join(
+        f'<li><b>{esc(label)}</b> <code>{esc(value)}</code> '
+        + ('<span class="fs-pill">YOURS</span> ' if kept else "")
+        + f'<span class="fs-muted">{esc(why)}</span></li>'
+        for label, value, why, kept in rows)
+    return (f'<div class="fs-card fs-defaults"><div class="fs-card-h">Defaults for this '
+            f'model</div><ul>{items}</ul><div class="fs-muted">Set when you pick a model, a '
+            f'method or a data file; a field you have edited keeps your value.</div></div>')
 
 
 def progress(done: int, total: int | None, label: str = "", status: str = "running") -> str:

@@ -26,6 +26,8 @@ class TrainTab:
     problems: Any = None
     started: Any = None        # gr.State: the id of the job just queued
     status: Any = None
+    defaults: Any = None       # gr.State (handlers.new_defaults_state): the fields set by hand
+    defaults_card: Any = None  # where the defaults came from
     on_load: list[tuple[Any, list, list]] = field(default_factory=list)  # (fn, inputs, outputs)
 
 
@@ -54,6 +56,8 @@ def build() -> TrainTab:
     t = TrainTab()
     cfg = handlers.default_config()
     start_values = dict(zip(form.FORM_KEYS, form.config_to_form(cfg)))
+    _, start_defaults, start_card = handlers.apply_defaults(start_values,
+                                                            handlers.new_defaults_state())
     w = t.widgets
 
     def add(key: str, **kw: Any):
@@ -73,6 +77,17 @@ def build() -> TrainTab:
                          f"Memory shown for presets: {handlers.NEEDS_ASSUME}.",
                     elem_classes=[FIELD], elem_id="f-model-name")
                 model_card = gr.HTML(handlers.model_card(start_values["model.name"]))
+                with gr.Accordion("Import a GGUF file", open=False, elem_id="gguf-box"):
+                    gguf_upload = gr.UploadButton(
+                        "⇪ Import a GGUF file", file_types=[".gguf"], size="sm",
+                        elem_id="import-gguf")
+                    gguf_status = gr.HTML(render.note(
+                        "A .gguf model (llama.cpp, Ollama) becomes a base model here, "
+                        "dequantized to float32: an approximation of the original weights. "
+                        "Uploads are limited to FTSTUDIO_MAX_UPLOAD_MB; import bigger files "
+                        "with `ftstudio models import FILE.gguf`. Admins only when logins "
+                        "are on."), elem_id="import-gguf-status")
+                imported = _wire_gguf_import(gguf_upload, w["model.name"], gguf_status)
                 with gr.Accordion("Model loading options", open=False):
                     with gr.Row():
                         for key in form.MODEL_ADVANCED:
@@ -130,6 +145,7 @@ def build() -> TrainTab:
             with gr.Column(elem_classes=["fs-section"]):
                 _step(4, "Training", "Sensible defaults; hover a setting's name for what it "
                                      "does.")
+                t.defaults_card = gr.HTML(start_card, elem_id="defaults-card")
                 with gr.Row():
                     for key in form.TRAIN_MAIN:
                         add(key)
@@ -160,9 +176,24 @@ def build() -> TrainTab:
                                   interactive=False, elem_id="command")
     t.inputs = [w[k] for k in form.FORM_KEYS]
     t.started = gr.State(None)
-    _wire(t, model_card, example, upload, report, hist, previews, blurb, estimate, save, load,
-          yaml_box, command)
+    t.defaults = gr.State(start_defaults)
+    stored = _wire(t, model_card, example, upload, report, hist, previews, blurb, estimate,
+                   save, load, yaml_box, command)
+    _wire_defaults(t, example, stored, imported)
     return t
+
+
+def _wire_gguf_import(upload, model_name, status):
+    """The uploaded .gguf is imported (handlers.import_gguf_upload) and selected. Returns the
+    event, to chain .then() on (a handler's value sets no .input event)."""
+
+    def imported(file, request: gr.Request | None = None):
+        name, message = handlers.import_gguf_upload(file, actor_of(request))
+        if name is None:
+            return gr.skip(), message
+        return gr.update(choices=handlers.model_choices(), value=name), message
+
+    return upload.upload(imported, upload, [model_name, status], api_visibility="private")
 
 
 def _values(args) -> dict[str, Any]:
@@ -170,7 +201,7 @@ def _values(args) -> dict[str, Any]:
 
 
 def _wire(t: TrainTab, model_card, example, upload, report, hist, previews, blurb, estimate,
-          save, load, yaml_box, command) -> None:
+          save, load, yaml_box, command):
     w, n = t.widgets, len(form.FORM_KEYS)
 
     def side(request: gr.Request, *args):
@@ -212,7 +243,8 @@ def _wire(t: TrainTab, model_card, example, upload, report, hist, previews, blur
         except (OSError, ValueError) as exc:
             return gr.skip(), render.note(str(exc), "bad")
 
-    upload.upload(uploaded, upload, [w["data.train"], t.status], api_visibility="private")
+    stored = upload.upload(uploaded, upload, [w["data.train"], t.status],
+                           api_visibility="private")
 
     def method_changed(kind):
         return [render.note(form.METHOD_BLURBS.get(kind, ""))] + [
@@ -222,13 +254,73 @@ def _wire(t: TrainTab, model_card, example, upload, report, hist, previews, blur
                             [blurb] + [w[k] for k in form.METHOD_KEYS], queue=False,
                             api_visibility="private")
 
-    def loaded(file):
+    def loaded(file, state):
         values, problems = handlers.load_yaml(file)
         if problems:
-            return [gr.skip()] * n + [render.problems(problems, form.label_for)]
-        return values + [render.note("Settings loaded.", "good")]
+            return [gr.skip()] * n + [render.problems(problems, form.label_for), gr.skip(),
+                                      gr.skip()]
+        state = handlers.mark_loaded(state, "yaml")   # the file's values are the user's
+        return values + [render.note("Settings loaded.", "good"), state,
+                         handlers.defaults_card(state, dict(zip(form.FORM_KEYS, values)))]
 
-    load.upload(loaded, load, t.inputs + [t.problems], api_visibility="private")
+    load.upload(loaded, [load, t.defaults], t.inputs + [t.problems, t.defaults,
+                                                        t.defaults_card],
+                api_visibility="private")
+    return stored     # the upload's event: the defaults follow a new data file
+
+
+def _wire_defaults(t: TrainTab, example, *set_by_handlers) -> None:
+    """Defaults that fit the model (engine.recipes): taken when the user picks a model, a
+    method or a data file (also after `set_by_handlers`: a data upload, a GGUF import), never
+    into a field the user has edited. Edits are seen through the fields' .input events, which
+    fire only when a person changes the value (not when a handler sets it, as here or on Load
+    YAML)."""
+    w, n = t.widgets, len(form.FORM_KEYS)
+    keys = list(handlers.DEFAULT_KEYS)
+    fields = [w[k] for k in keys]
+
+    def warm(*args):      # the slow part (the data report) first, so the state is read after
+        handlers.suggestions(_values(args))
+
+    def take(*args):
+        changes, state, card = handlers.apply_defaults(_values(args), args[n])
+        return [changes[k] if k in changes else gr.skip() for k in keys] + [state, card]
+
+    io = (t.inputs + [t.defaults], fields + [t.defaults, t.defaults_card])
+    quiet = dict(show_progress="hidden", api_visibility="private")
+    picked = gr.on([w["model.name"].input, w["method.kind"].input, w["data.train"].input],
+                   warm, t.inputs, None, trigger_mode="always_last", **quiet)
+    picked.then(take, *io, **quiet)
+    chose = example.input(lambda p: p or gr.skip(), example, w["data.train"], queue=False,
+                          **quiet)
+    chose.then(warm, t.inputs, None, **quiet).then(take, *io, **quiet)
+    for event in set_by_handlers:
+        event.then(warm, t.inputs, None, **quiet).then(take, *io, **quiet)
+
+    def marker(key: str):
+        def mark(state, *now):
+            state = handlers.mark_edited(state, key)
+            return state, handlers.defaults_card(state, dict(zip(keys, now)))
+        return mark
+
+    for key in keys:
+        w[key].input(marker(key), [t.defaults] + fields, [t.defaults, t.defaults_card],
+                     queue=False, **quiet)
+
+
+def after_clone(t: TrainTab, cloned, job_picker) -> None:
+    """A cloned job's settings count as the user's: the defaults leave them alone."""
+    keys = list(handlers.DEFAULT_KEYS)
+
+    def mark(jid, state, *now):
+        if not jid:
+            return gr.skip(), gr.skip()
+        state = handlers.mark_loaded(state, "clone")
+        return state, handlers.defaults_card(state, dict(zip(keys, now)))
+
+    cloned.then(mark, [job_picker, t.defaults] + [t.widgets[k] for k in keys],
+                [t.defaults, t.defaults_card], queue=False, show_progress="hidden",
+                api_visibility="private")
 
 
 def start_handler(*args, request: gr.Request | None = None):

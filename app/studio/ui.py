@@ -94,9 +94,10 @@ def _wire_across(demo, tabs, train, jobs, play, jobs_tab_item, play_item) -> Non
     started.success(jobs_tab.open_started, [train.started, jobs.session],
                     [tabs, jobs.job_picker, jobs.session], queue=False,
                     api_visibility="private")
-    jobs.clone.click(jobs_tab.clone_values, jobs.job_picker,
-                     train.inputs + [train.job_name, tabs, train.status],
-                     api_visibility="private")
+    cloned = jobs.clone.click(jobs_tab.clone_values, jobs.job_picker,
+                              train.inputs + [train.job_name, tabs, train.status],
+                              api_visibility="private")
+    train_tab.after_clone(train, cloned, jobs.job_picker)   # its values count as the user's
     jobs_tab.attach(demo, jobs)
     for fn, inputs, outputs in train.on_load:
         demo.load(fn, inputs, outputs, show_progress="hidden", api_visibility="private")

@@ -27,8 +27,8 @@ def client(home, tiny_model):
 def test_named_endpoints(client, tiny_model):
     names = set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
     assert {"/submit_job", "/job_status", "/job_metrics", "/job_logs", "/list_jobs",
-            "/cancel_job", "/export_job", "/job_artifacts", "/validate_config",
-            "/estimate_memory"} <= names
+            "/cancel_job", "/export_job", "/job_artifacts", "/eval_job", "/job_eval",
+            "/validate_config", "/estimate_memory"} <= names
 
     config = (f"model:\n  name: {tiny_model}\ndata:\n  train: {EXAMPLES / 'alpaca.json'}\n"
               "train:\n  max_steps: 3\n")
@@ -88,3 +88,49 @@ def test_export_job_and_job_artifacts(client):
         [("adapter", "adapter", (folder / "adapter" / "adapter_config.json").stat().st_size)]
     with pytest.raises(AppError, match="no job 'nope'"):
         client.predict("nope", api_name="/job_artifacts")
+
+
+def test_eval_job_and_job_eval(client):
+    """/eval_job queues a generation evaluation (or raises with the reason); /job_eval reads a
+    job's newest one with its rows, filtered."""
+    import json
+
+    from gradio_client.exceptions import AppError
+
+    from engine.evaluation import Answer, EvalExample, score
+    from jobs import api, store
+
+    job_id = store.new_id()
+    folder = store.job_dir(job_id)
+    (folder / "adapter").mkdir(parents=True)
+    (folder / "adapter" / "adapter_config.json").write_text(json.dumps(
+        {"peft_type": "LORA", "base_model_name_or_path": "base-model"}))
+    with store.connect() as db:
+        store.insert_job(db, config={"output_dir": str(folder)}, name="lora", owner="local",
+                         priority=0, job_id=job_id)
+        store.transition(db, job_id, "running")
+        store.transition(db, job_id, "completed")
+    assert client.predict(job_id, "all", api_name="/job_eval")["eval"] is None
+    examples = [EvalExample(f"line {i}", "q", ref, "completion") for i, ref in
+                enumerate(["a", "b", "c"])]
+    record = score(examples, [Answer(x, True, 1) for x in "axx"],
+                   [Answer(x, True, 1) for x in "abx"], seconds={}, source="s", step=3,
+                   max_new_tokens=8)
+    with store.connect() as db:
+        store.add_eval(db, job_id, record, kind="end", path=folder / "eval.json")
+    found = client.predict(job_id, "all", api_name="/job_eval")
+    assert found["eval"]["metrics"]["exact_match"]["tuned"] == pytest.approx(2 / 3)
+    assert found["eval"]["card"].startswith("exact match 33% \u2192 67% (+33 points")
+    assert [r["tuned"] for r in found["rows"]] == ["a", "b", "x"]
+    assert [r["tuned"] for r in client.predict(job_id, "still wrong",
+                                               api_name="/job_eval")["rows"]] == ["x"]
+    with pytest.raises(AppError, match="unknown filter"):
+        client.predict(job_id, "odd", api_name="/job_eval")
+
+    queued = client.predict(job_id, "", 0, api_name="/eval_job")
+    assert queued == {"eval_job_id": queued["eval_job_id"], "status": "queued"}
+    assert api.get(queued["eval_job_id"])["parent"] == job_id
+    with pytest.raises(AppError, match="does not exist"):
+        client.predict(job_id, "/nowhere/x.jsonl", 0, api_name="/eval_job")
+    with pytest.raises(AppError, match="no job 'nope'"):
+        client.predict("nope", "", 0, api_name="/eval_job")

@@ -12,7 +12,7 @@ import json
 
 import pytest
 
-from app.studio import export_panel, jobs_tab, jobview
+from app.studio import eval_panel, export_panel, jobs_tab, jobview
 from jobs import api, store
 
 
@@ -162,10 +162,11 @@ def test_export_jobs_stay_out_of_the_table_and_show_under_their_parent(home):
     assert jobview.table()["ID"].tolist() == [job_id]
     assert [v for _, v in jobview.choices()] == [job_id]
     outputs = jobs_tab.select_job(job_id, jobview.new_session())
-    assert len(outputs) == 8 + export_panel.OUTPUTS + 3 and outputs[-3] == job_id
+    n = 8 + export_panel.OUTPUTS + eval_panel.OUTPUTS
+    assert len(outputs) == n + 7 and outputs[n] == job_id
     session = outputs[0]
     assert "waiting for a worker" in outputs[9]
     again = jobs_tab.tick(session, job_id)          # nothing changed: every output skipped
-    assert len(again) == 8 + export_panel.OUTPUTS
+    assert len(again) == n
     assert all(isinstance(o, dict) and o.get("__type__") == "update" and len(o) == 1
                for o in again[1:])

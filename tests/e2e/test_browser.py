@@ -166,6 +166,38 @@ def test_train_watch_download_and_chat_in_the_browser(studio, browser, tmp_path)
     assert "100%" in page.locator("#job-progress").inner_text()
     _shot(page, "jobs")
 
+    # training ended with a generation evaluation: the card, then the answers, filterable
+    page.wait_for_selector("#eval-card", timeout=60_000)
+    card = page.locator("#eval-card").inner_text()
+    assert re.search(r"exact match \d+% → \d+% \([+-]\d+ points, 95% CI", card), card
+    assert "held-out records" in card and "at the end of training" in card
+    page.locator("#eval-rows").scroll_into_view_if_needed()
+    page.locator("#eval-rows [role=gridcell]").first.wait_for(timeout=30_000)
+    page.locator("#eval-filter label").filter(has_text="still wrong").click()
+    page.wait_for_timeout(1000)
+    # queue another evaluation, on a bundled file, from the button: its card replaces the first
+    page.locator("#eval-data input").click()
+    page.get_by_role("option", name="alpaca (json)").click()
+    page.locator("#eval-max-new-tokens input").fill("8")
+    page.locator("#eval-start").click()
+    page.wait_for_function("() => document.querySelector('#eval-message')?.innerText"
+                           ".includes('queued as job')", timeout=30_000)
+    page.wait_for_function("() => document.querySelector('#eval-card')?.innerText"
+                           ".includes('by an eval job')", timeout=180_000)
+    assert "alpaca.json (alpaca)" in page.locator("#eval-card").inner_text()
+    page.locator("#eval-panel").scroll_into_view_if_needed()
+    page.wait_for_timeout(500)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.locator("#eval-panel").screenshot(path=str(ARTIFACTS / "eval.png"))
+    page.locator("#dl-eval-csv").click()
+    link = page.locator("#eval-download a").first
+    link.wait_for(timeout=30_000)
+    with page.expect_download() as download:
+        link.click()
+    answers = tmp_path / "answers.csv"
+    download.value.save_as(answers)
+    assert answers.read_text(encoding="utf-8").startswith("where,prompt,reference,base,tuned")
+
     # download the adapter and load it with peft
     page.locator("#dl-adapter").click()
     link = page.locator("#downloads a").first
@@ -255,3 +287,18 @@ def test_gradio_client_submits_a_job_and_reads_its_metrics(studio):
     assert client.predict(job_id, 2, api_name="/job_metrics")[0]["step"] == 3
     listed = client.predict("completed", api_name="/list_jobs")
     assert job_id in {j["id"] for j in listed}
+
+    # the job ended with an evaluation of its validation split; another one is queued by name
+    found = client.predict(job_id, "all", api_name="/job_eval")
+    assert found["eval"]["kind"] == "end" and len(found["rows"]) == found["eval"]["n"] > 0
+    assert found["eval"]["card"].startswith("exact match ")
+    ev = client.predict(job_id, str(EXAMPLES / "chat.jsonl"), 8, api_name="/eval_job")
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        status = client.predict(ev["eval_job_id"], api_name="/job_status")
+        if status["status"] in ("completed", "failed", "cancelled"):
+            break
+        time.sleep(1)
+    assert status["status"] == "completed", status
+    newest = client.predict(job_id, "all", api_name="/job_eval")["eval"]
+    assert newest["kind"] == "job" and newest["source"] == "chat.jsonl (chat)"

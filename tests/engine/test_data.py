@@ -98,7 +98,7 @@ def test_bundled_examples_tokenize_with_the_format_detected(tmp_path, tiny_token
     assert out.format == out.report.format == fmt
     assert out.report.format_reason.startswith(f"{fmt}: records have ")
     assert any(f"format {fmt} ({fmt}: records have" in line for line in lines), lines
-    assert out.train.column_names == ["input_ids", "labels", "length"]
+    assert out.train.column_names == ["input_ids", "labels", "length", "where"]
     assert out.report.used == len(out.train) == out.report.records
     for row in out.train:
         assert row["labels"][0] == IGNORE_INDEX, "the first label must never carry loss"

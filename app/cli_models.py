@@ -1,0 +1,66 @@
+"""`ftstudio models import|ls`: the base models under FTSTUDIO_HOME/models, each command a thin
+wrapper over one engine function (engine.gguf_import, engine.catalog); registered on the
+`ftstudio` group in app/cli.py.
+
+Run as: ftstudio models import SmolLM2-135M-Instruct.Q4_1.gguf [--name smollm2] [--force]
+        ftstudio models ls [--json]
+"""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from app.cli_common import clean_errors
+
+
+@click.group("models")
+def models_group() -> None:
+    """Base models under FTSTUDIO_HOME/models: import a GGUF file, list them."""
+
+
+@models_group.command("import")
+@click.argument("file", metavar="FILE.gguf")
+@click.option("--name", default=None,
+              help="Folder name under FTSTUDIO_HOME/models (default: the file name, slugged).")
+@click.option("--force", is_flag=True, help="Replace a model of the same name.")
+def models_import(file: str, name: str | None, force: bool) -> None:
+    """Dequantize a GGUF file (llama.cpp, Ollama) into a safetensors model folder that every
+    method can fine-tune; its README.md says where it came from."""
+    from engine.gguf_import import import_gguf
+
+    with clean_errors():
+        m = import_gguf(file, name, overwrite=force, log=click.echo)
+    click.echo(f"Imported {m.name}: {m.model_type}, {m.params:,} parameters, "
+               f"{'/'.join(m.quantization)} in the file, {m.seconds:.1f} s.\n"
+               f"Train on it with --set model.name={m.folder}")
+
+
+@models_group.command("ls")
+@click.option("--json", "as_json", is_flag=True, help="Print the models as JSON.")
+def models_ls(as_json: bool) -> None:
+    """List the model folders under FTSTUDIO_HOME/models (the demo, imported GGUF files, copied
+    folders)."""
+    from engine.catalog import describe, human_count, imported_from, local_models, models_dir
+
+    rows = []
+    for folder in local_models():
+        info = describe(str(folder))
+        gguf = imported_from(folder)
+        rows.append({"name": str(folder.relative_to(models_dir())), "folder": str(folder),
+                     "source": "gguf" if gguf else info.source, "model_type": info.model_type,
+                     "architecture": info.architecture, "params": info.params,
+                     "gguf": gguf})
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo(f"no models in {models_dir()}; build the demo with `ftstudio demo-model` or "
+                   "import one with `ftstudio models import FILE.gguf`")
+        return
+    for r in rows:
+        where = (f"from GGUF {r['gguf'].get('file')} ({r['gguf'].get('main_quantization')})"
+                 if r["gguf"] else r["source"])
+        click.echo(f"{r['name']:32} {r['model_type'] or '?':10} "
+                   f"{human_count(r['params']):>6}  {where}")
