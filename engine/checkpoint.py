@@ -49,6 +49,7 @@ class TrainState:
     last_eval_step: int = -1
     best_metric: float | None = None   # of a generation early_stopping_metric (higher: better)
     last_gen_step: int = -1            # step of the last generation evaluation
+    best_step: int = -1                # step of the best early_stopping_metric so far
 
     def advance(self, epoch: int, batch_index: int, micro_steps: int, tokens: int) -> None:
         """One optimizer step done; (epoch, batch_index) is the next micro-batch."""

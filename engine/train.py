@@ -182,9 +182,6 @@ def run(cfg: TrainConfig, reporter: Reporter | None = None) -> RunResult:
     if eval_batches and status != "cancelled" and state.last_eval_step != state.step:
         evaluate_and_track(model, eval_batches, accelerator, state, t, files, say, keep_adapter,
                            loss_of)
-    if status != "cancelled" and state.last_gen_step != state.step and \
-            t.eval_generate != "off":
-        generate_and_track(gen, unwrapped, accelerator, state, t, files, say, keep_adapter)
     if saved_at != state.step:
         save("end of run" if status != "cancelled" else "stopped")
     keeps_best = t.early_stopping_patience is not None and (
@@ -193,6 +190,15 @@ def run(cfg: TrainConfig, reporter: Reporter | None = None) -> RunResult:
     if main and not keeps_best:
         keep_adapter()
     barrier()
+    kept_elsewhere = keeps_best and state.best_step != state.step
+    if status != "cancelled" and t.eval_generate != "off":
+        if kept_elsewhere:  # score the adapter a person downloads, not the last weights
+            if gen is not None:
+                restore_kept(unwrapped, out / "adapter", say)
+                gen.run(unwrapped, state.step, kept_step=state.best_step)
+            barrier()
+        elif state.last_gen_step != state.step:
+            generate_and_track(gen, unwrapped, accelerator, state, t, files, say, keep_adapter)
     seconds = time.time() - started
     files.update(status=status, steps=state.step, final_metrics=files.final_metrics(),
                  best_eval_loss=state.best_eval_loss,
@@ -276,11 +282,30 @@ def generate_and_track(gen, model, accelerator, state: TrainState, t: TrainSecti
     return agree(accelerator, stop)
 
 
+def restore_kept(model, folder: Path, say) -> None:
+    """Put the weights early stopping kept in `folder` (adapter/) back into the model, so the
+    final generation evaluation scores the adapter a person downloads (its record says
+    kept_step; the live curves keep the evaluations made while training)."""
+    from safetensors.torch import load_file
+
+    files = sorted(folder.glob("*.safetensors"))
+    tensors = {k: v for f in files for k, v in load_file(f).items()}
+    if hasattr(model, "peft_config"):
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(model, tensors)
+    else:
+        model.load_state_dict(tensors, strict=False)
+    say(f"eval generate: scoring the best weights early stopping kept in {folder}")
+
+
 def patience_is_out(improved: bool, state: TrainState, t: TrainSection, files: RunFiles, say,
                     keep_adapter, what: str) -> bool:
     """Early stopping's bookkeeping after one evaluation of its metric: keep the best adapter,
     count evaluations without improvement; True when train.early_stopping_patience is out."""
     state.evals_without_improvement = 0 if improved else state.evals_without_improvement + 1
+    if improved:
+        state.best_step = state.step
     patience = t.early_stopping_patience
     if patience is None:
         return False

@@ -82,6 +82,9 @@ def build() -> JobsTab:
         with gr.Row():
             lr = _plot("Learning rate", "lr", elem_id="lr-plot")
             tps = _plot("Throughput", "tokens/s", elem_id="tps-plot")
+        gen = gr.LinePlot(x="step", y="value", color="series", title="Held-out answers of the "
+                          "tuned model (train.eval_generate)", x_title="step", y_title="%",
+                          height=230, elem_id="gen-plot", tooltip="all", visible=False)
         with gr.Accordion("Log", open=True):
             log = gr.Textbox(show_label=False, lines=10, max_lines=10, autoscroll=True,
                              interactive=False, elem_id="log-tail")
@@ -105,7 +108,8 @@ def build() -> JobsTab:
                                            "(base → tuned)")
     remembered = gr.BrowserState(None, storage_key="ftstudio-job")
     timer, table_timer = gr.Timer(TICK), gr.Timer(TABLE_TICK)
-    outputs = [session, header, progress, loss, eval_loss, lr, tps, log] + export.outputs + \
+    outputs = [session, header, progress, loss, eval_loss, lr, tps, gen, log] + \
+        export.outputs + \
         evaluation.outputs
     tab = JobsTab(table, status_filter, job_picker, session, remembered, clone, compare_picker,
                   export, evaluation, outputs, timer, table_timer)
@@ -188,12 +192,15 @@ def _outputs(session, job) -> list[Any]:
     # an empty frame would fix a chart's colour scale before any series exists: send None
     plots = [gr.update(value=f[k] if len(f[k]) else None, x_lim=span)
              for k in ("loss", "eval_loss", "lr", "tokens_per_s")]
-    return [session, jobview.header_html(job), jobview.progress_html(session, job), *plots, log]
+    gen = gr.update(value=f["gen"] if len(f["gen"]) else None, x_lim=span,
+                    visible=bool(len(f["gen"])))     # only jobs that score their answers
+    return [session, jobview.header_html(job), jobview.progress_html(session, job), *plots, gen,
+            log]
 
 
 def tick(session, jid, request: gr.Request = None):
     """Only what changed: the charts and log of the job, its Evaluation and Export sections."""
-    skip_job, skip_export = [gr.skip()] * 7, [gr.skip()] * export_panel.OUTPUTS
+    skip_job, skip_export = [gr.skip()] * 8, [gr.skip()] * export_panel.OUTPUTS
     skip_eval = [gr.skip()] * eval_panel.OUTPUTS
     if not jid:
         return [gr.skip()] + skip_job + skip_export + skip_eval

@@ -25,7 +25,10 @@ from app.studio.curves import CHART_POINTS, Curve, curves
 from engine.catalog import studio_home
 
 TERMINAL = {"completed", "failed", "cancelled", "interrupted"}
-CHARTED = ("loss", "eval_loss", "lr", "tokens_per_s", "total_steps")   # the curves a session keeps
+#: the generation evaluation's curves (engine.evaluation: train.eval_generate), drawn in percent
+GEN_CHARTED = {"gen_exact_match": "exact match", "gen_token_f1": "token F1",
+               "gen_rouge_l": "ROUGE-L"}
+CHARTED = ("loss", "eval_loss", "lr", "tokens_per_s", "total_steps", *GEN_CHARTED)  # kept
 LOG_LINES = 300
 SERVED_COPY_TTL_S = 3600       # served_copy folders older than this go when a new one is made
 TABLE_COLUMNS = ["ID", "Name", "Status", "Progress", "ETA", "Started", "Duration", "Owner",
@@ -283,7 +286,8 @@ STEP_VALUE = {"step": "int64", "value": "float64"}
 
 
 def frames(session: dict[str, Any]) -> dict[str, Any]:
-    """The chart frames: loss (raw and smoothed), eval loss, learning rate, tokens/s; at
+    """The chart frames: loss (raw and smoothed), eval loss, learning rate, tokens/s, and the
+    generation metrics (the tuned model's answers, in percent: one point per evaluation); at
     most twice CHART_POINTS points per series (Curve.points)."""
     loss = curve(session, "loss")
     rows = [{"step": s, "value": v, "series": "raw"} for s, v in loss.points()] + \
@@ -292,6 +296,9 @@ def frames(session: dict[str, Any]) -> dict[str, Any]:
     for name in ("eval_loss", "lr", "tokens_per_s"):
         out[name] = frame([{"step": s, "value": v} for s, v in series(session, name)],
                           STEP_VALUE)
+    out["gen"] = frame([{"step": s, "value": v * 100, "series": label}
+                        for name, label in GEN_CHARTED.items()
+                        for s, v in series(session, name)], {**STEP_VALUE, "series": "str"})
     return out
 
 

@@ -97,7 +97,7 @@ def test_running_jobs_have_no_section_and_the_job_page_carries_it(home):
     job = _finished_job()
     _evaluated(job, BASE, TUNED, REFS)
     outputs = jobs_tab.select_job(job, jobview.new_session())
-    n = 8 + 4
+    n = 9 + 4
     assert outputs[n]["visible"] is True and "exact match 40%" in outputs[n + 1]
     with store.connect() as db:
         running = store.new_id()
@@ -130,3 +130,26 @@ def test_another_owners_evaluation_is_not_there(home):
     assert "Cannot evaluate job" in eval_panel.start(job, "", actor=alice)
     with pytest.raises(KeyError):
         eval_panel.answers_csv(job, actor=alice)
+
+
+def test_every_n_evaluations_draw_a_live_curve_in_percent(home):
+    with store.connect() as db:
+        job = store.new_id()
+        store.insert_job(db, config={}, name="every", owner="local", priority=0, job_id=job)
+        store.transition(db, job, "running", attempt=1)
+        for step, em in ((5, 0.25), (10, 0.75)):
+            store.add_metrics(db, job, {"step": step, "loss": 1.0, "total_steps": 10},
+                              attempt=1)
+            store.add_metrics(db, job, {"step": step, "gen_exact_match": em,
+                                        "gen_token_f1": em, "gen_chrf": 50.0}, attempt=1)
+        store.publish_metrics(db, job, 10, attempt=1)
+    session, changed, record = jobview.poll(jobview.new_session(job), job)
+    gen = jobview.frames(session)["gen"]
+    exact = gen[gen["series"] == "exact match"]
+    assert exact["step"].tolist() == [5, 10] and exact["value"].tolist() == [25.0, 75.0]
+    assert set(gen["series"]) == {"exact match", "token F1"}     # chrF is not a share
+    outputs = jobs_tab._outputs(session, record)
+    assert outputs[7]["visible"] is True and len(outputs[7]["value"]) == 4
+    other = _finished_job()                  # no generation metrics: no chart
+    plain, _, rec = jobview.poll(jobview.new_session(other), other)
+    assert rec["id"] == other and jobs_tab._outputs(plain, rec)[7]["visible"] is False

@@ -218,3 +218,28 @@ def test_rows_are_filed_as_changed_still_wrong_and_worse():
 def test_evaluating_a_folder_without_a_run_says_so(tmp_path):
     with pytest.raises(EvalError, match="no adapter/"):
         evaluate_run(tmp_path)
+
+
+def test_early_stopping_on_eval_loss_scores_the_kept_adapter(tiny_model, home, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from engine.evaluation import file_examples
+
+    cfg = config(tiny_model, yes_data(tmp_path / "yes.json"), tmp_path / "run", max_steps=20,
+                 eval_every=2, early_stopping_patience=1, lr=3e-1)   # too high: it gets worse
+    reporter = ListReporter()
+    run(cfg, reporter)
+    assert any("scoring the best weights early stopping kept" in line
+               for line in reporter.lines)
+    record = json.loads((tmp_path / "run" / "eval.json").read_text())
+    assert 0 < record["kept_step"] < record["step"]
+    # the record's tuned answers are those of adapter/ (what a person downloads)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    kept = PeftModel.from_pretrained(base, tmp_path / "run" / "adapter").eval()
+    tok = AutoTokenizer.from_pretrained(tmp_path / "run" / "adapter")
+    examples = [e for e in file_examples(tmp_path / "yes.json")[0]
+                if e.where in {r["where"] for r in record["rows"]}]
+    answers = generate_answers(kept, tok, examples, max_new_tokens=record["max_new_tokens"])
+    by_where = {r["where"]: r["tuned"] for r in record["rows"]}
+    assert [a.text for a in answers] == [by_where[e.where] for e in examples]

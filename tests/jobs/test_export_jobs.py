@@ -105,7 +105,7 @@ def test_an_export_job_is_queued_under_its_parent_and_follows_the_job_rules(home
         api.export(exp["id"], "adapter")
     with pytest.raises(api.JobError, match="only training jobs can be cloned"):
         api.clone(exp["id"])
-    with pytest.raises(api.JobError, match=f"has an export queued or running \\({exp['id']}\\)"):
+    with pytest.raises(api.JobError, match=f"has an export or eval queued or running \\({exp['id']}\\)"):
         api.delete(parent)
     assert api.cancel(exp["id"])["status"] == "cancelled"
     again = api.resume(exp["id"])   # an export job starts over

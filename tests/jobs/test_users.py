@@ -88,7 +88,7 @@ def test_the_users_migration_applies_once_over_an_existing_database(tmp_path):
     db = Database(tmp_path / "studio.db")
     store.MIGRATIONS.apply(db, stop_before="m003_users_datasets")
     db["jobs"].insert({"id": "j1", "status": "completed", "kind": "train", "owner": "local"})
-    assert store.migrate(db) == ["m003_users_datasets"]
+    assert store.migrate(db)[:1] == ["m003_users_datasets"]  # later migrations follow it
     assert store.migrate(db) == []
     assert set(db["users"].columns_dict) == {"username", "password_hash", "is_admin",
                                              "created_at", "disabled"}
