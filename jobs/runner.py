@@ -219,40 +219,17 @@ def _run_export(job: dict, reporter: StoreReporter) -> int:
     from engine.export import ExportError, export
 
     fmt, parent_id = job["config"]["format"], job["config"]["parent"]
-    log_path = store.folder_of(job) / "log.txt"
+    parent_dir = store.folder_of(store.get_job(reporter.db, parent_id))
 
-    def log(line: str) -> None:  # one line per stage: the step counts stages
-        reporter.on_log(line)
-        if reporter.main:
-            store.update(reporter.db, job["id"], step=store.Expr("step + 1"),
-                         expect={"attempt": reporter.attempt, "status": "running"})
-        if reporter.should_stop():
-            raise _Stopped(reporter.stop_reason)
-
-    try:
-        parent_dir = store.folder_of(store.get_job(reporter.db, parent_id))
+    def work(log):
         if reporter.main:  # exports/<fmt>/ is about to be rewritten: unlist its old files
             store.replace_exports(reporter.db, parent_id, fmt, [])
-        result = export(parent_dir, fmt, log=log)
-    except _Stopped:
-        again = f"`ftstudio jobs resume {job['id']}` runs it again"
-        if reporter.stop_reason in WORKER_GONE:
-            reporter.finish("interrupted", resume_on_start=1,
-                            hint=f"{WORKER_GONE[reporter.stop_reason]} during export {fmt}; it "
-                                 f"runs again when a worker starts, or {again}")
-        else:
-            reporter.finish("cancelled", hint=f"export {fmt} stopped before it finished; {again}")
-        return 0
-    except ExportError as exc:
-        reporter.on_log(f"export {fmt} failed: {exc}")
-        reporter.finish("failed", error=f"cannot export job {parent_id} as {fmt}", hint=str(exc))
-        return 1
-    except BaseException as exc:  # noqa: BLE001 - every failure is recorded with a hint
-        traceback.print_exc()
-        sys.stdout.flush()
-        error, hint = explain_exception(exc, None, log_path)
-        reporter.finish("failed", error=error, hint=hint)
-        return 1
+        return export(parent_dir, fmt, log=log)
+
+    result, code = _run_stages(job, reporter, work, f"export {fmt}", ExportError,
+                               f"cannot export job {parent_id} as {fmt}")
+    if result is None:
+        return code
     if reporter.main and reporter.stop_reason != "superseded":
         store.replace_exports(reporter.db, parent_id, fmt,
                               [(a.path, a.bytes) for a in result.artifacts],
@@ -281,13 +258,40 @@ def _run_eval(job: dict, reporter: StoreReporter) -> int:
     """An eval job (config {"parent", "data", "max_new_tokens", "max_records"}): the engine's
     evaluate_run over the parent's run folder; the record goes into the eval job's folder and,
     as rows, under the PARENT job (its page shows it)."""
-    from engine.evaluation import EvalError, evaluate_run
+    from engine.evaluation import EvalError, card_line, evaluate_run
 
     cfg, parent_id = job["config"], job["config"]["parent"]
     folder = store.folder_of(job)
     folder.mkdir(parents=True, exist_ok=True)
+    parent_dir = store.folder_of(store.get_job(reporter.db, parent_id))
 
-    def log(line: str) -> None:  # one line per stage: the step counts stages
+    def work(log):
+        return evaluate_run(parent_dir, cfg.get("data"), max_new_tokens=cfg.get(
+            "max_new_tokens"), max_records=cfg.get("max_records"), out=folder / "eval.json",
+            log=log)
+
+    record, code = _run_stages(job, reporter, work, "evaluation", EvalError,
+                               f"cannot evaluate job {parent_id}", data_file=cfg.get("data"))
+    if record is None:
+        return code
+    eval_id = None
+    if reporter.main and reporter.stop_reason != "superseded":
+        eval_id = store.add_eval(reporter.db, parent_id, record, kind="job",
+                                 path=folder / "eval.json", eval_job=job["id"])
+    reporter.finish("completed", progress=1.0, result={
+        "parent": parent_id, "eval_id": eval_id, "n": record["n"], "card": card_line(record),
+        **{f"tuned_{k}": v["tuned"] for k, v in record["metrics"].items()}})
+    return 0
+
+
+def _run_stages(job: dict, reporter: StoreReporter, work, what: str,
+                known: type[Exception], error: str, data_file: str | None = None
+                ) -> tuple[Any, int]:
+    """Run `work(log)` of a job whose progress is its logged stages (an export, an eval):
+    each line is a step, and a cancel stops it between stages. Returns (result, 0), or (None,
+    exit code) after recording how it ended: cancelled or interrupted, failed with the
+    engine's message (`known`) as its hint, or failed with the explained exception."""
+    def log(line: str) -> None:
         reporter.on_log(line)
         if reporter.main:
             store.update(reporter.db, job["id"], step=store.Expr("step + 1"),
@@ -295,40 +299,27 @@ def _run_eval(job: dict, reporter: StoreReporter) -> int:
         if reporter.should_stop():
             raise _Stopped(reporter.stop_reason)
 
+    again = f"`ftstudio jobs resume {job['id']}` runs it again"
     try:
-        parent_dir = store.folder_of(store.get_job(reporter.db, parent_id))
-        record = evaluate_run(parent_dir, cfg.get("data"), max_new_tokens=cfg.get(
-            "max_new_tokens"), max_records=cfg.get("max_records"), out=folder / "eval.json",
-            log=log)
+        return work(log), 0
     except _Stopped:
-        again = f"`ftstudio jobs resume {job['id']}` runs it again"
         if reporter.stop_reason in WORKER_GONE:
             reporter.finish("interrupted", resume_on_start=1,
-                            hint=f"{WORKER_GONE[reporter.stop_reason]} during the evaluation; "
-                                 f"it runs again when a worker starts, or {again}")
+                            hint=f"{WORKER_GONE[reporter.stop_reason]} during {what}; it "
+                                 f"runs again when a worker starts, or {again}")
         else:
-            reporter.finish("cancelled", hint=f"evaluation stopped before it finished; {again}")
-        return 0
-    except EvalError as exc:
-        reporter.on_log(f"eval failed: {exc}")
-        reporter.finish("failed", error=f"cannot evaluate job {parent_id}", hint=str(exc))
-        return 1
+            reporter.finish("cancelled", hint=f"{what} stopped before it finished; {again}")
+        return None, 0
+    except known as exc:
+        reporter.on_log(f"{what} failed: {exc}")
+        reporter.finish("failed", error=error, hint=str(exc))
+        return None, 1
     except BaseException as exc:  # noqa: BLE001 - every failure is recorded with a hint
         traceback.print_exc()
         sys.stdout.flush()
-        error, hint = explain_exception(exc, cfg.get("data"), folder / "log.txt")
+        error, hint = explain_exception(exc, data_file, store.folder_of(job) / "log.txt")
         reporter.finish("failed", error=error, hint=hint)
-        return 1
-    eval_id = None
-    if reporter.main and reporter.stop_reason != "superseded":
-        eval_id = store.add_eval(reporter.db, parent_id, record, kind="job",
-                                 path=folder / "eval.json", eval_job=job["id"])
-    from engine.evaluation import card_line
-
-    reporter.finish("completed", progress=1.0, result={
-        "parent": parent_id, "eval_id": eval_id, "n": record["n"], "card": card_line(record),
-        **{f"tuned_{k}": v["tuned"] for k, v in record["metrics"].items()}})
-    return 0
+        return None, 1
 
 
 def latest_checkpoint_step(output_dir: Path) -> int | None:
