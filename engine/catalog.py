@@ -290,13 +290,21 @@ NEEDS_ASSUME = "batch 4 x 512 tokens, bf16, gradient checkpointing"
 def needs(name: str, kind: str = "lora") -> int:
     """Peak GPU memory of `kind` on `name` with the NEEDS_ASSUME settings."""
     from engine.config import TrainConfig
-    from engine.estimate import Device, estimate
+    from engine.estimate import Device
 
     cfg = TrainConfig()
     cfg.model.name, cfg.method.kind = name, kind
     cfg.train.gradient_checkpointing = True
-    est = estimate(cfg, device=Device("cuda", "reference GPU", 0, 0))
+    est = estimate_for(cfg, Device("cuda", "reference GPU", 0, 0))
     return est.peak_bytes if est else 0
+
+
+def estimate_for(cfg, device=None):
+    """engine.estimate.estimate for cfg.model.name, its shape read here (a local folder's
+    config.json, a cached hub config, or a preset's); None when the shape is unknown."""
+    from engine.estimate import estimate
+
+    return estimate(cfg, read_config(cfg.model.name), device)
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:

@@ -44,6 +44,7 @@ class TrainState:
     batch_index: int = 0           # index of the next micro-batch in that epoch's plan
     micro_steps: int = 0           # micro-batches done in total
     trained_tokens: int = 0        # tokens that carried loss so far (all processes)
+    seen_tokens: int = 0           # real (non-padding) tokens computed so far, prompts included
     best_eval_loss: float | None = None
     evals_without_improvement: int = 0
     last_eval_step: int = -1
@@ -51,12 +52,14 @@ class TrainState:
     last_gen_step: int = -1            # step of the last generation evaluation
     best_step: int = -1                # step of the best early_stopping_metric so far
 
-    def advance(self, epoch: int, batch_index: int, micro_steps: int, tokens: int) -> None:
+    def advance(self, epoch: int, batch_index: int, micro_steps: int, tokens: int,
+                seen: int = 0) -> None:
         """One optimizer step done; (epoch, batch_index) is the next micro-batch."""
         self.step += 1
         self.epoch, self.batch_index = epoch, batch_index
         self.micro_steps += micro_steps
         self.trained_tokens += tokens
+        self.seen_tokens += seen
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -245,7 +248,7 @@ class RunFiles:
 def run_facts(cfg: TrainConfig, info: dict[str, Any], report: dict[str, Any]
               ) -> dict[str, Any]:
     """What run.json records about the inputs: config, data hashes, versions, seed, model."""
-    from engine.readers import file_sha256
+    from engine.data import file_sha256
 
     files = [p for p in (cfg.data.train, cfg.data.validation) if p]
     return {"config": cfg.to_dict(), "data_sha256": {p: file_sha256(p) for p in files},

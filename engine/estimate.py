@@ -2,7 +2,9 @@
 
 Use from Python:
     from engine.estimate import estimate
-    est = estimate(cfg)              # reads cfg.model.name's config.json (or a preset's shape)
+    est = estimate(cfg, model_config)    # model_config: the model's config.json as a dict
+    # or, from a model name (a local folder, a cached hub config, a preset's shape):
+    from engine.catalog import estimate_for; est = estimate_for(cfg)
     print(est.trainable_params, est.peak_bytes, est.verdict)   # verdict: fits | tight | exceeds
 
 Nothing is loaded: the numbers come from the model's shape, the method, the batch and the
@@ -169,6 +171,7 @@ class Device:
     name: str
     total_bytes: int
     available_bytes: int
+    bf16: bool = True  # a GPU that computes in bfloat16 (False: T4, V100); ignored on CPU
 
     @property
     def capacity_bytes(self) -> int:
@@ -184,7 +187,8 @@ def detect_device() -> Device:
         if torch.cuda.is_available():
             props = torch.cuda.get_device_properties(0)
             free, total = torch.cuda.mem_get_info(0)
-            return Device("cuda", props.name, int(total), int(free))
+            return Device("cuda", props.name, int(total), int(free),
+                          bool(torch.cuda.is_bf16_supported()))
     except Exception:  # noqa: BLE001 - a broken CUDA install still leaves the CPU
         pass
     total, available = _ram()
@@ -246,21 +250,18 @@ def classify(peak_bytes: int, capacity_bytes: int) -> str:
     return "tight" if peak_bytes <= capacity_bytes else "exceeds"
 
 
-def estimate(cfg: TrainConfig, model_config: dict[str, Any] | None = None,
+def estimate(cfg: TrainConfig, model_config: dict[str, Any] | None,
              device: Device | None = None) -> Estimate | None:
-    """The estimate for `cfg`, or None when the model's shape is unknown (hub id, offline)."""
-    if model_config is None:
-        from engine.catalog import read_config
-
-        model_config = read_config(cfg.model.name)
+    """The estimate for `cfg` on a model of `model_config` (its config.json as a dict; the
+    catalog resolves names: engine.catalog.estimate_for), or None when the shape is unknown."""
     if not model_config:
         return None
     device = device or detect_device()
     s, m, t = Shape.from_config(model_config), cfg.method, cfg.train
     counts = count_params(model_config)
     trainable, notes = trainable_params(cfg, model_config)
-    cbytes = _compute_bytes(cfg, device)
-    wbytes = _weight_bytes(cfg, device)
+    policy = _precision(cfg, device)
+    cbytes, wbytes = policy.compute_bytes, policy.weight_bytes
     full = m.kind == "full"
 
     if m.kind == "qlora":
@@ -346,18 +347,12 @@ def _activation_elems_per_token(s: Shape, cfg: TrainConfig, full: bool, seq: int
     return elems
 
 
-def _compute_bytes(cfg: TrainConfig, device: Device) -> int:
-    p = cfg.train.precision
-    if p == "auto":
-        return 2 if device.kind == "cuda" else 4
-    return 4 if p == "fp32" else 2
+def _precision(cfg: TrainConfig, device: Device):
+    """engine.precision's policy for this config on `device` (the one training uses)."""
+    from engine.precision import resolve
 
-
-def _weight_bytes(cfg: TrainConfig, device: Device) -> int:
-    d = cfg.model.dtype
-    if d == "auto":
-        return 2 if device.kind == "cuda" else 4
-    return 4 if d == "float32" else 2
+    return resolve(cfg.model.dtype, cfg.train.precision, cfg.method.kind, device.kind,
+                   device.bf16)
 
 
 def _optimizer_bytes(optimizer: str) -> float:

@@ -101,7 +101,7 @@ def metric_names() -> list[str]:
 
 
 def to_example(where: str, example: Any, kind: str) -> EvalExample | None:
-    """An engine.formats example as a prompt and its reference (None: nothing to answer)."""
+    """An engine.data.formats example as a prompt and its reference (None: nothing to answer)."""
     if kind == "messages":
         last = max((i for i, m in enumerate(example) if m["role"] == "assistant"), default=None)
         if not last:  # no assistant turn, or one with nothing before it

@@ -72,12 +72,10 @@ def open_model(base: str, adapter: str | None, dtype: str = "auto") -> Loaded:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    if dtype == "auto":
-        torch_dtype = torch.bfloat16 if device == "cuda" and torch.cuda.is_bf16_supported() \
-            else (torch.float16 if device == "cuda" else torch.float32)
-    else:
-        torch_dtype = getattr(torch, dtype)
+    from engine.precision import this_device, weight_dtype
+
+    device, bf16 = this_device()
+    torch_dtype = getattr(torch, weight_dtype(dtype, None, device, bf16))
     kind = adapter_kind(adapter)
     if adapter and kind is None:
         raise FileNotFoundError(f"{adapter} holds neither an adapter (adapter_config.json) nor "

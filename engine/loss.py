@@ -33,7 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-IGNORE_INDEX = -100
+from engine.data.encode import IGNORE_INDEX
+
 #: logits (tokens x vocabulary) computed at once: 32M, 128 MB in float32
 CHUNK_LOGITS = 2 ** 25
 #: config keys of models whose forward transforms the lm_head's output: they keep plain logits

@@ -51,16 +51,12 @@ def default_device() -> torch.device:
 
 
 def pick_dtype(name: str, kind: str = "lora", device: torch.device | None = None) -> torch.dtype:
-    """model.dtype as a torch dtype; auto: float32 on CPU, bfloat16 on GPUs that support it,
-    else float16 (float32 for full fine-tuning there: fp16 weights do not train)."""
-    if name != "auto":
-        return getattr(torch, name)
+    """model.dtype as a torch dtype, by engine.precision's policy for this device."""
+    from engine.precision import weight_dtype
+
     device = device or default_device()
-    if device.type != "cuda":
-        return torch.float32
-    if torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float32 if kind == "full" else torch.float16
+    bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    return getattr(torch, weight_dtype(name, kind, device.type, bf16))
 
 
 def quantization_for(cfg: TrainConfig, compute_dtype: torch.dtype):

@@ -54,7 +54,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.config import VIRTUAL_TOKEN_METHODS
-from engine.data_report import DataReport
+from engine.data import DataReport
 
 #: the keys suggested, in the order they are shown
 KEYS = ("train.lr", "train.epochs", "data.max_seq_len")

@@ -21,17 +21,17 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 
-from engine.batching import Batches, trained_tokens
+from engine.data import Batches, trained_tokens
 from engine.checkpoint import (RunFiles, TrainState, capture_rng, find_checkpoint,
                                list_checkpoints, load_checkpoint, prune_checkpoints, restore_rng,
                                run_facts, save_checkpoint, stamp)
 from engine.config import (VIRTUAL_TOKEN_METHODS, TrainConfig, TrainSection, check,
                            eval_generate_every)
-from engine.loss import TokenLoss, causal_lm_loss, model_inputs  # noqa: F401 (re-exported)
+from engine.loss import TokenLoss
 from engine.reporter import NullReporter, Reporter
 from engine.speedups import compile_body, liger_fused_loss
 
@@ -47,26 +47,67 @@ class RunResult:
     best_eval_loss: float | None = None
 
 
+@dataclass
+class Session:
+    """Everything one run holds between setup, fit and finish."""
+
+    cfg: TrainConfig
+    accelerator: Any
+    model: Any                       # as prepared by accelerate (DDP-wrapped on several GPUs)
+    unwrapped: Any                   # the model itself: saved, evaluated, generated with
+    tokenizer: Any
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    train_batches: Batches
+    eval_batches: Batches | None
+    loss_of: TokenLoss
+    state: TrainState
+    files: RunFiles
+    reporter: Reporter
+    say: Callable[[str], None]
+    total_steps: int
+    gen: Any = None                  # engine.evaluation.GenEval on the main process, or None
+    rng: dict[str, Any] | None = None
+    saved_step: int | None = None    # step of the newest checkpoint of this run
+    interrupted: bool = False        # Ctrl-C: other processes may be gone, wait for none
+    started: float = field(default_factory=time.time)
+    throughput: "Throughput | None" = None
+
+    @property
+    def out(self) -> Path:
+        return Path(self.cfg.output_dir)
+
+    @property
+    def main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    def barrier(self) -> None:
+        if not self.interrupted:
+            self.accelerator.wait_for_everyone()
+
+
 def run(cfg: TrainConfig, reporter: Reporter | None = None) -> RunResult:
     """Train cfg to the end (or to early stopping, or until the reporter says stop)."""
+    session = setup(cfg, reporter or NullReporter())
+    return finish(session, fit(session))
+
+
+def setup(cfg: TrainConfig, reporter: Reporter) -> Session:
+    """Model, data, batches, optimizer and schedule, the checkpoint to resume, the run files."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
     from transformers import get_scheduler
 
     from engine.data import prepare
-    from engine.model import load_model, save_trained
+    from engine.model import load_model
 
     check(cfg, require_output_dir=True)
-    reporter, t, out = reporter or NullReporter(), cfg.train, Path(cfg.output_dir)
+    t, out = cfg.train, Path(cfg.output_dir)
     accelerator = Accelerator(mixed_precision=mixed_precision(t.precision),
-                              cpu=not torch.cuda.is_available())
-    main, rank, world = (accelerator.is_main_process, accelerator.process_index,
-                         accelerator.num_processes)
-    say = reporter.on_log if main else (lambda line: None)
+                              cpu=not torch.cuda.is_available())  # engine/precision.py
+    say = reporter.on_log if accelerator.is_main_process else (lambda line: None)
     started = time.time()
     set_seed(t.seed)
-
-    # ------------------------------------------------------------------ setup
     resume_dir = find_checkpoint(t.resume_from, out) if t.resume_from else None
     model, tokenizer, info = load_model(cfg, log=say, device=accelerator.device)
     with accelerator.main_process_first():
@@ -85,135 +126,155 @@ def run(cfg: TrainConfig, reporter: Reporter | None = None) -> RunResult:
         compile_body(unwrapped, say)
     state, rng = TrainState(), None
     if resume_dir:
-        state, rng = load_checkpoint(resume_dir, unwrapped, optimizer, scheduler, rank=rank)
+        state, rng = load_checkpoint(resume_dir, unwrapped, optimizer, scheduler,
+                                     rank=accelerator.process_index)
         say(f"resume: continuing from {resume_dir} at step {state.step} of {total_steps}")
     if t.neftune_alpha:
         add_neftune_noise(unwrapped, t.neftune_alpha)
         say(f"neftune: noise alpha {t.neftune_alpha} on the input embeddings while training")
-    files = RunFiles(out, main, reporter, resumed_at=state.step if resume_dir else None)
-    gen, gen_every = None, eval_generate_every(t.eval_generate)
-    if main:  # generation evaluation (engine/evaluation.py): base answers once, before step 1
+    files = RunFiles(out, accelerator.is_main_process, reporter,
+                     resumed_at=state.step if resume_dir else None)
+    session = Session(cfg, accelerator, model, unwrapped, tokenizer, optimizer, scheduler,
+                      train_batches, eval_batches, loss_of, state, files, reporter, say,
+                      total_steps, rng=rng, saved_step=state.step if resume_dir else None,
+                      started=started)
+    if session.main:  # generation evaluation (engine/evaluation.py): base answers before step 1
         from engine.evaluation import GenEval
 
-        gen = GenEval.prepare(cfg, data, tokenizer, out, say)
-        if gen is not None:
-            gen.base_answers(unwrapped, separate_base=cfg.method.kind == "full",
-                             trained=state.step > 0)
-    accelerator.wait_for_everyone()
+        session.gen = GenEval.prepare(cfg, data, tokenizer, out, say)
+        if session.gen is not None:
+            session.gen.base_answers(unwrapped, separate_base=cfg.method.kind == "full",
+                                     trained=state.step > 0)
+    session.barrier()
     files.update(status="running", **run_facts(cfg, info, data.report.to_dict()),
-                 total_steps=total_steps, processes=world, precision=accelerator.mixed_precision,
-                 batching=train_batches.summary(), resumed_from=str(resume_dir or "") or None,
-                 timings={"start": stamp(started)})
-    barrier = accelerator.wait_for_everyone
+                 total_steps=total_steps, processes=accelerator.num_processes,
+                 precision=accelerator.mixed_precision, batching=train_batches.summary(),
+                 resumed_from=str(resume_dir or "") or None, timings={"start": stamp(started)})
+    return session
 
-    def keep_adapter() -> None:
-        save_trained(unwrapped, tokenizer, out / "adapter")
 
-    def save(reason: str) -> None:
-        folder = save_checkpoint(out / "checkpoints", unwrapped, optimizer, scheduler, state,
-                                 rng, rank=rank, barrier=barrier)
-        gone = prune_checkpoints(out, t.keep_checkpoints) if main else []
-        say(f"checkpoint: saved {folder} ({reason})"
-            + (f"; removed {', '.join(p.name for p in gone)}" if gone else ""))
-
-    # ------------------------------------------------------------------ the loop
-    say(f"training: {total_steps} steps of {t.grad_accum} x {t.batch_size} rows"
-        f"{f' x {world} processes' if world > 1 else ''}; {len(train_batches)} batches per epoch")
-    stream = micro_batches(train_batches, state.epoch, state.batch_index)
-    if rng is not None:
-        restore_rng(rng)
-    rng, status, saved_at = capture_rng(), "running", state.step if resume_dir else -1
-    throughput = Throughput(state.trained_tokens)
+def fit(s: Session) -> str:
+    """Step after step until the last one, early stopping or a stop request; returns the status:
+    running (it reached the end), stopped_early or cancelled."""
+    t, state, acc = s.cfg.train, s.state, s.accelerator
+    world = acc.num_processes
+    s.say(f"training: {s.total_steps} steps of {t.grad_accum} x {t.batch_size} rows"
+          f"{f' x {world} processes' if world > 1 else ''}; {len(s.train_batches)} batches per "
+          "epoch")
+    stream = micro_batches(s.train_batches, state.epoch, state.batch_index)
+    if s.rng is not None:
+        restore_rng(s.rng)
+    s.rng, status = capture_rng(), "running"
+    throughput = s.throughput = Throughput(state.trained_tokens, state.seen_tokens)
+    gen_every = eval_generate_every(t.eval_generate)
     try:
-        while state.step < total_steps:
-            model.train()
-            step_batches = [next(stream) for _ in range(t.grad_accum)]
-            n_tokens = int(global_sum(accelerator, sum(trained_tokens(b) for b, _, _ in
-                                                       step_batches)))
-            loss_sum = torch.zeros((), device=accelerator.device)
-            for i, (batch, epoch, index) in enumerate(step_batches):
-                batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-                last = i == len(step_batches) - 1
-                with nullcontext() if last else accelerator.no_sync(model):
-                    loss = loss_of(model, batch)
-                    accelerator.backward(loss * world / max(n_tokens, 1))
+        while state.step < s.total_steps:
+            s.model.train()
+            step = [next(stream) for _ in range(t.grad_accum)]
+            n_tokens = int(global_sum(acc, sum(trained_tokens(b) for b, *_ in step)))
+            n_seen = int(global_sum(acc, sum(seen for *_, seen in step)))
+            loss_sum = torch.zeros((), device=acc.device)
+            for i, (batch, epoch, index, _) in enumerate(step):
+                batch = {k: v.to(acc.device) for k, v in batch.items()}
+                with nullcontext() if i == len(step) - 1 else acc.no_sync(s.model):
+                    loss = s.loss_of(s.model, batch)
+                    acc.backward(loss * world / max(n_tokens, 1))
                 loss_sum += loss.detach()
-            grad_norm = accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm or math.inf)
-            lr = scheduler.get_last_lr()[0]
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            state.advance(epoch, index, t.grad_accum, n_tokens)
-            rng = capture_rng()
+            grad_norm = acc.clip_grad_norm_(s.model.parameters(), t.max_grad_norm or math.inf)
+            lr = s.scheduler.get_last_lr()[0]
+            s.optimizer.step()
+            s.scheduler.step()
+            s.optimizer.zero_grad(set_to_none=True)
+            state.advance(epoch, index, t.grad_accum, n_tokens, n_seen)
+            s.rng = capture_rng()
 
-            if state.step % t.log_every == 0 or state.step == total_steps:
-                files.metrics({"step": state.step,
-                               "epoch": round(state.micro_steps / len(train_batches), 4),
-                               "loss": global_sum(accelerator, loss_sum) / max(n_tokens, 1),
-                               "lr": lr, "grad_norm": float(grad_norm),
-                               "tokens_per_s": throughput.since_last(state.trained_tokens),
-                               "total_steps": total_steps})
-            if eval_batches and t.eval_every and state.step % t.eval_every == 0:
-                if evaluate_and_track(model, eval_batches, accelerator, state, t, files, say,
-                                      keep_adapter, loss_of):
-                    status = "stopped_early"
+            if state.step % t.log_every == 0 or state.step == s.total_steps:
+                s.files.metrics({"step": state.step,
+                                 "epoch": round(state.micro_steps / len(s.train_batches), 4),
+                                 "loss": global_sum(acc, loss_sum) / max(n_tokens, 1),
+                                 "lr": lr, "grad_norm": float(grad_norm),
+                                 **throughput.since_last(state.trained_tokens,
+                                                         state.seen_tokens),
+                                 "total_steps": s.total_steps})
+            if s.eval_batches and t.eval_every and state.step % t.eval_every == 0:
+                status = "stopped_early" if evaluate_and_track(s) else status
             if gen_every and state.step % gen_every == 0:
-                if generate_and_track(gen, unwrapped, accelerator, state, t, files, say,
-                                      keep_adapter):
-                    status = "stopped_early"
+                status = "stopped_early" if generate_and_track(s) else status
             if t.save_every and state.step % t.save_every == 0:
-                save(f"every {t.save_every} steps")
-                saved_at = state.step
+                save(s)
             if status == "stopped_early":
                 break
-            if agree(accelerator, main and reporter.should_stop()) and state.step < total_steps:
-                status = "cancelled"
-                say(f"stop requested: stopping after step {state.step}")
-                break
+            if agree(acc, s.main and s.reporter.should_stop()) and state.step < s.total_steps:
+                s.say(f"stop requested: stopping after step {state.step}")
+                return "cancelled"
     except KeyboardInterrupt:
-        status, barrier = "cancelled", (lambda: None)  # other processes may be gone: no waiting
-        say(f"interrupted: stopping after step {state.step}")
+        s.interrupted = True
+        s.say(f"interrupted: stopping after step {state.step}")
+        return "cancelled"
     except Exception as exc:
-        files.update(status="failed", error=f"{type(exc).__name__}: {exc}", steps=state.step)
+        s.files.update(status="failed", error=f"{type(exc).__name__}: {exc}", steps=state.step)
         raise
+    return status
 
-    # ------------------------------------------------------------------ finish
+
+def finish(s: Session, status: str) -> RunResult:
+    """The last evaluation and checkpoint, the adapter (unless early stopping kept the best),
+    the final generation evaluation, run.json's end."""
+    t, state = s.cfg.train, s.state
     status = "completed" if status == "running" else status
-    if eval_batches and status != "cancelled" and state.last_eval_step != state.step:
-        evaluate_and_track(model, eval_batches, accelerator, state, t, files, say, keep_adapter,
-                           loss_of)
-    if saved_at != state.step:
-        save("end of run" if status != "cancelled" else "stopped")
+    if s.eval_batches and status != "cancelled" and state.last_eval_step != state.step:
+        evaluate_and_track(s)
+    if s.saved_step != state.step:
+        save(s, "end of run" if status != "cancelled" else "stopped")
     keeps_best = t.early_stopping_patience is not None and (
         state.best_metric if t.early_stopping_metric.startswith("gen_")
         else state.best_eval_loss) is not None
-    if main and not keeps_best:
-        keep_adapter()
-    barrier()
-    kept_elsewhere = keeps_best and state.best_step != state.step
+    if s.main and not keeps_best:
+        keep_adapter(s)
+    s.barrier()
     if status != "cancelled" and t.eval_generate != "off":
-        if kept_elsewhere:  # score the adapter a person downloads, not the last weights
-            if gen is not None:
-                restore_kept(unwrapped, out / "adapter", say)
-                gen.run(unwrapped, state.step, kept_step=state.best_step)
-            barrier()
+        if keeps_best and state.best_step != state.step:  # score what a person downloads
+            if s.gen is not None:
+                restore_kept(s.unwrapped, s.out / "adapter", s.say)
+                s.gen.run(s.unwrapped, state.step, kept_step=state.best_step)
+            s.barrier()
         elif state.last_gen_step != state.step:
-            generate_and_track(gen, unwrapped, accelerator, state, t, files, say, keep_adapter)
-    seconds = time.time() - started
-    files.update(status=status, steps=state.step, final_metrics=files.final_metrics(),
-                 best_eval_loss=state.best_eval_loss,
-                 timings={"start": stamp(started), "end": stamp(time.time()),
-                          "seconds": round(seconds, 2),
-                          "tokens_per_s": throughput.overall(state.trained_tokens)})
+            generate_and_track(s)
+    seconds = time.time() - s.started
+    rates = s.throughput.overall(state.trained_tokens, state.seen_tokens) if s.throughput \
+        else {}
+    s.files.update(status=status, steps=state.step, final_metrics=s.files.final_metrics(),
+                   best_eval_loss=state.best_eval_loss,
+                   timings={"start": stamp(s.started), "end": stamp(time.time()),
+                            "seconds": round(seconds, 2), **rates})
     if status == "cancelled":
-        say("to resume: ftstudio train CONFIG --set train.resume_from="
-            f"{(list_checkpoints(out) or ['latest'])[-1]}")
-    say(f"finished ({status}) after {state.step} steps in {seconds:.1f}s; "
-        f"{'best adapter' if keeps_best else 'adapter'} in {out / 'adapter'}")
-    return RunResult(output_dir=str(out), adapter_dir=str(out / "adapter"),
-                     metrics=files.final_metrics(), steps=state.step,
+        s.say("to resume: ftstudio train CONFIG --set train.resume_from="
+              f"{(list_checkpoints(s.out) or ['latest'])[-1]}")
+    s.say(f"finished ({status}) after {state.step} steps in {seconds:.1f}s; "
+          f"{'best adapter' if keeps_best else 'adapter'} in {s.out / 'adapter'}")
+    return RunResult(output_dir=str(s.out), adapter_dir=str(s.out / "adapter"),
+                     metrics=s.files.final_metrics(), steps=state.step,
                      stopped_early=status == "stopped_early", cancelled=status == "cancelled",
                      best_eval_loss=state.best_eval_loss)
+
+
+def keep_adapter(s: Session) -> None:
+    """adapter/: the trained adapter (or model) and its tokenizer."""
+    from engine.model import save_trained
+
+    save_trained(s.unwrapped, s.tokenizer, s.out / "adapter")
+
+
+def save(s: Session, reason: str | None = None) -> None:
+    """A resumable checkpoint of this step (every process takes part), and the old ones pruned."""
+    t = s.cfg.train
+    folder = save_checkpoint(s.out / "checkpoints", s.unwrapped, s.optimizer, s.scheduler,
+                             s.state, s.rng, rank=s.accelerator.process_index,
+                             barrier=s.barrier)
+    s.saved_step = s.state.step
+    gone = prune_checkpoints(s.out, t.keep_checkpoints) if s.main else []
+    s.say(f"checkpoint: saved {folder} ({reason or f'every {t.save_every} steps'})"
+          + (f"; removed {', '.join(p.name for p in gone)}" if gone else ""))
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -238,48 +299,62 @@ def evaluate(model, batches: Batches, accelerator, loss_of: TokenLoss | None = N
             "eval_token_accuracy": correct / max(count, 1)}
 
 
-def evaluate_and_track(model, batches: Batches, accelerator, state: TrainState,
-                       t: TrainSection, files: RunFiles, say, keep_adapter,
-                       loss_of: TokenLoss | None = None) -> bool:
+def evaluate_and_track(s: Session) -> bool:
     """Evaluate, record, keep the best adapter (with early stopping); True: patience is out."""
-    metrics = evaluate(model, batches, accelerator, loss_of)
+    state = s.state
+    metrics = evaluate(s.model, s.eval_batches, s.accelerator, s.loss_of)
     state.last_eval_step = state.step
-    files.metrics({"step": state.step, "epoch": files.last_epoch, **metrics})
+    s.files.metrics({"step": state.step, "epoch": s.files.last_epoch, **metrics})
     improved = state.best_eval_loss is None or metrics["eval_loss"] < state.best_eval_loss
-    say(f"eval at step {state.step}: loss {metrics['eval_loss']:.4f}, perplexity "
-        f"{metrics['eval_perplexity']:.2f}, token accuracy {metrics['eval_token_accuracy']:.3f}"
-        f"{' (best so far)' if improved else ''}")
+    s.say(f"eval at step {state.step}: loss {metrics['eval_loss']:.4f}, perplexity "
+          f"{metrics['eval_perplexity']:.2f}, token accuracy "
+          f"{metrics['eval_token_accuracy']:.3f}{' (best so far)' if improved else ''}")
     if improved:
         state.best_eval_loss = metrics["eval_loss"]
-    if t.early_stopping_metric != "eval_loss":
+    if s.cfg.train.early_stopping_metric != "eval_loss":
         return False
-    return patience_is_out(improved, state, t, files, say, keep_adapter,
-                           f"eval loss (best {state.best_eval_loss:.4f})")
+    return patience_is_out(s, improved, f"eval loss (best {state.best_eval_loss:.4f})")
 
 
-def generate_and_track(gen, model, accelerator, state: TrainState, t: TrainSection,
-                       files: RunFiles, say, keep_adapter) -> bool:
+def generate_and_track(s: Session) -> bool:
     """A generation evaluation on the main process (engine/evaluation.py: answers, scores,
     eval.json) recorded as gen_* metrics; with a generation early_stopping_metric, True when
     its patience is out. Every process calls it (the others wait)."""
     from engine.evaluation import flat_metrics
 
+    state, name = s.state, s.cfg.train.early_stopping_metric
     state.last_gen_step = state.step
-    record = gen.run(model, state.step) if gen is not None else None
+    record = s.gen.run(s.unwrapped, state.step) if s.gen is not None else None
     stop = False
     if record is not None:
         values = flat_metrics(record)
-        files.metrics({"step": state.step, "epoch": files.last_epoch, **values})
-        name = t.early_stopping_metric
+        s.files.metrics({"step": state.step, "epoch": s.files.last_epoch, **values})
         if name.startswith("gen_") and name in values:
-            value = values[name]
-            improved = state.best_metric is None or value > state.best_metric
+            improved = state.best_metric is None or values[name] > state.best_metric
             if improved:
-                state.best_metric = value
-            stop = patience_is_out(improved, state, t, files, say, keep_adapter,
-                                   f"{name} (best {state.best_metric:.4f})")
-    accelerator.wait_for_everyone()
-    return agree(accelerator, stop)
+                state.best_metric = values[name]
+            stop = patience_is_out(s, improved, f"{name} (best {state.best_metric:.4f})")
+    s.barrier()
+    return agree(s.accelerator, stop)
+
+
+def patience_is_out(s: Session, improved: bool, what: str) -> bool:
+    """Early stopping's bookkeeping after one evaluation of its metric: keep the best adapter,
+    count evaluations without improvement; True when train.early_stopping_patience is out."""
+    state = s.state
+    state.evals_without_improvement = 0 if improved else state.evals_without_improvement + 1
+    if improved:
+        state.best_step = state.step
+    patience = s.cfg.train.early_stopping_patience
+    if patience is None:
+        return False
+    if improved and s.main:
+        keep_adapter(s)
+    if state.evals_without_improvement >= patience:
+        s.say(f"early stopping: {what} has not improved for {patience} evaluation(s); the best "
+              "is kept in adapter/")
+        return True
+    return False
 
 
 def restore_kept(model, folder: Path, say) -> None:
@@ -299,39 +374,16 @@ def restore_kept(model, folder: Path, say) -> None:
     say(f"eval generate: scoring the best weights early stopping kept in {folder}")
 
 
-def patience_is_out(improved: bool, state: TrainState, t: TrainSection, files: RunFiles, say,
-                    keep_adapter, what: str) -> bool:
-    """Early stopping's bookkeeping after one evaluation of its metric: keep the best adapter,
-    count evaluations without improvement; True when train.early_stopping_patience is out."""
-    state.evals_without_improvement = 0 if improved else state.evals_without_improvement + 1
-    if improved:
-        state.best_step = state.step
-    patience = t.early_stopping_patience
-    if patience is None:
-        return False
-    if improved and files.main:
-        keep_adapter()
-    if state.evals_without_improvement >= patience:
-        say(f"early stopping: {what} has not improved for {patience} evaluation(s); the best "
-            "is kept in adapter/")
-        return True
-    return False
-
-
-# --------------------------------------------------------------------------- setup helpers
-
-
 def mixed_precision(precision: str) -> str:
-    """Accelerate's mixed_precision for train.precision (auto: bf16/fp16 on GPUs, none on CPU)."""
-    if precision == "auto":
-        if not torch.cuda.is_available():
-            return "no"
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "no" if precision == "fp32" else precision
+    """Accelerate's mixed_precision for train.precision on this device (engine.precision)."""
+    from engine.precision import mixed_mode, this_device
+
+    return mixed_mode(precision, *this_device())
 
 
 def compute_dtype(model, mixed: str) -> torch.dtype:
-    """The dtype attention computes in (packed attention masks are built in it)."""
+    """The dtype attention computes in (packed attention masks are built in it): mixed
+    precision's, else the loaded weights' (engine.precision's compute rule)."""
     return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(
         mixed, model.get_input_embeddings().weight.dtype)
 
@@ -405,14 +457,16 @@ def add_neftune_noise(model, alpha: float):
 
 
 def micro_batches(batches: Batches, epoch: int, index: int
-                  ) -> Iterator[tuple[dict[str, torch.Tensor], int, int]]:
-    """(batch, epoch, index) forever from (epoch, index) on; epoch and index name the position
-    *after* the batch, which is where a checkpoint taken after it resumes."""
+                  ) -> Iterator[tuple[dict[str, torch.Tensor], int, int, int]]:
+    """(batch, epoch, index, tokens) forever from (epoch, index) on; epoch and index name the
+    position *after* the batch, which is where a checkpoint taken after it resumes; tokens:
+    the batch's real (non-padding) tokens, prompts included."""
     while True:
         plan = batches.plan(epoch)
         for i in range(index, len(plan)):
             after = (epoch, i + 1) if i + 1 < len(plan) else (epoch + 1, 0)
-            yield batches.collate(plan[i]), *after
+            seen = sum(batches.lengths[r] for row in plan[i] for r in row)
+            yield batches.collate(plan[i]), *after, seen
         epoch, index = epoch + 1, 0
 
 
@@ -430,20 +484,26 @@ def agree(accelerator, flag: bool) -> bool:
 
 
 class Throughput:
-    """Trained tokens per second since the last report, and over this session."""
+    """Tokens per second since the last report and over this session: trained tokens (those
+    that carry loss: tokens_per_s) and every real token computed, prompts included
+    (total_tokens_per_s, the figure other tools report)."""
 
-    def __init__(self, tokens: int):
-        self.start_tokens, self.start = tokens, time.time()
-        self.tokens, self.at = tokens, self.start
+    def __init__(self, trained: int, seen: int):
+        self.start, self.start_tokens = time.time(), (trained, seen)
+        self.at, self.tokens = self.start, (trained, seen)
 
-    def since_last(self, tokens: int) -> float:
+    def since_last(self, trained: int, seen: int) -> dict[str, float]:
         now = time.time()
-        rate = (tokens - self.tokens) / max(now - self.at, 1e-9)
-        self.tokens, self.at = tokens, now
-        return round(rate, 1)
+        span = max(now - self.at, 1e-9)
+        rates = {"tokens_per_s": round((trained - self.tokens[0]) / span, 1),
+                 "total_tokens_per_s": round((seen - self.tokens[1]) / span, 1)}
+        self.at, self.tokens = now, (trained, seen)
+        return rates
 
-    def overall(self, tokens: int) -> float:
-        return round((tokens - self.start_tokens) / max(time.time() - self.start, 1e-9), 1)
+    def overall(self, trained: int, seen: int) -> dict[str, float]:
+        span = max(time.time() - self.start, 1e-9)
+        return {"tokens_per_s": round((trained - self.start_tokens[0]) / span, 1),
+                "total_tokens_per_s": round((seen - self.start_tokens[1]) / span, 1)}
 
 
 def main(argv: list[str] | None = None) -> int:

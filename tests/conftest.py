@@ -46,10 +46,10 @@ def tiny_tokenizer(tiny_model):
 
 @pytest.fixture(scope="session")
 def tiny_gguf(tiny_model, tmp_path_factory) -> Path:
-    """tiny_model written as a q8_0 GGUF file by the project's own exporter (engine.export_gguf)."""
+    """tiny_model written as a q8_0 GGUF file by the project's own exporter (engine.export.gguf)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from engine.export_gguf import write_gguf
+    from engine.export import write_gguf
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model)
     return write_gguf(model, AutoTokenizer.from_pretrained(tiny_model),

@@ -10,7 +10,7 @@ import random
 import datasets
 import pytest
 
-from engine.batching import IGNORE_INDEX, Batches, fit_batch_count
+from engine.data import IGNORE_INDEX, Batches, fit_batch_count
 
 LONGEST = 512
 

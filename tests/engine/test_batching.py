@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine.batching import (IGNORE_INDEX, Batches, best_fit_decreasing, block_causal_mask,
+from engine.data.batching import (IGNORE_INDEX, Batches, best_fit_decreasing, block_causal_mask,
                              collate_packed, collate_padded, ordered_indices, packed_rows,
                              records_moved, trained_tokens)
 
@@ -173,7 +173,7 @@ def test_token_budget_batches_hold_every_example_once_within_the_budget(packing)
 
 
 def test_token_budget_batches_cut_greedily_and_a_long_row_stands_alone():
-    from engine.batching import token_budget_batches
+    from engine.data import token_budget_batches
 
     lengths = [100, 90, 300, 10, 10, 10]
     assert token_budget_batches([[i] for i in range(6)], lengths, 199) == [[0], [1], [2],

@@ -1,5 +1,5 @@
 """engine.data: files to tokenized examples, loss masks, bad records, curation, split and cache;
-and the report of it all (engine.data_report)."""
+and the report of it all (engine.data.report)."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ import json
 import pytest
 from transformers import AutoTokenizer
 
-from engine import data as data_mod
+import engine.data.pipeline as data_mod
 from engine.config import DataConfig, TrainConfig
 from engine.data import (DEFAULT_CHAT_TEMPLATE, DataError, IGNORE_INDEX, Encoder, data_report,
                          ensure_chat_template, file_sha256, prepare, preview, read_records,
                          split_indices)
-from engine.data_report import DataReport, format_report
+from engine.data import DataReport, format_report
 from engine.demo import CHAT_TEMPLATE
 from engine.examples import alpaca_records, chat_records
 from tests_paths import EXAMPLES

@@ -9,6 +9,7 @@ import pytest
 
 from engine.catalog import PRESETS, describe, list_models, safetensors_params
 from engine.config import TrainConfig
+from engine.catalog import estimate_for
 from engine.estimate import (GiB, Device, classify, count_params, detect_device, estimate,
                              human_bytes, trainable_params)
 
@@ -59,11 +60,11 @@ def test_presets_have_their_published_sizes():
 
 def test_memory_moves_the_right_way():
     name = "meta-llama/Llama-3.1-8B-Instruct"
-    lora = estimate(_cfg(name), device=GPU80)
-    qlora = estimate(_cfg(name, "qlora"), device=GPU80)
-    full = estimate(_cfg(name, "full"), device=GPU80)
-    ckpt = estimate(_cfg(name, gradient_checkpointing=True), device=GPU80)
-    big = estimate(_cfg(name, batch_size=8), device=GPU80)
+    lora = estimate_for(_cfg(name), device=GPU80)
+    qlora = estimate_for(_cfg(name, "qlora"), device=GPU80)
+    full = estimate_for(_cfg(name, "full"), device=GPU80)
+    ckpt = estimate_for(_cfg(name, gradient_checkpointing=True), device=GPU80)
+    big = estimate_for(_cfg(name, batch_size=8), device=GPU80)
     assert qlora.parts["weights"] < lora.parts["weights"] / 2.5
     assert full.peak_bytes > 2.5 * lora.peak_bytes
     assert ckpt.parts["activations"] < lora.parts["activations"] / 5
@@ -76,8 +77,8 @@ def test_memory_moves_the_right_way():
 
 def test_cpu_uses_float32():
     cpu = Device("cpu", "CPU RAM", 64 * GiB, 32 * GiB)
-    gpu = estimate(_cfg("Qwen/Qwen2.5-0.5B-Instruct"), device=GPU80)
-    ram = estimate(_cfg("Qwen/Qwen2.5-0.5B-Instruct"), device=cpu)
+    gpu = estimate_for(_cfg("Qwen/Qwen2.5-0.5B-Instruct"), device=GPU80)
+    ram = estimate_for(_cfg("Qwen/Qwen2.5-0.5B-Instruct"), device=cpu)
     assert ram.parts["weights"] == 2 * gpu.parts["weights"]
     assert ram.device.capacity_bytes == 32 * GiB               # what is free, on a CPU
 
@@ -89,7 +90,7 @@ def test_classify():
 
 
 def test_unknown_shape_gives_no_estimate():
-    assert estimate(_cfg("someone/not-a-real-model-xyz"), device=GPU80) is None
+    assert estimate_for(_cfg("someone/not-a-real-model-xyz"), device=GPU80) is None
 
 
 def test_detect_device_finds_memory():
@@ -133,15 +134,15 @@ def test_activations_match_what_autograd_saves(tiny_model, kind, dropout):
     with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
         model(input_ids=ids, labels=ids)
     cpu = Device("cpu", "test", 64 * GiB, 64 * GiB)
-    est = estimate(cfg, device=cpu)
+    est = estimate_for(cfg, device=cpu)
     expected = est.parts["activations"] + 2 * 128 * 512 * 4   # + one float32 log-softmax
     assert 0.8 < sum(saved.values()) / expected < 1.25
 
 
 def test_batch_tokens_size_the_activations():
     name = "Qwen/Qwen2.5-0.5B-Instruct"
-    rows = estimate(_cfg(name, batch_size=8), device=GPU80)
-    tokens = estimate(_cfg(name, batch_size=1, batch_tokens=8 * 512), device=GPU80)
+    rows = estimate_for(_cfg(name, batch_size=8), device=GPU80)
+    tokens = estimate_for(_cfg(name, batch_size=1, batch_tokens=8 * 512), device=GPU80)
     assert tokens.parts["activations"] == rows.parts["activations"]
 
 
@@ -162,7 +163,8 @@ import json, sys
 import torch, transformers, peft, accelerate, datasets
 import engine.train, engine.model, engine.data
 from engine.config import TrainConfig
-from engine.estimate import GiB, Device, estimate
+from engine.estimate import GiB, Device
+from engine.catalog import estimate_for
 
 def status(key):
     for line in open("/proc/self/status"):
@@ -179,7 +181,7 @@ t = cfg.train
 t.batch_size, t.max_steps, t.eval_every, t.save_every = spec["batch"], 2, 0, 0
 cfg.output_dir = spec["out"]
 engine.train.run(cfg)
-est = estimate(cfg, device=Device("cpu", "test", 64 * GiB, 64 * GiB))
+est = estimate_for(cfg, device=Device("cpu", "test", 64 * GiB, 64 * GiB))
 print(json.dumps({"baseline": baseline, "peak": status("VmHWM:"), "parts": est.parts}))
 """
 

@@ -21,7 +21,7 @@ import torch
 import gguf
 
 from engine.export import ExportError, export  # noqa: E402
-from engine.export_gguf import chat_style, modelfile, write_gguf  # noqa: E402
+from engine.export import chat_style, modelfile, write_gguf  # noqa: E402
 
 PROMPT = [{"role": "system", "content": "You answer briefly."},
           {"role": "user", "content": "reverse: one two three four five six"},
@@ -102,7 +102,7 @@ def hf_logits(model, tokens: list[int]) -> np.ndarray:
 
 
 def unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
-    """Inverse of engine.export_gguf.rope_permute (back to HF's half-split rows)."""
+    """Inverse of engine.export.gguf.rope_permute (back to HF's half-split rows)."""
     return w.reshape(n_head, w.shape[0] // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2) \
         .reshape(w.shape)
 
@@ -198,7 +198,7 @@ def test_without_the_rope_permutation_llama_cpp_computes_something_else(sharp_ru
                                                                        tiny_tokenizer,
                                                                        monkeypatch):
     """The check above can fail: write the same model without permuting q/k and it drifts."""
-    import engine.export_gguf as eg
+    import engine.export.gguf as eg
 
     tokens, merged = sharp_run["tokens"], sharp_run["merged"]
     want = hf_logits(merged, tokens)
@@ -212,7 +212,7 @@ def test_without_the_rope_permutation_llama_cpp_computes_something_else(sharp_ru
 
 def test_qwen2_must_not_be_permuted(tiny_tokenizer, tmp_path, monkeypatch):
     """Qwen2 runs with NEOX rope in llama.cpp: permuting it as for Llama would break it."""
-    import engine.export_gguf as eg
+    import engine.export.gguf as eg
 
     model = sharpen(tiny_family("qwen2", tiny_tokenizer))
     tokens = list(tiny_tokenizer.apply_chat_template(PROMPT, tokenize=True, return_dict=False))

@@ -1,4 +1,4 @@
-"""engine.formats: each format's record -> normalized example, its errors, and auto-detection."""
+"""engine.data.formats: each format's record -> normalized example, its errors, and auto-detection."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from engine.formats import FORMATS, RecordError, detect_format
+from engine.data import FORMATS, RecordError, detect_format
 from tests_paths import EXAMPLES
 
 SYSTEM = {"role": "system", "content": "Be brief."}

@@ -15,7 +15,7 @@ import torch
 import gguf
 
 from engine import catalog
-from engine.export_gguf import write_gguf
+from engine.export import write_gguf
 from engine.gguf_import import (GGUFImportError, default_name, import_gguf, read_header,
                                 supported_architectures)
 

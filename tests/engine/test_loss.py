@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.batching import IGNORE_INDEX, collate_packed, collate_padded
+from engine.data import IGNORE_INDEX, collate_packed, collate_padded
 from engine.config import TrainConfig
 from engine.loss import TokenLoss, causal_lm_loss, model_inputs
 

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from engine import recipes
-from engine.data_report import DataReport, fill_lengths, format_report
+from engine.data import DataReport, fill_lengths, format_report
 from tests_paths import ROOT
 
 PRETRAINED = {"model_type": "llama", "max_position_embeddings": 2048}

@@ -11,7 +11,7 @@ import random
 import pytest
 import torch
 
-from engine.batching import IGNORE_INDEX, Batches
+from engine.data import IGNORE_INDEX, Batches
 from engine.config import TrainConfig
 from engine.loss import TokenLoss, causal_lm_loss, model_inputs
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine.batching import IGNORE_INDEX
+from engine.data import IGNORE_INDEX
 from engine.config import ConfigError
 from engine.loss import TokenLoss
 from engine.reporter import ListReporter

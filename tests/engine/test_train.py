@@ -100,8 +100,11 @@ def test_metrics_jsonl_and_run_json(tiny_model, examples, home, tmp_path):
     evals = [r for r in records if "eval_loss" in r]
     assert [r["step"] for r in train] == [2, 4, 6] and [r["step"] for r in evals] == [3, 6]
     assert set(train[0]) == {"step", "epoch", "loss", "lr", "grad_norm", "tokens_per_s",
+                             "total_tokens_per_s",
                              "total_steps"}
     assert train[0]["total_steps"] == 6 and train[-1]["epoch"] > train[0]["epoch"] > 0
+    # every real token, prompts included, against only those that carry loss
+    assert all(r["total_tokens_per_s"] > r["tokens_per_s"] > 0 for r in train)
     assert set(evals[0]) == {"step", "epoch", "eval_loss", "eval_perplexity",
                              "eval_token_accuracy"}
     assert evals[0]["eval_perplexity"] == pytest.approx(2.718281828 ** evals[0]["eval_loss"])
@@ -134,7 +137,7 @@ def test_early_stopping_stops_and_keeps_the_best_adapter(tiny_model, examples, h
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from engine.batching import Batches
+    from engine.data import Batches
     from engine.data import prepare
     from engine.model import load_tokenizer
     from engine.train import evaluate

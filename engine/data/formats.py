@@ -1,7 +1,7 @@
 """Dataset formats: one function per format, each turning one record into a normalized example.
 
 Use from Python:
-    from engine.formats import FORMATS, RecordError, detect_format
+    from engine.data import FORMATS, RecordError, detect_format
     name, reason = detect_format(records)  # "alpaca", "alpaca: records have instruction and ..."
     example = FORMATS[name].convert(record)      # raises RecordError naming the field and the fix
 

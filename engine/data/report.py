@@ -2,7 +2,7 @@
 
 Use from Python:
     from engine.data import data_report
-    from engine.data_report import DataReport, format_report
+    from engine.data import DataReport, format_report
     report = data_report("static/examples/chat.jsonl", tokenizer)   # a DataReport
     print(format_report(report))            # for people (`ftstudio data check`)
     report.to_dict()                        # for JSON (`--json`, the studio, run.json, the cache)

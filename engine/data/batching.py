@@ -1,7 +1,7 @@
 """From tokenized examples to training batches: order, packing or length grouping, padding.
 
 Use from Python:
-    from engine.batching import Batches
+    from engine.data import Batches
     batches = Batches(prep.train, batch_size=8, max_seq_len=512, packing=True, order="shuffle",
                       seed=42, pad_id=tokenizer.pad_token_id)
     for rows in batches.plan(epoch=0):            # this process's batches, deterministic
@@ -44,7 +44,8 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-IGNORE_INDEX = -100
+from engine.data.encode import IGNORE_INDEX
+
 #: examples shuffled together before sorting by length (in batches), as in HF's length grouping
 MEGABATCH_BATCHES = 50
 

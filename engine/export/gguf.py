@@ -1,8 +1,8 @@
-"""GGUF files that llama.cpp and Ollama load, written with the `gguf` package, and the Ollama
-Modelfile that goes beside them.
+"""The gguf-f16, gguf-q8_0 and gguf-q4_0 formats: GGUF files that llama.cpp and Ollama load,
+written with the `gguf` package (the Ollama Modelfile beside them is engine/export/ollama.py).
 
-Use from Python (engine.export calls these with the merged model):
-    from engine.export_gguf import write_gguf, write_modelfile
+Use from Python (the gguf-* formats call these with the merged model):
+    from engine.export import write_gguf, write_modelfile
     path = write_gguf(model, tokenizer, "out/demo-ft-q8_0.gguf", "q8_0", log=print)
     write_modelfile(tokenizer, path)        # out/Modelfile: FROM ./demo-ft-q8_0.gguf + TEMPLATE
 
@@ -38,13 +38,14 @@ import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import numpy as np
 
-from engine.export import ExportError
-
-Log = Callable[[str], None]
+from engine.export.card import model_card
+from engine.export.merged import load_merged
+from engine.export.ollama import write_modelfile
+from engine.export.run import ExportError, Log, Run, check_mergeable, model_type, slug
 
 
 @dataclass(frozen=True)
@@ -412,70 +413,32 @@ def _adds_special_tokens(tokenizer) -> dict[str, bool]:
             "eos": eos is not None and with_special[-1:] == [eos] and plain[-1:] != [eos]}
 
 
-# --------------------------------------------------------------------------- Ollama
+# --------------------------------------------------------------------------- the formats
 
 
-#: Ollama (Go text/template) translations of the chat template styles we recognise. Ollama
-#: passes system messages both in .Messages and joined in .System, so they are rendered once,
-#: first, from .System. {eos} is replaced by the tokenizer's end-of-sequence token.
-OLLAMA_TEMPLATES = {
-    "chatml": ('{{ if .System }}<|im_start|>system\n{{ .System }}<|im_end|>\n{{ end }}'
-               '{{ range .Messages }}{{ if ne .Role "system" }}<|im_start|>{{ .Role }}\n'
-               '{{ .Content }}<|im_end|>\n{{ end }}{{ end }}<|im_start|>assistant\n'),
-    "llama3": ('{{ if .System }}<|start_header_id|>system<|end_header_id|>\n\n{{ .System }}'
-               '<|eot_id|>{{ end }}{{ range .Messages }}{{ if ne .Role "system" }}'
-               '<|start_header_id|>{{ .Role }}<|end_header_id|>\n\n{{ .Content }}<|eot_id|>'
-               '{{ end }}{{ end }}<|start_header_id|>assistant<|end_header_id|>\n\n'),
-    "mistral": ('{{ $system := .System }}{{ range .Messages }}{{ if eq .Role "user" }}[INST] '
-                '{{ if $system }}{{ $system }}\n\n{{ $system = "" }}{{ end }}{{ .Content }}'
-                '[/INST]{{ else if eq .Role "assistant" }} {{ .Content }}{eos}{{ end }}{{ end }}'),
-    # ftstudio's default template (engine.data.DEFAULT_CHAT_TEMPLATE), zephyr style
-    "zephyr": ('{{ if .System }}<|system|>\n{{ .System }}\n{{ end }}{{ range .Messages }}'
-               '{{ if ne .Role "system" }}<|{{ .Role }}|>\n{{ .Content }}'
-               '{{ if eq .Role "assistant" }}{eos}{{ end }}\n{{ end }}{{ end }}<|assistant|>\n'),
-}
-OLLAMA_STOPS = {"chatml": ["<|im_start|>", "<|im_end|>"],
-                "llama3": ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"],
-                "mistral": ["[INST]", "[/INST]"],
-                "zephyr": ["<|user|>", "<|system|>"]}
+def export_gguf_f16(run: Run, out: Path, log: Log) -> list[Path]:
+    """GGUF with 16-bit float weights (norms and biases float32): the reference for llama.cpp."""
+    return _export_gguf(run, out, log, "f16")
 
 
-def chat_style(template: str | None) -> str | None:
-    """Which OLLAMA_TEMPLATES style an HF chat template is, or None when not recognised."""
-    if not template:
-        return None
-    if "<|im_start|>" in template:
-        return "chatml"
-    if "<|start_header_id|>" in template:
-        return "llama3"
-    if "[INST]" in template:
-        return "mistral"
-    if "<|user|>" in template or "'<|' + message['role'] + '|>" in template:
-        return "zephyr"
-    return None
+def export_gguf_q8_0(run: Run, out: Path, log: Log) -> list[Path]:
+    """GGUF with 8-bit block quantization (Q8_0): near-lossless, about half of f16."""
+    return _export_gguf(run, out, log, "q8_0")
 
 
-def modelfile(tokenizer, gguf_file: str) -> str:
-    """An Ollama Modelfile for gguf_file (a name beside it): FROM, TEMPLATE and stop tokens."""
-    style = chat_style(getattr(tokenizer, "chat_template", None))
-    eos = tokenizer.eos_token or ""
-    lines = [f"# Ollama: ollama create my-model -f Modelfile && ollama run my-model",
-             f"FROM ./{gguf_file}", ""]
-    if style is None:
-        lines += ["# The chat template was not recognised, so no TEMPLATE is given here; Ollama "
-                  "uses the one stored", "# in the GGUF file (tokenizer.chat_template) when it "
-                  "recognises it.", ""]
-        stops = [eos] if eos else []
-    else:
-        lines += [f'TEMPLATE """{OLLAMA_TEMPLATES[style].replace("{eos}", eos)}"""', ""]
-        stops = OLLAMA_STOPS[style] + ([eos] if eos and eos not in OLLAMA_STOPS[style] else [])
-    lines += [f'PARAMETER stop "{s}"' for s in stops]
-    return "\n".join(lines) + "\n"
+def export_gguf_q4_0(run: Run, out: Path, log: Log) -> list[Path]:
+    """GGUF with 4-bit block quantization (Q4_0; the output matrix stays Q8_0)."""
+    return _export_gguf(run, out, log, "q4_0")
 
 
-def write_modelfile(tokenizer, gguf_path: Path, log: Log = print) -> Path:
-    path = Path(gguf_path).with_name("Modelfile")
-    style = chat_style(getattr(tokenizer, "chat_template", None))
-    log(f"gguf: Ollama Modelfile ({style or 'template not recognised'})")
-    path.write_text(modelfile(tokenizer, Path(gguf_path).name), encoding="utf-8")
-    return path
+def _export_gguf(run: Run, out: Path, log: Log, qtype: str) -> list[Path]:
+    check_mergeable(run, f"gguf-{qtype}")
+    if (kind := model_type(run)) is not None:
+        check_supported(kind)   # before loading anything (write_gguf checks again)
+    model, tokenizer = load_merged(run, log)
+    path = write_gguf(model, tokenizer, out / f"{slug(run)}-{qtype}.gguf", qtype,
+                      name=slug(run), log=log)
+    ollama = write_modelfile(tokenizer, path, log=log)
+    (out / "README.md").write_text(model_card(run, f"gguf-{qtype}", gguf_name=path.name),
+                                   encoding="utf-8")
+    return [path, ollama, out / "README.md"]

@@ -1,18 +1,17 @@
 """From a data file to tokenized training examples, with a report of everything that happened.
 
 Use from Python:
-    from engine.data import prepare, data_report
-    from engine.data_report import format_report
+    from engine.data import prepare, data_report, format_report
     data = prepare(cfg, tokenizer, log=print)     # PreparedData: train, validation, report
     print(format_report(data_report("static/examples/chat.jsonl", tokenizer)))
 
-The report (engine.data_report.DataReport) counts where every record went; this module fills it.
+The report (engine.data.report.DataReport) counts where every record went; this module fills it.
 
 The path a file takes (each step counts what it removes, so nothing is dropped silently):
 
-1. engine.readers.read_records: .json (an array), .jsonl, .csv or .parquet into raw records, each with where it
+1. engine.data.readers.read_records: .json (an array), .jsonl, .csv or .parquet into raw records, each with where it
    came from ("line 17", "record 3 (line 12)", "row 4 (line 5)", "row 4"; all 1-based).
-2. the format (engine.formats): given by data.format or detected from the fields; each record is
+2. the format (engine.data.formats): given by data.format or detected from the fields; each record is
    converted to a normalized example. A malformed one raises DataError naming the file, the line
    or record, the field and the fix, or with data.on_bad_record=skip is counted in `skipped_bad`.
 3. curation: data.system_prompt is added to conversations that have none; exact duplicates are
@@ -54,211 +53,34 @@ the data settings that change tokens; a second run loads it instead of tokenizin
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import hashlib
 import json
 import os
 import random
-import shutil
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engine.config import DataConfig, TrainConfig
-from engine.data_report import DataReport, fill_lengths, summary_line
-from engine.formats import FORMATS, RecordError, detect_format
-from engine.readers import (SKIP_HINT, DataError, RawRecord, check_path, file_sha256,
-                            read_records)
+from engine.data.cache import cache_key, default_cache_dir, progress_bars, save_cache
+from engine.data.encode import IGNORE_INDEX, Encoder
+from engine.data.formats import FORMATS, RecordError, detect_format
+from engine.data.readers import SKIP_HINT, DataError, RawRecord, check_path, read_records
+from engine.data.report import DataReport, fill_lengths, summary_line
+from engine.data.template import ensure_chat_template
 
 if TYPE_CHECKING:
     import datasets
 
-#: bump when the tokenized output changes for the same inputs, to invalidate old caches
-CACHE_VERSION = 2
 #: above this many records, tokenizing runs in min(cpu_count, 8) processes
 PARALLEL_THRESHOLD = 20_000
 #: how many bad-record messages a report keeps
 MAX_BAD_EXAMPLES = 20
-IGNORE_INDEX = -100
-DEFAULT_CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|' + message['role'] + '|>\n' + message['content'] }}"
-    "{% if message['role'] == 'assistant' %}{{ eos_token }}{% endif %}"
-    "{{ '\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
-)
 
 
 class FormatNotDetected(DataError):
     """data.format is auto and no format's fields are in the records."""
-
-
-# --------------------------------------------------------------------------- chat template
-
-
-def ensure_chat_template(tokenizer) -> str:
-    """Give a tokenizer without a chat template DEFAULT_CHAT_TEMPLATE.
-
-    Returns "tokenizer" when it has its own, "default" when the default was set (the tokenizer is
-    changed in place, so a saved adapter's tokenizer renders chats the same way)."""
-    current = getattr(tokenizer, "chat_template", None)
-    if current == DEFAULT_CHAT_TEMPLATE:
-        return "default"
-    if current:
-        return "tokenizer"
-    tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE
-    return "default"
-
-
-def tokenizer_fingerprint(tokenizer) -> dict[str, Any]:
-    """What identifies a tokenizer for the cache: name, vocab, chat template, special tokens."""
-    vocab = json.dumps(sorted(tokenizer.get_vocab().items()), ensure_ascii=False)
-    template = json.dumps(getattr(tokenizer, "chat_template", None), sort_keys=True)
-    return {
-        "class": type(tokenizer).__name__,
-        "name_or_path": str(getattr(tokenizer, "name_or_path", "")),
-        "vocab_size": len(tokenizer),
-        "vocab_sha256": hashlib.sha256(vocab.encode()).hexdigest(),
-        "chat_template_sha256": hashlib.sha256(template.encode()).hexdigest(),
-        "bos": tokenizer.bos_token, "eos": tokenizer.eos_token,
-    }
-
-
-# --------------------------------------------------------------------------- tokenizing
-
-
-@dataclass
-class Encoded:
-    input_ids: list[int]
-    labels: list[int]
-    #: the text of each token (for previews), only when asked for
-    pieces: list[str] | None = None
-
-
-class Encoder:
-    """Turns normalized examples into input_ids and labels (see the module docstring's rules)."""
-
-    def __init__(self, tokenizer, kind: str, train_on_prompt: bool = False,
-                 max_seq_len: int | None = None, path: str = ""):
-        self.tokenizer = tokenizer
-        self.kind = kind
-        self.train_on_prompt = train_on_prompt
-        self.max_seq_len = max_seq_len
-        self.path = path
-        bos = tokenizer.bos_token_id
-        probe = tokenizer("a", add_special_tokens=True)["input_ids"]
-        self.add_bos = bos is not None and bool(probe) and probe[0] == bos
-
-    # -- one example
-    def encode(self, example: Any, where: str = "", with_pieces: bool = False) -> Encoded:
-        """Raises RecordError when the chat template rejects a conversation."""
-        tok = self.tokenizer
-        append_eos = None
-        if self.kind == "messages":
-            text, spans = self._render(example, where)
-        elif self.kind == "completion":
-            prompt, completion = example
-            text, spans = prompt + completion, [(len(prompt), len(prompt) + len(completion))]
-            append_eos = tok.eos_token_id
-        else:
-            text, spans = example, [(0, len(example))]
-            append_eos = tok.eos_token_id
-        if append_eos is not None and tok.eos_token and text.endswith(tok.eos_token):
-            append_eos = None
-        ids, offsets = self._tokenize(text, spans)
-        labels = [tid if self.train_on_prompt or any(s < b and e > a for a, b in spans)
-                  else IGNORE_INDEX for tid, (s, e) in zip(ids, offsets)]
-        pieces = _pieces(text, offsets) if with_pieces else None
-        if self.add_bos and not (tok.bos_token and text.startswith(tok.bos_token)):
-            ids, labels = [tok.bos_token_id] + ids, [IGNORE_INDEX] + labels
-            if pieces is not None:
-                pieces = [tok.bos_token] + pieces
-        if append_eos is not None:
-            ids, labels = ids + [append_eos], labels + [append_eos]
-            if pieces is not None:
-                pieces.append(tok.eos_token)
-        if labels:
-            labels[0] = IGNORE_INDEX  # never predict a record's first token (packing relies on it)
-        return Encoded(ids, labels, pieces)
-
-    def _render(self, messages: list[dict], where: str) -> tuple[str, list[tuple[int, int]]]:
-        """The conversation's text and the character span of each assistant turn."""
-        full = self._apply(messages, False)
-        spans = []
-        for i, m in enumerate(messages):
-            if m["role"] != "assistant":
-                continue
-            prefix = self._apply(messages[:i], True)
-            through = self._apply(messages[:i + 1], False)
-            if not (through.startswith(prefix) and full.startswith(through)):
-                raise DataError(
-                    f"{self.path} {where}: the chat template renders the first {i + 1} messages "
-                    "differently from the start of the whole conversation (or its generation "
-                    "prompt is not a prefix of the assistant turn), so assistant turns cannot "
-                    "be located for the loss mask; use a tokenizer whose template renders "
-                    "earlier turns unchanged, or convert the data to the completion format")
-            end = len(through.rstrip())
-            spans.append((len(prefix), max(end, len(prefix))))
-        return full, spans
-
-    def _apply(self, messages: list[dict], add_generation_prompt: bool) -> str:
-        try:
-            return self.tokenizer.apply_chat_template(
-                messages, tokenize=False, add_generation_prompt=add_generation_prompt)
-        except Exception as exc:  # jinja raises TemplateError; templates may raise anything
-            raise RecordError(None, f"the chat template rejected this conversation ({exc})",
-                              "check the roles and their order for this model") from None
-
-    def _tokenize(self, text: str, spans: list[tuple[int, int]]
-                  ) -> tuple[list[int], list[tuple[int, int]]]:
-        tok = self.tokenizer
-        if tok.is_fast:
-            enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
-            return list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
-        # slow tokenizers have no offsets: tokenize each prompt/response segment on its own
-        cuts = sorted({0, len(text), *(c for span in spans for c in span)})
-        ids, offsets = [], []
-        for a, b in zip(cuts, cuts[1:]):
-            seg = tok(text[a:b], add_special_tokens=False)["input_ids"]
-            ids += seg
-            offsets += [(a, b)] * len(seg)
-        return ids, offsets
-
-    # -- a batch, for datasets.map
-    def __call__(self, batch: dict[str, list]) -> dict[str, list]:
-        out: dict[str, list] = {k: [] for k in ("input_ids", "labels", "length", "full_length",
-                                                 "trained", "error")}
-        for where, raw in zip(batch["where"], batch["example"]):
-            try:
-                enc = self.encode(json.loads(raw), where)
-                error = None
-            except RecordError as exc:
-                enc, error = Encoded([], []), str(exc)
-            full = len(enc.input_ids)
-            ids, labels = enc.input_ids, enc.labels
-            if self.max_seq_len is not None and full > self.max_seq_len:
-                ids, labels = ids[:self.max_seq_len], labels[:self.max_seq_len]
-            out["input_ids"].append(ids)
-            out["labels"].append(labels)
-            out["length"].append(len(ids))
-            out["full_length"].append(full)
-            out["trained"].append(sum(x != IGNORE_INDEX for x in labels))
-            out["error"].append(error)
-        return out
-
-
-def _pieces(text: str, offsets: list[tuple[int, int]]) -> list[str]:
-    """Each token's text, so that the pieces join back into `text` exactly."""
-    pieces, done = [], 0
-    for s, e in offsets:
-        start = max(s, done)
-        pieces.append(text[start:e] if e > start else "")
-        done = max(done, e)
-    return pieces
 
 
 def _features():
@@ -268,21 +90,6 @@ def _features():
                      "labels": Sequence(Value("int32")), "length": Value("int32"),
                      "full_length": Value("int32"), "trained": Value("int32"),
                      "error": Value("string")})
-
-
-@contextlib.contextmanager
-def _progress_bars(show: bool):
-    """datasets' progress bars only for inputs large enough to be worth watching."""
-    import datasets
-
-    hide = not show and not datasets.are_progress_bars_disabled()
-    if hide:
-        datasets.disable_progress_bars()
-    try:
-        yield
-    finally:
-        if hide:
-            datasets.enable_progress_bars()
 
 
 def _num_proc(n_records: int) -> int | None:
@@ -301,25 +108,6 @@ class PreparedData:
     validation: datasets.Dataset | None
     report: DataReport
     format: str
-
-
-def default_cache_dir() -> Path:
-    from engine.catalog import studio_home
-
-    return studio_home() / "cache"
-
-
-def _settings(d: DataConfig) -> dict[str, Any]:
-    """The data settings that change the tokenized output (the rest do not touch the cache)."""
-    return {"format": d.format, "max_seq_len": d.max_seq_len, "train_on_prompt": d.train_on_prompt,
-            "system_prompt": d.system_prompt, "dedupe": d.dedupe, "min_tokens": d.min_tokens,
-            "max_tokens": d.max_tokens, "on_bad_record": d.on_bad_record}
-
-
-def cache_key(path: str | os.PathLike, tokenizer, d: DataConfig) -> str:
-    material = {"version": CACHE_VERSION, "data_sha256": file_sha256(path),
-                "tokenizer": tokenizer_fingerprint(tokenizer), "settings": _settings(d)}
-    return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
 
 
 class _Tally:
@@ -468,7 +256,7 @@ def _tokenize(examples: list[tuple[str, Any]], kind: str, d: DataConfig, tokeniz
                                "example": [json.dumps(ex, ensure_ascii=False)
                                            for _, ex in examples]})
     encoder = Encoder(tokenizer, kind, d.train_on_prompt, d.max_seq_len, path)
-    with _progress_bars(len(examples) > PARALLEL_THRESHOLD):
+    with progress_bars(len(examples) > PARALLEL_THRESHOLD):
         return table.map(encoder, batched=True, batch_size=500, remove_columns=["example"],
                          features=_features(), num_proc=_num_proc(len(examples)),
                          new_fingerprint=fingerprint, desc=f"tokenizing {Path(path).name}")
@@ -492,24 +280,8 @@ def _load_or_build(path: str, d: DataConfig, tokenizer, cache_dir: Path,
             log(f"data: {path}: cache entry {folder.name} is unreadable ({exc}); rebuilding")
     log(f"data: {path}: cache miss, tokenizing")
     dataset, report = _build(path, d, tokenizer, d.on_bad_record, fingerprint=key[:32])
-    _save_cache(folder, dataset, report, log)
+    save_cache(folder, dataset, report, log, show_progress=len(dataset) > PARALLEL_THRESHOLD)
     return dataset, report
-
-
-def _save_cache(folder: Path, dataset: datasets.Dataset, report: DataReport,
-                log: Callable[[str], None]) -> None:
-    """Write to a temporary folder and rename it, so concurrent jobs never read half a cache."""
-    tmp = folder.parent / f".tmp-{folder.name}-{uuid.uuid4().hex[:8]}"
-    try:
-        with _progress_bars(len(dataset) > PARALLEL_THRESHOLD):
-            dataset.flatten_indices().save_to_disk(str(tmp / "dataset"))
-        (tmp / "report.json").write_text(json.dumps(report.to_dict()), "utf-8")
-        os.replace(tmp, folder)
-    except OSError as exc:
-        if not (folder / "report.json").is_file():
-            log(f"data: could not write the cache at {folder} ({exc}); continuing without it")
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def split_indices(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:

@@ -1,7 +1,7 @@
 """Reading data files into raw records, defensively: each problem names the file and line.
 
 Use from Python:
-    from engine.readers import read_records
+    from engine.data import read_records
     records = read_records("static/examples/chat.jsonl")   # [RawRecord(index, line, data, ...)]
 
 .json (an array of records), .jsonl (one record per line), .csv and .parquet. Where a record
@@ -22,7 +22,7 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from engine.config import DATA_SUFFIXES
 

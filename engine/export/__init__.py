@@ -1,0 +1,84 @@
+"""Export a finished run for use elsewhere: the adapter, a merged model, a bitsandbytes-quantized
+model, or a GGUF file for llama.cpp and Ollama.
+
+Use from Python:
+    from engine.export import export, FORMATS
+    result = export("studio-data/jobs/7", "gguf-q8_0", log=print)   # -> run_dir/exports/gguf-q8_0/
+    for artifact in result.artifacts:
+        print(artifact.path, artifact.bytes)
+
+Run as: ftstudio export JOB --format merged [--out PATH]      (JOB: a job id or a run folder)
+
+Each format is one function of the same shape, `fmt(run, out, log) -> list[Path]`, in a module
+of its own (engine/export/adapter.py, merged.py, bnb.py, gguf.py; the card is card.py, the
+Ollama Modelfile ollama.py, the run folder run.py), listed in FORMATS; `export()` reads the
+run folder, calls it and measures what it wrote:
+
+    adapter     the PEFT adapter folder (or, after full fine-tuning, the model folder), a zip of
+                it and a README card (base model, method, data hashes, hyperparameters, metrics)
+    merged      the adapter merged into the base (merge_and_unload), float32 merge then saved in
+                the base's dtype as safetensors with tokenizer, chat template and generation
+                config: AutoModelForCausalLM / vLLM load it as is. After full fine-tuning: the
+                trained model itself. Prompt and prefix tuning cannot be merged (ExportError).
+    bnb4, bnb8  the merged model quantized by bitsandbytes while loading (NF4 + double
+                quantization / LLM.int8) and saved with its quantization_config, so
+                from_pretrained loads it quantized (bitsandbytes must be installed there)
+    gguf-f16, gguf-q8_0, gguf-q4_0
+                the merged model as one GGUF file with tokenizer and chat template, plus an
+                Ollama Modelfile beside it (see engine/export/gguf.py for families and layout)
+
+A run folder is what `engine.train.run` writes: adapter/ and run.json (whose "config" holds the
+TrainConfig). Every format function logs one line per stage through `log`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from engine.estimate import human_bytes
+from engine.export.adapter import export_adapter
+from engine.export.bnb import export_bnb4, export_bnb8
+from engine.export.card import model_card
+from engine.export.gguf import (check_supported, export_gguf_f16, export_gguf_q4_0,
+                                export_gguf_q8_0, gguf_name, rope_permute, write_gguf)
+from engine.export.merged import export_merged, load_merged
+from engine.export.ollama import chat_style, modelfile, write_modelfile
+from engine.export.run import (Artifact, ExportError, ExportResult, Log, Run, check_mergeable,
+                               read_run)
+
+__all__ = ["FORMATS", "export", "ExportError", "ExportResult", "Artifact", "Run", "read_run",
+           "check_mergeable", "load_merged", "model_card", "write_gguf", "check_supported",
+           "gguf_name", "rope_permute", "write_modelfile", "modelfile", "chat_style",
+           "export_adapter", "export_merged", "export_bnb4", "export_bnb8", "export_gguf_f16",
+           "export_gguf_q8_0", "export_gguf_q4_0"]
+
+FORMATS: dict[str, Callable[[Run, Path, Log], list[Path]]] = {
+    "adapter": export_adapter, "merged": export_merged, "bnb4": export_bnb4, "bnb8": export_bnb8,
+    "gguf-f16": export_gguf_f16, "gguf-q8_0": export_gguf_q8_0, "gguf-q4_0": export_gguf_q4_0}
+
+
+def export(run_dir: str | Path, fmt: str, out: str | Path | None = None,
+           log: Log = print) -> ExportResult:
+    """Export the run in run_dir as fmt into out (default run_dir/exports/<fmt>/)."""
+    if fmt not in FORMATS:
+        raise ExportError(f"unknown export format {fmt!r}; choose one of: {', '.join(FORMATS)}")
+    run = read_run(run_dir)
+    if fmt != "adapter":
+        check_mergeable(run, fmt)
+    target = Path(out) if out is not None else run.run_dir / "exports" / fmt
+    created = not target.exists()
+    target.mkdir(parents=True, exist_ok=True)
+    log(f"export {fmt}: {run.method} run on {run.base} -> {target}")
+    status = run.record.get("status")
+    if status not in (None, "completed"):
+        log(f"export {fmt}: note: the run's status is {status!r}; exporting its last saved adapter")
+    try:
+        paths = FORMATS[fmt](run, target, log)
+    except BaseException:
+        if created and target.is_dir() and not any(target.iterdir()):
+            target.rmdir()   # leave no empty folder behind a failed export
+        raise
+    result = ExportResult(fmt, target, [Artifact(p, p.stat().st_size) for p in paths])
+    log(f"export {fmt}: done, {len(paths)} file(s), {human_bytes(result.total_bytes)}")
+    return result
