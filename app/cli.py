@@ -7,15 +7,10 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import click
 
-from engine.config import ConfigError
-
-
-def _fail(exc: Exception) -> click.ClickException:
-    return click.ClickException(str(exc))
+from app.cli_common import clean_errors
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -40,15 +35,12 @@ def train(config_path: str, overrides: tuple[str, ...]) -> None:
     from engine.data import DataError
     from engine.train import run
 
-    try:
+    with clean_errors():
         cfg = check(load_config(config_path, list(overrides)), require_output_dir=True)
-    except ConfigError as exc:
-        raise _fail(exc) from None
     reporter = ConsoleReporter()
     try:
-        result = run(cfg, reporter)
-    except (ConfigError, DataError) as exc:
-        raise _fail(exc) from None
+        with clean_errors(DataError):
+            result = run(cfg, reporter)
     finally:
         reporter.close()
     if result.cancelled:
@@ -76,35 +68,59 @@ def data() -> None:
 @click.option("--model", "model_name", default=None,
               help="Count tokens with this model's tokenizer (hub id or local folder); without "
                    "it, words are counted.")
-@click.option("--format", "fmt", default="auto", show_default=True,
-              help="Record format: auto, alpaca, chat, sharegpt, completion or text.")
-@click.option("--max-seq-len", default=512, show_default=True, type=int,
-              help="Token limit used to count truncated records.")
+@click.option("--format", "fmt", default=None,
+              help="Record format: auto, alpaca, chat, sharegpt, completion or text "
+                   "(default: auto, or the --config's data.format).")
+@click.option("--max-seq-len", default=None, type=int,
+              help="Token limit used to count truncated records (default: 512, or the "
+                   "--config's data.max_seq_len).")
+@click.option("--on-bad-record", type=click.Choice(["error", "skip"]), default=None,
+              help="What a malformed record does to a training (data.on_bad_record): error, "
+                   "the default, exits 1 naming each bad line; skip reports them, exits 0.")
+@click.option("--config", "config_path", metavar="CONFIG.yaml", default=None,
+              type=click.Path(dir_okay=False),
+              help="Check with this config's data settings (the options above override them).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def data_check(file: str, model_name: str | None, fmt: str, max_seq_len: int,
-               as_json: bool) -> None:
+def data_check(file: str, model_name: str | None, fmt: str | None, max_seq_len: int | None,
+               on_bad_record: str | None, config_path: str | None, as_json: bool) -> None:
     """The dataset report: format, counts, token lengths, duplicates, problems with line
-    numbers."""
-    from engine.config import DataConfig
-    from engine.data import DataError, data_report
-    from engine.data_report import format_report
+    numbers. Exits 1 when no record is usable, or when a record is bad and
+    data.on_bad_record is error (a training would stop at it)."""
+    import dataclasses
 
+    from engine.config import DataConfig, load_config
+    from engine.data import DataError, data_report, format_report
+
+    given = {"format": fmt, "max_seq_len": max_seq_len, "on_bad_record": on_bad_record}
+    with clean_errors():
+        settings = load_config(config_path).data if config_path else DataConfig()
+        settings = dataclasses.replace(settings, train=file,
+                                       **{k: v for k, v in given.items() if v is not None})
     tokenizer = None
     if model_name:
         from engine.model import load_tokenizer
 
-        try:
+        with clean_errors(OSError):
             tokenizer = load_tokenizer(model_name)
-        except (OSError, ValueError) as exc:
-            raise _fail(exc) from None
-    try:
-        report = data_report(file, tokenizer,
-                             DataConfig(train=file, format=fmt, max_seq_len=max_seq_len))
-    except (DataError, ConfigError) as exc:
-        raise _fail(exc) from None
+    with clean_errors(DataError):
+        report = data_report(file, tokenizer, settings)
     click.echo(json.dumps(report.to_dict(), indent=2) if as_json else format_report(report))
     if report.used == 0:
         sys.exit(1)
+    if report.skipped_bad and settings.on_bad_record == "error":
+        raise click.ClickException(_bad_records(file, report))
+
+
+def _bad_records(file: str, report) -> str:
+    """Why `data check` fails a file whose bad records would stop a training: each bad line."""
+    places = [m.removeprefix(f"{file} ").split(": ", 1)[0] for m in report.bad_examples]
+    more = report.skipped_bad - len(places)
+    n = report.skipped_bad
+    return (f"{n} bad record{'s' if n != 1 else ''} would stop a training with "
+            f"data.on_bad_record: error: {', '.join(places)}"
+            + (f" and {more} more" if more > 0 else "")
+            + "; fix them, or leave them out with --on-bad-record skip "
+              "(data.on_bad_record: skip)")
 
 
 # --------------------------------------------------------------------------- models and config
@@ -133,22 +149,18 @@ def config_cmd(config_path: str | None, overrides: tuple[str, ...], keys: bool,
                do_check: bool) -> None:
     """Print the resolved config as YAML (defaults when no file is given), list every key, or
     validate it."""
-    from engine.config import all_keys, default_for, help_for, load_config, to_yaml, validate
+    from engine.config import all_keys, check, default_for, help_for, load_config, to_yaml
 
     if keys:
         for key in all_keys():
             click.echo(f"{key} = {default_for(key)!r}\n    {help_for(key)}")
         return
-    try:
+    with clean_errors():
         cfg = load_config(config_path, list(overrides))
-    except ConfigError as exc:
-        raise _fail(exc) from None
-    if do_check:
-        problems = validate(cfg)
-        if problems:
-            raise _fail(ConfigError(problems))
-        click.echo("config OK")
-        return
+        if do_check:
+            check(cfg)
+            click.echo("config OK")
+            return
     click.echo(to_yaml(cfg), nl=False)
 
 

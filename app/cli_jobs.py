@@ -199,6 +199,8 @@ def jobs_resume(job_id: str, as_json: bool) -> None:
         job = api.resume(job_id)
     if as_json:
         _echo_json(job)
+    elif job["kind"] != "train":     # an export or eval job has no checkpoints: it runs again
+        click.echo(f"{job['kind']} job {job_id} queued again (it starts over)")
     else:
         resume = job["config"]["train"].get("resume_from")
         click.echo(f"job {job_id} queued again" + (" from its last checkpoint" if resume

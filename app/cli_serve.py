@@ -117,7 +117,7 @@ def serve(host: str, port: int, home: str, no_worker: bool, auth_flag: bool,
         build_demo_model(demo)
 
     from app.studio import build_app, launch_kwargs
-    from app.studio.handlers import max_upload_bytes
+    from jobs.datasets import max_upload_bytes
 
     worker = None
     if not no_worker:

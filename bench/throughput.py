@@ -113,7 +113,7 @@ def setup(args) -> dict:
     """Build the model and the dataset (once), tokenize through the engine's cache, and fix the
     settings both sides share."""
     from bench.dataset import write_bench_dataset
-    from engine.batching import Batches
+    from engine.data import Batches
     from engine.data import prepare
     from engine.model import load_tokenizer
 

@@ -179,6 +179,12 @@ def list_checkpoints(output_dir: str | Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name.removeprefix(STEP_PREFIX)))
 
 
+def latest_step(output_dir: str | Path) -> int | None:
+    """The step of the newest complete checkpoint under output_dir/checkpoints, or None."""
+    found = list_checkpoints(output_dir)
+    return int(found[-1].name.removeprefix(STEP_PREFIX)) if found else None
+
+
 def find_checkpoint(resume_from: str, output_dir: str | Path | None) -> Path:
     """The folder train.resume_from names: a checkpoint folder, or latest under output_dir."""
     if resume_from == "latest":

@@ -5,7 +5,7 @@ Use from Python:
     cfg = load_config("run.yaml", overrides=["train.lr=1e-4", "method.kind=qlora"])
     problems = validate(cfg)          # every problem at once, each naming its key and the fix
 
-The UI's tooltips, `ftstudio train --help-config` and the README table all read `help_for(key)`,
+The UI's tooltips, `ftstudio config --keys` and the README table all read `help_for(key)`,
 so the text below is the only place a setting is explained.
 """
 
@@ -21,14 +21,6 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import yaml
 
-DTYPES = ("auto", "float32", "bfloat16", "float16")
-FORMATS = ("auto", "alpaca", "chat", "sharegpt", "completion", "text")
-METHODS = ("lora", "dora", "qlora", "prompt_tuning", "prefix_tuning", "ia3", "full")
-SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
-OPTIMIZERS = ("adamw", "adamw_8bit", "paged_adamw_8bit", "adafactor", "lion_8bit", "sgd")
-PRECISIONS = ("auto", "bf16", "fp16", "fp32")
-ORDERS = ("shuffle", "shortest_first", "as_is")
-BAD_RECORD_POLICIES = ("error", "skip")
 DATA_SUFFIXES = (".json", ".jsonl", ".csv", ".parquet")
 #: methods whose trainable parameters live in peft modules over a frozen base
 PEFT_METHODS = ("lora", "dora", "qlora", "prompt_tuning", "prefix_tuning", "ia3")
@@ -106,6 +98,10 @@ class MethodConfig:
     num_virtual_tokens: int = _f(20, "Prompt and prefix tuning: number of virtual tokens learned.")
     prompt_init_text: str | None = _f(None, "Prompt tuning: initialise the virtual tokens from "
                                             "this text instead of randomly.")
+
+
+#: every method.kind, from its Literal (the one list)
+METHODS: tuple[str, ...] = get_args(get_type_hints(MethodConfig)["kind"])
 
 
 @dataclass

@@ -17,12 +17,14 @@ import os
 from pathlib import Path
 from typing import Any
 
-from engine.config import Problem, TrainConfig, is_local_model
+from engine.config import Problem, TrainConfig
 from jobs import store
 from jobs.store import JobError, JobNotFound
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "static" / "examples"
 DEFAULT_MAX_QUEUED = 20
+#: the keys naming files, which a non-admin may only point at allowed places
+PATH_KEYS = ("model.name", "data.train", "data.validation")
 
 
 def owner_of(actor: dict[str, Any] | None, owner: str | None = None) -> str:
@@ -94,11 +96,30 @@ def config_problems(cfg: TrainConfig, actor: dict[str, Any] | None) -> list[Prob
     return problems
 
 
+def screened(cfg: TrainConfig, actor: dict[str, Any] | None, problems: list[Problem]
+             ) -> list[Problem]:
+    """`problems` (validate()'s) as this actor may see them: config_problems first, and for a
+    non-admin no other problem of a model or data path they may not use, so a refusal says
+    nothing about whether a file on the server exists or what type it is."""
+    refused = config_problems(cfg, actor)
+    hidden = {p.key for p in refused if p.key in PATH_KEYS}
+    return refused + [p for p in problems if p.key not in hidden]
+
+
+def _names_a_path(name: str) -> bool:
+    """model.name names a file system path rather than a hub id (owner/name); the rule of
+    engine.config's model check, whether or not the path exists."""
+    path = Path(name).expanduser()
+    return bool(name.strip()) and (path.is_absolute() or name.startswith((".", "~")) or
+                                   path.exists() or name.count("/") != 1)
+
+
 def _path_problems(cfg: TrainConfig, username: str) -> list[Problem]:
     home = store.home()
     problems = []
-    if is_local_model(cfg.model.name) and \
-            not Path(cfg.model.name).resolve().is_relative_to(home / "models"):
+    name = str(cfg.model.name)
+    if _names_a_path(name) and \
+            not Path(name).expanduser().resolve().is_relative_to(home / "models"):
         problems.append(Problem("model.name", "a local model must be one of the studio's models "
                                 f"(under {home / 'models'}) or a hub id"))
     from jobs.datasets import owned_paths

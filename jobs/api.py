@@ -12,6 +12,8 @@ Use from Python:
     exp = api.export(job["id"], "gguf-q8_0")             # an export job on the same queue
     ev = api.evaluate(job["id"], data="held-out.jsonl")  # an eval job: base vs tuned answers
     api.job_eval(job["id"], which="got worse")           # the newest evaluation and its rows
+    api.finished_with_adapter(api.get(job["id"]))        # may it be exported and evaluated?
+    api.report_for(cfg, tokenizer)                       # a data report, kept (jobs/reports.py)
     for a in api.artifacts(job["id"]):                   # the adapter, then each exported file
         api.artifact_path(job["id"], a["path"])          # -> the file, checked to be inside
 
@@ -34,12 +36,14 @@ from typing import Any
 from engine.config import ConfigError, Problem, TrainConfig, apply_overrides, from_dict, \
     is_local_model, validate
 from jobs import access, store, tasks
-from jobs.runner import latest_checkpoint_step
+from jobs.reports import kept_report, measured_throughput, report_for, time_estimate
 from jobs.store import JobError, JobNotFound
 
-__all__ = ["submit", "export", "evaluate", "job_eval", "eval_csv", "list_jobs", "get", "metrics", "metric_buckets",
-           "measured_throughput", "logs", "cancel", "resume", "clone", "delete", "artifacts",
-           "artifact_path", "JobError", "JobNotFound", "ConfigError"]
+__all__ = ["submit", "export", "evaluate", "finished_with_adapter", "job_eval", "eval_csv",
+           "list_jobs", "get", "metrics", "metric_buckets", "measured_throughput",
+           "report_for", "kept_report", "time_estimate", "logs", "cancel", "resume", "clone",
+           "delete", "artifacts", "artifact_path", "path_in_job", "JobError", "JobNotFound",
+           "ConfigError"]
 
 
 def submit(config: TrainConfig | dict, owner: str | None = None, priority: int = 0,
@@ -53,7 +57,7 @@ def submit(config: TrainConfig | dict, owner: str | None = None, priority: int =
     job_id = store.new_id()
     cfg.output_dir = str(store.job_dir(job_id))
     _absolute_paths(cfg)
-    problems = validate(cfg) + access.config_problems(cfg, actor)
+    problems = access.screened(cfg, actor, validate(cfg))  # the access rules first
     if cfg.train.resume_from == "latest":
         problems.append(Problem("train.resume_from", "latest: a new job has no checkpoints; "
                                 "to continue a job use `ftstudio jobs resume ID`, or name a "
@@ -88,18 +92,10 @@ def export(job_id: str, fmt: str, owner: str | None = None, actor: dict | None =
         parent = _job(db, job_id, actor)
     if owner is not None and owner != parent["owner"]:
         raise JobError(f"job {job_id} belongs to {parent['owner']}, not {owner}")
-    if parent["kind"] != "train":
-        raise JobError(f"job {job_id} is an {parent['kind']} job, not a training job; export "
-                       f"the job it came from ({parent['parent']})")
-    folder, status = store.folder_of(parent), parent["status"]
-    if status in ("queued", "running"):
-        raise JobError(f"job {job_id} is {status}; export it once it has completed (follow it "
-                       f"with `ftstudio jobs logs {job_id} --follow`)")
-    if status != "completed" and not (folder / "adapter").is_dir():
-        raise JobError(f"job {job_id} is {status} and saved no adapter, so there is nothing to "
-                       f"export; `ftstudio jobs resume {job_id}` continues it")
+    _check_finished(parent, "export", "it has completed (follow it with `ftstudio jobs logs "
+                                      f"{job_id} --follow`)")
     try:
-        run = read_run(folder)
+        run = read_run(store.folder_of(parent))
         if fmt != "adapter":
             check_mergeable(run, fmt)  # the engine's rule: virtual tokens cannot be merged
     except ExportError as exc:
@@ -128,16 +124,8 @@ def evaluate(job_id: str, data: str | None = None, max_new_tokens: int | None = 
 
     with store.connect() as db:
         parent = _job(db, job_id, actor)
-    if parent["kind"] != "train":
-        raise JobError(f"job {job_id} is an {parent['kind']} job, not a training job; evaluate "
-                       f"the job it came from ({parent['parent']})")
-    folder, status = store.folder_of(parent), parent["status"]
-    if status in ("queued", "running"):
-        raise JobError(f"job {job_id} is {status}; evaluate it once it has finished (training "
-                       "ends with an evaluation of its own when it has a validation split)")
-    if not (folder / "adapter").is_dir():
-        raise JobError(f"job {job_id} is {status} and saved no adapter, so there is nothing to "
-                       f"evaluate; `ftstudio jobs resume {job_id}` continues it")
+    _check_finished(parent, "evaluate", "it has finished (training ends with an evaluation of "
+                                        "its own when it has a validation split)")
     problems = []
     for key, value in (("max_new_tokens", max_new_tokens), ("max_records", max_records)):
         if value is not None and int(value) < 1:
@@ -168,6 +156,29 @@ def evaluate(job_id: str, data: str | None = None, max_new_tokens: int | None = 
                          output_dir=str(store.job_dir(eval_id)))
         _enqueue_or_fail(db, eval_id, parent["priority"])
         return _public(store.get_job(db, eval_id))
+
+
+def finished_with_adapter(job: dict[str, Any] | None) -> bool:
+    """What can be exported and evaluated: a training job that completed, or that stopped
+    (failed, cancelled, interrupted) after saving its adapter/. The rule of export() and
+    evaluate(), and of the studio's Export and Evaluation sections."""
+    if not job or job["kind"] != "train" or job["status"] not in store.FINISHED:
+        return False
+    return job["status"] == "completed" or (store.folder_of(job) / "adapter").is_dir()
+
+
+def _check_finished(job: dict[str, Any], verb: str, once: str) -> None:
+    """Refuse (JobError) to `verb` a job finished_with_adapter() rejects, saying why."""
+    if finished_with_adapter(job):
+        return
+    job_id, status = job["id"], job["status"]
+    if job["kind"] != "train":
+        raise JobError(f"job {job_id} is an {job['kind']} job, not a training job; {verb} "
+                       f"the job it came from ({job['parent']})")
+    if status not in store.FINISHED:
+        raise JobError(f"job {job_id} is {status}; {verb} it once {once}")
+    raise JobError(f"job {job_id} is {status} and saved no adapter, so there is nothing to "
+                   f"{verb}; `ftstudio jobs resume {job_id}` continues it")
 
 
 def job_eval(job_id: str, eval_id: int | None = None, which: str = "all",
@@ -254,15 +265,6 @@ def metric_buckets(job_id: str, points: int, names: list[str] | tuple[str, ...] 
         return store.metric_buckets(db, job_id, points, names)
 
 
-def measured_throughput(model: str, method: str | None = None, actor: dict | None = None
-                        ) -> dict[str, Any] | None:
-    """What a finished run on `model` trained per second, for a time estimate before Start:
-    {job_id, method, tokens_per_s} of the newest completed job the actor can see (one with the
-    same method preferred), or None."""
-    with store.connect() as db:
-        return store.measured_throughput(db, model, method, owner=access.list_owner(actor, None))
-
-
 def logs(job_id: str, since: int = 0, actor: dict | None = None) -> list[dict[str, Any]]:
     """Log lines and status changes after event id `since`: [{id, time, level, line}]."""
     with store.connect() as db:
@@ -301,7 +303,9 @@ def resume(job_id: str, actor: dict | None = None) -> dict[str, Any]:
         step = None
         config = dict(job["config"])
         if job["kind"] == "train":
-            step = latest_checkpoint_step(Path(job["output_dir"]))
+            from engine.checkpoint import latest_step  # torch: only when resuming
+
+            step = latest_step(Path(job["output_dir"]))
             own = config["train"].get("resume_from")  # a checkpoint folder it started from
             config["train"] = {**config["train"], "resume_from": "latest" if step is not None
                                else (own if own != "latest" else None)}
@@ -353,7 +357,7 @@ def delete(job_id: str, actor: dict | None = None) -> dict[str, Any]:
             raise JobError(f"job {job_id} has an export or eval queued or running "
                            f"({', '.join(busy)});"
                            f" cancel it first (`ftstudio jobs cancel {busy[0]}`)")
-        if job["status"] == "running" or not store.delete_job(db, job_id):
+        if not store.delete_job(db, job_id):  # running: nothing is deleted
             raise JobError(f"job {job_id} is running; cancel it first "
                            f"(`ftstudio jobs cancel {job_id}`)")
         gone = [e for e in exports if store.delete_job(db, e["id"])]
@@ -375,23 +379,30 @@ def artifacts(job_id: str, actor: dict | None = None) -> list[dict[str, Any]]:
 
 def artifact_path(job_id: str, relative_path: str, actor: dict | None = None) -> Path:
     """The file at relative_path inside the job's folder, for a download. Refused (JobError):
-    an absolute path, any `..`, a path that resolves outside the folder (a symlink), a folder,
-    or a file that does not exist."""
+    what path_in_job refuses, a folder, or a file that does not exist."""
     with store.connect() as db:
         job = _job(db, job_id, actor)
-    folder = store.folder_of(job).resolve()
-    rel = Path(relative_path)
-    if not relative_path or rel.is_absolute() or ".." in rel.parts:
-        raise JobError(f"{relative_path!r} is not a path inside job {job_id}'s folder; use a "
-                       "path from api.artifacts(job_id)")
-    path = (folder / rel).resolve()
-    if not path.is_relative_to(folder):
-        raise JobError(f"{relative_path!r} leads outside job {job_id}'s folder; only files "
-                       "inside it can be downloaded")
+    path = path_in_job(job, relative_path)
     if not path.is_file():
         what = "is a folder" if path.is_dir() else "does not exist"
         raise JobError(f"{relative_path!r} {what} in job {job_id}'s folder; "
                        "api.artifacts(job_id) lists its files")
+    return path
+
+
+def path_in_job(job: dict[str, Any], relative_path: str) -> Path:
+    """The resolved path relative_path names inside the folder of `job` (a record from get()
+    or list_jobs(); the path need not exist): the one rule for every file served or written
+    for a job. Refused (JobError): an empty or absolute path, any `..`, or a path that
+    resolves outside the folder (through a symlink)."""
+    folder, rel = store.folder_of(job).resolve(), Path(relative_path)
+    if not relative_path or rel.is_absolute() or ".." in rel.parts:
+        raise JobError(f"{relative_path!r} is not a path inside job {job['id']}'s folder; use "
+                       "a path from api.artifacts(job_id)")
+    path = (folder / rel).resolve()
+    if not path.is_relative_to(folder):
+        raise JobError(f"{relative_path!r} leads outside job {job['id']}'s folder; only files "
+                       "inside it can be downloaded")
     return path
 
 

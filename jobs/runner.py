@@ -160,7 +160,9 @@ def _prepare(job: dict, out: Path, reporter: StoreReporter, main_rank: bool):
 
     cfg = from_dict(job["config"])
     cfg.output_dir = str(out)
-    step = latest_checkpoint_step(out)
+    from engine.checkpoint import latest_step
+
+    step = latest_step(out)
     if step is not None:
         cfg.train.resume_from = "latest"
         if main_rank:
@@ -320,16 +322,6 @@ def _run_stages(job: dict, reporter: StoreReporter, work, what: str,
         error, hint = explain_exception(exc, data_file, store.folder_of(job) / "log.txt")
         reporter.finish("failed", error=error, hint=hint)
         return None, 1
-
-
-def latest_checkpoint_step(output_dir: Path) -> int | None:
-    """The step of the newest complete checkpoint (checkpoints/step-N/state.json), or None."""
-    steps = []
-    for d in (Path(output_dir) / "checkpoints").glob("step-*"):
-        suffix = d.name.removeprefix("step-")
-        if suffix.isdigit() and (d / "state.json").is_file():
-            steps.append(int(suffix))
-    return max(steps) if steps else None
 
 
 def pid_alive(pid: int) -> bool:

@@ -9,6 +9,10 @@ Use from Python:
 
 Every status change goes through transition(): one conditional UPDATE that only succeeds from an
 allowed status, so a cancel racing a start (or two workers racing one job) cannot both win.
+Other modules that write (users, datasets) do it inside `with store.transaction(db):`.
+
+Longer than the project's ~450 lines on purpose: the migrations and every query that depends
+on their columns stay in one file, so a schema change is made and reviewed in one place.
 """
 
 from __future__ import annotations
@@ -100,7 +104,7 @@ def migrate(db: Database) -> list[str]:
     _retry_locked(db.enable_wal)
     if not MIGRATIONS.pending(db):
         return []
-    with _tx(db):  # re-read inside the lock: another process may have just applied them
+    with transaction(db):  # re-read inside the lock: another process may have just applied them
         names = [m.name for m in MIGRATIONS.pending(db)]
         MIGRATIONS.apply(db)
     return names
@@ -118,7 +122,7 @@ def _retry_locked(fn, deadline_s: float = BUSY_TIMEOUT_S) -> None:
 
 
 @contextmanager
-def _tx(db: Database) -> Iterator[Database]:
+def transaction(db: Database) -> Iterator[Database]:
     """A short write transaction that takes the write lock up front (no upgrade deadlocks)."""
     _retry_locked(lambda: db.execute("BEGIN IMMEDIATE"))
     try:
@@ -224,7 +228,7 @@ def insert_job(db: Database, *, config: dict, name: str | None, owner: str, prio
     queue sets for training jobs); parent: the job an export job exports."""
     job_id = job_id or new_id()
     t = now()
-    with _tx(db):
+    with transaction(db):
         db["jobs"].insert({
             "id": job_id, "name": name or job_id, "owner": owner, "kind": kind,
             "status": "queued", "priority": int(priority), "config": json.dumps(config),
@@ -280,7 +284,7 @@ def transition(db: Database, job_id: str, to: str, *, frm: tuple[str, ...] | Non
     fields = {"status": to, "updated_at": now(), **fields}
     sets, params = _assignments(fields)
     where = [f"status IN ({', '.join('?' * len(sources))})", *(f"[{k}] = ?" for k in expect or {})]
-    with _tx(db):
+    with transaction(db):
         cur = db.execute(f"UPDATE jobs SET {sets} WHERE id = ? AND {' AND '.join(where)}",
                          [*params, job_id, *sources, *(expect or {}).values()])
         if cur.rowcount != 1:
@@ -298,20 +302,26 @@ def update(db: Database, job_id: str, *, expect: dict[str, Any] | None = None,
         raise ValueError("status changes go through transition()")
     sets, params = _assignments(fields)
     where = "".join(f" AND [{k}] = ?" for k in expect or {})
-    with _tx(db):
+    with transaction(db):
         cur = db.execute(f"UPDATE jobs SET {sets} WHERE id = ?{where}",
                          [*params, job_id, *(expect or {}).values()])
     return cur.rowcount == 1
 
 
 def delete_job(db: Database, job_id: str) -> bool:
-    with _tx(db):
+    """Delete a job's row with its metrics, events, artifacts and evaluations, in one
+    transaction; False, deleting nothing, when the job is running or not there. The status is
+    read under the write lock, so a worker cannot claim the job in between."""
+    with transaction(db):
+        row = db.execute("SELECT status FROM jobs WHERE id = ?", [job_id]).fetchone()
+        if row is None or row[0] == "running":
+            return False
         db.execute("DELETE FROM eval_rows WHERE eval_id IN (SELECT id FROM evals WHERE "
                    "job_id = ?)", [job_id])
         for table in ("metrics", "events", "artifacts", "evals"):
             db.execute(f"DELETE FROM {table} WHERE job_id = ?", [job_id])
-        return db.execute("DELETE FROM jobs WHERE id = ? AND status != 'running'",
-                          [job_id]).rowcount == 1
+        db.execute("DELETE FROM jobs WHERE id = ?", [job_id])
+    return True
 
 
 def _assignments(fields: dict[str, Any]) -> tuple[str, list[Any]]:
@@ -345,7 +355,7 @@ def add_metrics(db: Database, job_id: str, record: dict[str, Any], *, attempt: i
     rows = [(job_id, step, k, float(v), t) for k, v in record.items()
             if k not in ("step", "total_steps") and isinstance(v, (int, float))
             and not isinstance(v, bool)]
-    with _tx(db):
+    with transaction(db):
         owned = db.execute("SELECT 1 FROM jobs WHERE id = ? AND attempt = ? AND status = "
                            "'running'", [job_id, attempt]).fetchone()
         if not owned:
@@ -367,7 +377,7 @@ def publish_metrics(db: Database, job_id: str, step: int, *, attempt: int) -> No
 
 def truncate_metrics(db: Database, job_id: str, after_step: int) -> int:
     """Delete metric rows past a checkpoint's step before resuming from it."""
-    with _tx(db):
+    with transaction(db):
         n = db.execute("DELETE FROM metrics WHERE job_id = ? AND step > ?",
                        [job_id, after_step]).rowcount
         db.execute("UPDATE jobs SET metrics_step = MIN(metrics_step, ?), step = MIN(step, ?), "
@@ -505,7 +515,7 @@ def _add_ends(db: Database, job_id: str, series: dict[str, dict[str, Any]]) -> N
 
 
 def add_event(db: Database, job_id: str, line: str, level: str = "info") -> None:
-    with _tx(db):
+    with transaction(db):
         _event(db, job_id, level, line)
 
 
@@ -528,7 +538,7 @@ def add_artifact(db: Database, job_id: str, kind: str, path: str | os.PathLike,
     size = sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) if p.is_dir() else \
         (p.stat().st_size if p.exists() else 0)
     rel = _relative(db, job_id, p)
-    with _tx(db):
+    with transaction(db):
         db.execute("DELETE FROM artifacts WHERE job_id = ? AND kind = ? AND path = ?",
                    [job_id, kind, rel])
         db.execute("INSERT INTO artifacts (job_id, kind, path, size, created_at, meta) "
@@ -543,7 +553,7 @@ def replace_exports(db: Database, job_id: str, fmt: str, files: list[tuple[Path,
     t = now()
     rows = [(job_id, "export", fmt, _relative(db, job_id, Path(p)), int(size), t,
              json.dumps(meta or {})) for p, size in files]
-    with _tx(db):
+    with transaction(db):
         db.execute("DELETE FROM artifacts WHERE job_id = ? AND kind = 'export' AND format = ?",
                    [job_id, fmt])
         db.conn.executemany("INSERT INTO artifacts (job_id, kind, format, path, size, "
@@ -578,7 +588,7 @@ def add_eval(db: Database, job_id: str, record: dict[str, Any], *, kind: str,
     kind replaces nothing: every one is kept, newest first in evals()."""
     from engine.metrics import normalize_answer
 
-    with _tx(db):
+    with transaction(db):
         cur = db.execute(
             "INSERT INTO evals (job_id, eval_job, kind, step, n, source, summary, seconds, path, "
             "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",

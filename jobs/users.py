@@ -65,7 +65,7 @@ def add_user(username: str, password: str, is_admin: bool = False) -> dict[str, 
     """Create an account; refused (UserError) for a taken or invalid name or a short password."""
     _check_name(username)
     digest = _hasher.hash(_check_password(password))
-    with store.connect() as db, store._tx(db):
+    with store.connect() as db, store.transaction(db):
         if _row(db, username):
             raise UserError(f"user {username!r} exists; change the password with "
                             f"`ftstudio user passwd {username}`")
@@ -77,14 +77,14 @@ def add_user(username: str, password: str, is_admin: bool = False) -> dict[str, 
 
 def remove_user(username: str) -> None:
     """Delete an account (its jobs stay, owned by that name; an admin still sees them)."""
-    with store.connect() as db, store._tx(db):
+    with store.connect() as db, store.transaction(db):
         if db.execute("DELETE FROM users WHERE username = ?", [username]).rowcount != 1:
             raise UserError(f"no user {username!r}; `ftstudio user ls` lists them")
 
 
 def set_password(username: str, password: str) -> None:
     digest = _hasher.hash(_check_password(password))
-    with store.connect() as db, store._tx(db):
+    with store.connect() as db, store.transaction(db):
         if db.execute("UPDATE users SET password_hash = ? WHERE username = ?",
                       [digest, username]).rowcount != 1:
             raise UserError(f"no user {username!r}; add it with `ftstudio user add {username}`")
@@ -92,7 +92,7 @@ def set_password(username: str, password: str) -> None:
 
 def set_disabled(username: str, disabled: bool = True) -> None:
     """A disabled account cannot log in; its jobs and files stay."""
-    with store.connect() as db, store._tx(db):
+    with store.connect() as db, store.transaction(db):
         if db.execute("UPDATE users SET disabled = ? WHERE username = ?",
                       [int(bool(disabled)), username]).rowcount != 1:
             raise UserError(f"no user {username!r}")
@@ -112,7 +112,7 @@ def verify(username: str, password: str) -> dict[str, Any] | None:
     if row is None or row["disabled"]:
         return None
     if _hasher.check_needs_rehash(digest):
-        with store.connect() as db, store._tx(db):
+        with store.connect() as db, store.transaction(db):
             db.execute("UPDATE users SET password_hash = ? WHERE username = ?",
                        [_hasher.hash(password), username])
     return _public(row)

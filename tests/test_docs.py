@@ -48,3 +48,15 @@ def test_every_environment_setting_is_in_the_readme():
             names.update(re.findall(r"FTSTUDIO_[A-Z_]+[A-Z]", path.read_text(encoding="utf-8")))
     missing = sorted(n for n in names if f"`{n}`" not in README)
     assert not missing, f"settings missing from README.md: {missing}"
+
+
+def test_the_architecture_doc_names_only_paths_that_exist():
+    doc = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    assert "docs/architecture.md" in README
+    paths = set(re.findall(r"`((?:engine|jobs|app|tests|static)/[\w/.-]*)`", doc))
+    paths |= {f"{folder}{name}" for folder, names in re.findall(
+        r"`((?:engine|jobs|app)/[\w/]+/)` \(([^)]*)\)", doc)
+        for name in re.findall(r"`([\w.]+\.py)`", names)}
+    assert len(paths) > 30
+    missing = sorted(p for p in paths if not (ROOT / p).exists())
+    assert not missing, f"docs/architecture.md names paths that do not exist: {missing}"

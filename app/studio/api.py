@@ -17,7 +17,9 @@ user: a non-admin lists and reads only their own jobs, another owner's job is "n
 
 from __future__ import annotations
 
+import functools
 import json
+from collections.abc import Callable
 from typing import Any
 
 import gradio as gr
@@ -75,11 +77,26 @@ def _jid(job_id: Any) -> Any:
     return parse_id(str(job_id))
 
 
+def errors_as_gr_error(fn: Callable) -> Callable:
+    """An endpoint whose expected failures reach the caller as gr.Error with their own clean
+    message: ConfigError (every problem, joined by "; "), and JobNotFound, JobError, KeyError
+    and ValueError (an unknown job, a request its status does not allow, a bad value)."""
+    @functools.wraps(fn)
+    def endpoint(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except ConfigError as exc:
+            raise gr.Error("; ".join(str(p) for p in exc.problems)) from None
+        except (KeyError, ValueError) as exc:     # JobNotFound (a KeyError) would be quoted
+            raise gr.Error(str(exc).strip("'\"")) from None
+    return endpoint
+
+
+@errors_as_gr_error
 def submit_job(config_yaml: str, name: str = "", priority: int = 0,
                request: gr.Request = None) -> dict:
     """Queue a job from a YAML config: {"job_id": ..., "status": "queued"}, or
     {"job_id": null, "problems": [{"key", "message"}, ...]} listing every problem."""
-    from app.studio.handlers import job_id_of
     from jobs import api
 
     cfg, problems = _parse(config_yaml)
@@ -90,42 +107,35 @@ def submit_job(config_yaml: str, name: str = "", priority: int = 0,
                          actor=actor_of(request))
     except ConfigError as exc:
         return {"job_id": None, "problems": _problems(exc.problems)}
-    except ValueError as exc:  # jobs.store.JobError: e.g. the queue is unreachable
-        raise gr.Error(str(exc)) from None
-    return {"job_id": job_id_of(job), "status": "queued", "problems": []}
+    return {"job_id": job["id"], "status": "queued", "problems": []}
 
 
+@errors_as_gr_error
 def job_status(job_id: str, request: gr.Request = None) -> dict:
     """The job's record: status, progress, times, owner, config, error."""
     from jobs import api
 
-    try:
-        return _jsonable(api.get(_jid(job_id), actor=actor_of(request)))
-    except (KeyError, ValueError) as exc:  # JobNotFound
-        raise gr.Error(str(exc).strip("'\"")) from None
+    return _jsonable(api.get(_jid(job_id), actor=actor_of(request)))
 
 
+@errors_as_gr_error
 def job_metrics(job_id: str, since_step: int = -1, request: gr.Request = None) -> list:
-    """Metrics rows after since_step: [{"step", "name", "value", "time"}, ...]."""
+    """Metrics after since_step, one record per step: [{"step", "loss", "lr", ...}, ...]."""
     from jobs import api
 
-    try:
-        return _jsonable(list(api.metrics(_jid(job_id), since_step=int(since_step),
-                                          actor=actor_of(request))))
-    except (KeyError, ValueError) as exc:  # JobNotFound
-        raise gr.Error(str(exc).strip("'\"")) from None
+    return _jsonable(list(api.metrics(_jid(job_id), since_step=int(since_step),
+                                      actor=actor_of(request))))
 
 
+@errors_as_gr_error
 def job_logs(job_id: str, since: int = 0, request: gr.Request = None) -> list:
     """Log lines of the job from position `since`."""
     from jobs import api
 
-    try:
-        return _jsonable(api.logs(_jid(job_id), since=int(since), actor=actor_of(request)))
-    except (KeyError, ValueError) as exc:  # JobNotFound
-        raise gr.Error(str(exc).strip("'\"")) from None
+    return _jsonable(api.logs(_jid(job_id), since=int(since), actor=actor_of(request)))
 
 
+@errors_as_gr_error
 def list_jobs(status: str = "", kind: str = "", request: gr.Request = None) -> list:
     """Every job you may see (with logins on: your own; an admin: all), optionally only those
     with one status, or of one kind ("train" or "export"), newest first."""
@@ -135,16 +145,15 @@ def list_jobs(status: str = "", kind: str = "", request: gr.Request = None) -> l
                                         actor=actor_of(request))))
 
 
+@errors_as_gr_error
 def cancel_job(job_id: str, request: gr.Request = None) -> dict:
     """Ask a queued or running job to stop; returns its record."""
     from jobs import api
 
-    try:
-        return _jsonable(api.cancel(_jid(job_id), actor=actor_of(request)))
-    except (KeyError, ValueError) as exc:  # JobNotFound, JobError (already finished)
-        raise gr.Error(str(exc).strip("'\"")) from None
+    return _jsonable(api.cancel(_jid(job_id), actor=actor_of(request)))
 
 
+@errors_as_gr_error
 def export_job(job_id: str, format: str, request: gr.Request = None) -> dict:  # noqa: A002
     """Queue an export of a finished training job as one format (adapter, merged, bnb4, bnb8,
     gguf-f16, gguf-q8_0, gguf-q4_0): {"export_job_id", "status"}; follow it with /job_status,
@@ -152,24 +161,20 @@ def export_job(job_id: str, format: str, request: gr.Request = None) -> dict:  #
     with the reason."""
     from jobs import api
 
-    try:
-        job = api.export(_jid(job_id), str(format).strip(), actor=actor_of(request))
-    except (KeyError, ValueError) as exc:  # JobNotFound, JobError: the reason, said plainly
-        raise gr.Error(str(exc).strip("'\"")) from None
+    job = api.export(_jid(job_id), str(format).strip(), actor=actor_of(request))
     return {"export_job_id": job["id"], "status": job["status"]}
 
 
+@errors_as_gr_error
 def job_artifacts(job_id: str, request: gr.Request = None) -> list:
     """A training job's files, oldest first: [{"kind" ("adapter" | "export"), "format",
     "location" (relative to the job's folder), "size" (bytes), "created_at", "meta"}]."""
     from jobs import api
 
-    try:
-        return _jsonable(api.artifacts(_jid(job_id), actor=actor_of(request)))
-    except (KeyError, ValueError) as exc:  # JobNotFound
-        raise gr.Error(str(exc).strip("'\"")) from None
+    return _jsonable(api.artifacts(_jid(job_id), actor=actor_of(request)))
 
 
+@errors_as_gr_error
 def eval_job(job_id: str, data: str = "", max_new_tokens: int = 0,
              request: gr.Request = None) -> dict:
     """Queue a generation evaluation of a finished training job: the base and the tuned model
@@ -178,17 +183,12 @@ def eval_job(job_id: str, data: str = "", max_new_tokens: int = 0,
     Returns {"eval_job_id", "status"}; follow it with /job_status, read it with /job_eval."""
     from jobs import api
 
-    try:
-        job = api.evaluate(_jid(job_id), data=(data or "").strip() or None,
-                           max_new_tokens=int(max_new_tokens or 0) or None,
-                           actor=actor_of(request))
-    except ConfigError as exc:
-        raise gr.Error("; ".join(str(p) for p in exc.problems)) from None
-    except (KeyError, ValueError) as exc:  # JobNotFound, JobError: the reason, said plainly
-        raise gr.Error(str(exc).strip("'\"")) from None
+    job = api.evaluate(_jid(job_id), data=(data or "").strip() or None,
+                       max_new_tokens=int(max_new_tokens or 0) or None, actor=actor_of(request))
     return {"eval_job_id": job["id"], "status": job["status"]}
 
 
+@errors_as_gr_error
 def job_eval(job_id: str, which: str = "all", request: gr.Request = None) -> dict:
     """A training job's newest generation evaluation: {"eval": {kind, step, n, source, card,
     metrics: {exact_match: {base, tuned, delta, base_ci, tuned_ci, delta_ci}, ...}} or null,
@@ -196,11 +196,7 @@ def job_eval(job_id: str, which: str = "all", request: gr.Request = None) -> dic
     changed, still wrong, got worse), "evals": every evaluation of the job, newest first}."""
     from jobs import api
 
-    try:
-        return _jsonable(api.job_eval(_jid(job_id), which=(which or "all"),
-                                      actor=actor_of(request)))
-    except (KeyError, ValueError) as exc:  # JobNotFound, an unknown filter
-        raise gr.Error(str(exc).strip("'\"")) from None
+    return _jsonable(api.job_eval(_jid(job_id), which=(which or "all"), actor=actor_of(request)))
 
 
 def validate_config(config_yaml: str) -> list:
@@ -211,15 +207,16 @@ def validate_config(config_yaml: str) -> list:
     return _problems(problems)
 
 
+@errors_as_gr_error
 def estimate_memory(config_yaml: str) -> dict:
     """Trainable parameters, peak memory (bytes, by part) and fits/tight/exceeds."""
     from app.studio.handlers import device
-    from engine.estimate import estimate
+    from engine.catalog import estimate_for
 
     cfg, problems = _parse(config_yaml)
     if cfg is None:
-        raise gr.Error("; ".join(str(p) for p in problems))
-    est = estimate(cfg, device=device())
+        raise ConfigError(problems)
+    est = estimate_for(cfg, device=device())
     return {} if est is None else _jsonable(est.to_dict())
 
 

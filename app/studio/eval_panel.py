@@ -18,7 +18,6 @@ from typing import Any
 import gradio as gr
 
 from app.studio import jobview, render
-from app.studio.jobview import field
 from app.studio.session import actor as actor_of
 
 ACTIVE = ("queued", "running")
@@ -46,13 +45,6 @@ class EvalPanel:
 
 
 # --------------------------------------------------------------------------- handlers
-
-
-def can_evaluate(job: Any) -> bool:
-    """A training job that finished with an adapter saved."""
-    from app.studio.export_panel import can_export
-
-    return can_export(job)
 
 
 def data_choices(actor: Any = None) -> list[tuple[str, str]]:
@@ -91,9 +83,9 @@ def poll(session: dict[str, Any], job: Any, actor: Any = None) -> tuple[dict[str
     """Refresh session["eval"]: the job's newest evaluation (id) and its eval jobs; changed
     tells whether the section must be drawn again."""
     state = session.setdefault("eval", {"sig": None})
-    visible = can_evaluate(job)
-    job_id = field(job, "id")
     api = jobview._api()
+    visible = api.finished_with_adapter(job)
+    job_id = job and job["id"]
     evals, newest, running = [], None, []
     if visible:
         found = api.job_eval(job_id, which="all", limit=1, actor=actor)
@@ -163,9 +155,9 @@ def jobs_html(running: list[dict[str, Any]]) -> str:
         return ""
     parts = []
     for j in running:
-        status = field(j, "status", default="?")
+        status = j["status"]
         detail = {"queued": "waiting for a worker", "running": "answering the prompts"}.get(
-            status, field(j, "hint", default="") or field(j, "error", default=""))
+            status, j.get("hint") or j.get("error") or "")
         parts.append(f'<div class="fs-export-line"><b>Evaluation</b>{render.badge(status)}'
                      f'<span class="fs-muted">job {render.esc(j["id"])} · '
                      f'{render.esc(detail)}</span></div>')

@@ -11,14 +11,12 @@ resolved by jobs.api.artifact_path, which keeps it inside the job's folder.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
 from app.studio import jobview, render
 from app.studio.session import actor as actor_of
-from app.studio.jobview import field
 
 # one entry per engine.export.FORMATS key, in its order (tests/app/test_studio_export.py checks)
 FORMATS: dict[str, tuple[str, str]] = {
@@ -55,17 +53,6 @@ def label(fmt: str) -> str:
 
 
 # --------------------------------------------------------------------------- handlers
-
-
-def can_export(job: Any) -> bool:
-    """A training job that completed, or stopped after saving its adapter."""
-    if job is None or field(job, "kind", default="train") != "train":
-        return False
-    status = field(job, "status")
-    if status == "completed":
-        return True
-    folder = field(job, "output_dir") or jobview.job_dir(field(job, "id"))
-    return status in jobview.TERMINAL and (Path(folder) / "adapter").is_dir()
 
 
 def start(job_id: Any, fmt: str, owner: str | None = None, actor: Any = None
@@ -106,7 +93,7 @@ def latest_exports(job_id: Any, actor: Any = None) -> list[dict[str, Any]]:
     seen, out = set(), []
     for job in jobview._api().list_jobs(kind="export", parent=jobview.parse_id(job_id),
                                         actor=actor):
-        fmt = (field(job, "config", default={}) or {}).get("format")
+        fmt = job["config"].get("format")
         if fmt not in seen:
             seen.add(fmt)
             out.append(job)
@@ -117,16 +104,16 @@ def poll(session: dict[str, Any], job: Any, actor: Any = None) -> tuple[dict[str
     """Refresh session["export"] (the job's export jobs, the last log line of each running
     one); changed tells whether the section must be drawn again."""
     state = session.setdefault("export", {"sig": None, "lines": {}, "exports": []})
-    visible = can_export(job)
-    exports = latest_exports(field(job, "id"), actor) if visible else []
     api = jobview._api()
+    visible = api.finished_with_adapter(job)
+    exports = latest_exports(job["id"], actor) if visible else []
     for exp in exports:
         if exp["status"] in ACTIVE:     # the stage it is at: only the lines after the last seen
             cursor, line = state["lines"].get(exp["id"], (0, ""))
             for event in api.logs(exp["id"], since=cursor, actor=actor):
                 cursor, line = event["id"], event["line"]
             state["lines"][exp["id"]] = (cursor, line)
-    sig = (field(job, "id"), visible, tuple(
+    sig = (job and job["id"], visible, tuple(
         (e["id"], e["status"], e.get("step"), state["lines"].get(e["id"], (0, ""))[1])
         for e in exports))
     changed = sig != state["sig"]
@@ -154,9 +141,9 @@ def jobs_html(exports: list[dict[str, Any]], lines: dict[str, str] | None = None
                 "on the queue; its files are listed here with their sizes.</div>")
     rows = []
     for exp in exports:
-        status = field(exp, "status", default="?")
-        result = field(exp, "result", default={}) or {}
-        started, finished = field(exp, "started_at"), field(exp, "finished_at")
+        status = exp["status"]
+        result = exp.get("result") or {}
+        started, finished = exp.get("started_at"), exp.get("finished_at")
         took = render.duration(finished - started) if started and finished else ""
         detail = {
             "queued": "waiting for a worker",
@@ -164,11 +151,11 @@ def jobs_html(exports: list[dict[str, Any]], lines: dict[str, str] | None = None
             "completed": (f"{result.get('files', '?')} file(s) · "
                           f"{human(result.get('total_bytes', 0))}" + (f" in {took}" if took
                                                                         else "")),
-        }.get(status, field(exp, "hint", default="") or "")
+        }.get(status, exp.get("hint") or "")
         bar = ('<div class="fs-progress fs-running fs-export-bar"><div class="fs-progress-bar">'
                '<div class="fs-progress-fill" style="width:100%"></div></div></div>'
                if status in ACTIVE else "")
-        fmt = (field(exp, "config", default={}) or {}).get("format", "?")
+        fmt = exp["config"].get("format", "?")
         notes = "".join(render.note(str(exp[k]), tone) for k, tone in (("error", "bad"),
                         ("hint", "info")) if status == "failed" and exp.get(k))
         rows.append(f'<div class="fs-export-job" data-format="{render.esc(fmt)}">'

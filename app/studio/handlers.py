@@ -7,10 +7,7 @@ touches the database itself. Tested as plain functions in tests/app/test_studio_
 from __future__ import annotations
 
 import hashlib
-import os
-import re
 import shlex
-import shutil
 import tempfile
 import threading
 import time
@@ -130,74 +127,13 @@ def tokenizer_for(name: str):
     return tok
 
 
-DEFAULT_MAX_UPLOAD_MB = 200
+def store_upload(path: str | None, owner: str | None = None,
+                 actor: dict[str, Any] | None = None) -> str | None:
+    """The uploaded file, checked and kept by jobs.datasets.store_upload as the actor's (else
+    `owner`'s, default "local"); None for no file. A refused file raises DataError and leaves nothing behind."""
+    from jobs import access, datasets
 
-
-def max_upload_bytes() -> int:
-    """FTSTUDIO_MAX_UPLOAD_MB (default 200) in bytes: the largest dataset upload accepted."""
-    try:
-        mb = float(os.environ.get("FTSTUDIO_MAX_UPLOAD_MB", DEFAULT_MAX_UPLOAD_MB))
-    except ValueError:
-        mb = DEFAULT_MAX_UPLOAD_MB
-    return int(mb * 1024 * 1024)
-
-
-def store_upload(path: str | None, owner: str = "local") -> str | None:
-    """Check an uploaded file and keep it under FTSTUDIO_HOME/datasets/<sha256[:16]>/<name>,
-    recorded as `owner`'s. Everything is checked first (type, FTSTUDIO_MAX_UPLOAD_MB, that
-    engine.data can read it and finds usable records); a refused file raises DataError and
-    leaves nothing behind: no file under datasets/, no row in studio.db."""
-    from engine.data import DataError, check_file
-    from jobs import datasets
-
-    if not path:
-        return None
-    src = Path(path)
-    name = _safe_name(src.name)
-    if src.suffix.lower() not in DATA_SUFFIXES:
-        raise DataError(f"{name}: unsupported file type {src.suffix or '(none)'}; upload "
-                        f"{', '.join(DATA_SUFFIXES)}")
-    size, limit = src.stat().st_size, max_upload_bytes()
-    if size > limit:
-        raise DataError(f"{name} is {size / 2**20:.1f} MB, over the upload limit of "
-                        f"{limit / 2**20:.0f} MB (FTSTUDIO_MAX_UPLOAD_MB); split it, or ask "
-                        "the admin to raise the limit")
-    try:
-        info = check_file(src)
-    except DataError as exc:  # name the file as the person knows it, not the temp path
-        raise DataError(str(exc).replace(str(src), name)) from None
-    except (RecursionError, MemoryError) as exc:
-        raise DataError(f"{name} cannot be read ({type(exc).__name__}); check that it is a "
-                        "dataset file") from None
-    digest = hashlib.sha256(src.read_bytes()).hexdigest()
-    dest = studio_home() / "datasets" / digest[:16] / name
-    if not dest.is_file():
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(f".{name}.{os.getpid()}.part")
-        try:
-            shutil.copyfile(src, tmp)
-            os.replace(tmp, dest)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            _remove_if_empty(dest.parent)
-            raise
-    datasets.record(owner or "local", dest, sha256=digest, size=size,
-                    records=info["records"])
-    return str(dest.resolve())
-
-
-def _safe_name(name: str) -> str:
-    """A file name that is safe to store: letters, digits, '.', '_', '-'; no leading dot."""
-    stem, _, suffix = name.rpartition(".") if "." in name else (name, "", "")
-    clean = re.sub(r"[^A-Za-z0-9_.-]+", "_", stem).strip("._")[:100] or "data"
-    return f"{clean}.{suffix.lower()}" if suffix else clean
-
-
-def _remove_if_empty(folder: Path) -> None:
-    try:
-        folder.rmdir()
-    except OSError:
-        pass
+    return datasets.store_upload(path, access.owner_of(actor, owner)) if path else None
 
 
 def data_panel(values: dict[str, Any]) -> tuple[str, Any, list[list[tuple[str, str | None]]]]:
@@ -216,7 +152,6 @@ def data_panel(values: dict[str, Any]) -> tuple[str, Any, list[list[tuple[str, s
         rep = report_for(cfg, tok)
     except (DataError, ConfigError, OSError) as exc:
         return render.note(str(exc), "bad"), None, []
-    rep = {**rep, "notes": list(rep.get("notes") or [])}   # the kept report stays as it was
     bins = rep.get("histogram") or []
     width = max((len(str(b - 1)) for _, b, _ in bins), default=1)
     # labels padded with leading spaces: the chart orders bars by label, so "  9–17" must sort
@@ -252,97 +187,25 @@ def device():
 
 def estimate_panel(values: dict[str, Any], actor: Any = None) -> str:
     """The memory estimate, and the time per epoch when a finished run measured the speed."""
-    from engine.estimate import estimate
+    from engine.catalog import estimate_for
+    from jobs import api
 
     cfg, _ = form.build_config(values)
-    timing = time_estimate(cfg, actor)
+    timing = api.time_estimate(cfg, actor)
     try:
-        est = estimate(cfg, device=device())
+        est = estimate_for(cfg, device=device())
     except Exception as exc:  # noqa: BLE001 - odd config.json files: say so, keep going
         return render.estimate_card(None, f"No estimate: {exc}", timing=timing)
     return render.estimate_card(est, timing=timing)
 
 
-#: the latest data reports, by file and settings, so the estimate can count tokens and the
-#: defaults can read the lengths without tokenizing again
-_reports: dict[tuple, dict[str, Any]] = {}
-REPORTS_KEPT = 8
-
-
-def _report_key(cfg: TrainConfig) -> tuple | None:
-    import dataclasses
-    import json
-
-    try:
-        st = Path(cfg.data.train).stat()
-    except (OSError, TypeError):
-        return None
-    data = json.dumps(dataclasses.asdict(cfg.data), sort_keys=True, default=str)
-    return (str(Path(cfg.data.train).resolve()), st.st_mtime_ns, st.st_size, cfg.model.name,
-            data)
-
-
-def _remember_report(cfg: TrainConfig, report: dict[str, Any]) -> None:
-    key = _report_key(cfg)
-    if key is not None:
-        _reports[key] = report
-        while len(_reports) > REPORTS_KEPT:
-            old = next(iter(_reports))
-            _reports.pop(old, None)
-            _report_locks.pop(old, None)
-
-
-_report_locks: dict[tuple, threading.Lock] = {}
-
-
 def report_for(cfg: TrainConfig, tokenizer: Any = None) -> dict[str, Any]:
-    """The data report (DataReport.to_dict()) of cfg.data.train with cfg's data settings: the
-    kept one when this file, model and settings were reported already, else made and kept, so
-    the data panel and the defaults asking at once tokenize the file once. Raises what
-    engine.data.data_report raises."""
-    from engine.data import data_report
-
-    tok = tokenizer if tokenizer is not None else tokenizer_for(cfg.model.name)
-    key = _report_key(cfg)
-    if key is None:
-        return data_report(cfg.data.train, tok, cfg.data).to_dict()
-    with _tok_lock:
-        lock = _report_locks.setdefault(key, threading.Lock())
-    with lock:
-        report = _reports.get(key)
-        if report is None:
-            report = data_report(cfg.data.train, tok, cfg.data).to_dict()
-            _remember_report(cfg, report)
-    return report
-
-
-def time_estimate(cfg: TrainConfig, actor: Any = None) -> dict[str, Any] | None:
-    """{seconds_per_epoch, epochs, tokens_per_s, job_id, method, same_method} from the data
-    report the page already has (trained tokens of the training split) and the throughput a
-    finished run of this model measured (jobs.api.measured_throughput); or {"missing": why}.
-    None when the data report is not there yet."""
-    from engine.estimate import estimate_time
+    """The data report of cfg.data.train (jobs.api.report_for: made once per file, model and
+    settings, and kept), counted with the model's tokenizer when none is given."""
     from jobs import api
 
-    report = _reports.get(_report_key(cfg) or ())
-    if not report or not report.get("used"):
-        return None
-    share = (report.get("train_records") or report["used"]) / report["used"]
-    tokens = int(report.get("trained_tokens", 0) * share)
-    from jobs.store import db_path
-
-    try:
-        measured = api.measured_throughput(cfg.model.name, cfg.method.kind, actor=actor) \
-            if db_path().is_file() else None
-    except Exception as exc:  # noqa: BLE001 - no store yet, or it is busy: no time shown
-        return {"missing": f"no measured speed ({exc})"}
-    if measured is None:
-        return {"missing": "no finished run of this model here yet: the time per epoch shows "
-                           "once one has measured its speed"}
-    return {"seconds_per_epoch": estimate_time(tokens, measured["tokens_per_s"]),
-            "epochs": None if cfg.train.max_steps else cfg.train.epochs,
-            "tokens_per_epoch": tokens, "same_method": measured["method"] == cfg.method.kind,
-            **measured}
+    return api.report_for(cfg, tokenizer if tokenizer is not None
+                          else tokenizer_for(cfg.model.name))
 
 
 # --------------------------------------------------------------------------- defaults
@@ -497,11 +360,13 @@ def _slug(name: str | None) -> str:
 
 def start_job(values: dict[str, Any], name: str = "", owner: str = "local",
               actor: dict[str, Any] | None = None) -> tuple[Any | None, list[Problem]]:
-    """Validate the form and queue the job: (job id, []) or (None, every problem)."""
+    """Validate the form and queue the job: (job id, []) or (None, every problem; for a
+    non-admin, the access rules' first, saying nothing of files they may not use)."""
+    from jobs import access, api
+
     cfg, problems = form.check_form(values)
     if problems:
-        return None, problems
-    from jobs import api
+        return None, access.screened(cfg, actor, problems) if actor is not None else problems
 
     try:
         job = api.submit(cfg, owner=None if actor is not None else owner or "local",
@@ -509,11 +374,4 @@ def start_job(values: dict[str, Any], name: str = "", owner: str = "local",
                          actor=actor)   # with an actor the job is theirs (jobs.access)
     except ConfigError as exc:
         return None, exc.problems
-    return job_id_of(job), []
-
-
-def job_id_of(job: Any) -> Any:
-    """jobs.api returns an id or a job record; the studio only needs the id."""
-    if isinstance(job, dict):
-        return job.get("id", job.get("job_id"))
-    return getattr(job, "id", job)
+    return job["id"], []

@@ -81,7 +81,9 @@ def build() -> JobsTab:
                                        tooltip="all")
         with gr.Row():
             lr = _plot("Learning rate", "lr", elem_id="lr-plot")
-            tps = _plot("Throughput", "tokens/s", elem_id="tps-plot")
+            tps = gr.LinePlot(x="step", y="value", color="series", title="Throughput",
+                              x_title="step", y_title="tokens/s", height=250,
+                              elem_id="tps-plot", tooltip="all")
         gen = gr.LinePlot(x="step", y="value", color="series", title="Held-out answers of the "
                           "tuned model (train.eval_generate)", x_title="step", y_title="%",
                           height=230, elem_id="gen-plot", tooltip="all", visible=False)
@@ -175,9 +177,9 @@ def _download(fn):
             return gr.skip(), render.note("Pick a job first.", "warn")
         try:
             path = jobview.served_copy(fn(jid, actor=actor_of(request)))
-        except (OSError, PermissionError) as exc:
+        except OSError as exc:                   # no adapter, no metrics yet
             return gr.skip(), render.note(str(exc), "bad")
-        except (KeyError, ValueError) as exc:    # JobNotFound: gone, or not the actor's
+        except (KeyError, ValueError) as exc:    # JobNotFound, or a path refused (JobError)
             return gr.skip(), render.note(str(exc).strip("'\""), "bad")
         files = [f for f in (current or []) if not str(f).endswith(path.rsplit("/", 1)[-1])]
         return gr.update(value=files + [path], visible=True), ""
@@ -229,7 +231,7 @@ def select_job(jid, session, request: gr.Request = None):
 
 def refresh_table(status, request: gr.Request = None):
     jobs = jobview.list_jobs(actor=actor_of(request))
-    shown = [j for j in jobs if not status or jobview.field(j, "status") == status]
+    shown = [j for j in jobs if not status or j["status"] == status]
     frame = jobview.table(jobs=shown)
     every = jobview.choices(jobs)
     return frame, gr.update(choices=every), gr.update(choices=every)
@@ -279,11 +281,11 @@ def clone_values(jid, request: gr.Request = None):
         return [gr.skip()] * (n + 2) + [render.note("Pick a job to clone.", "warn")]
     try:
         job = jobview._api().get(jobview.parse_id(jid), actor=actor_of(request))
-        cfg = from_dict(jobview.job_config(job))
+        cfg = from_dict(job["config"])
     except (ConfigError, KeyError, ValueError) as exc:    # JobNotFound, a broken config
         return [gr.skip()] * (n + 2) + [render.note(f"Could not clone job {jid}: {exc}", "bad")]
     cfg.output_dir, cfg.train.resume_from = None, None
-    name = (jobview.field(job, "name") or f"job-{jid}") + "-copy"
+    name = f"{job['name']}-copy"
     return form.config_to_form(cfg) + [name, gr.Tabs(selected="train"),
                                        render.note(f"Settings of job {jid} loaded: change what "
                                                    "you like and press Start.", "good")]

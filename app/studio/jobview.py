@@ -6,8 +6,9 @@ aggregated in SQL (`jobs.api.metric_buckets`), later polls only the new rows
 neighbouring buckets when it holds too many, so a tick moves only new rows and the web process
 holds O(CHART_POINTS) numbers per curve, whatever the job's length. A bucket of many steps is
 drawn as its min and max, so a one-step loss spike stays visible.
-Downloads are written into and served from the job's own folder, FTSTUDIO_HOME/jobs/<id>/,
-after resolving every path and checking that it stays inside (job_dir, job_file).
+Downloads are written into and served from the job's own folder, each path checked by
+jobs.api.path_in_job (inside the folder, through no symlink out of it). Job records are the
+plain dicts of jobs.api (jobs.store's rows).
 """
 
 from __future__ import annotations
@@ -22,13 +23,15 @@ from typing import Any
 
 from app.studio import render
 from app.studio.curves import CHART_POINTS, Curve, curves
-from engine.catalog import studio_home
+from jobs.api import path_in_job
 
-TERMINAL = {"completed", "failed", "cancelled", "interrupted"}
 #: the generation evaluation's curves (engine.evaluation: train.eval_generate), drawn in percent
 GEN_CHARTED = {"gen_exact_match": "exact match", "gen_token_f1": "token F1",
                "gen_rouge_l": "ROUGE-L"}
-CHARTED = ("loss", "eval_loss", "lr", "tokens_per_s", "total_steps", *GEN_CHARTED)  # kept
+#: the throughput chart's two series: tokens that carry loss, and every real token computed
+#: (prompts included: the figure other tools report)
+RATES = {"tokens_per_s": "trained tokens/s", "total_tokens_per_s": "all tokens/s"}
+CHARTED = ("loss", "eval_loss", "lr", *RATES, "total_steps", *GEN_CHARTED)  # kept
 LOG_LINES = 300
 SERVED_COPY_TTL_S = 3600       # served_copy folders older than this go when a new one is made
 TABLE_COLUMNS = ["ID", "Name", "Status", "Progress", "ETA", "Started", "Duration", "Owner",
@@ -39,24 +42,6 @@ def _api():
     from jobs import api
 
     return api
-
-
-def field(job: Any, *names: str, default: Any = None) -> Any:
-    """A job record's field whether the record is a dict or an object."""
-    for name in names:
-        value = job.get(name) if isinstance(job, dict) else getattr(job, name, None)
-        if value is not None:
-            return value
-    return default
-
-
-def job_config(job: Any) -> dict[str, Any]:
-    cfg = field(job, "config", default={})
-    if isinstance(cfg, str):
-        import yaml
-
-        cfg = yaml.safe_load(cfg) or {}
-    return cfg if isinstance(cfg, dict) else getattr(cfg, "to_dict", dict)()
 
 
 def parse_id(value: Any) -> str:
@@ -80,20 +65,10 @@ def metric_rows(records: list[dict[str, Any]]) -> list[tuple[int, str, float]]:
     return out
 
 
-def _ts(value: Any) -> float | None:
-    if value in (None, ""):
-        return None
-    if isinstance(value, (int, float)):
-        return float(value)
-    try:
-        return datetime.fromisoformat(str(value)).timestamp()
-    except ValueError:
-        return None
-
-
-def _clock(value: Any) -> str:
-    ts = _ts(value)
-    if ts is None:
+def _clock(ts: float | None) -> str:
+    """A time (unix seconds, as the store keeps them) as the clock, with the day when not
+    today."""
+    if not ts:
         return ""
     when = datetime.fromtimestamp(ts)
     fmt = "%H:%M:%S" if when.date() == datetime.now().date() else "%b %d %H:%M"
@@ -103,40 +78,38 @@ def _clock(value: Any) -> str:
 # --------------------------------------------------------------------------- table
 
 
-def progress_of(job: Any) -> tuple[int, int | None]:
-    step = field(job, "step", "progress_step", "current_step", default=0) or 0
-    total = field(job, "total_steps", "max_steps")
-    return int(step), (int(total) if total else None)
+def progress_of(job: dict[str, Any]) -> tuple[int, int | None]:
+    return int(job.get("step") or 0), (int(job["total_steps"]) if job.get("total_steps")
+                                        else None)
 
 
-def eta_of(job: Any, now: float | None = None) -> float | None:
+def eta_of(job: dict[str, Any], now: float | None = None) -> float | None:
     step, total = progress_of(job)
-    started = _ts(field(job, "started_at", "started"))
-    if field(job, "status") != "running" or not started or not total or step <= 0:
+    started = job.get("started_at")
+    if job["status"] != "running" or not started or not total or step <= 0:
         return None
     elapsed = (now or time.time()) - started
     return elapsed / step * max(0, total - step)
 
 
-def table_row(job: Any) -> list[Any]:
-    cfg, status = job_config(job), field(job, "status", default="?")
+def table_row(job: dict[str, Any]) -> list[Any]:
+    cfg, status = job["config"], job["status"]
     step, total = progress_of(job)
     share = f"{step / total:.0%} · {step}/{total}" if total else (f"step {step}" if step else "")
     if status == "completed":
         share = f"100% · {total or step}/{total or step}" if (total or step) else "100%"
-    started, finished = _ts(field(job, "started_at", "started")), \
-        _ts(field(job, "finished_at", "ended_at", "finished"))
+    started, finished = job.get("started_at"), job.get("finished_at")
     took = (finished or time.time()) - started if started else None
     model = str((cfg.get("model") or {}).get("name", ""))
-    return [field(job, "id", "job_id"), field(job, "name", default="") or "",
-            f"{render.STATUS_ICONS.get(status, '')} {status}", share,
-            render.duration(eta_of(job)), _clock(field(job, "started_at", "created_at")),
-            render.duration(took), field(job, "owner", default="local"),
+    return [job["id"], job["name"], f"{render.STATUS_ICONS.get(status, '')} {status}", share,
+            render.duration(eta_of(job)), _clock(job.get("started_at") or job["created_at"]),
+            render.duration(took), job["owner"],
             model.rstrip("/").rsplit("/", 1)[-1] if "/" in model and Path(model).is_absolute()
             else model, (cfg.get("method") or {}).get("kind", "")]
 
 
-def list_jobs(status: str | None = None, kind: str = "train", actor: Any = None) -> list[Any]:
+def list_jobs(status: str | None = None, kind: str = "train", actor: Any = None
+              ) -> list[dict[str, Any]]:
     """Training jobs by default: export jobs are shown under the job they export. With a
     non-admin actor (app/studio/session.py) only their own."""
     return list(_api().list_jobs(status=status or None, kind=kind, actor=actor))
@@ -149,25 +122,23 @@ def table(status: str | None = None, jobs: list[Any] | None = None, actor: Any =
     return pd.DataFrame([table_row(j) for j in jobs], columns=TABLE_COLUMNS)
 
 
-def job_label(job: Any) -> str:
-    name = field(job, "name") or (job_config(job).get("method") or {}).get("kind", "job")
-    return f"#{field(job, 'id', 'job_id')} · {name} · {field(job, 'status', default='?')}"
+def job_label(job: dict[str, Any]) -> str:
+    return f"#{job['id']} · {job['name']} · {job['status']}"
 
 
-def choices(jobs: list[Any] | None = None, statuses: set[str] | None = None, actor: Any = None
-            ) -> list[tuple[str, str]]:
+def choices(jobs: list[dict[str, Any]] | None = None, statuses: set[str] | None = None,
+            actor: Any = None) -> list[tuple[str, str]]:
     jobs = list_jobs(actor=actor) if jobs is None else jobs
-    return [(job_label(j), str(field(j, "id", "job_id"))) for j in jobs
-            if statuses is None or field(j, "status") in statuses]
+    return [(job_label(j), j["id"]) for j in jobs if statuses is None or j["status"] in statuses]
 
 
-def pick_default(jobs: list[Any], remembered: Any = None) -> str | None:
+def pick_default(jobs: list[dict[str, Any]], remembered: Any = None) -> str | None:
     """The job to show: the remembered one if it still exists, else the newest running one,
     else the newest."""
-    ids = [str(field(j, "id", "job_id")) for j in jobs]
+    ids = [j["id"] for j in jobs]
     if remembered is not None and str(remembered) in ids:
         return str(remembered)
-    running = [str(field(j, "id", "job_id")) for j in jobs if field(j, "status") == "running"]
+    running = [j["id"] for j in jobs if j["status"] == "running"]
     return (running or ids or [None])[0]
 
 
@@ -198,8 +169,7 @@ def poll(session: dict[str, Any] | None, job_id: Any, actor: Any = None
         changed = session["status"] != "missing"
         session["status"] = "missing"
         return session, changed, None
-    status = field(job, "status")
-    attempt = field(job, "attempt")
+    status, attempt = job["status"], job.get("attempt")
     if session.get("attempt") not in (None, attempt):
         # claimed again (resumed from a checkpoint): the steps past the checkpoint were
         # deleted and are being written anew, so the curves start over from the store
@@ -246,21 +216,12 @@ def _add_rows(session: dict[str, Any], rows: list[tuple[int, str, float]]) -> in
     return added
 
 
-def _log_lines(lines: Any, since: int) -> tuple[list[str], int]:
-    """New log lines and the position to ask from next time (event ids, or a line count)."""
-    if isinstance(lines, str):
-        lines = lines.splitlines()
-    out = []
-    for item in lines or []:
-        if isinstance(item, dict):
-            text = item.get("line", item.get("message", ""))
-            level = item.get("level")
-            out.append(f"[{level}] {text}" if level and level not in ("info",) else str(text))
-            since = max(since, int(item.get("id", since + 1)))
-        else:
-            out.append(str(item))
-            since += 1
-    return out, since
+def _log_lines(events: list[dict[str, Any]], since: int) -> tuple[list[str], int]:
+    """The lines of jobs.api.logs events ({id, time, level, line}; a level other than info
+    shown before its line) and the event id to ask from next time."""
+    out = [e["line"] if e["level"] == "info" else f"[{e['level']}] {e['line']}"
+           for e in events]
+    return out, max([since, *(e["id"] for e in events)])
 
 
 def series(session: dict[str, Any], name: str) -> list[tuple[int, float]]:
@@ -293,19 +254,23 @@ def frames(session: dict[str, Any]) -> dict[str, Any]:
     rows = [{"step": s, "value": v, "series": "raw"} for s, v in loss.points()] + \
         [{"step": s, "value": v, "series": "smoothed"} for s, v in loss.smoothed()]
     out = {"loss": frame(rows, {**STEP_VALUE, "series": "str"})}
-    for name in ("eval_loss", "lr", "tokens_per_s"):
+    for name in ("eval_loss", "lr"):
         out[name] = frame([{"step": s, "value": v} for s, v in series(session, name)],
                           STEP_VALUE)
+    out["tokens_per_s"] = frame([{"step": s, "value": v, "series": label}
+                                 for name, label in RATES.items()
+                                 for s, v in series(session, name)],
+                                {**STEP_VALUE, "series": "str"})
     out["gen"] = frame([{"step": s, "value": v * 100, "series": label}
                         for name, label in GEN_CHARTED.items()
                         for s, v in series(session, name)], {**STEP_VALUE, "series": "str"})
     return out
 
 
-def progress_html(session: dict[str, Any], job: Any) -> str:
+def progress_html(session: dict[str, Any], job: dict[str, Any] | None) -> str:
     if job is None:
         return ""
-    status = field(job, "status", default="?")
+    status = job["status"]
     step, total = progress_of(job)
     last_loss, last_total = curve(session, "loss").last, curve(session, "total_steps").last
     if last_loss:
@@ -314,7 +279,7 @@ def progress_html(session: dict[str, Any], job: Any) -> str:
         total = int(last_total[1])
     if status == "completed" and not total:
         total = step or None
-    eta = eta_of({**_as_dict(job), "step": step, "total_steps": total})
+    eta = eta_of({**job, "step": step, "total_steps": total})
     (t0, s0), (t1, s1) = session.get("rate_from") or (0, 0), session.get("rate_to") or (0, 0)
     if status == "running" and total and s1 > s0:       # the pace seen on this page
         eta = (t1 - t0) / (s1 - s0) * max(0, total - s1) - (time.time() - t1)
@@ -323,28 +288,21 @@ def progress_html(session: dict[str, Any], job: Any) -> str:
     return render.progress(step, total, label, status)
 
 
-def _as_dict(job: Any) -> dict[str, Any]:
-    return dict(job) if isinstance(job, dict) else dict(vars(job))
-
-
-def header_html(job: Any) -> str:
+def header_html(job: dict[str, Any] | None) -> str:
     if job is None:
         return render.note("Pick a job from the table, or start one in the Train tab.")
-    cfg = job_config(job)
+    cfg = job["config"]
     model = (cfg.get("model") or {}).get("name", "")
     data = (cfg.get("data") or {}).get("train", "")
-    meta = " · ".join(x for x in [
-        f"owner {field(job, 'owner', default='local')}",
-        f"created {_clock(field(job, 'created_at'))}" if field(job, "created_at") else "",
-        f"started {_clock(field(job, 'started_at'))}" if field(job, "started_at") else "",
-        f"finished {_clock(field(job, 'finished_at'))}" if field(job, "finished_at") else "",
-    ] if x)
-    error, hint = field(job, "error"), field(job, "hint")
+    meta = " · ".join([f"owner {job['owner']}"] + [
+        f"{key.removesuffix('_at')} {_clock(job[key])}"
+        for key in ("created_at", "started_at", "finished_at") if job.get(key)])
+    error, hint = job.get("error"), job.get("hint")
     notes = (render.note(str(error), "bad") if error else "") + \
         (render.note(str(hint), "info") if hint else "")
-    return (f'<div class="fs-job-h"><span class="fs-job-name">#{render.esc(field(job, "id"))} '
-            f'{render.esc(field(job, "name", default="") or "")}</span>'
-            f'{render.badge(field(job, "status", default="?"))}<span class="fs-muted">'
+    return (f'<div class="fs-job-h"><span class="fs-job-name">#{render.esc(job["id"])} '
+            f'{render.esc(job["name"])}</span>'
+            f'{render.badge(job["status"])}<span class="fs-muted">'
             f'{render.esc((cfg.get("method") or {}).get("kind", ""))} on '
             f'{render.esc(Path(model).name if Path(model).is_absolute() else model)} · data '
             f'{render.esc(Path(str(data)).name)}</span></div><div class="fs-muted">'
@@ -376,24 +334,6 @@ def compare_frame(job_ids: list[Any], actor: Any = None):
 
 
 # --------------------------------------------------------------------------- files
-
-
-def job_dir(job_id: Any) -> Path:
-    """FTSTUDIO_HOME/jobs/<id>, refusing ids that would lead anywhere else."""
-    root = (studio_home() / "jobs").resolve()
-    folder = (root / str(job_id)).resolve()
-    if folder.parent != root:
-        raise PermissionError(f"job id {job_id!r} is not a plain job id")
-    return folder
-
-
-def job_file(job_id: Any, relative: str) -> Path:
-    """A path inside the job's folder; anything resolving outside it is refused."""
-    folder = job_dir(job_id)
-    path = (folder / relative).resolve()
-    if not path.is_relative_to(folder):
-        raise PermissionError(f"{relative} is outside job {job_id}'s folder")
-    return path
 
 
 def visible_job(job_id: Any, actor: Any = None) -> dict[str, Any]:
@@ -441,28 +381,28 @@ def remove_old_copies(tmp: Path, max_age_s: float = SERVED_COPY_TTL_S) -> list[P
 
 
 def adapter_zip(job_id: Any, actor: Any = None) -> str:
-    visible_job(job_id, actor)
-    src = job_file(job_id, "adapter")
+    job = visible_job(job_id, actor)
+    src = path_in_job(job, "adapter")
     if not src.is_dir() or not any(src.iterdir()):
         raise FileNotFoundError(f"job {job_id} has no adapter yet (it appears when training "
                                 "ends or saves a checkpoint)")
-    return str(_zip(job_id, "adapter.zip", [(p, p.relative_to(src.parent)) for p in
-                                            sorted(src.rglob("*")) if p.is_file()]))
+    return str(_zip(job, "adapter.zip", [f"adapter/{p.relative_to(src).as_posix()}"
+                                         for p in sorted(src.rglob("*")) if p.is_file()]))
 
 
 def bundle_zip(job_id: Any, actor: Any = None) -> str:
-    visible_job(job_id, actor)
-    names = ["config.yaml", "run.json", "metrics.jsonl", "log.txt"]
-    files = [(job_file(job_id, n), Path(n)) for n in names]
-    files = [(p, a) for p, a in files if p.is_file()]
+    job = visible_job(job_id, actor)
+    files = [n for n in ("config.yaml", "run.json", "metrics.jsonl", "log.txt")
+             if path_in_job(job, n).is_file()]
     if not files:
         raise FileNotFoundError(f"job {job_id} has no run files yet")
-    return str(_zip(job_id, f"job-{job_id}-run.zip", files))
+    return str(_zip(job, f"job-{job['id']}-run.zip", files))
 
 
 def metrics_csv(job_id: Any, actor: Any = None) -> str:
     """Every metrics row of the job, one line per step, one column per metric."""
-    rows = metric_rows(_api().metrics(parse_id(job_id), since_step=-1, actor=actor))
+    job = visible_job(job_id, actor)
+    rows = metric_rows(_api().metrics(job["id"], since_step=-1, actor=actor))
     if not rows:
         raise FileNotFoundError(f"job {job_id} has no metrics yet")
     by_step: dict[int, dict[str, Any]] = {}
@@ -471,7 +411,7 @@ def metrics_csv(job_id: Any, actor: Any = None) -> str:
         by_step.setdefault(step, {"step": step})[name] = value
         if name not in names:
             names.append(name)
-    out = job_file(job_id, f"exports/job-{job_id}-metrics.csv")
+    out = path_in_job(job, f"exports/job-{job['id']}-metrics.csv")
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=["step", *names])
@@ -480,16 +420,19 @@ def metrics_csv(job_id: Any, actor: Any = None) -> str:
     return str(out)
 
 
-def _zip(job_id: Any, name: str, files: list[tuple[Path, Path]]) -> Path:
-    folder = job_dir(job_id)
-    out = job_file(job_id, f"exports/{name}")
+def _zip(job: dict[str, Any], name: str, files: list[str]) -> Path:
+    """exports/<name> in the job's folder: the files (paths in the folder, kept as their names
+    in the zip), each checked by jobs.api.path_in_job, so a symlink out of the folder is
+    refused (JobError)."""
+    out = path_in_job(job, f"exports/{name}")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".part")
-    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
-        for path, arcname in files:
-            real = path.resolve()
-            if not real.is_relative_to(folder):   # a symlink pointing out of the job folder
-                raise PermissionError(f"{path} leads outside job {job_id}'s folder")
-            zf.write(real, str(arcname))
+    try:
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+            for rel in files:
+                zf.write(path_in_job(job, rel), rel)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     tmp.replace(out)
     return out

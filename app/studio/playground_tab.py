@@ -14,6 +14,7 @@ import gradio as gr
 
 from app.studio import jobview, render
 from app.studio.session import actor as actor_of
+from jobs.api import path_in_job
 
 READY = {"completed", "cancelled", "interrupted"}
 
@@ -35,11 +36,10 @@ def model_for_job(jid: Any, actor: Any = None) -> tuple[str, str]:
         job = None
     if job is None:
         raise ValueError(f"Job {jid} no longer exists.")
-    base = (jobview.job_config(job).get("model") or {}).get("name")
-    adapter = jobview.job_file(jobview.field(job, "id", default=jid), "adapter")
+    base = (job["config"].get("model") or {}).get("name")
+    adapter = path_in_job(job, "adapter")
     if adapter_kind(adapter) is None:
-        raise ValueError(f"Job {jid} has no trained adapter yet "
-                         f"(status {jobview.field(job, 'status')}).")
+        raise ValueError(f"Job {jid} has no trained adapter yet (status {job['status']}).")
     return str(base), str(adapter)
 
 

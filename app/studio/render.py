@@ -22,6 +22,10 @@ PART_LABELS = {"weights": "Weights", "adapter": "Adapter", "gradients": "Gradien
                "optimizer": "Optimizer state", "activations": "Activations",
                "logits": "Logits", "slack": "Allocator slack",
                "runtime": "Runtime (libraries, CUDA context)"}
+#: engine.estimate's note on glibc's heap on CPU (it names this variable) is a paragraph: the
+#: card says it in one line and keeps the paragraph under Breakdown
+ALLOCATOR_MARK = "MALLOC_MMAP_THRESHOLD_"
+ALLOCATOR_LINE = "On CPU the peak may reach about twice the activations' share (see Breakdown)."
 
 
 def esc(value: Any) -> str:
@@ -71,7 +75,7 @@ def model_card(info: ModelInfo) -> str:
 
 
 def timing_line(timing: dict[str, Any] | None) -> str:
-    """The time per epoch (handlers.time_estimate), or why there is none."""
+    """The time per epoch (jobs.api.time_estimate), or why there is none."""
     if not timing:
         return ""
     if "missing" in timing:
@@ -101,7 +105,11 @@ def estimate_card(est: Estimate | None, reason: str = "",
     parts = sorted(((k, v) for k, v in est.parts.items() if v), key=lambda kv: -kv[1])
     legend = "".join(f'<div class="fs-part"><span>{esc(PART_LABELS.get(k, k))}</span>'
                      f'<span>{human_bytes(v)}</span></div>' for k, v in parts)
-    notes = "".join(note(n, "warn") for n in est.notes)
+    allocator = [n for n in est.notes if ALLOCATOR_MARK in n]
+    legend += "".join(f'<div class="fs-muted fs-part-note">{esc(n[:1].upper() + n[1:])}.</div>'
+                      for n in allocator)
+    notes = "".join(note(n, "warn") for n in est.notes if n not in allocator) + \
+        (note(ALLOCATOR_LINE, "info") if allocator else "")
     pct = est.trainable_share * 100
     pct_text = f"{pct:.2f}%" if pct < 10 else f"{pct:.0f}%"
     return (

@@ -236,13 +236,6 @@ def _wire(t: TrainTab, model_card, example, upload, report, hist, previews, blur
     w["data.train"].change(lambda p: p if p in known else None, w["data.train"], example,
                            queue=False, api_visibility="private")
 
-    def uploaded(file, request: gr.Request | None = None):
-        try:
-            owner = getattr(request, "username", None) or "local"
-            return handlers.store_upload(file, owner), ""
-        except (OSError, ValueError) as exc:
-            return gr.skip(), render.note(str(exc), "bad")
-
     stored = upload.upload(uploaded, upload, [w["data.train"], t.status],
                            api_visibility="private")
 
@@ -267,6 +260,16 @@ def _wire(t: TrainTab, model_card, example, upload, report, hist, previews, blur
                                                         t.defaults_card],
                 api_visibility="private")
     return stored     # the upload's event: the defaults follow a new data file
+
+
+def uploaded(file, request: gr.Request | None = None):
+    """A dataset upload: (the stored file for data.train, a note); kept as the uploader's
+    (session.actor: a disabled or removed account is refused with gr.Error)."""
+    actor = actor_of(request)
+    try:
+        return handlers.store_upload(file, actor=actor), ""
+    except (OSError, ValueError) as exc:
+        return gr.skip(), render.note(str(exc), "bad")
 
 
 def _wire_defaults(t: TrainTab, example, *set_by_handlers) -> None:

@@ -67,6 +67,28 @@ def test_data_check_lists_bad_records_with_lines(tmp_path):
     assert "line 2" in result.output and "line 3" in result.output, result.output
 
 
+def test_data_check_exits_1_for_bad_records_a_training_would_stop_at(tmp_path):
+    """Regression: bad records exited 0 though data.on_bad_record: error (the default) stops a
+    training at the first one. skip (the option, or a config's data settings) exits 0."""
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"instruction": "a", "output": "b"}\n{"instruction": "a"}\nnot json\n')
+    run = CliRunner().invoke
+    result = run(cli, ["data", "check", str(bad)])
+    assert result.exit_code == 1, result.output
+    assert "Error: 2 bad records would stop a training with data.on_bad_record: error: " \
+           "line 2, line 3; fix them, or leave them out with --on-bad-record skip" in result.output
+    result = run(cli, ["data", "check", str(bad), "--json"])
+    assert result.exit_code == 1 and json.loads(result.stdout)["skipped_bad"] == 2
+    result = run(cli, ["data", "check", str(bad), "--on-bad-record", "skip"])
+    assert result.exit_code == 0 and "line 2" in result.output and "line 3" in result.output
+    skip = tmp_path / "skip.yaml"
+    skip.write_text(yaml.safe_dump({"data": {"on_bad_record": "skip"}}))
+    assert run(cli, ["data", "check", str(bad), "--config", str(skip)]).exit_code == 0
+    assert run(cli, ["data", "check", str(bad), "--config", str(skip),
+                     "--on-bad-record", "error"]).exit_code == 1
+    assert run(cli, ["data", "check", str(EXAMPLES / "alpaca.json")]).exit_code == 0
+
+
 def test_config_keys_check_and_defaults(tmp_path, tiny_model):
     runner = CliRunner()
     keys = runner.invoke(cli, ["config", "--keys"])

@@ -87,7 +87,7 @@ def test_jobs_tab_shows_only_ones_own(people):
 
 def test_acting_on_anothers_job_is_not_found(people):
     from app.studio import jobs_tab, jobview
-    from jobs import api
+    from jobs import api, store
 
     b = people.jobs["bob"]
     _finish(b)
@@ -104,7 +104,7 @@ def test_acting_on_anothers_job_is_not_found(people):
     out, note = jobs_tab._download(jobview.adapter_zip)(b, None, _req("bob"))
     path = out["value"][-1]
     assert note == "" and Path(path).name == "adapter.zip"
-    assert not Path(path).resolve().is_relative_to(jobview.job_dir(b).parent)
+    assert not Path(path).resolve().is_relative_to(store.job_dir(b).parent)
     assert api.get(b)["status"] == "completed"
 
 
@@ -189,3 +189,48 @@ def test_start_from_the_form_is_the_users_job(people):
     values = handlers.form.form_to_values(handlers.form.config_to_form(from_dict(fake_config())))
     job_id, problems = handlers.start_job(values, "mine", actor=people.users["root"])
     assert problems == [] and api.get(job_id)["owner"] == "root"
+
+
+def test_an_upload_is_the_uploaders_and_a_disabled_account_cannot_upload(people, tmp_path):
+    """Regression: the upload handler read request.username itself, skipping session.actor's
+    check of disabled accounts."""
+    import shutil
+
+    from app.studio import train_tab
+    from jobs import datasets, users
+    from tests_paths import EXAMPLES
+
+    src = tmp_path / "mine.jsonl"
+    shutil.copy(EXAMPLES / "chat.jsonl", src)
+    stored, note = train_tab.uploaded(str(src), _req("root"))
+    assert note == "" and [d["owner"] for d in datasets.list_datasets()] == ["root"]
+    users.set_disabled("alice")
+    with pytest.raises(gr.Error, match="account 'alice' is disabled or no longer exists"):
+        train_tab.uploaded(str(src), _req("alice"))
+    assert [(d["owner"], d["path"]) for d in datasets.list_datasets()] == [("root", stored)]
+
+
+def test_submitting_a_path_one_may_not_use_says_nothing_about_it(people, tmp_path):
+    """Regression: /submit_job and the Train form answered "does not exist" or "unsupported
+    file type" for a non-admin before the access check, so they could probe the server."""
+    import yaml
+
+    from app.studio import api as studio_api, handlers
+    from engine.config import from_dict
+
+    there = tmp_path / "there.txt"
+    there.write_text("x")
+    answers = []
+    for path in (tmp_path / "missing.json", there, tmp_path):
+        cfg = fake_config()
+        cfg["data"]["train"] = str(path)
+        out = studio_api.submit_job(yaml.safe_dump(cfg), "probe", 0, _req("alice"))
+        values = handlers.form.form_to_values(handlers.form.config_to_form(from_dict(cfg)))
+        _, problems = handlers.start_job(values, "probe", actor=people.users["alice"])
+        answers.append((out["problems"], [(p.key, p.message) for p in problems]))
+    assert answers[0] == answers[1] == answers[2]
+    assert [p["key"] for p in answers[0][0]] == ["data.train"]
+    assert "uploaded" in str(answers) and "exist" not in str(answers)
+    assert "unsupported" not in str(answers)
+    out = studio_api.submit_job(yaml.safe_dump(cfg), "probe", 0, _req("root"))
+    assert "unsupported file type" in out["problems"][0]["message"]   # an admin is told

@@ -42,7 +42,7 @@ def write_steps(db, job_id: str, first: int, last: int) -> None:
     names = ("epoch", "loss", "lr", "grad_norm", "tokens_per_s")
     rows = ((job_id, step, name, value(name, step)) for step in range(first, last + 1)
             for name in names + (("eval_loss",) if step % EVAL_EVERY == 0 else ()))
-    with store._tx(db):
+    with store.transaction(db):
         db.conn.executemany("INSERT INTO metrics (job_id, step, name, value, time) VALUES "
                             "(?, ?, ?, ?, 0)", rows)
     store.publish_metrics(db, job_id, last, attempt=1)
@@ -119,9 +119,12 @@ def frames_before(records) -> dict[str, pd.DataFrame]:
         [{"step": s, "value": v, "series": "raw"} for s, v in loss] +
         [{"step": s, "value": v, "series": "smoothed"} for s, v in smoothed],
         {**jobview.STEP_VALUE, "series": "str"})}
-    for name in ("eval_loss", "lr", "tokens_per_s"):
+    for name in ("eval_loss", "lr"):
         out[name] = jobview.frame([{"step": s, "value": v} for s, v in points(name)],
                                   jobview.STEP_VALUE)
+    out["tokens_per_s"] = jobview.frame(   # now a series per kind of token (trained, all)
+        [{"step": s, "value": v, "series": label} for name, label in jobview.RATES.items()
+         for s, v in points(name)], {**jobview.STEP_VALUE, "series": "str"})
     return out
 
 
@@ -214,7 +217,7 @@ def test_a_resumed_job_redraws_the_steps_past_its_checkpoint(home):
         assert store.transition(db, job_id, "queued", frm=("interrupted",))
         assert store.transition(db, job_id, "running", attempt=store.Expr("attempt + 1"))
         store.truncate_metrics(db, job_id, 20)
-        with store._tx(db):
+        with store.transaction(db):
             db.conn.executemany("INSERT INTO metrics (job_id, step, name, value, time) VALUES "
                                 "(?, ?, 'loss', ?, 0)", [(job_id, s, 7.0) for s in range(21, 26)])
         store.publish_metrics(db, job_id, 25, attempt=2)

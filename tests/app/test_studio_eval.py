@@ -153,3 +153,19 @@ def test_every_n_evaluations_draw_a_live_curve_in_percent(home):
     other = _finished_job()                  # no generation metrics: no chart
     plain, _, rec = jobview.poll(jobview.new_session(other), other)
     assert rec["id"] == other and jobs_tab._outputs(plain, rec)[7]["visible"] is False
+
+
+def test_the_throughput_chart_shows_trained_and_all_tokens(home):
+    with store.connect() as db:
+        job = store.new_id()
+        store.insert_job(db, config={}, name="rates", owner="local", priority=0, job_id=job)
+        store.transition(db, job, "running", attempt=1)
+        for step in (1, 2):
+            store.add_metrics(db, job, {"step": step, "loss": 1.0, "tokens_per_s": 30.0,
+                                        "total_tokens_per_s": 200.0, "total_steps": 2},
+                              attempt=1)
+        store.publish_metrics(db, job, 2, attempt=1)
+    session, _, _ = jobview.poll(jobview.new_session(job), job)
+    rates = jobview.frames(session)["tokens_per_s"]
+    assert set(rates["series"]) == {"trained tokens/s", "all tokens/s"}
+    assert rates[rates["series"] == "all tokens/s"]["value"].tolist() == [200.0, 200.0]

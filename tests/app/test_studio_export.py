@@ -147,11 +147,11 @@ def test_only_a_finished_training_job_has_the_section(home):
     with store.connect() as db:
         running = store.insert_job(db, config={}, name="r", owner="ana", priority=0)
         assert store.transition(db, running, "running")
-    assert not export_panel.can_export(api.get(running))
+    assert not api.finished_with_adapter(api.get(running))
     stopped = _finished_job(status="cancelled")          # stopped, with its adapter saved
-    assert export_panel.can_export(api.get(stopped))
+    assert api.finished_with_adapter(api.get(stopped))
     export_id, _ = export_panel.start(stopped, "adapter")
-    assert not export_panel.can_export(api.get(export_id))
+    assert not api.finished_with_adapter(api.get(export_id))
     session, _ = export_panel.poll(jobview.new_session(running), api.get(running))
     assert export_panel.view(session)[0]["visible"] is False
 

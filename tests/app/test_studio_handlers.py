@@ -3,6 +3,7 @@ YAML, the command preview, uploads."""
 
 from __future__ import annotations
 
+import re
 import shlex
 import shutil
 
@@ -12,6 +13,7 @@ from click.testing import CliRunner
 from app.cli import cli
 from app.studio import form, handlers, render
 from engine.config import TrainConfig, load_config, to_yaml
+from jobs import api
 
 
 def _values(cfg: TrainConfig | None = None) -> dict:
@@ -86,6 +88,27 @@ def test_data_panel_without_a_file_says_what_to_do(tiny_model, examples):
     html, hist, records = handlers.data_panel({**_good(tiny_model, examples),
                                                "data.train": None})
     assert "upload" in html.lower() and hist is None and records == []
+
+
+def test_the_cpu_allocator_note_is_one_line_with_its_detail_under_breakdown(
+        tiny_model, examples, monkeypatch):
+    """Regression: on CPU the card carried engine.estimate's paragraph on glibc's heap and
+    MALLOC_MMAP_THRESHOLD_ among its notes."""
+    from engine.catalog import estimate_for
+    from engine.estimate import Device
+
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    cfg, _ = form.build_config(_good(tiny_model, examples))
+    est = estimate_for(cfg, device=Device("cpu", "CPU RAM", 64 * 2**30, 32 * 2**30))
+    assert any("MALLOC_MMAP_THRESHOLD_" in n for n in est.notes)
+    html = render.estimate_card(est)
+    details = re.search(r'<details class="fs-breakdown">.*?</details>', html, re.S).group(0)
+    rest = html.replace(details, "")
+    assert render.esc(render.ALLOCATOR_LINE) in rest and rest.count("fs-note") == 1
+    assert "glibc" not in rest and "MALLOC_MMAP_THRESHOLD_" not in rest
+    assert "glibc" in details and "MALLOC_MMAP_THRESHOLD_=131072" in details
+    est.notes.append("QLoRA needs a CUDA GPU (bitsandbytes); on this machine it cannot run")
+    assert "QLoRA needs a CUDA GPU" in render.estimate_card(est).replace(details, "")
 
 
 def test_estimate_panel_shows_trainable_params_and_a_verdict(tiny_model, examples):
@@ -179,8 +202,8 @@ def test_the_estimate_gives_the_time_per_epoch_a_finished_run_measured(home, tin
 
     job_id = _finished_run(str(tiny_model), "lora", [9.0, 180.0, 220.0])  # first step: warm-up
     cfg, _ = form.build_config(values)
-    timing = handlers.time_estimate(cfg)
-    report = handlers._reports[handlers._report_key(cfg)]
+    timing = api.time_estimate(cfg)
+    report = api.kept_report(cfg)
     tokens = int(report["trained_tokens"] * report["train_records"] / report["used"])
     assert timing["job_id"] == job_id and timing["same_method"]
     assert timing["tokens_per_s"] == 200.0 and timing["tokens_per_epoch"] == tokens > 0

@@ -8,6 +8,7 @@ import zipfile
 import pytest
 
 from app.studio import curves as charts, jobview
+from jobs import api
 
 
 class FakeApi:
@@ -130,13 +131,14 @@ def test_table_and_choices(fake):
 
 
 def test_job_paths_stay_inside_the_job_folder(home):
-    folder = jobview.job_dir("a1")
+    job = {"id": "a1"}                     # a record without output_dir: FTSTUDIO_HOME/jobs/ID
+    folder = api.path_in_job(job, "adapter").parent
     assert folder == (home / "jobs" / "a1").resolve()
     for bad in ("../a1", "..", "a1/../../etc", "/etc"):
-        with pytest.raises(PermissionError):
-            jobview.job_dir(bad)
-    with pytest.raises(PermissionError):
-        jobview.job_file("a1", "../other/config.yaml")
+        with pytest.raises(api.JobError):
+            api.path_in_job(job, bad)
+    with pytest.raises(api.JobError):
+        api.path_in_job(job, "../other/config.yaml")
 
 
 def test_downloads_zip_the_adapter_and_refuse_links_out(home, tmp_path, fake):
@@ -152,7 +154,7 @@ def test_downloads_zip_the_adapter_and_refuse_links_out(home, tmp_path, fake):
     secret = tmp_path / "secret.txt"
     secret.write_text("no")
     os.symlink(secret, adapter / "leak.txt")
-    with pytest.raises(PermissionError):
+    with pytest.raises(api.JobError, match="leads outside job a1's folder"):
         jobview.adapter_zip("a1")
 
 
@@ -195,7 +197,7 @@ def test_start_queues_a_real_job_and_the_tab_shows_it(home, tiny_model, examples
     from jobs import api
 
     api.cancel(job_id)
-    assert jobview.field(api.get(job_id), "status") == "cancelled"
+    assert api.get(job_id)["status"] == "cancelled"
     api.delete(job_id)
     assert jobview.table().empty
 

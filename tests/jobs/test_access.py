@@ -148,3 +148,40 @@ def test_a_user_trains_only_on_examples_and_their_own_uploads(people, tmp_path):
     assert api.submit(cfg, actor=people["root"])  # admins may name any file
     assert [d["path"] for d in datasets.list_datasets(ana)] == [str(upload.resolve())]
     assert datasets.list_datasets(bob) == []
+
+
+def test_a_refusal_says_nothing_of_whether_a_server_path_exists(people, tmp_path):
+    """Regression: for a non-admin, submit and evaluate said "does not exist", "unsupported
+    file type" or listed a folder's files before the access check: a probe of the server."""
+    ana = people["ana"]
+    real = tmp_path / "real.json"
+    shutil.copy(EXAMPLES / "alpaca.json", real)
+    (tmp_path / "secret.txt").write_text("x")
+    probes = [(tmp_path / "missing.json", tmp_path / "missing-model"),   # nothing there
+              (real, tmp_path),                                          # both there
+              (tmp_path / "secret.txt", tmp_path / "secret.txt")]        # a wrong type
+    submitted, evaluated = [], []
+    job = api.submit(fake_config(), actor=ana)["id"]
+    _finished(job)
+    for data, model in probes:
+        cfg = fake_config()
+        cfg["data"].update(train=str(data), validation=str(data))
+        cfg["model"]["name"] = str(model)
+        with pytest.raises(ConfigError) as err:
+            api.submit(cfg, actor=ana)
+        submitted.append([str(p) for p in err.value.problems])
+        with pytest.raises(ConfigError) as err:
+            api.evaluate(job, data=str(data), actor=ana)
+        evaluated.append([str(p) for p in err.value.problems])
+    assert submitted[0] == submitted[1] == submitted[2]
+    assert [p.split(":")[0] for p in submitted[0]] == ["model.name", "data.train",
+                                                       "data.validation"]
+    assert evaluated[0] == evaluated[1] == evaluated[2]
+    assert evaluated[0] == ["data: use a bundled example or a file you uploaded; other files on "
+                            "the server are not available"]
+    said = str(submitted + evaluated)
+    for leak in ("exist", "unsupported", "secret", "config.json", "safetensors", "neither"):
+        assert leak not in said, leak
+    cfg["data"].update(train=str(tmp_path / "missing.json"), validation=None)
+    with pytest.raises(ConfigError, match="missing.json does not exist"):
+        api.submit(cfg, actor=people["root"])      # an admin may name any path: told why

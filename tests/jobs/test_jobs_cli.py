@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 import yaml
 from click.testing import CliRunner
 
@@ -56,6 +57,23 @@ def test_errors_are_one_clear_line(home, tmp_path):
     result = run(cli, ["worker", "--gpus", "cuda:0"])
     assert result.exit_code == 1 and "device numbers" in result.output
     assert "no jobs" in run(cli, ["jobs", "ls"]).output
+
+
+@pytest.mark.parametrize("kind", ["export", "eval"])
+def test_resume_of_an_export_or_eval_job_says_it_starts_over(home, kind):
+    """Regression: `jobs resume` read config["train"], which export and eval jobs lack."""
+    from jobs import store
+
+    parent = api.submit(fake_config())["id"]
+    with store.connect() as db:
+        child = store.insert_job(db, config={"parent": parent, "format": "adapter"}, kind=kind,
+                                 name=f"{parent}-{kind}", owner="local", priority=0,
+                                 parent=parent, output_dir=str(store.job_dir("x")))
+        assert store.transition(db, child, "failed", finished_at=store.now(), error="boom")
+    result = CliRunner().invoke(cli, ["jobs", "resume", child])
+    assert result.exit_code == 0, result.output
+    assert result.output == f"{kind} job {child} queued again (it starts over)\n"
+    assert api.get(child)["status"] == "queued"
 
 
 def test_a_real_ftstudio_worker_runs_a_submitted_job_and_logs_follow_ends(home, tmp_path):

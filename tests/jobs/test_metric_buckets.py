@@ -23,7 +23,7 @@ def running_job(db, steps: int, published: int) -> tuple[str, list[tuple[int, st
     rows = [(step, name, 1e-4 if name == "lr" else rnd.uniform(0, 3))
             for step in range(1, steps + 1) for name in NAMES]
     rows += [(step, "eval_loss", rnd.uniform(0, 3)) for step in range(37, steps + 1, 37)]
-    with store._tx(db):
+    with store.transaction(db):
         db.conn.executemany("INSERT INTO metrics (job_id, step, name, value, time) VALUES "
                             "(?, ?, ?, ?, 0)", [(job_id, *row) for row in rows])
     store.publish_metrics(db, job_id, published, attempt=1)

@@ -20,7 +20,7 @@ def job_with_steps(db, steps: int) -> str:
     job_id = store.insert_job(db, config={}, name=f"{steps} steps", owner="local", priority=0)
     assert store.transition(db, job_id, "running", attempt=store.Expr("attempt + 1"))
     t = store.now()
-    with store._tx(db):
+    with store.transaction(db):
         db.conn.executemany(
             "INSERT INTO metrics (job_id, step, name, value, time) VALUES (?, ?, ?, ?, ?)",
             ((job_id, step, k, v, t) for step in range(1, steps - 9) for k, v in RECORD.items()))

@@ -124,3 +124,33 @@ def test_finished_jobs_show_every_metric_and_events_page_by_id(home):
         first = store.events(db, job_id)
         store.add_event(db, job_id, "hello")
         assert [e["line"] for e in store.events(db, job_id, since=first[-1]["id"])] == ["hello"]
+
+
+TABLES = ("jobs", "metrics", "events", "artifacts", "evals", "eval_rows")
+
+
+def _counts(db) -> dict[str, int]:
+    return {t: db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in TABLES}
+
+
+def test_deleting_a_running_job_deletes_nothing_and_a_finished_one_everything(home):
+    """Regression: delete_job deleted a running job's metrics, events, artifacts and
+    evaluations, then refused its row, and committed."""
+    record = {"n": 1, "metrics": {"exact_match": {"base": 0.0, "tuned": 1.0, "n": 1}},
+              "rows": [{"index": 0, "where": "line 1", "prompt": "q", "reference": "a",
+                        "base": "b", "tuned": "a", "change": "improved",
+                        "tuned_scores": {"exact_match": 1.0, "token_f1": 1.0}}]}
+    with store.connect() as db:
+        job_id = _job(db)
+        store.transition(db, job_id, "running", attempt=store.Expr("attempt + 1"))
+        store.add_metrics(db, job_id, {"step": 1, "loss": 2.0}, attempt=1)
+        store.add_artifact(db, job_id, "adapter", "adapter")
+        store.add_eval(db, job_id, record, kind="end", path="eval.json")
+        before = _counts(db)
+        assert all(before.values())
+        assert not store.delete_job(db, job_id)
+        assert _counts(db) == before and store.get_job(db, job_id)["status"] == "running"
+        assert not store.delete_job(db, "nope")
+        store.transition(db, job_id, "completed")
+        assert store.delete_job(db, job_id)
+        assert _counts(db) == dict.fromkeys(TABLES, 0)

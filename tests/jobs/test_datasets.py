@@ -1,5 +1,5 @@
-"""Uploads through the studio's upload handler (app.studio.handlers.store_upload): every
-malformed file gets a clear DataError and changes nothing (no row in studio.db, no file under
+"""Uploads (jobs.datasets.store_upload, behind the studio's upload handler): every malformed
+file gets a clear DataError and changes nothing (no row in studio.db, no file under
 FTSTUDIO_HOME/datasets); good files are kept once by content and recorded per owner."""
 
 from __future__ import annotations
@@ -9,8 +9,7 @@ import shutil
 
 import pytest
 
-from app.studio import handlers
-from engine.readers import MAX_LINE_CHARS, DataError
+from engine.data import MAX_LINE_CHARS, DataError
 from jobs import datasets, store
 
 ROW = {"instruction": "Reverse: a b", "output": "b a"}
@@ -108,7 +107,7 @@ def test_a_malformed_upload_is_refused_with_its_reason_and_leaves_nothing(
     src.write_bytes(content)
     before = _state(studio)
     with pytest.raises(DataError, match=message) as err:
-        handlers.store_upload(str(src), owner="ana")
+        datasets.store_upload(str(src), owner="ana")
     assert str(src.parent) not in str(err.value)  # named as uploaded, not by its temp path
     assert _state(studio) == before
 
@@ -121,20 +120,20 @@ def test_an_upload_over_the_size_limit_is_refused_before_it_is_read(studio, tmp_
     before = _state(studio)
     with pytest.raises(DataError, match=r"alpaca.json is .* MB, over the upload limit of 0 MB "
                                         r"\(FTSTUDIO_MAX_UPLOAD_MB\)"):
-        handlers.store_upload(str(src), owner="ana")
+        datasets.store_upload(str(src), owner="ana")
     assert _state(studio) == before
-    assert handlers.max_upload_bytes() == 1048
+    assert datasets.max_upload_bytes() == 1048
     monkeypatch.delenv("FTSTUDIO_MAX_UPLOAD_MB")
-    assert handlers.max_upload_bytes() == 200 * 2**20
+    assert datasets.max_upload_bytes() == 200 * 2**20
 
 
 def test_good_uploads_are_kept_once_and_recorded_per_owner(studio, tmp_path, examples):
     src = tmp_path / "my data (v2)!.jsonl"
     shutil.copy(examples / "chat.jsonl", src)
-    stored = handlers.store_upload(str(src), owner="ana")
+    stored = datasets.store_upload(str(src), owner="ana")
     assert stored.endswith("/my_data_v2.jsonl") and stored.startswith(str(studio.resolve()))
-    assert handlers.store_upload(str(src), owner="ana") == stored
-    assert handlers.store_upload(str(src), owner="bob") == stored
+    assert datasets.store_upload(str(src), owner="ana") == stored
+    assert datasets.store_upload(str(src), owner="bob") == stored
     rows = datasets.list_datasets()
     assert sorted(r["owner"] for r in rows) == ["ana", "bob"]
     assert {r["path"] for r in rows} == {stored} and rows[0]["records"] > 0
