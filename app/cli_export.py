@@ -15,7 +15,7 @@ import click
 from app.cli_common import clean_errors
 from engine.export import FORMATS
 
-FINISHED = ("completed", "failed", "cancelled", "interrupted")
+from jobs.api import FINISHED  # noqa: E402 - the one list of a finished job's statuses
 
 
 def _run_dir(job: str) -> Path:

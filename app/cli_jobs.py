@@ -15,7 +15,7 @@ import click
 
 from app.cli_common import clean_errors
 
-FINISHED = ("completed", "failed", "cancelled", "interrupted")
+from jobs.api import FINISHED, STATUSES  # noqa: E402 - the job statuses, defined once
 
 
 def _echo_json(value) -> None:
@@ -88,8 +88,7 @@ def jobs_group() -> None:
 
 @jobs_group.command("ls")
 @click.option("--status", default=None, help="Only jobs with this status.",
-              type=click.Choice(["queued", "running", "completed", "failed", "cancelled",
-                                 "interrupted"]))
+              type=click.Choice(STATUSES))
 @click.option("--owner", default=None, help="Only this owner's jobs.")
 @click.option("--limit", default=50, show_default=True, type=int, help="At most this many.")
 @click.option("--json", "as_json", is_flag=True, help="Print the jobs as JSON.")

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import click
 
-TRUE = ("1", "true", "yes", "on")
 
 
 class BindRefused(ValueError):
@@ -51,7 +50,9 @@ def check_binding(host: str, auth: bool, insecure_no_auth: bool = False) -> str 
 
 
 def auth_enabled(flag: bool) -> bool:
-    return flag or os.environ.get("FTSTUDIO_AUTH", "").strip().lower() in TRUE
+    from engine.settings import auth
+
+    return flag or auth()
 
 
 def check_users() -> None:

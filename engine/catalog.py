@@ -16,7 +16,6 @@ Folders that engine.gguf_import made (an ftstudio-source.json beside config.json
 from __future__ import annotations
 
 import json
-import os
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,8 +25,10 @@ from engine.demo import DEMO_LABEL
 
 
 def studio_home() -> Path:
-    """FTSTUDIO_HOME, default ./studio-data."""
-    return Path(os.environ.get("FTSTUDIO_HOME", "studio-data"))
+    """FTSTUDIO_HOME, default ./studio-data (engine.settings)."""
+    from engine.settings import home
+
+    return home()
 
 
 def models_dir() -> Path:

@@ -57,3 +57,17 @@ class ListReporter:
 
     def series(self, name: str) -> list[tuple[int, float]]:
         return [(r["step"], r[name]) for r in self.records if name in r]
+
+
+class PrintReporter:
+    """Log lines and metrics records on stdout (for `python -m engine.train`)."""
+
+    def on_metrics(self, record: dict[str, Any]) -> None:
+        print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                       for k, v in record.items()), flush=True)
+
+    def on_log(self, line: str) -> None:
+        print(line, flush=True)
+
+    def should_stop(self) -> bool:
+        return False

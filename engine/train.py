@@ -11,6 +11,10 @@ One optimizer step = grad_accum micro-batches; its loss is the mean over every t
 carries loss in those micro-batches on every process. Data order, dropout and NEFTune noise come
 from seeded RNGs that checkpoints save, so a resumed run repeats an uninterrupted one exactly.
 Only the main process reports and writes files.
+
+About 500 lines, on purpose: `run` is setup -> fit -> finish (the first 200 lines, the loop on
+one screen), followed by the evaluation, checkpoint and batching helpers they call, so the whole
+path of a step can be read in one file.
 """
 
 from __future__ import annotations
@@ -29,10 +33,10 @@ from engine.data import Batches, trained_tokens
 from engine.checkpoint import (RunFiles, TrainState, capture_rng, find_checkpoint,
                                list_checkpoints, load_checkpoint, prune_checkpoints, restore_rng,
                                run_facts, save_checkpoint, stamp)
-from engine.config import (VIRTUAL_TOKEN_METHODS, TrainConfig, TrainSection, check,
-                           eval_generate_every)
+from engine.config import VIRTUAL_TOKEN_METHODS, TrainConfig, check, eval_generate_every
 from engine.loss import TokenLoss
-from engine.reporter import NullReporter, Reporter
+from engine.optim import add_neftune_noise, build_optimizer
+from engine.reporter import NullReporter, PrintReporter, Reporter
 from engine.speedups import compile_body, liger_fused_loss
 
 
@@ -415,44 +419,6 @@ def make_batches(cfg: TrainConfig, data, tokenizer, mask_dtype: torch.dtype, acc
     return train, evals
 
 
-def build_optimizer(model, t: TrainSection) -> torch.optim.Optimizer:
-    """train.optimizer over the trainable parameters; no weight decay on biases, norms and
-    scaling vectors."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            plain = p.ndim < 2 or "bias" in name or "norm" in name.lower() or "ia3_" in name
-            (no_decay if plain else decay).append(p)
-    groups = [g for g in ({"params": decay, "weight_decay": t.weight_decay},
-                          {"params": no_decay, "weight_decay": 0.0}) if g["params"]]
-    if t.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=t.lr)
-    if t.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=t.lr, momentum=0.9)
-    if t.optimizer == "adafactor":
-        from transformers.optimization import Adafactor
-
-        return Adafactor(groups, lr=t.lr, scale_parameter=False, relative_step=False,
-                         warmup_init=False)
-    import bitsandbytes.optim as bnb
-
-    eight_bit = {"adamw_8bit": bnb.AdamW8bit, "paged_adamw_8bit": bnb.PagedAdamW8bit,
-                 "lion_8bit": bnb.Lion8bit}
-    return eight_bit[t.optimizer](groups, lr=t.lr)
-
-
-def add_neftune_noise(model, alpha: float):
-    """NEFTune: uniform(-1, 1) x alpha / sqrt(L x d) noise on the input embeddings, only while
-    the model trains (eval and generation see clean embeddings)."""
-    def noisy(module, args, output):
-        if not module.training:
-            return output
-        scale = alpha / math.sqrt(output.shape[1] * output.shape[2])
-        return output + torch.zeros_like(output).uniform_(-scale, scale)
-
-    return model.get_input_embeddings().register_forward_hook(noisy)
-
-
 # --------------------------------------------------------------------------- loop helpers
 
 
@@ -526,20 +492,6 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({"steps": result.steps, "cancelled": result.cancelled,
                           "adapter_dir": result.adapter_dir, **result.metrics}), flush=True)
     return 130 if result.cancelled else 0
-
-
-class PrintReporter:
-    """Log lines and metrics records on stdout (for `python -m engine.train`)."""
-
-    def on_metrics(self, record: dict[str, Any]) -> None:
-        print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                       for k, v in record.items()), flush=True)
-
-    def on_log(self, line: str) -> None:
-        print(line, flush=True)
-
-    def should_stop(self) -> bool:
-        return False
 
 
 if __name__ == "__main__":

@@ -13,10 +13,10 @@ model.trust_remote_code true (off: nobody may); FTSTUDIO_MAX_QUEUED_PER_USER (de
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
+from engine import settings
 from engine.config import Problem, TrainConfig
 from jobs import store
 from jobs.store import JobError, JobNotFound
@@ -55,15 +55,11 @@ def list_owner(actor: dict[str, Any] | None, owner: str | None) -> str | None:
 
 
 def max_queued() -> int:
-    try:
-        return int(os.environ.get("FTSTUDIO_MAX_QUEUED_PER_USER", DEFAULT_MAX_QUEUED))
-    except ValueError:
-        return DEFAULT_MAX_QUEUED
+    return settings.max_queued_per_user(DEFAULT_MAX_QUEUED)
 
 
 def remote_code_allowed() -> bool:
-    return os.environ.get("FTSTUDIO_ALLOW_REMOTE_CODE", "").strip().lower() in ("1", "true",
-                                                                                   "yes", "on")
+    return settings.allow_remote_code()
 
 
 def check_queue_limit(db, actor: dict[str, Any] | None) -> None:

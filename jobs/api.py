@@ -37,9 +37,9 @@ from engine.config import ConfigError, Problem, TrainConfig, apply_overrides, fr
     is_local_model, validate
 from jobs import access, store, tasks
 from jobs.reports import kept_report, measured_throughput, report_for, time_estimate
-from jobs.store import JobError, JobNotFound
+from jobs.store import ACTIVE, FINISHED, STATUSES, JobError, JobNotFound
 
-__all__ = ["submit", "export", "evaluate", "finished_with_adapter", "job_eval", "eval_csv",
+__all__ = ["STATUSES", "ACTIVE", "FINISHED", "submit", "export", "evaluate", "finished_with_adapter", "job_eval", "eval_csv",
            "list_jobs", "get", "metrics", "metric_buckets", "measured_throughput",
            "report_for", "kept_report", "time_estimate", "logs", "cancel", "resume", "clone",
            "delete", "artifacts", "artifact_path", "path_in_job", "JobError", "JobNotFound",
@@ -352,7 +352,7 @@ def delete(job_id: str, actor: dict | None = None) -> dict[str, Any]:
     with store.connect() as db:
         job = _job(db, job_id, actor)
         exports = store.list_jobs(db, parent=job_id)
-        busy = [e["id"] for e in exports if e["status"] in ("queued", "running")]
+        busy = [e["id"] for e in exports if e["status"] in store.ACTIVE]
         if busy:
             raise JobError(f"job {job_id} has an export or eval queued or running "
                            f"({', '.join(busy)});"

@@ -20,6 +20,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from engine import settings
 from engine.config import DATA_SUFFIXES
 from jobs import store
 
@@ -28,11 +29,7 @@ DEFAULT_MAX_UPLOAD_MB = 200
 
 def max_upload_bytes() -> int:
     """FTSTUDIO_MAX_UPLOAD_MB (default 200) in bytes: the largest upload the studio accepts."""
-    try:
-        mb = float(os.environ.get("FTSTUDIO_MAX_UPLOAD_MB", DEFAULT_MAX_UPLOAD_MB))
-    except ValueError:
-        mb = DEFAULT_MAX_UPLOAD_MB
-    return int(mb * 1024 * 1024)
+    return int(settings.max_upload_mb(DEFAULT_MAX_UPLOAD_MB) * 1024 * 1024)
 
 
 def store_upload(path: str | os.PathLike, owner: str = "local") -> str:

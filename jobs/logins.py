@@ -31,7 +31,6 @@ checks logins, and a restart forgets it.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections import deque
@@ -39,6 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from engine import settings
 from jobs import users
 
 DEFAULT_MAX_FAILURES = 5
@@ -58,21 +58,6 @@ class _Name:
     failures: deque[float] = field(default_factory=deque)
     pending: int = 0
     locked_until: float | None = None
-
-
-def _env_number(name: str, default: float, kind: type = int) -> float:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = kind(raw)
-    except ValueError:
-        value = -1
-    if value < 0:
-        whole = "a whole number" if kind is int else "a number of seconds"
-        raise ValueError(f"{name}={raw!r} is not valid: use {whole}, 0 or more (0 turns the "
-                         f"limit off), or unset it for the default {default:g}")
-    return value
 
 
 class LoginLimiter:
@@ -98,10 +83,10 @@ class LoginLimiter:
         """The limits set in the environment (see above); a bad value is a ValueError naming
         its variable."""
         return cls(
-            max_failures=int(_env_number("FTSTUDIO_LOGIN_MAX_FAILURES", DEFAULT_MAX_FAILURES)),
-            lockout_s=_env_number("FTSTUDIO_LOGIN_LOCKOUT_S", DEFAULT_LOCKOUT_S, float),
-            max_failures_per_minute=int(_env_number("FTSTUDIO_LOGIN_MAX_FAILURES_PER_MINUTE",
-                                                    DEFAULT_MAX_FAILURES_PER_MINUTE)),
+            max_failures=settings.login_max_failures(DEFAULT_MAX_FAILURES),
+            lockout_s=settings.login_lockout_s(DEFAULT_LOCKOUT_S),
+            max_failures_per_minute=settings.login_max_failures_per_minute(
+                DEFAULT_MAX_FAILURES_PER_MINUTE),
             clock=clock)
 
     def check(self, username: str, password: str,

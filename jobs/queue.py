@@ -11,11 +11,11 @@ point at another home (tests do). Its one task lives in jobs/tasks.py.
 
 from __future__ import annotations
 
-import os
 import threading
 
 from huey import Huey, PriorityRedisHuey, SqliteHuey
 
+from engine import settings
 from jobs.store import home
 
 QUEUE_NAME = "ftstudio"
@@ -24,7 +24,7 @@ _lock = threading.Lock()
 
 
 def redis_url() -> str:
-    return os.environ.get("FTSTUDIO_REDIS_URL", "").strip()
+    return settings.redis_url()
 
 
 def get_huey() -> Huey:

@@ -38,6 +38,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from engine import settings
 from jobs import store
 from jobs.errors import explain_exception
 from jobs.redact import RedactingStream, redact, scrub_run_folder
@@ -121,12 +122,12 @@ def main(argv: list[str] | None = None) -> int:
     main_rank = int(os.environ.get("RANK", "0")) == 0
     with store.connect() as db:
         job = store.get_job(db, job_id)
-    attempt = int(os.environ.get("FTSTUDIO_JOB_ATTEMPT") or job["attempt"])
+    attempt = settings.job_attempt() or job["attempt"]
     if job["status"] != "running" or job["attempt"] != attempt:
         print(f"job {job_id} is {job['status']} (attempt {job['attempt']}, this runner "
               f"{attempt}); the worker starts runners, not people", file=sys.stderr)
         return 2
-    worker_pid = int(os.environ.get("FTSTUDIO_WORKER_PID") or 0) or None
+    worker_pid = settings.worker_pid()
     reporter = StoreReporter(job, attempt, main=main_rank, worker_pid=worker_pid)
     signal.signal(signal.SIGTERM, lambda *_: setattr(reporter, "stop_reason",
                                                      reporter.stop_reason or "terminated"))
@@ -178,7 +179,7 @@ def _prepare(job: dict, out: Path, reporter: StoreReporter, main_rank: bool):
 
 
 def _train(cfg, reporter: StoreReporter):
-    fake = os.environ.get("FTSTUDIO_TEST_FAKE_TRAIN")
+    fake = settings.test_fake_train()
     if fake:
         steps, _, delay = fake.partition(":")
         return _fake_train(cfg, reporter, int(steps), float(delay or 0))
@@ -350,7 +351,7 @@ def _start_heartbeat(job_id: str, attempt: int) -> None:
 
 def _test_hooks(name: str) -> set[str]:
     kinds = set()
-    for item in filter(None, os.environ.get("FTSTUDIO_TEST_FAIL", "").split(",")):
+    for item in filter(None, settings.test_fail().split(",")):
         kind, _, only = item.strip().partition(":")
         if not only or only == name:
             kinds.add(kind)

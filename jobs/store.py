@@ -29,6 +29,8 @@ from typing import Any, Iterator
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
+from engine import settings
+
 STATUSES = ("queued", "running", "completed", "failed", "cancelled", "interrupted")
 #: to-status -> statuses it may be entered from
 ALLOWED: dict[str, tuple[str, ...]] = {
@@ -40,6 +42,8 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "interrupted": ("running",),
 }
 FINISHED = ("completed", "failed", "cancelled", "interrupted")
+#: the statuses of a job that has not ended (a worker may still run it)
+ACTIVE = ("queued", "running")
 BUSY_TIMEOUT_S = 30.0
 JSON_COLUMNS = ("config", "result")
 
@@ -64,8 +68,8 @@ def now() -> float:
 
 
 def home() -> Path:
-    """FTSTUDIO_HOME (default ./studio-data), as an absolute path."""
-    return Path(os.environ.get("FTSTUDIO_HOME") or "studio-data").expanduser().resolve()
+    """FTSTUDIO_HOME (default ./studio-data, engine.settings), as an absolute path."""
+    return settings.home().resolve()
 
 
 def db_path() -> Path:

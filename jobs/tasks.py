@@ -28,6 +28,7 @@ from pathlib import Path
 
 from huey import Huey
 
+from engine import settings
 from jobs import store
 from jobs.errors import explain_exit
 from jobs.queue import get_huey
@@ -39,13 +40,6 @@ POLL_S = 0.5
 log = logging.getLogger("ftstudio.worker")
 
 
-def _env_float(name: str, default: float) -> float:
-    try:
-        return float(os.environ.get(name, default))
-    except ValueError:
-        return default
-
-
 @dataclass
 class WorkerContext:
     """What the task needs from the worker that runs it (set by jobs.worker)."""
@@ -55,9 +49,9 @@ class WorkerContext:
     gpu_groups: "queue.Queue[list[str]] | None" = None
     stopping: threading.Event = field(default_factory=threading.Event)
     #: seconds a running job has to stop by itself after a cancel before SIGTERM
-    cancel_grace_s: float = field(default_factory=lambda: _env_float("FTSTUDIO_CANCEL_GRACE", 30))
+    cancel_grace_s: float = field(default_factory=settings.cancel_grace_s)
     #: seconds after SIGTERM before SIGKILL (cancel and worker shutdown)
-    kill_after_s: float = field(default_factory=lambda: _env_float("FTSTUDIO_KILL_AFTER", 30))
+    kill_after_s: float = field(default_factory=settings.kill_after_s)
 
     def take_gpus(self) -> list[str] | None:
         return None if self.gpu_groups is None else self.gpu_groups.get()

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from huey.consumer import Consumer
 
+from engine import settings
 from jobs import api, store, tasks
 from jobs.queue import describe, get_huey
 from jobs.runner import pid_alive
@@ -36,11 +37,11 @@ _live_ids: set[str] = set()  # worker ids running in this process
 
 
 def _stale_after_s() -> float:
-    return float(os.environ.get("FTSTUDIO_STALE_AFTER", 120))
+    return settings.stale_after_s()
 
 
 def auto_resume_enabled(auto_resume: bool = True) -> bool:
-    return auto_resume and os.environ.get("FTSTUDIO_AUTO_RESUME", "1").strip() != "0"
+    return auto_resume and settings.auto_resume()
 
 
 # --------------------------------------------------------------------------- recovery

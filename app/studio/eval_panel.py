@@ -20,7 +20,7 @@ import gradio as gr
 from app.studio import jobview, render
 from app.studio.session import actor as actor_of
 
-ACTIVE = ("queued", "running")
+from jobs.api import ACTIVE  # noqa: E402 - the job statuses, defined once
 FILTERS = ("all", "changed", "still wrong", "got worse")
 ROW_COLUMNS = ["#", "Prompt", "Reference", "Base", "Tuned", "Change"]
 SPLIT = "the job's validation split"

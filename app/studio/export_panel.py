@@ -29,7 +29,7 @@ FORMATS: dict[str, tuple[str, str]] = {
     "gguf-q4_0": ("GGUF q4_0", "4-bit GGUF, the smallest, + Modelfile for llama.cpp / Ollama"),
 }
 FILE_COLUMNS = ["Format", "File", "Size", "Exported"]
-ACTIVE = ("queued", "running")
+from jobs.api import ACTIVE  # noqa: E402 - the job statuses, defined once
 OUTPUTS = 4         # what a poll updates: ExportPanel.outputs, the values of view()
 
 

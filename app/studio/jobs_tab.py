@@ -20,7 +20,7 @@ from app.studio.session import actor as actor_of
 
 TICK = 1.5          # seconds between live-chart polls
 TABLE_TICK = 4.0    # seconds between job-table refreshes
-STATUSES = ["queued", "running", "completed", "failed", "cancelled", "interrupted"]
+from jobs.api import STATUSES  # noqa: E402 - the job statuses, defined once
 
 
 @dataclass

@@ -35,19 +35,9 @@ EXAMPLE IS -100, always: nothing predicts a record's first token, so a packed se
 learns to predict one record from the end of the one before it. A BOS token appears once: from
 the chat template when it writes one, else prepended when the tokenizer adds one by default.
 
-Tokenizers without a chat template get DEFAULT_CHAT_TEMPLATE (see ensure_chat_template):
-
-    <|system|>
-    {system}
-    <|user|>
-    {user}
-    <|assistant|>
-    {assistant}{eos_token}
-
-(each turn followed by a newline; the markers are plain text, no tokens are added to the vocab.)
-
-Tokenized data is cached under `cache_dir` (default $FTSTUDIO_HOME/cache, FTSTUDIO_HOME defaulting
-to ./studio-data), keyed by the sha256 of the file, the tokenizer (name, vocab, chat template) and
+Tokenizers without a chat template get ftstudio's DEFAULT_CHAT_TEMPLATE (engine/data/template.py
+shows it). Tokenized data is cached (engine/data/cache.py) under `cache_dir` (default
+$FTSTUDIO_HOME/cache), keyed by the sha256 of the file, the tokenizer (name, vocab, chat template) and
 the data settings that change tokens; a second run loads it instead of tokenizing again.
 """
 
