@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from engine.data.encode import IGNORE_INDEX
+from engine.data import IGNORE_INDEX
 
 #: logits (tokens x vocabulary) computed at once: 32M, 128 MB in float32
 CHUNK_LOGITS = 2 ** 25

@@ -29,9 +29,9 @@ CACHE_VERSION = 2
 
 
 def default_cache_dir() -> Path:
-    from engine.catalog import studio_home
+    from engine.settings import home
 
-    return studio_home() / "cache"
+    return home() / "cache"
 
 
 def _settings(d: DataConfig) -> dict[str, Any]:

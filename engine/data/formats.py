@@ -148,48 +148,40 @@ def alpaca(record: dict) -> list[Message]:
 
 def chat(record: dict) -> list[Message]:
     """OpenAI-style messages: [{"role": system|user|assistant, "content": ...}, ...]."""
-    needs = "chat records need messages: a list of {role, content} with an assistant turn"
-    raw = _list(record, "messages", needs)
-    messages = []
-    for i, m in enumerate(raw):
-        label = f"messages[{i}]"
-        if not isinstance(m, dict):
-            raise RecordError(label, f"must be an object with role and content, got "
-                                     f"{_type_name(m)}")
-        role = m.get("role")
-        if role not in ROLES:
-            state = "is missing" if role is None else f"is {role!r}"
-            raise RecordError(f"{label}.role", state, f"expected one of: {', '.join(ROLES)}")
-        content = _content(m.get("content"), f"{label}.content", needs)
-        if role == "assistant" and not content.strip():
-            raise RecordError(f"{label}.content", "is empty",
-                              "every assistant turn needs text for the model to learn from")
-        messages.append({"role": role, "content": content})
-    return _check_conversation(messages, "messages", needs)
+    return _turns(record, "messages", "role", "content", {r: r for r in ROLES},
+                  "chat records need messages: a list of {role, content} with an assistant "
+                  "turn", ", ".join(ROLES), "every assistant turn")
 
 
 def sharegpt(record: dict) -> list[Message]:
     """conversations: [{"from": human|gpt|system (or user|assistant), "value": ...}, ...]."""
-    needs = "sharegpt records need conversations: a list of {from, value} with a gpt turn"
-    raw = _list(record, "conversations", needs)
+    return _turns(record, "conversations", "from", "value", SHAREGPT_ROLES,
+                  "sharegpt records need conversations: a list of {from, value} with a gpt "
+                  "turn", "human, gpt, system (or user, assistant)", "every gpt turn")
+
+
+def _turns(record: dict, field: str, role_key: str, content_key: str, roles: dict[str, str],
+           needs: str, expected: str, answers: str) -> list[Message]:
+    """A list of turns as messages: each an object whose role_key names a speaker of `roles`
+    (mapped to system/user/assistant) and whose content_key holds its text."""
+    raw = _list(record, field, needs)
     messages = []
     for i, m in enumerate(raw):
-        label = f"conversations[{i}]"
+        label = f"{field}[{i}]"
         if not isinstance(m, dict):
-            raise RecordError(label, f"must be an object with from and value, got "
-                                     f"{_type_name(m)}")
-        speaker = m.get("from")
-        if speaker not in SHAREGPT_ROLES:
+            raise RecordError(label, f"must be an object with {role_key} and {content_key}, "
+                                     f"got {_type_name(m)}")
+        speaker = m.get(role_key)
+        if speaker not in roles:
             state = "is missing" if speaker is None else f"is {speaker!r}"
-            raise RecordError(f"{label}.from", state, "expected one of: human, gpt, system "
-                                                      "(or user, assistant)")
-        role = SHAREGPT_ROLES[speaker]
-        content = _content(m.get("value"), f"{label}.value", needs)
+            raise RecordError(f"{label}.{role_key}", state, f"expected one of: {expected}")
+        role = roles[speaker]
+        content = _content(m.get(content_key), f"{label}.{content_key}", needs)
         if role == "assistant" and not content.strip():
-            raise RecordError(f"{label}.value", "is empty",
-                              "every gpt turn needs text for the model to learn from")
+            raise RecordError(f"{label}.{content_key}", "is empty",
+                              f"{answers} needs text for the model to learn from")
         messages.append({"role": role, "content": content})
-    return _check_conversation(messages, "conversations", needs)
+    return _check_conversation(messages, field, needs)
 
 
 def completion(record: dict) -> tuple[str, str]:
