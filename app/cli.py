@@ -69,7 +69,8 @@ def data() -> None:
               help="Count tokens with this model's tokenizer (hub id or local folder); without "
                    "it, words are counted.")
 @click.option("--format", "fmt", default=None,
-              help="Record format: auto, alpaca, chat, sharegpt, completion or text "
+              help="Record format: auto, alpaca, chat, sharegpt, completion, text, preference "
+                   "or kto "
                    "(default: auto, or the --config's data.format).")
 @click.option("--max-seq-len", default=None, type=int,
               help="Token limit used to count truncated records (default: 512, or the "

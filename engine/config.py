@@ -64,10 +64,13 @@ class DataConfig:
                                       "val_fraction of the training records is held out.")
     val_fraction: float = _f(0.1, "Share of training records held out for evaluation when no "
                                   "validation file is given (0 turns evaluation off).")
-    format: Literal["auto", "alpaca", "chat", "sharegpt", "completion", "text"] = _f(
+    format: Literal["auto", "alpaca", "chat", "sharegpt", "completion", "text", "preference",
+                    "kto"] = _f(
         "auto", "Record format: alpaca (instruction/input/output), chat (messages), sharegpt "
                 "(conversations), completion (prompt/completion), text (raw text for continued "
-                "pre-training), or auto to detect it from the fields.")
+                "pre-training), preference (prompt/chosen/rejected, or messages/chosen/"
+                "rejected: pairs for dpo, orpo, simpo), kto (prompt/completion/label), or auto "
+                "to detect it from the fields.")
     max_seq_len: int = _f(512, "Longest sequence in tokens; longer records are truncated and "
                                "counted in the data report.")
     train_on_prompt: bool = _f(False, "Also compute loss on prompt and template tokens. Off: only "
@@ -136,6 +139,26 @@ class TrainSection:
                 "\"ftstudio[gpu]\"); liger insists on them; none turns them off.")
     compile: bool = _f(False, "Compile the model body with torch.compile: faster steps after a "
                               "slow start (the first steps, and new lengths, compile first).")
+    objective: Literal["sft", "dpo", "orpo", "kto", "simpo"] = _f(
+        "sft", "Training objective: sft (next-token loss on the answers), or preference tuning "
+               "from pairs of a chosen and a rejected answer: dpo (against a reference: the "
+               "base, i.e. the same model with its adapter disabled), orpo (odds ratio plus the "
+               "chosen answer's loss, no reference), simpo (length-normalised margin, no "
+               "reference), or kto (single answers labelled desirable or not, against the "
+               "reference). Pairs need preference data, kto its own format.")
+    beta: float | None = _f(None, "Preference strength (dpo, kto: how far the tuned model may "
+                                  "drift from the reference, 0.1; orpo: the odds-ratio weight, "
+                                  "0.1; simpo: the reward scale, 2.0). Empty: the objective's "
+                                  "default.")
+    label_smoothing: float = _f(0.0, "For dpo (sigmoid) and simpo: the share of pairs "
+                                     "assumed mislabelled (conservative DPO); 0: off.")
+    dpo_loss_type: Literal["sigmoid", "ipo", "hinge"] = _f(
+        "sigmoid", "For dpo: the loss of the reward margin: sigmoid (DPO), ipo (squared, length-"
+                   "normalised) or hinge.")
+    simpo_gamma: float = _f(0.5, "For simpo: the target margin between the rewards.")
+    kto_desirable_weight: float = _f(1.0, "For kto: the weight of desirable answers (raise it "
+                                          "when they are fewer).")
+    kto_undesirable_weight: float = _f(1.0, "For kto: the weight of undesirable answers.")
     max_grad_norm: float | None = _f(1.0, "Clip the gradient norm to this value; empty: no "
                                           "clipping.")
     eval_every: int = _f(50, "Evaluate on the validation split every N optimizer steps (and at "
@@ -552,6 +575,7 @@ def validate(cfg: TrainConfig, *, check_files: bool = True, require_output_dir: 
             p.append(Problem("train.early_stopping_patience", "needs evaluation: give "
                                                               "data.validation or a "
                                                               "data.val_fraction above 0"))
+    p.extend(_check_objective(cfg))
     every = eval_generate_every(t.eval_generate)
     if every is None and t.eval_generate not in ("off", "end"):
         p.append(Problem("train.eval_generate", f"{t.eval_generate!r}: use off, end or "
@@ -585,6 +609,49 @@ def validate(cfg: TrainConfig, *, check_files: bool = True, require_output_dir: 
 
     if require_output_dir and not cfg.output_dir:
         p.append(Problem("output_dir", "is required; e.g. --set output_dir=runs/my-run"))
+    return p
+
+
+#: objectives trained from (chosen, rejected) pairs, and their data formats
+PAIR_OBJECTIVES = ("dpo", "orpo", "simpo")
+#: the default train.beta of each preference objective
+DEFAULT_BETA = {"dpo": 0.1, "orpo": 0.1, "kto": 0.1, "simpo": 2.0}
+
+
+def _check_objective(cfg: TrainConfig) -> list[Problem]:
+    """Wrong combinations of train.objective with its settings, the data format and the method,
+    each naming its key."""
+    t, p, obj = cfg.train, [], cfg.train.objective
+    fmt = cfg.data.format
+    wants = "kto" if obj == "kto" else "preference" if obj in PAIR_OBJECTIVES else None
+    if wants and fmt not in ("auto", wants):
+        p.append(Problem("data.format", f"{fmt} records cannot train train.objective={obj}; "
+                                        f"{obj} needs {wants} records (or data.format auto)"))
+    if obj == "sft" and fmt in ("preference", "kto"):
+        p.append(Problem("train.objective", f"sft cannot learn from {fmt} records; set "
+                                            f"train.objective to "
+                                            f"{'kto' if fmt == 'kto' else 'dpo, orpo or simpo'}"))
+    if obj != "sft" and cfg.method.kind in VIRTUAL_TOKEN_METHODS:
+        p.append(Problem("train.objective", f"{obj} is not supported with {cfg.method.kind} "
+                                            "(virtual tokens) yet; use lora, dora, qlora, ia3 "
+                                            "or full"))
+    if t.beta is not None and not (math.isfinite(t.beta) and t.beta > 0):
+        p.append(Problem("train.beta", f"{t.beta} must be positive (0.1 is typical), or empty"))
+    if not 0 <= t.label_smoothing < 0.5:
+        p.append(Problem("train.label_smoothing", f"{t.label_smoothing} must be at least 0 and "
+                                                  "below 0.5"))
+    elif t.label_smoothing and not (obj == "simpo" or (obj == "dpo" and
+                                                         t.dpo_loss_type == "sigmoid")):
+        p.append(Problem("train.label_smoothing", f"applies to dpo with dpo_loss_type sigmoid "
+                                                  f"and to simpo, not {obj}; set it to 0"))
+    if t.dpo_loss_type != "sigmoid" and obj != "dpo":
+        p.append(Problem("train.dpo_loss_type", f"applies to train.objective dpo, not {obj}; "
+                                                "leave it at sigmoid"))
+    if t.simpo_gamma < 0:
+        p.append(Problem("train.simpo_gamma", f"{t.simpo_gamma} must be 0 or more"))
+    for key in ("kto_desirable_weight", "kto_undesirable_weight"):
+        if getattr(t, key) <= 0:
+            p.append(Problem(f"train.{key}", f"{getattr(t, key)} must be positive"))
     return p
 
 

@@ -279,7 +279,8 @@ def estimate(cfg: TrainConfig, model_config: dict[str, Any] | None,
                      "with float32 weights needs about twice the weight memory")
 
     seq = cfg.data.max_seq_len + (m.num_virtual_tokens if m.kind in VIRTUAL_TOKEN_METHODS else 0)
-    tokens = t.batch_size * seq
+    pairs = t.objective in ("dpo", "orpo", "simpo")
+    tokens = t.batch_size * seq * (2 if pairs else 1)   # a pair is two rows
     if t.batch_tokens:   # engine/batching.py: packed, whole rows in the budget; else padded rows
         tokens = max(t.batch_tokens // seq * seq if cfg.data.packing else t.batch_tokens, seq)
     per_layer = _activation_elems_per_token(s, cfg, full, seq)
@@ -294,9 +295,15 @@ def estimate(cfg: TrainConfig, model_config: dict[str, Any] | None,
 
     logit_tokens = min(tokens, max(64, CHUNK_LOGITS // max(s.vocab, 1)))
     logits = logit_tokens * s.vocab * (cbytes + (4 if cbytes != 4 else 0) + 4 + 4)
+    if t.objective != "sft":   # engine/preference.py: full logits of every row
+        logits = tokens * s.vocab * (cbytes + 4 + 4)
 
     parts = {"weights": int(weights), "adapter": int(adapter), "gradients": int(gradients),
              "optimizer": int(optimizer), "activations": int(acts), "logits": int(logits)}
+    if full and t.objective in ("dpo", "kto"):   # the frozen reference copy (engine.train)
+        parts["reference"] = int(counts.total * wbytes)
+        notes.append(f"{t.objective} after full fine-tuning keeps a frozen copy of the starting "
+                     "model as its reference")
     if device.kind == "cuda":   # the caching allocator's slack
         slack = 0.05 * sum(parts.values())
     else:   # what backward frees is not all reused at once (see CPU_SLACK)

@@ -2,6 +2,11 @@
 
 Run as: python -m engine.examples static/examples
 
+preference.jsonl (DPO, IPO, SimPO, ORPO) and kto.jsonl hold the same task for preference
+tuning: the right answer against a plausible mistake (the words left in their order, another
+word, a count off by one, ...), as chosen / rejected pairs or as completions labelled true or
+false.
+
 The task is a set of word transformations (reverse, sort, uppercase, count, first/last word)
 over a small vocabulary, so even the tiny demo model visibly learns it: the loss falls within
 a few hundred steps on a CPU. The same generator also feeds the demo tokenizer's training text.
@@ -33,17 +38,70 @@ TASKS = {
 SYSTEM = "You are a precise assistant. Answer with the result only."
 
 
-def make_pairs(n: int, seed: int = 0) -> list[tuple[str, str, str]]:
-    """n (instruction, input, output) triples, the same for the same seed."""
+def make_tasks(n: int, seed: int = 0) -> list[tuple[str, list[str]]]:
+    """n (task name, words) draws, the same for the same seed (make_pairs' draws)."""
     rng = random.Random(seed)
     names = sorted(TASKS)
-    pairs = []
+    draws = []
     for _ in range(n):
         task = rng.choice(names)
-        words = [rng.choice(WORDS) for _ in range(rng.randint(2, 6))]
-        instruction, fn = TASKS[task]
-        pairs.append((instruction, " ".join(words), fn(words)))
-    return pairs
+        draws.append((task, [rng.choice(WORDS) for _ in range(rng.randint(2, 6))]))
+    return draws
+
+
+def make_pairs(n: int, seed: int = 0) -> list[tuple[str, str, str]]:
+    """n (instruction, input, output) triples, the same for the same seed."""
+    return [(TASKS[task][0], " ".join(words), TASKS[task][1](words))
+            for task, words in make_tasks(n, seed)]
+
+
+def mistake(task: str, words: list[str], rng: random.Random) -> str:
+    """A plausible wrong answer to the task (never the right one): the words left in their
+    order, lower case, another word, a count off by one; else one word swapped for another."""
+    right = TASKS[task][1](words)
+    if task in ("reverse", "sort"):
+        tries = [" ".join(words), " ".join(sorted(words, reverse=True)), " ".join(words[1:])]
+    elif task == "upper":
+        tries = [" ".join(words), " ".join(w.capitalize() for w in words),
+                 " ".join(words[:-1]).upper() + " " + words[-1]]
+    elif task == "count":
+        tries = [str(len(words) + rng.choice((-1, 1)))]
+    elif task == "first":
+        tries = [words[-1], words[1], rng.choice(WORDS)]
+    else:  # last
+        tries = [words[0], words[-2], rng.choice(WORDS)]
+    for wrong in tries:
+        if wrong != right:
+            return wrong
+    k = rng.randrange(len(words))
+    other = rng.choice([w for w in WORDS if w != words[k]])
+    return TASKS[task][1](words[:k] + [other] + words[k + 1:])
+
+
+def _prompt(task: str, words: list[str]) -> list[dict]:
+    return [{"role": "user", "content": f"{TASKS[task][0]}\n{' '.join(words)}"}]
+
+
+def preference_records(n: int = 120, seed: int = 7) -> list[dict]:
+    """TRL's conversational preference format: prompt (a user turn), chosen (the right answer),
+    rejected (a plausible mistake), each a list of messages."""
+    rng = random.Random(seed + 1000)
+    return [{"prompt": _prompt(task, words),
+             "chosen": [{"role": "assistant", "content": TASKS[task][1](words)}],
+             "rejected": [{"role": "assistant", "content": mistake(task, words, rng)}]}
+            for task, words in make_tasks(n, seed)]
+
+
+def kto_records(n: int = 120, seed: int = 8) -> list[dict]:
+    """TRL's conversational KTO format: prompt, completion, label (true: the right answer,
+    false: a plausible mistake), half of each."""
+    rng = random.Random(seed + 1000)
+    labels = [True] * (n // 2) + [False] * (n - n // 2)
+    rng.shuffle(labels)
+    return [{"prompt": _prompt(task, words),
+             "completion": [{"role": "assistant", "content": TASKS[task][1](words) if good
+                             else mistake(task, words, rng)}],
+             "label": good} for (task, words), good in zip(make_tasks(n, seed), labels)]
 
 
 def alpaca_records(n: int = 240, seed: int = 0) -> list[dict]:
@@ -108,6 +166,8 @@ def write_examples(folder: str | Path) -> list[Path]:
     dump_json("sharegpt.json", sharegpt_records())
     dump_jsonl("completion.jsonl", completion_records())
     dump_jsonl("text.jsonl", text_records())
+    dump_jsonl("preference.jsonl", preference_records())
+    dump_jsonl("kto.jsonl", kto_records())
     path = out / "alpaca.csv"
     with path.open("w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=["instruction", "input", "output"])

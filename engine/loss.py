@@ -85,6 +85,11 @@ def chunked_cross_entropy(hidden: torch.Tensor, targets: torch.Tensor,
     return total
 
 
+def trained_tokens_of(batch: dict[str, torch.Tensor]) -> int:
+    """Tokens that carry loss in a batch (labels shifted by one, as the loss sees them)."""
+    return int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+
+
 class TokenLoss:
     """Summed next-token loss of a batch: chunked through the lm_head where the model allows it,
     from full logits otherwise (self.chunked says which)."""
@@ -110,6 +115,11 @@ class TokenLoss:
             log(f"loss: full logits ({why})")
 
     # ---------------------------------------------------------------- training and eval
+
+    units = staticmethod(trained_tokens_of)   # what a step's loss is divided by
+
+    def take_metrics(self, total: Callable[[float], float]) -> dict[str, float]:
+        return {}   # the SFT loss logs no metrics of its own
 
     def __call__(self, model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """The summed loss of a batch, with a graph for backward when grad is enabled."""

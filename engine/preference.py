@@ -61,6 +61,8 @@ Deliberate differences from TRL 1.16:
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -191,3 +193,122 @@ def reward_metrics(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor
             out["rewards/margins"] = (chosen - rejected).mean().item()
             out["rewards/accuracies"] = (chosen > rejected).float().mean().item()
     return out
+
+
+# --------------------------------------------------------------------------- in the train loop
+
+
+class PreferenceLoss:
+    """train.objective's loss of one batch, for engine.train (the SFT one is engine.loss's
+    TokenLoss): summed over the batch's pairs (dpo, orpo, simpo: rows 0..B-1 the chosen
+    answers, B..2B-1 the rejected ones of the same prompts) or labelled answers (kto:
+    batch["desirable"]), so the loop divides by `units` summed over processes.
+
+    The reference (dpo, kto) is the same model with its adapter disabled (PEFT methods: no
+    second copy in memory) or `reference`, a frozen copy taken before the first step (full
+    fine-tuning). ORPO's loss adds the chosen answers' mean token NLL to the odds-ratio term.
+    KTO's reference point KL is the mean policy - reference log-ratio over mismatched rows (each
+    prompt followed by the previous record's answer, as TRL pairs them: engine.data
+    .kto_mismatched), without gradient.
+    """
+
+    def __init__(self, model, t, *, autocast=None, reference=None, log=print, pad_id: int = 0):
+        from contextlib import nullcontext
+
+        self.model, self.t, self.objective = model, t, t.objective
+        self.autocast = autocast or nullcontext
+        self.reference, self.pad_id = reference, pad_id
+        self.beta = t.beta if t.beta is not None else {"dpo": 0.1, "orpo": 0.1, "kto": 0.1,
+                                                        "simpo": 2.0}[t.objective]
+        self.sums: dict[str, float] = {}
+        self.count = 0
+        ref = ("none" if self.objective in ("orpo", "simpo") else "a frozen copy of the "
+               "starting model" if reference is not None else "the model with its adapter "
+               "disabled")
+        log(f"loss: {self.objective} (beta {self.beta:g}"
+            f"{', ' + t.dpo_loss_type if self.objective == 'dpo' else ''}); reference: {ref}")
+
+    def units(self, batch: dict[str, torch.Tensor]) -> int:
+        rows = int(batch["input_ids"].shape[0])
+        return rows if self.objective == "kto" else rows // 2
+
+    def _logps(self, model, batch, grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        inputs = {k: v for k, v in batch.items() if k not in ("labels", "desirable")}
+        with torch.set_grad_enabled(grad and torch.is_grad_enabled()), self.autocast():
+            logits = model(**inputs).logits
+        return sequence_logps(logits, batch["labels"]), answer_tokens(batch["labels"])
+
+    @torch.no_grad()
+    def _reference(self, batch) -> torch.Tensor:
+        if self.reference is not None:
+            return self._logps(self.reference, batch, grad=False)[0]
+        with self.model.disable_adapter():
+            return self._logps(self.model, batch, grad=False)[0]
+
+    def __call__(self, model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        losses, metrics = self.losses(model, batch)
+        for k, v in metrics.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v
+        self.count += self.units(batch)
+        return losses.sum()
+
+    def losses(self, model, batch) -> tuple[torch.Tensor, dict[str, float]]:
+        """(per-unit losses, metric SUMS over the units) of one batch."""
+        t, obj, beta = self.t, self.objective, self.beta
+        logps, tokens = self._logps(model, batch, grad=True)
+        if obj == "kto":
+            ref = self._reference(batch)
+            from engine.data import kto_mismatched
+
+            desirable = batch["desirable"].bool()
+            other = {k: v.to(logps.device) for k, v in kto_mismatched(
+                {k: batch[k] for k in ("input_ids", "labels", "attention_mask")},
+                self.pad_id).items()}
+            with torch.no_grad():
+                kl = (self._logps(model, other, grad=False)[0] - self._reference(other)).mean()
+            losses, good, bad = kto_loss(logps, ref, desirable, kl, beta,
+                                         t.kto_desirable_weight, t.kto_undesirable_weight)
+            return losses, {"reward_chosen": float(good.sum()), "reward_rejected":
+                            float(bad.sum()), "kl": float(kl.clamp(min=0)) * len(losses)}
+        b = logps.shape[0] // 2
+        avg = logps / tokens.clamp(min=1)
+        if obj == "dpo":
+            ref = self._reference(batch)
+            losses, good, bad = dpo_loss(logps[:b], logps[b:], ref[:b], ref[b:], beta,
+                                         t.label_smoothing, t.dpo_loss_type,
+                                         chosen_tokens=tokens[:b], rejected_tokens=tokens[b:])
+        elif obj == "simpo":
+            losses, good, bad = simpo_loss(avg[:b], avg[b:], beta, t.simpo_gamma,
+                                           t.label_smoothing)
+        else:  # orpo: the chosen answers' NLL plus the odds-ratio term
+            odds, good, bad, _ = orpo_loss(avg[:b], avg[b:], beta)
+            losses = -avg[:b] + odds
+        margin = good - bad
+        return losses, {"reward_chosen": float(good.sum()), "reward_rejected": float(bad.sum()),
+                        "reward_margin": float(margin.sum()),
+                        "reward_accuracy": float((margin > 0).float().sum()),
+                        "logps_chosen": float(logps[:b].detach().sum()),
+                        "logps_rejected": float(logps[b:].detach().sum())}
+
+    def take_metrics(self, total: Callable[[float], float]) -> dict[str, float]:
+        """The means since the last call (total: the sum over processes), and start over."""
+        count = total(float(self.count))
+        out = {k: total(v) / max(count, 1) for k, v in sorted(self.sums.items())}
+        self.sums, self.count = {}, 0
+        return out
+
+    @torch.no_grad()
+    def evaluate(self, model, batch) -> tuple[torch.Tensor, ...]:
+        """(summed loss, pairs the chosen answer won, units, summed margin) as float64."""
+        losses, m = self.losses(model, batch)
+        device = losses.device
+        return tuple(torch.tensor(float(x), dtype=torch.float64, device=device) for x in (
+            losses.sum(), m.get("reward_accuracy", 0.0), self.units(batch),
+            m.get("reward_margin", m["reward_chosen"] - m["reward_rejected"])))
+
+    def eval_metrics(self, totals: list[float]) -> dict[str, float]:
+        loss, won, units, margin = totals
+        out = {"eval_loss": loss / max(units, 1), "eval_reward_margin": margin / max(units, 1)}
+        if self.objective != "kto":
+            out["eval_reward_accuracy"] = won / max(units, 1)
+        return out

@@ -116,6 +116,7 @@ def setup(cfg: TrainConfig, reporter: Reporter) -> Session:
     model, tokenizer, info = load_model(cfg, log=say, device=accelerator.device)
     with accelerator.main_process_first():
         data = prepare(cfg, tokenizer, log=say)
+    check_objective_data(cfg, data)
     mask_dtype = compute_dtype(model, accelerator.mixed_precision)
     train_batches, eval_batches = make_batches(cfg, data, tokenizer, mask_dtype, accelerator, say)
     total_steps = t.max_steps or math.ceil(t.epochs * len(train_batches) / t.grad_accum)
@@ -124,8 +125,7 @@ def setup(cfg: TrainConfig, reporter: Reporter) -> Session:
                               num_warmup_steps=math.ceil(t.warmup_ratio * total_steps))
     model, optimizer = accelerator.prepare(model, optimizer)
     unwrapped = accelerator.unwrap_model(model)
-    loss_of = TokenLoss(unwrapped, autocast=accelerator.autocast, log=say,  # engine/loss.py
-                        fused=liger_fused_loss if info.get("kernels") == "liger" else None)
+    loss_of = make_loss(cfg, unwrapped, accelerator, info, say)
     if t.compile:
         compile_body(unwrapped, say)
     state, rng = TrainState(), None
@@ -175,6 +175,7 @@ def fit(s: Session) -> str:
         while state.step < s.total_steps:
             s.model.train()
             step = [next(stream) for _ in range(t.grad_accum)]
+            n_units = int(global_sum(acc, sum(s.loss_of.units(b) for b, *_ in step)))
             n_tokens = int(global_sum(acc, sum(trained_tokens(b) for b, *_ in step)))
             n_seen = int(global_sum(acc, sum(seen for *_, seen in step)))
             loss_sum = torch.zeros((), device=acc.device)
@@ -182,7 +183,7 @@ def fit(s: Session) -> str:
                 batch = {k: v.to(acc.device) for k, v in batch.items()}
                 with nullcontext() if i == len(step) - 1 else acc.no_sync(s.model):
                     loss = s.loss_of(s.model, batch)
-                    acc.backward(loss * world / max(n_tokens, 1))
+                    acc.backward(loss * world / max(n_units, 1))
                 loss_sum += loss.detach()
             grad_norm = acc.clip_grad_norm_(s.model.parameters(), t.max_grad_norm or math.inf)
             lr = s.scheduler.get_last_lr()[0]
@@ -195,8 +196,9 @@ def fit(s: Session) -> str:
             if state.step % t.log_every == 0 or state.step == s.total_steps:
                 s.files.metrics({"step": state.step,
                                  "epoch": round(state.micro_steps / len(s.train_batches), 4),
-                                 "loss": global_sum(acc, loss_sum) / max(n_tokens, 1),
+                                 "loss": global_sum(acc, loss_sum) / max(n_units, 1),
                                  "lr": lr, "grad_norm": float(grad_norm),
+                                 **s.loss_of.take_metrics(lambda v: global_sum(acc, v)),
                                  **throughput.since_last(state.trained_tokens,
                                                          state.seen_tokens),
                                  "total_steps": s.total_steps})
@@ -293,11 +295,18 @@ def evaluate(model, batches: Batches, accelerator, loss_of: TokenLoss | None = N
     model = accelerator.unwrap_model(model)  # no DDP collectives: processes may run unequal counts
     model.eval()
     loss_of = loss_of or TokenLoss(model, autocast=accelerator.autocast, log=lambda line: None)
-    totals = torch.zeros(3, dtype=torch.float64, device=accelerator.device)
+    totals = None
     for rows in batches.plan(0)[accelerator.process_index::accelerator.num_processes]:
         batch = {k: v.to(accelerator.device) for k, v in batches.collate(rows).items()}
-        totals += torch.stack(loss_of.evaluate(model, batch))
-    loss_sum, correct, count = accelerator.reduce(totals, "sum").tolist()
+        part = torch.stack(loss_of.evaluate(model, batch))
+        totals = part if totals is None else totals + part
+    if totals is None:  # this process had no batch: zeros of the loss's shape
+        totals = torch.zeros(4 if hasattr(loss_of, "eval_metrics") else 3,
+                             dtype=torch.float64, device=accelerator.device)
+    totals = accelerator.reduce(totals, "sum").tolist()
+    if hasattr(loss_of, "eval_metrics"):   # a preference objective (engine/preference.py)
+        return loss_of.eval_metrics(totals)
+    loss_sum, correct, count = totals
     loss = loss_sum / max(count, 1)
     return {"eval_loss": loss, "eval_perplexity": math.exp(min(loss, 50.0)),
             "eval_token_accuracy": correct / max(count, 1)}
@@ -310,9 +319,9 @@ def evaluate_and_track(s: Session) -> bool:
     state.last_eval_step = state.step
     s.files.metrics({"step": state.step, "epoch": s.files.last_epoch, **metrics})
     improved = state.best_eval_loss is None or metrics["eval_loss"] < state.best_eval_loss
-    s.say(f"eval at step {state.step}: loss {metrics['eval_loss']:.4f}, perplexity "
-          f"{metrics['eval_perplexity']:.2f}, token accuracy "
-          f"{metrics['eval_token_accuracy']:.3f}{' (best so far)' if improved else ''}")
+    s.say(f"eval at step {state.step}: " + ", ".join(
+        f"{k.removeprefix('eval_').replace('_', ' ')} {v:.4g}" for k, v in metrics.items())
+        + (" (best so far)" if improved else ""))
     if improved:
         state.best_eval_loss = metrics["eval_loss"]
     if s.cfg.train.early_stopping_metric != "eval_loss":
@@ -378,6 +387,42 @@ def restore_kept(model, folder: Path, say) -> None:
     say(f"eval generate: scoring the best weights early stopping kept in {folder}")
 
 
+def make_loss(cfg: TrainConfig, model, accelerator, info: dict[str, Any], say):
+    """The loss of train.objective: engine.loss's TokenLoss for sft, engine.preference's
+    PreferenceLoss otherwise (with a frozen copy of the starting model as the reference for
+    dpo and kto after full fine-tuning, where no adapter can be disabled)."""
+    t = cfg.train
+    if t.objective == "sft":
+        return TokenLoss(model, autocast=accelerator.autocast, log=say,  # engine/loss.py
+                         fused=liger_fused_loss if info.get("kernels") == "liger" else None)
+    import copy
+
+    from engine.preference import PreferenceLoss
+
+    reference = None
+    if cfg.method.kind == "full" and t.objective in ("dpo", "kto"):
+        reference = copy.deepcopy(model).eval().requires_grad_(False)
+    return PreferenceLoss(model, t, autocast=accelerator.autocast, reference=reference, log=say,
+                          pad_id=getattr(model.config, "pad_token_id", None) or 0)
+
+
+def check_objective_data(cfg: TrainConfig, data) -> None:
+    """The data's format must fit train.objective (data.format auto is only known now)."""
+    from engine.config import PAIR_OBJECTIVES
+    from engine.data import FORMATS, DataError
+
+    kind, obj = FORMATS[data.format].kind, cfg.train.objective
+    wants = "kto" if obj == "kto" else "preference" if obj in PAIR_OBJECTIVES else None
+    if wants and kind != wants:
+        raise DataError(f"{cfg.data.train}: its records are {data.format}, but "
+                        f"train.objective={obj} needs {wants} records "
+                        f"({'prompt, completion, label' if wants == 'kto' else 'prompt, chosen, rejected'})")
+    if obj == "sft" and kind in ("preference", "kto"):
+        raise DataError(f"{cfg.data.train}: its records are {data.format} (preference data); "
+                        "set train.objective to "
+                        f"{'kto' if kind == 'kto' else 'dpo, orpo or simpo'} to train on them")
+
+
 def mixed_precision(precision: str) -> str:
     """Accelerate's mixed_precision for train.precision on this device (engine.precision)."""
     from engine.precision import mixed_mode, this_device
@@ -398,6 +443,10 @@ def make_batches(cfg: TrainConfig, data, tokenizer, mask_dtype: torch.dtype, acc
 
     d, t = cfg.data, cfg.train
     packing = d.packing
+    if packing and cfg.train.objective != "sft":
+        say(f"batching: packing is off: {cfg.train.objective} keeps each answer in a row of its "
+            "own (packed preference pairs are not supported yet)")
+        packing = False
     if packing and cfg.method.kind in VIRTUAL_TOKEN_METHODS:
         say(f"batching: packing is off: {cfg.method.kind} prepends virtual tokens and needs one "
             "record per row with a plain attention mask")
@@ -431,7 +480,7 @@ def micro_batches(batches: Batches, epoch: int, index: int
         plan = batches.plan(epoch)
         for i in range(index, len(plan)):
             after = (epoch, i + 1) if i + 1 < len(plan) else (epoch + 1, 0)
-            seen = sum(batches.lengths[r] for row in plan[i] for r in row)
+            seen = batches.tokens(plan[i])
             yield batches.collate(plan[i]), *after, seen
         epoch, index = epoch + 1, 0
 

@@ -38,6 +38,10 @@ LABELS = {
     "train.early_stopping_patience": "Early-stopping patience",
     "train.neftune_alpha": "NEFTune alpha", "train.log_every": "Log every (steps)",
     "train.seed": "Seed", "train.resume_from": "Resume from",
+    "train.objective": "Objective", "train.beta": "Preference beta",
+    "train.dpo_loss_type": "DPO loss", "train.label_smoothing": "Label smoothing",
+    "train.simpo_gamma": "SimPO margin gamma", "train.kto_desirable_weight": "KTO desirable weight",
+    "train.kto_undesirable_weight": "KTO undesirable weight",
 }
 
 METHOD_LABELS = {
@@ -80,9 +84,20 @@ TRAIN_ADVANCED = ["train.warmup_ratio", "train.optimizer", "train.precision",
                   "train.eval_every", "train.save_every", "train.keep_checkpoints",
                   "train.early_stopping_patience", "train.neftune_alpha", "train.log_every",
                   "train.seed"]
+#: the preference objectives' settings (engine/preference.py), and the objectives each one
+#: applies to (the form shows only the chosen objective's)
+OBJECTIVE_KEYS = {
+    "train.beta": ("dpo", "orpo", "simpo", "kto"),
+    "train.dpo_loss_type": ("dpo",),
+    "train.label_smoothing": ("dpo", "simpo"),
+    "train.simpo_gamma": ("simpo",),
+    "train.kto_desirable_weight": ("kto",),
+    "train.kto_undesirable_weight": ("kto",),
+}
+TRAIN_OBJECTIVE = ["train.objective", *OBJECTIVE_KEYS]
 #: every key in the form, in the order handlers receive their values
 FORM_KEYS = (["model.name", "data.train", "method.kind"] + MODEL_ADVANCED + DATA_MAIN +
-             DATA_ADVANCED + list(METHOD_KEYS) + TRAIN_MAIN + TRAIN_ADVANCED)
+             DATA_ADVANCED + list(METHOD_KEYS) + TRAIN_MAIN + TRAIN_ADVANCED + TRAIN_OBJECTIVE)
 #: keys that change the memory estimate
 ESTIMATE_KEYS = {"model.name", "model.dtype", "model.attn_implementation", "data.max_seq_len",
                  "method.kind", "method.r", "method.target_modules", "method.quant_bits",

@@ -165,9 +165,20 @@ def data_panel(values: dict[str, Any]) -> tuple[str, Any, list[list[tuple[str, s
         except (DataError, ConfigError, ValueError) as exc:
             rep.setdefault("notes", []).append(f"preview unavailable: {exc}")
             shown = []
-        records = [[(text, "trained" if loss else None) for text, loss in rec]
-                   for rec in shown]
+        records = [_preview_pieces(rec) for rec in shown]
     return render.data_report(rep), hist if len(hist) else None, records
+
+
+def _preview_pieces(record: Any) -> list[tuple[str, str | None]]:
+    """One previewed record as highlighted pieces (trained tokens marked); a preference pair
+    shows its chosen answer, then its rejected one (marked as such), each with its prompt."""
+    def marked(pieces, label: str) -> list[tuple[str, str | None]]:
+        return [(text, label if loss else None) for text, loss in pieces]
+
+    if isinstance(record, dict):
+        return ([("✓ chosen\n", None)] + marked(record["chosen"], "trained")
+                + [("\n\n✗ rejected\n", None)] + marked(record["rejected"], "rejected"))
+    return marked(record, "trained")
 
 
 # --------------------------------------------------------------------------- estimate

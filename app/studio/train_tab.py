@@ -116,7 +116,7 @@ def build() -> TrainTab:
                     with gr.Column(scale=3):
                         previews = [gr.HighlightedText(
                             label=f"Record {i + 1} as the model sees it", show_legend=i == 0,
-                            color_map={"trained": "#16a34a"}, combine_adjacent=True,
+                            color_map={"trained": "#16a34a", "rejected": "#dc2626"}, combine_adjacent=True,
                             show_inline_category=False,
                             elem_classes=["fs-preview"]) for i in range(handlers.PREVIEW_RECORDS)]
                 with gr.Row():
@@ -154,6 +154,12 @@ def build() -> TrainTab:
                         with gr.Row():
                             for key in form.TRAIN_ADVANCED[i:i + 5]:
                                 add(key)
+                with gr.Accordion("Objective: SFT, or preference tuning (DPO, ORPO, SimPO, "
+                                  "KTO)", open=False, elem_id="objective-box"):
+                    with gr.Row():
+                        add("train.objective")
+                        for key, objectives in form.OBJECTIVE_KEYS.items():
+                            add(key, visible=start_values["train.objective"] in objectives)
         # -- the summary column
         with gr.Column(scale=2, elem_id="train-side", elem_classes=["fs-sticky"]):
             estimate = gr.HTML(elem_id="estimate")
@@ -246,6 +252,14 @@ def _wire(t: TrainTab, model_card, example, upload, report, hist, previews, blur
     w["method.kind"].change(method_changed, w["method.kind"],
                             [blurb] + [w[k] for k in form.METHOD_KEYS], queue=False,
                             api_visibility="private")
+
+    def objective_changed(objective):
+        return [gr.update(visible=objective in objectives)
+                for objectives in form.OBJECTIVE_KEYS.values()]
+
+    w["train.objective"].change(objective_changed, w["train.objective"],
+                                [w[k] for k in form.OBJECTIVE_KEYS], queue=False,
+                                api_visibility="private")
 
     def loaded(file, state):
         values, problems = handlers.load_yaml(file)

@@ -33,6 +33,16 @@ for the same epoch gets the same batches.
   together and one checkpointed (epoch, batch) position resumes them all. The epoch's batches
   are dealt round-robin (rank r gets batches r, r + world, ...); the batches past a multiple
   of the number of processes are left out (logged).
+
+Preference data (the dataset has rejected_input_ids; engine.data.pipeline's columns): a record
+is a PAIR and is planned exactly as an SFT record is (order, epochs, resume positions, its
+length being its longer side's). Packing is refused (ValueError). A batch of B pairs collates
+to [2B, L] tensors (collate_pairs): rows 0..B-1 the chosen sides, rows B..2B-1 the rejected
+sides, pair i in rows i and B + i, all right-padded to the longest of the 2B. batch_tokens
+counts both sides: a batch of B pairs costs 2B x its longest side.
+kto data (the dataset has desirable): one record per row as without packing (packing is
+refused), plus "desirable", a bool tensor [B] (collate_kto); kto_mismatched builds the
+mismatched (prompt i, completion i-1) batch KTO's KL estimate needs.
 """
 
 from __future__ import annotations
@@ -176,6 +186,46 @@ def fit_batch_count(batches: list[list[list[int]]], lengths: Sequence[int], coun
     return [rows for *_, rows in sorted(heap, key=lambda e: e[2])], []
 
 
+def collate_pairs(pairs: list[tuple[tuple[list[int], list[int]], tuple[list[int], list[int]]]],
+                  pad_id: int) -> dict[str, torch.Tensor]:
+    """B (chosen, rejected) pairs of (input_ids, labels) as [2B, L] tensors: rows 0..B-1 the
+    chosen sides, B..2B-1 the rejected sides in the same order; right-padded (labels -100)."""
+    return collate_padded([c for c, _ in pairs] + [r for _, r in pairs], pad_id)
+
+
+def collate_kto(examples: list[tuple[list[int], list[int]]], desirable: Sequence[bool],
+                pad_id: int) -> dict[str, torch.Tensor]:
+    """kto records right-padded as collate_padded, plus "desirable": a bool tensor [B]."""
+    batch = collate_padded(examples, pad_id)
+    batch["desirable"] = torch.tensor([bool(x) for x in desirable], dtype=torch.bool)
+    return batch
+
+
+def kto_mismatched(batch: dict[str, torch.Tensor], pad_id: int, max_len: int | None = None
+                   ) -> dict[str, torch.Tensor]:
+    """The mismatched batch of KTO's KL estimate from a collated kto batch: row i is row i's
+    prompt followed by row (i - 1) mod B's completion (TRL's pairing), right-padded, cut to
+    max_len keeping the start. A row's prompt is its tokens before its first trained label; its
+    completion the rest of its real tokens. With B = 1 a row is matched with itself."""
+    ids, labels, mask = batch["input_ids"], batch["labels"], batch["attention_mask"]
+    rows = []
+    for i in range(ids.shape[0]):
+        n = int(mask[i].sum())
+        trained = (labels[i, :n] != IGNORE_INDEX).nonzero()
+        start = int(trained[0]) if len(trained) else n
+        rows.append((ids[i, :start].tolist(), ids[i, start:n].tolist(),
+                     labels[i, start:n].tolist()))
+    examples = []
+    for i, (prompt, _, _) in enumerate(rows):
+        _, answer, answer_labels = rows[i - 1]
+        seq = prompt + answer
+        lab = [IGNORE_INDEX] * len(prompt) + answer_labels
+        if max_len is not None:
+            seq, lab = seq[:max_len], lab[:max_len]
+        examples.append((seq, lab))
+    return collate_padded(examples, pad_id)
+
+
 def records_moved(rows: Sequence[Sequence[int]]) -> int:
     """How many examples are not at their file position in this order."""
     return sum(1 for pos, i in enumerate(i for r in rows for i in r) if pos != i)
@@ -191,15 +241,41 @@ def _rng(seed: int, epoch: int) -> random.Random:
     return random.Random(seed * 1_000_003 + epoch)
 
 
+def data_kind(dataset) -> str:
+    """"preference" (pairs: the dataset has rejected_input_ids), "kto" (it has desirable) or
+    "sft" (one sequence per record), from a tokenized dataset's columns."""
+    columns = dataset.column_names
+    if "rejected_input_ids" in columns:
+        return "preference"
+    return "kto" if "desirable" in columns else "sft"
+
+
 class Batches:
-    """The batches of one split for this process: planned per epoch, collated on demand."""
+    """The batches of one split for this process: planned per epoch, collated on demand.
+
+    `kind` (data_kind: sft, preference, kto) is read from the dataset's columns."""
 
     def __init__(self, dataset, *, batch_size: int, max_seq_len: int, packing: bool,
                  order: str, seed: int, pad_id: int, mask_dtype: torch.dtype = torch.float32,
                  rank: int = 0, world: int = 1, batch_tokens: int | None = None,
                  log: Callable[[str], None] | None = None):
-        self.dataset = dataset.select_columns(["input_ids", "labels"])
+        self.kind = data_kind(dataset)
+        if packing and self.kind != "sft":
+            what = "preference pairs" if self.kind == "preference" else "kto records"
+            raise ValueError(f"packing is not supported for {what}: each sequence's log-prob "
+                             "is taken over its own row; set data.packing: false")
+        columns = {"sft": ["input_ids", "labels"],
+                   "preference": ["input_ids", "labels", "rejected_input_ids", "rejected_labels"],
+                   "kto": ["input_ids", "labels", "desirable"]}[self.kind]
+        self.dataset = dataset.select_columns(columns)
+        #: each record's length (a pair's: its longer side), which orders and groups records
         self.lengths: list[int] = list(dataset["length"])
+        #: what a record costs in a padded batch: its length, twice for a pair (two rows)
+        self.costs: list[int] = [2 * n for n in self.lengths] if self.kind == "preference" \
+            else self.lengths
+        #: each record's real tokens (a pair's: both sides)
+        self.record_tokens: list[int] = _pair_tokens(dataset) if self.kind == "preference" \
+            else self.lengths
         self.max_seq_len, self.batch_tokens = max_seq_len, batch_tokens
         self.batch_size = max(1, batch_tokens // max_seq_len) if batch_tokens and packing \
             else batch_size
@@ -225,7 +301,7 @@ class Batches:
             if self.packing:
                 rows = packed_rows(self.lengths, self.order, self.seed, epoch, self.max_seq_len)
             else:
-                rows = [[i] for i in ordered_indices(self.lengths, self.order, self.seed, epoch,
+                rows = [[i] for i in ordered_indices(self.costs, self.order, self.seed, epoch,
                                                      self.batch_size, self.batch_tokens)]
             self._rows = _latest(self._rows, epoch, rows)
         return self._rows[epoch]
@@ -241,7 +317,7 @@ class Batches:
         if epoch not in self._cut:
             rows = self.rows(epoch)
             cut = ([[rows[p] for p in b]
-                    for b in token_budget_batches(rows, self.lengths, self.batch_tokens)]
+                    for b in token_budget_batches(rows, self.costs, self.batch_tokens)]
                    if self.by_tokens else
                    [rows[s:s + self.batch_size] for s in range(0, len(rows), self.batch_size)])
             self._cut = _latest(self._cut, epoch, cut)
@@ -251,7 +327,7 @@ class Batches:
         """Every process's batches of the epoch, exactly batches_per_epoch x world of them in
         training order, and the batches left out (fit_batch_count)."""
         if epoch not in self._fitted:
-            fitted = fit_batch_count(self.all_batches(epoch), self.lengths,
+            fitted = fit_batch_count(self.all_batches(epoch), self.costs,
                                      self.batches_per_epoch * self.world)
             self._fitted = _latest(self._fitted, epoch, fitted)
         return self._fitted[epoch]
@@ -297,10 +373,14 @@ class Batches:
         """Share of the tokens in this epoch's batches that are padding."""
         real = padded = 0
         for rows in self.epoch_batches(epoch)[0]:
-            batch = [sum(self.lengths[i] for i in r) for r in rows]
-            real += sum(batch)
+            batch = [sum(self.costs[i] for i in r) for r in rows]
+            real += self.tokens(rows)
             padded += max(batch) * len(batch)
         return 1 - real / padded if padded else 0.0
+
+    def tokens(self, rows: list[list[int]]) -> int:
+        """The real (not padding) tokens of a batch: both sides of every pair."""
+        return sum(self.record_tokens[i] for r in rows for i in r)
 
     def summary(self) -> dict[str, Any]:
         """For run.json."""
@@ -311,10 +391,13 @@ class Batches:
     def describe(self) -> str:
         how = (f"packing {len(self.lengths)} records into {self.rows_per_epoch} rows of at most "
                f"{self.max_seq_len} tokens" if self.packing else
-               f"{len(self.lengths)} records, one per row"
-               f"{', grouped by length' if self.order == 'shuffle' else ''}")
+               f"{len(self.lengths)} pairs, each a chosen and a rejected row"
+               if self.kind == "preference" else
+               f"{len(self.lengths)} records, one per row")
+        how += ", grouped by length" if self.order == "shuffle" and not self.packing else ""
         size = (f"at most {self.batch_tokens} padded tokens" if self.by_tokens else
-                f"{self.batch_size} rows")
+                f"{self.batch_size} pairs ({2 * self.batch_size} rows)"
+                if self.kind == "preference" else f"{self.batch_size} rows")
         fitted = (" (epoch 1's count: other epochs split their largest batches or leave out "
                   "their last to keep it)" if self.by_tokens and self.order == "shuffle" else "")
         left_out = self.epoch_batches(0)[1]
@@ -326,14 +409,32 @@ class Batches:
                 f"padding {self.padding_share():.1%} of tokens")
 
     def collate(self, rows: list[list[int]]) -> dict[str, torch.Tensor]:
-        """Tensors for one batch: input_ids, labels, attention_mask (+ position_ids packed)."""
+        """Tensors for one batch: input_ids, labels, attention_mask (+ position_ids packed).
+        Pairs: [2B, L], chosen rows then rejected rows (collate_pairs); kto: + desirable [B]."""
         flat = [i for r in rows for i in r]
         data = self.dataset[flat]
+        if self.kind == "preference":
+            return collate_pairs(list(zip(zip(data["input_ids"], data["labels"]),
+                                          zip(data["rejected_input_ids"],
+                                              data["rejected_labels"]))), self.pad_id)
+        if self.kind == "kto":
+            return collate_kto(list(zip(data["input_ids"], data["labels"])), data["desirable"],
+                               self.pad_id)
         by_index = {i: (ids, lab) for i, ids, lab in zip(flat, data["input_ids"], data["labels"])}
         if self.packing:
             return collate_packed([[by_index[i] for i in r] for r in rows], self.pad_id,
                                   self.mask_dtype)
         return collate_padded([by_index[r[0]] for r in rows], self.pad_id)
+
+
+def _pair_tokens(dataset) -> list[int]:
+    """Both sides' lengths of every pair, read from Arrow (no token lists in Python)."""
+    import pyarrow.compute as pc
+
+    table = dataset.with_format("arrow")
+    chosen = pc.list_value_length(table["input_ids"]).to_pylist()
+    rejected = pc.list_value_length(table["rejected_input_ids"]).to_pylist()
+    return [c + r for c, r in zip(chosen, rejected)]
 
 
 def collate_padded(examples: list[tuple[list[int], list[int]]], pad_id: int

@@ -1,7 +1,13 @@
 """The tokenized-data cache: under `cache_dir` (default $FTSTUDIO_HOME/cache), keyed by the
-sha256 of the file, the tokenizer (name, vocab, chat template) and the data settings that change
-tokens, so a second run loads instead of tokenizing again. Entries are written to a temporary
-folder and renamed, so concurrent jobs never read half a cache.
+sha256 of the file, the tokenizer (name, vocab, chat template), the data settings that change
+tokens and the data's kind, so a second run loads instead of tokenizing again. Entries are
+written to a temporary folder and renamed, so concurrent jobs never read half a cache.
+
+The kind (messages, completion, text, preference, kto: it decides the dataset's columns) is in
+the key as data.format's kind when the format is set. With data.format auto it is the detected
+format's, a function of what the key already holds: the file's sha256, the format registry
+(every format's kind and identifying fields are in the key) and the detection rule (its
+changes bump CACHE_VERSION). A loaded entry whose columns are not its kind's is rebuilt.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engine.config import DataConfig
+from engine.data.formats import FORMATS
 from engine.data.readers import file_sha256
 from engine.data.report import DataReport
 from engine.data.template import tokenizer_fingerprint
@@ -25,7 +32,8 @@ if TYPE_CHECKING:
     import datasets
 
 #: bump when the tokenized output changes for the same inputs, to invalidate old caches
-CACHE_VERSION = 2
+#: (3: preference and kto data, and detection's tie-break by the number of fields)
+CACHE_VERSION = 3
 
 
 def default_cache_dir() -> Path:
@@ -41,9 +49,17 @@ def _settings(d: DataConfig) -> dict[str, Any]:
             "max_tokens": d.max_tokens, "on_bad_record": d.on_bad_record}
 
 
+def _kind(d: DataConfig) -> dict[str, Any]:
+    """The data's kind where data.format names it, and what decides it under auto detection."""
+    fmt = FORMATS.get(d.format)
+    return {"kind": fmt.kind if fmt else "detected",
+            "formats": {name: [f.kind, list(f.fields)] for name, f in FORMATS.items()}}
+
+
 def cache_key(path: str | os.PathLike, tokenizer, d: DataConfig) -> str:
     material = {"version": CACHE_VERSION, "data_sha256": file_sha256(path),
-                "tokenizer": tokenizer_fingerprint(tokenizer), "settings": _settings(d)}
+                "tokenizer": tokenizer_fingerprint(tokenizer), "settings": _settings(d),
+                "kind": _kind(d)}
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
 
 

@@ -4,6 +4,15 @@ loss mask the data pipeline's rules give (engine.data.pipeline docstring states 
 Use from Python:
     from engine.data import Encoder, IGNORE_INDEX
     enc = Encoder(tokenizer, "messages").encode(messages)    # Encoded(input_ids, labels)
+    chosen, rejected = Encoder(tokenizer, "preference").encode_pair(example)
+    enc = Encoder(tokenizer, "kto").encode(example)          # prompt + completion
+
+Preference ("preference") and kto examples are conversations: each side (prompt + chosen,
+prompt + rejected; prompt + completion) is rendered with the chat template exactly as a chat
+example, and labels are on the answer only (its content and the end-of-turn token): never on
+the prompt, not even on the assistant turns of a multi-turn prompt, and train_on_prompt does not
+apply (the objectives compare the answers' log-probs). The two sides of a pair share the
+prompt's tokens.
 """
 
 from __future__ import annotations
@@ -17,7 +26,6 @@ from engine.data.readers import DataError
 
 #: the label of a position that carries no loss (prompt, template, padding); the one definition
 IGNORE_INDEX = -100
-
 
 
 @dataclass
@@ -44,8 +52,14 @@ class Encoder:
 
     # -- one example
     def encode(self, example: Any, where: str = "", with_pieces: bool = False) -> Encoded:
-        """Raises RecordError when the chat template rejects a conversation."""
+        """Raises RecordError when the chat template rejects a conversation. A kto example
+        gives its prompt + completion; a preference example has two sides (encode_pair)."""
         tok = self.tokenizer
+        if self.kind == "preference":
+            raise ValueError("a preference example has two sides: use Encoder.encode_pair")
+        if self.kind == "kto":
+            return self._conversation(example["prompt"], example["completion"], where,
+                                      with_pieces)
         append_eos = None
         if self.kind == "messages":
             text, spans = self._render(example, where)
@@ -56,10 +70,28 @@ class Encoder:
         else:
             text, spans = example, [(0, len(example))]
             append_eos = tok.eos_token_id
+        return self._finish(text, spans, append_eos, self.train_on_prompt, with_pieces)
+
+    def encode_pair(self, example: dict, where: str = "", with_pieces: bool = False
+                    ) -> tuple[Encoded, Encoded]:
+        """(chosen, rejected) of a preference example: prompt + each answer, labels on the
+        answer only. Raises RecordError when the chat template rejects a conversation."""
+        return (self._conversation(example["prompt"], example["chosen"], where, with_pieces),
+                self._conversation(example["prompt"], example["rejected"], where, with_pieces))
+
+    def _conversation(self, prompt: list[dict], answer: list[dict], where: str,
+                      with_pieces: bool) -> Encoded:
+        text, spans = self._render(prompt + answer, where, first=len(prompt))
+        return self._finish(text, spans, None, False, with_pieces)
+
+    def _finish(self, text: str, spans: list[tuple[int, int]], append_eos: int | None,
+                train_all: bool, with_pieces: bool) -> Encoded:
+        """Tokens and labels of `text`, trained in `spans` (everywhere with train_all)."""
+        tok = self.tokenizer
         if append_eos is not None and tok.eos_token and text.endswith(tok.eos_token):
             append_eos = None
         ids, offsets = self._tokenize(text, spans)
-        labels = [tid if self.train_on_prompt or any(s < b and e > a for a, b in spans)
+        labels = [tid if train_all or any(s < b and e > a for a, b in spans)
                   else IGNORE_INDEX for tid, (s, e) in zip(ids, offsets)]
         pieces = _pieces(text, offsets) if with_pieces else None
         if self.add_bos and not (tok.bos_token and text.startswith(tok.bos_token)):
@@ -74,12 +106,14 @@ class Encoder:
             labels[0] = IGNORE_INDEX  # never predict a record's first token (packing relies on it)
         return Encoded(ids, labels, pieces)
 
-    def _render(self, messages: list[dict], where: str) -> tuple[str, list[tuple[int, int]]]:
-        """The conversation's text and the character span of each assistant turn."""
+    def _render(self, messages: list[dict], where: str, first: int = 0
+                ) -> tuple[str, list[tuple[int, int]]]:
+        """The conversation's text and the character span of each assistant turn (from message
+        `first` on: the turns before it are prompt)."""
         full = self._apply(messages, False)
         spans = []
         for i, m in enumerate(messages):
-            if m["role"] != "assistant":
+            if m["role"] != "assistant" or i < first:
                 continue
             prefix = self._apply(messages[:i], True)
             through = self._apply(messages[:i + 1], False)
@@ -119,25 +153,59 @@ class Encoder:
 
     # -- a batch, for datasets.map
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
-        out: dict[str, list] = {k: [] for k in ("input_ids", "labels", "length", "full_length",
-                                                 "trained", "error")}
+        """Per record: input_ids and labels cut to max_seq_len, and what the report counts:
+        length (the longest side, cut), full_length (the longest side, uncut), tokens (every
+        side, cut), trained (tokens carrying loss, every side, cut), untrained (1 when a side
+        has no trained token left), answer_cut (1 when truncation cut trained tokens of a side),
+        error. Preference adds rejected_input_ids, rejected_labels, chosen_full_length and
+        rejected_full_length; kto adds desirable."""
+        keys = ["input_ids", "labels", "length", "full_length", "tokens", "trained", "untrained",
+                "answer_cut", "error"]
+        if self.kind == "preference":
+            keys += ["rejected_input_ids", "rejected_labels", "chosen_full_length",
+                     "rejected_full_length"]
+        elif self.kind == "kto":
+            keys.append("desirable")
+        out: dict[str, list] = {k: [] for k in keys}
         for where, raw in zip(batch["where"], batch["example"]):
+            example = json.loads(raw)
             try:
-                enc = self.encode(json.loads(raw), where)
+                sides = (list(self.encode_pair(example, where)) if self.kind == "preference"
+                         else [self.encode(example, where)])
                 error = None
             except RecordError as exc:
-                enc, error = Encoded([], []), str(exc)
-            full = len(enc.input_ids)
-            ids, labels = enc.input_ids, enc.labels
-            if self.max_seq_len is not None and full > self.max_seq_len:
-                ids, labels = ids[:self.max_seq_len], labels[:self.max_seq_len]
-            out["input_ids"].append(ids)
-            out["labels"].append(labels)
-            out["length"].append(len(ids))
-            out["full_length"].append(full)
-            out["trained"].append(sum(x != IGNORE_INDEX for x in labels))
+                sides, error = [Encoded([], [])] * (2 if self.kind == "preference" else 1), \
+                    str(exc)
+            cut = [self._cut(enc) for enc in sides]
+            out["input_ids"].append(cut[0][0])
+            out["labels"].append(cut[0][1])
+            out["length"].append(max(len(ids) for ids, _ in cut))
+            out["full_length"].append(max(len(enc.input_ids) for enc in sides))
+            out["tokens"].append(sum(len(ids) for ids, _ in cut))
+            trained = [_trained(labels) for _, labels in cut]
+            out["trained"].append(sum(trained))
+            out["untrained"].append(int(any(n == 0 for n in trained)))
+            out["answer_cut"].append(int(any(n < _trained(enc.labels)
+                                             for n, enc in zip(trained, sides))))
             out["error"].append(error)
+            if self.kind == "preference":
+                out["rejected_input_ids"].append(cut[1][0])
+                out["rejected_labels"].append(cut[1][1])
+                out["chosen_full_length"].append(len(sides[0].input_ids))
+                out["rejected_full_length"].append(len(sides[1].input_ids))
+            elif self.kind == "kto":
+                out["desirable"].append(bool(example["desirable"]))
         return out
+
+    def _cut(self, enc: Encoded) -> tuple[list[int], list[int]]:
+        """input_ids and labels truncated to max_seq_len, keeping the start."""
+        if self.max_seq_len is not None and len(enc.input_ids) > self.max_seq_len:
+            return enc.input_ids[:self.max_seq_len], enc.labels[:self.max_seq_len]
+        return enc.input_ids, enc.labels
+
+
+def _trained(labels: list[int]) -> int:
+    return sum(x != IGNORE_INDEX for x in labels)
 
 
 def _pieces(text: str, offsets: list[tuple[int, int]]) -> list[str]:

@@ -15,6 +15,18 @@ Adding a format is one function and one row. The normalized example depends on t
 - kind "completion": a (prompt, completion) pair of strings, joined as raw text; loss on the
   completion (and the end-of-sequence token).
 - kind "text": one string for continued pre-training; loss on every token.
+- kind "preference" (preference: DPO, IPO, SimPO, ORPO): a dict {"prompt": [messages],
+  "chosen": [assistant messages], "rejected": [assistant messages]}; the prompt ends with a
+  user turn. Each side is rendered as prompt + answer with the chat template; loss (the
+  sequence log-prob) on the answer only.
+- kind "kto" (kto): a dict {"prompt": [messages], "completion": [assistant messages],
+  "desirable": bool}; rendered as prompt + completion; loss on the completion only.
+
+Preference and kto records take TRL's conventions: prompt, chosen, rejected and completion may
+each be a string (a user prompt, an assistant answer), one message object, or a list of
+messages; {"messages": [...], "chosen": {...}, "rejected": {...}} (the conversation so far and
+one assistant message each) is read too, and so is TRL's implicit prompt (chosen and rejected
+as whole conversations that share their start, no prompt field).
 
 A RecordError carries the field (e.g. "messages[2].role") and a message; engine.data prefixes it
 with the file and line, so a person reads e.g.
@@ -34,6 +46,10 @@ SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistan
                   "system": "system"}
 
 Message = dict[str, str]
+#: the kinds whose examples are conversations rendered with the chat template
+CHAT_KINDS = ("messages", "preference", "kto")
+#: the kinds of preference tuning, whose examples are not plain SFT sequences
+PREFERENCE_KINDS = ("preference", "kto")
 
 
 class RecordError(ValueError):
@@ -45,6 +61,11 @@ class RecordError(ValueError):
         self.fix = fix
         where = f"field '{field}' " if field else ""
         super().__init__(f"{where}{problem}" + (f" ({fix})" if fix else ""))
+
+
+class EmptyAnswer(RecordError):
+    """A preference record's chosen or rejected answer (or a kto completion) has no text: a bad
+    record, counted apart in the report (DataReport.empty_sides)."""
 
 
 # --------------------------------------------------------------------------- field helpers
@@ -165,23 +186,29 @@ def _turns(record: dict, field: str, role_key: str, content_key: str, roles: dic
     """A list of turns as messages: each an object whose role_key names a speaker of `roles`
     (mapped to system/user/assistant) and whose content_key holds its text."""
     raw = _list(record, field, needs)
-    messages = []
-    for i, m in enumerate(raw):
-        label = f"{field}[{i}]"
-        if not isinstance(m, dict):
-            raise RecordError(label, f"must be an object with {role_key} and {content_key}, "
-                                     f"got {_type_name(m)}")
-        speaker = m.get(role_key)
-        if speaker not in roles:
-            state = "is missing" if speaker is None else f"is {speaker!r}"
-            raise RecordError(f"{label}.{role_key}", state, f"expected one of: {expected}")
-        role = roles[speaker]
-        content = _content(m.get(content_key), f"{label}.{content_key}", needs)
-        if role == "assistant" and not content.strip():
-            raise RecordError(f"{label}.{content_key}", "is empty",
-                              f"{answers} needs text for the model to learn from")
-        messages.append({"role": role, "content": content})
+    messages = [_turn(m, f"{field}[{i}]", role_key, content_key, roles, needs, expected, answers)
+                for i, m in enumerate(raw)]
     return _check_conversation(messages, field, needs)
+
+
+def _turn(m: Any, label: str, role_key: str, content_key: str, roles: dict[str, str],
+          needs: str, expected: str, answers: str | None) -> Message:
+    """One turn (an object with role_key and content_key) as a message; `label` names it. An
+    empty assistant turn is a RecordError saying `answers` need text (answers None: allowed,
+    the caller checks)."""
+    if not isinstance(m, dict):
+        raise RecordError(label, f"must be an object with {role_key} and {content_key}, "
+                                 f"got {_type_name(m)}")
+    speaker = m.get(role_key)
+    if speaker not in roles:
+        state = "is missing" if speaker is None else f"is {speaker!r}"
+        raise RecordError(f"{label}.{role_key}", state, f"expected one of: {expected}")
+    role = roles[speaker]
+    content = _content(m.get(content_key), f"{label}.{content_key}", needs)
+    if answers is not None and role == "assistant" and not content.strip():
+        raise RecordError(f"{label}.{content_key}", "is empty",
+                          f"{answers} needs text for the model to learn from")
+    return {"role": role, "content": content}
 
 
 def completion(record: dict) -> tuple[str, str]:
@@ -200,13 +227,153 @@ def text(record: dict) -> str:
     return value
 
 
+# --------------------------------------------------------------------------- preference formats
+
+PREFERENCE_NEEDS = ("preference records need prompt, chosen and rejected (or messages, chosen "
+                    "and rejected), each a string or chat messages")
+KTO_NEEDS = "kto records need prompt, completion and label (true or false)"
+#: a message as preference records write it: {"role": system|user|assistant, "content": ...}
+_ROLE_MAP = {r: r for r in ROLES}
+
+
+def _maybe_json(value: Any) -> Any:
+    """A CSV cell holding a JSON list of messages or one message object, parsed; anything else
+    (an answer that merely starts with a bracket, say) as it is."""
+    if isinstance(value, str) and value.lstrip()[:1] in ("[", "{"):
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError:
+            return value
+        if isinstance(parsed, dict) and "role" in parsed:
+            return parsed
+        if isinstance(parsed, list) and parsed and all(isinstance(m, dict) and "role" in m
+                                                       for m in parsed):
+            return parsed
+    return value
+
+
+def _messages_of(record: dict, field: str, needs: str, default_role: str
+                 ) -> list[tuple[Message, str | None]]:
+    """record[field] as messages, each with the label of the object it came from (None for a
+    plain string, which becomes one message of default_role). Empty answers are not checked
+    here (the caller knows whether the messages are a prompt or an answer)."""
+    if field not in record or record[field] is None:
+        raise RecordError(field, "is missing" if field not in record else "is null", needs)
+    value = _maybe_json(record[field])
+    if isinstance(value, str):
+        return [({"role": default_role, "content": value}, None)]
+    expected = ", ".join(ROLES)
+    if isinstance(value, dict):
+        return [(_turn(value, field, "role", "content", _ROLE_MAP, needs, expected, None), field)]
+    if isinstance(value, tuple):
+        value = list(value)
+    if isinstance(value, list):
+        if not value:
+            raise RecordError(field, "is an empty list", needs)
+        return [(_turn(m, f"{field}[{i}]", "role", "content", _ROLE_MAP, needs, expected, None),
+                 f"{field}[{i}]") for i, m in enumerate(value)]
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        raise RecordError(field, f"must be text, got {_type_name(value)}", f'quote it: "{value}"')
+    raise RecordError(field, f"must be text, a message or a list of messages, got "
+                             f"{_type_name(value)}", needs)
+
+
+def _prompt(items: list[tuple[Message, str | None]], field: str, answers: str
+            ) -> list[Message]:
+    """The conversation before the answer: it must end with the user's turn, and its earlier
+    assistant turns (a multi-turn prompt) need text."""
+    for m, label in items:
+        if m["role"] == "assistant" and not m["content"].strip():
+            raise RecordError(f"{label}.content", "is empty",
+                              "every assistant turn needs text for the model to learn from")
+    last, label = items[-1]
+    if last["role"] != "user":
+        raise RecordError(f"{label}.role", f"is {last['role']!r}",
+                          f"the {field} must end with the user's turn; the answers go in "
+                          f"{answers}")
+    return [m for m, _ in items]
+
+
+def _answer(items: list[tuple[Message, str | None]], field: str) -> list[Message]:
+    """An answer: one or more assistant messages, each with text (EmptyAnswer if not)."""
+    if not items:
+        raise RecordError(field, "has no answer after the prompt it shares with the other side",
+                          "chosen and rejected must each end with an assistant answer")
+    for m, label in items:
+        if m["role"] != "assistant":
+            raise RecordError(f"{label}.role", f"is {m['role']!r}",
+                              f"{field} holds only the assistant's answer; the conversation "
+                              "before it goes in prompt")
+        if not m["content"].strip():
+            raise EmptyAnswer(f"{label}.content" if label else field, "is empty",
+                              "every answer needs text for the model to learn from")
+    return [m for m, _ in items]
+
+
+def preference(record: dict) -> dict[str, list[Message]]:
+    """prompt + chosen + rejected (TRL's preference format): a string or messages each, or
+    messages (the conversation so far) + chosen + rejected (one assistant message each), or
+    chosen and rejected as whole conversations sharing the prompt (TRL's implicit prompt)."""
+    needs = PREFERENCE_NEEDS
+    field = "prompt" if "prompt" in record else "messages" if "messages" in record else None
+    if field is None:
+        return _implicit_prompt(record, needs)
+    prompt = _prompt(_messages_of(record, field, needs, "user"), field, "chosen and rejected")
+    chosen = _answer(_messages_of(record, "chosen", needs, "assistant"), "chosen")
+    rejected = _answer(_messages_of(record, "rejected", needs, "assistant"), "rejected")
+    return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+
+
+def _implicit_prompt(record: dict, needs: str) -> dict[str, list[Message]]:
+    """chosen and rejected as whole conversations: the prompt is their shared start, up to its
+    last user turn."""
+    chosen = _messages_of(record, "chosen", needs, "assistant")
+    rejected = _messages_of(record, "rejected", needs, "assistant")
+    k = 0
+    while k < min(len(chosen), len(rejected)) and chosen[k][0] == rejected[k][0]:
+        k += 1
+    while k > 0 and chosen[k - 1][0]["role"] != "user":
+        k -= 1
+    if k == 0:
+        raise RecordError("prompt", "is missing", needs + "; or chosen and rejected as whole "
+                          "conversations that start with the same prompt")
+    return {"prompt": _prompt(chosen[:k], "prompt", "chosen and rejected"),
+            "chosen": _answer(chosen[k:], "chosen"), "rejected": _answer(rejected[k:], "rejected")}
+
+
+def _desirable(record: dict) -> bool:
+    """A kto label: true or false (a boolean, or the text "true" / "false" as CSV cells hold
+    it)."""
+    fix = "true marks a desirable completion, false an undesirable one"
+    if "label" not in record or record["label"] is None:
+        raise RecordError("label", "is missing" if "label" not in record else "is null",
+                          KTO_NEEDS)
+    value = record["label"]
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    got = repr(value) if isinstance(value, str) else _type_name(value)
+    raise RecordError("label", f"must be true or false, got {got}", fix)
+
+
+def kto(record: dict) -> dict[str, Any]:
+    """prompt + completion + label (TRL's unpaired preference format for KTO): label true
+    marks a desirable completion, false an undesirable one; prompt and completion are each a
+    string or messages."""
+    prompt = _prompt(_messages_of(record, "prompt", KTO_NEEDS, "user"), "prompt", "completion")
+    completion = _answer(_messages_of(record, "completion", KTO_NEEDS, "assistant"),
+                         "completion")
+    return {"prompt": prompt, "completion": completion, "desirable": _desirable(record)}
+
+
 # --------------------------------------------------------------------------- registry
 
 
 @dataclass(frozen=True)
 class Format:
     name: str
-    kind: Literal["messages", "completion", "text"]
+    kind: Literal["messages", "completion", "text", "preference", "kto"]
     #: the fields that identify the format (auto-detection looks for these)
     fields: tuple[str, ...]
     convert: Callable[[dict], Any]
@@ -218,6 +385,8 @@ FORMATS: dict[str, Format] = {
     "sharegpt": Format("sharegpt", "messages", ("conversations",), sharegpt),
     "completion": Format("completion", "completion", ("prompt", "completion"), completion),
     "text": Format("text", "text", ("text",), text),
+    "preference": Format("preference", "preference", ("chosen", "rejected"), preference),
+    "kto": Format("kto", "kto", ("prompt", "completion", "label"), kto),
 }
 
 DETECT_SAMPLE = 1000
@@ -228,7 +397,12 @@ def detect_format(records: Iterable[Any]) -> tuple[str, str]:
 
     Looks at the first DETECT_SAMPLE object records; each format scores the share of its fields
     each record has, so a few malformed records do not change the verdict (they are reported as
-    bad records of the chosen format instead). Raises RecordError when nothing fits.
+    bad records of the chosen format instead). Equal scores go to the format with more
+    identifying fields (the more specific one: {messages, chosen, rejected} is preference, not
+    chat; {prompt, completion, label} is kto, not completion), then to registry order. A format
+    with more identifying fields than the winner that more than half the records have in full
+    wins too (a kto file with a few records missing their label is kto, its unlabelled records
+    bad ones). Raises RecordError when nothing fits.
     """
     sample = []
     for r in records:
@@ -242,7 +416,16 @@ def detect_format(records: Iterable[Any]) -> tuple[str, str]:
                           '{"instruction": ..., "output": ...}')
     scores = {name: sum(sum(f in r for f in fmt.fields) / len(fmt.fields) for r in sample)
               for name, fmt in FORMATS.items()}
-    best = max(scores, key=lambda n: scores[n])  # ties: registry order
+    # ties: more identifying fields, then registry order (max keeps the first of equals)
+    best = max(scores, key=lambda n: (round(scores[n], 9), len(FORMATS[n].fields)))
+    full_records = {name: sum(all(f in r for f in fmt.fields) for r in sample)
+                    for name, fmt in FORMATS.items()}
+    # a format with more identifying fields that most records have in full refines the winner:
+    # preference records with "messages", a few missing "rejected", are still preference
+    finer = [n for n, fmt in FORMATS.items() if len(fmt.fields) > len(FORMATS[best].fields)
+             and 2 * full_records[n] > len(sample)]
+    if finer:
+        best = max(finer, key=lambda n: (full_records[n], len(FORMATS[n].fields)))
     if scores[best] == 0:
         seen = sorted({k for r in sample for k in r})[:12]
         wants = "; ".join(f"{n}: {' + '.join(f.fields)}" for n, f in FORMATS.items())
@@ -250,7 +433,7 @@ def detect_format(records: Iterable[Any]) -> tuple[str, str]:
                                 f"{', '.join(seen) or '(none)'}",
                           f"expected one of {wants}; rename the fields or set data.format")
     fields = FORMATS[best].fields
-    full = sum(all(f in r for f in fields) for r in sample)
+    full = full_records[best]
     reason = f"{best}: records have {' and '.join(fields)}"
     if full < len(sample):
         reason += f" ({full} of the first {len(sample)} have all of them)"

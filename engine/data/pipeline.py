@@ -27,6 +27,18 @@ Tokenized examples have four columns, in file order (batching applies data.order
     length     int, len(input_ids)
     where      str, the record's place in its file ("line 17"), so the validation split can be
                found again as records (engine.evaluation answers their prompts)
+Preference data (format preference, kind "preference": DPO, IPO, SimPO, ORPO) has six, one row
+per pair (dataset_columns(kind) names them):
+    input_ids, labels                    the chosen side: prompt + chosen answer
+    rejected_input_ids, rejected_labels  the rejected side: prompt + rejected answer
+    length                               int, the longer side's length (after truncation)
+    where
+kto data (format kto) has five: input_ids, labels (prompt + completion), desirable (bool: the
+record's label), length, where. Both sides of a pair, and a kto record, are rendered with the
+chat template like a chat example, and their labels are on the answer only (the prompt's
+assistant turns included, and data.train_on_prompt is ignored); each side is truncated to
+data.max_seq_len keeping its start. A pair with no trained token left on either side is dropped
+and counted; truncation that cuts answer tokens is counted (truncated_answers).
 Labels are -100 on every prompt and template token unless data.train_on_prompt. Each assistant
 turn is trained: its content and the template's end-of-turn token (e.g. <|im_end|>), so the model
 learns to stop; whitespace the template writes after that token is not. Completion records train
@@ -38,7 +50,8 @@ the chat template when it writes one, else prepended when the tokenizer adds one
 Tokenizers without a chat template get ftstudio's DEFAULT_CHAT_TEMPLATE (engine/data/template.py
 shows it). Tokenized data is cached (engine/data/cache.py) under `cache_dir` (default
 $FTSTUDIO_HOME/cache), keyed by the sha256 of the file, the tokenizer (name, vocab, chat template) and
-the data settings that change tokens; a second run loads it instead of tokenizing again.
+the data settings that change tokens and the data's kind (engine/data/cache.py says how); a second
+run loads it instead of tokenizing again.
 """
 
 from __future__ import annotations
@@ -55,9 +68,10 @@ from typing import TYPE_CHECKING, Any
 from engine.config import DataConfig, TrainConfig
 from engine.data.cache import cache_key, default_cache_dir, progress_bars, save_cache
 from engine.data.encode import IGNORE_INDEX, Encoder
-from engine.data.formats import FORMATS, RecordError, detect_format
+from engine.data.formats import (CHAT_KINDS, FORMATS, PREFERENCE_KINDS, EmptyAnswer,
+                                  RecordError, detect_format)
 from engine.data.readers import SKIP_HINT, DataError, RawRecord, check_path, read_records
-from engine.data.report import DataReport, fill_lengths, summary_line
+from engine.data.report import DataReport, fill_lengths, fill_side_lengths, summary_line
 from engine.data.template import ensure_chat_template
 
 if TYPE_CHECKING:
@@ -73,13 +87,33 @@ class FormatNotDetected(DataError):
     """data.format is auto and no format's fields are in the records."""
 
 
-def _features():
+def dataset_columns(kind: str) -> list[str]:
+    """The columns of a tokenized dataset of this kind (the format's kind), in order."""
+    if kind == "preference":
+        return ["input_ids", "labels", "rejected_input_ids", "rejected_labels", "length", "where"]
+    if kind == "kto":
+        return ["input_ids", "labels", "desirable", "length", "where"]
+    return ["input_ids", "labels", "length", "where"]
+
+
+#: what the report counts of each tokenized record (Encoder.__call__ says what each is)
+_ROW_STATS = ("where", "full_length", "length", "tokens", "trained", "untrained", "answer_cut",
+              "error")
+
+
+def _features(kind: str):
     from datasets import Features, Sequence, Value
 
-    return Features({"where": Value("string"), "input_ids": Sequence(Value("int32")),
-                     "labels": Sequence(Value("int32")), "length": Value("int32"),
-                     "full_length": Value("int32"), "trained": Value("int32"),
-                     "error": Value("string")})
+    ids = Sequence(Value("int32"))
+    columns = {"where": Value("string"), "input_ids": ids, "labels": ids,
+               **{c: Value("int32") for c in _ROW_STATS if c not in ("where", "error")},
+               "error": Value("string")}
+    if kind == "preference":
+        columns |= {"rejected_input_ids": ids, "rejected_labels": ids,
+                    "chosen_full_length": Value("int32"), "rejected_full_length": Value("int32")}
+    elif kind == "kto":
+        columns["desirable"] = Value("bool")
+    return Features(columns)
 
 
 def _num_proc(n_records: int) -> int | None:
@@ -94,10 +128,11 @@ def _num_proc(n_records: int) -> int | None:
 
 @dataclass
 class PreparedData:
-    train: datasets.Dataset        # columns: input_ids, labels (-100 masked), length
+    train: datasets.Dataset        # columns: dataset_columns(kind)
     validation: datasets.Dataset | None
     report: DataReport
     format: str
+    kind: str = ""                 # the format's kind: messages, completion, text, preference, kto
 
 
 class _Tally:
@@ -141,10 +176,15 @@ def _normalize(records: list[RawRecord], fmt: str, d: DataConfig, tally: _Tally
                                   f"{' and '.join(FORMATS[fmt].fields)}")
             example = convert(r.data)
         except RecordError as exc:
+            report.empty_sides += isinstance(exc, EmptyAnswer)
             tally.bad(r.where, str(exc))
             continue
         if kind == "messages" and d.system_prompt and example[0]["role"] != "system":
             example = [{"role": "system", "content": d.system_prompt}] + example
+        if kind in PREFERENCE_KINDS and d.system_prompt and \
+                example["prompt"][0]["role"] != "system":
+            example = {**example, "prompt": [{"role": "system", "content": d.system_prompt}]
+                       + example["prompt"]}
         key = json.dumps(example, ensure_ascii=False)
         if key in seen:
             report.duplicates += 1
@@ -159,6 +199,8 @@ def _normalize(records: list[RawRecord], fmt: str, d: DataConfig, tally: _Tally
 def _is_empty_prompt(example: Any, kind: str) -> bool:
     if kind == "messages":
         return any(not m["content"].strip() for m in example if m["role"] != "assistant")
+    if kind in PREFERENCE_KINDS:
+        return any(not m["content"].strip() for m in example["prompt"] if m["role"] != "assistant")
     if kind == "completion":
         return not example[0].strip()
     return False
@@ -177,6 +219,28 @@ def _word_counts(example: Any, kind: str, train_on_prompt: bool) -> tuple[int, i
     return total, total if train_on_prompt else trained
 
 
+def _word_row(where: str, example: Any, kind: str, d: DataConfig) -> dict[str, Any]:
+    """What the report counts of one record (as Encoder.__call__ gives it), in words."""
+    def words(messages: list[dict]) -> int:
+        return sum(len(m["content"].split()) for m in messages)
+
+    if kind in PREFERENCE_KINDS:   # answers only: train_on_prompt does not apply
+        answers = ["chosen", "rejected"] if kind == "preference" else ["completion"]
+        prompt = words(example["prompt"])
+        sides = [(prompt + words(example[a]), words(example[a])) for a in answers]
+    else:
+        sides = [_word_counts(example, kind, d.train_on_prompt)]
+    full = max(total for total, _ in sides)
+    row = {"where": where, "full_length": full, "length": min(full, d.max_seq_len),
+           "tokens": sum(min(total, d.max_seq_len) for total, _ in sides),
+           "trained": sum(trained for _, trained in sides),
+           "untrained": int(any(trained == 0 for _, trained in sides)), "answer_cut": 0,
+           "error": None}
+    if kind == "preference":
+        row["chosen_full_length"], row["rejected_full_length"] = (total for total, _ in sides)
+    return row
+
+
 def _build(path: str | os.PathLike, d: DataConfig, tokenizer, on_bad: str,
            fingerprint: str | None = None) -> tuple[datasets.Dataset | None, DataReport]:
     """Read, normalize, curate and tokenize one file (tokenizer None: count words only)."""
@@ -193,28 +257,28 @@ def _build(path: str | os.PathLike, d: DataConfig, tokenizer, on_bad: str,
             tally.bad(unreadable[0].where, unreadable[0].error)
         raise
     report.format, report.format_reason = fmt, reason
-    kind = FORMATS[fmt].kind
-    if d.system_prompt and kind != "messages":
+    kind = report.kind = FORMATS[fmt].kind
+    if d.system_prompt and kind not in CHAT_KINDS:
         report.notes.append(f"data.system_prompt is ignored for the {fmt} format (it has no "
                             "conversation to add it to)")
-    if tokenizer is not None and kind == "messages":
+    if d.train_on_prompt and kind in PREFERENCE_KINDS:
+        report.notes.append(f"data.train_on_prompt is ignored for {fmt} data: the preference "
+                            "objectives compare the answers, so only answer tokens carry loss")
+    if tokenizer is not None and kind in CHAT_KINDS:
         report.chat_template = ensure_chat_template(tokenizer)
 
     examples = _normalize(records, fmt, d, tally)
     if tokenizer is None:
         report.notes.append("no tokenizer was given, so lengths count whitespace-separated "
                             "words, not tokens (pass --model for token counts)")
-        counts = [_word_counts(ex, kind, d.train_on_prompt) for _, ex in examples]
-        rows = [{"where": w, "full_length": total, "trained": trained, "error": None,
-                 "length": min(total, d.max_seq_len)} for (w, _), (total, trained)
-                in zip(examples, counts)]
+        rows = [_word_row(w, ex, kind, d) for w, ex in examples]
         dataset = None
     else:
         dataset = _tokenize(examples, kind, d, tokenizer, path, fingerprint)
-        rows = [dict(zip(("where", "full_length", "trained", "error", "length"), values))
-                for values in zip(*(dataset[c] for c in ("where", "full_length", "trained",
-                                                         "error", "length")))]
-    keep, lengths = [], []
+        stats = _ROW_STATS + (("chosen_full_length", "rejected_full_length")
+                              if kind == "preference" else ())
+        rows = [dict(zip(stats, values)) for values in zip(*(dataset[c] for c in stats))]
+    keep, lengths, sides = [], [], ([], [])
     for i, (row, (_, example)) in enumerate(zip(rows, examples)):
         if row["error"]:
             tally.bad(row["where"], row["error"])
@@ -222,20 +286,44 @@ def _build(path: str | os.PathLike, d: DataConfig, tokenizer, on_bad: str,
             report.too_short += 1
         elif d.max_tokens is not None and row["full_length"] > d.max_tokens:
             report.too_long += 1
-        elif row["trained"] == 0:
+        elif row["untrained"]:
             report.no_trained_tokens += 1
         else:
             keep.append(i)
             lengths.append(row["full_length"])
             report.truncated += row["full_length"] > d.max_seq_len
+            report.truncated_answers += bool(row["answer_cut"])
             report.empty_fields += _is_empty_prompt(example, kind)
-            report.total_tokens += row["length"]
+            report.total_tokens += row["tokens"]
             report.trained_tokens += row["trained"]
+            if kind == "preference":
+                sides[0].append(row["chosen_full_length"])
+                sides[1].append(row["rejected_full_length"])
+                report.identical_pairs += example["chosen"] == example["rejected"]
+            elif kind == "kto":
+                report.desirable += example["desirable"]
+                report.undesirable += not example["desirable"]
     report.used = len(keep)
     fill_lengths(report, lengths)
+    if kind == "preference":
+        fill_side_lengths(report, *sides)
+    _preference_notes(report, fmt)
     if dataset is not None:
-        dataset = dataset.select(keep).select_columns(["input_ids", "labels", "length", "where"])
+        dataset = dataset.select(keep).select_columns(dataset_columns(kind))
     return dataset, report
+
+
+def _preference_notes(report: DataReport, fmt: str) -> None:
+    """The warnings preference data can earn: pairs without signal, one-sided kto labels."""
+    if report.identical_pairs:
+        n = report.identical_pairs
+        report.notes.append(f"{n} pair{'s have' if n > 1 else ' has'} the same chosen and "
+                            "rejected answer: such pairs carry no preference signal (the pair "
+                            "losses give them no gradient); fix or remove them")
+    if report.kind == "kto" and report.used and not (report.desirable and report.undesirable):
+        label = "true (desirable)" if report.desirable else "false (undesirable)"
+        report.notes.append(f"every used {fmt} record is labelled {label}: KTO learns from "
+                            "the contrast, so add completions with the other label")
 
 
 def _tokenize(examples: list[tuple[str, Any]], kind: str, d: DataConfig, tokenizer, path: str,
@@ -248,7 +336,7 @@ def _tokenize(examples: list[tuple[str, Any]], kind: str, d: DataConfig, tokeniz
     encoder = Encoder(tokenizer, kind, d.train_on_prompt, d.max_seq_len, path)
     with progress_bars(len(examples) > PARALLEL_THRESHOLD):
         return table.map(encoder, batched=True, batch_size=500, remove_columns=["example"],
-                         features=_features(), num_proc=_num_proc(len(examples)),
+                         features=_features(kind), num_proc=_num_proc(len(examples)),
                          new_fingerprint=fingerprint, desc=f"tokenizing {Path(path).name}")
 
 
@@ -263,6 +351,9 @@ def _load_or_build(path: str, d: DataConfig, tokenizer, cache_dir: Path,
         try:
             dataset = load_from_disk(str(folder / "dataset"))
             report = DataReport.from_dict(json.loads((folder / "report.json").read_text("utf-8")))
+            if dataset.column_names != dataset_columns(report.kind):
+                raise ValueError(f"its columns {dataset.column_names} are not those of "
+                                 f"{report.kind or 'unknown'} data")
             report.path, report.cache_hit = path, True
             log(f"data: {path}: cache hit ({folder.name}), not tokenizing again")
             return dataset, report
@@ -322,7 +413,8 @@ def prepare(cfg: TrainConfig, tokenizer, cache_dir: str | os.PathLike | None = N
     report.validation_records = len(validation) if validation is not None else 0
     log(f"data: {report.train_records} train and {report.validation_records} validation "
         f"examples; {report.trained_tokens:,} of {report.total_tokens:,} tokens carry loss")
-    return PreparedData(train=train, validation=validation, report=report, format=report.format)
+    return PreparedData(train=train, validation=validation, report=report, format=report.format,
+                        kind=report.kind)
 
 
 def normalized_examples(path: str | os.PathLike, d: DataConfig
@@ -378,27 +470,37 @@ def check_file(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def preview(records_path: str | os.PathLike, tokenizer, data_cfg: DataConfig | None = None,
-            n: int = 3) -> list[list[tuple[str, bool]]]:
+            n: int = 3) -> list[Any]:
     """The first n usable records as (token text, carries loss) pieces, truncated like training.
 
-    Bad records are passed over; the rendering is exactly what prepare() trains on.
+    Bad records are passed over; the rendering is exactly what prepare() trains on. A record is
+    a list of pieces, except for preference data, where it is a dict of both sides:
+        {"chosen": [(text, carries loss), ...], "rejected": [(text, carries loss), ...]}
+    (kto records are a list of pieces, prompt + completion, like the other formats.)
     """
     d = data_cfg or DataConfig()
     records = read_records(records_path, "skip")
     fmt, _ = _resolve_format(str(records_path), records, d.format)
     kind = FORMATS[fmt].kind
-    if kind == "messages":
+    if kind in CHAT_KINDS:
         ensure_chat_template(tokenizer)
     encoder = Encoder(tokenizer, kind, d.train_on_prompt, d.max_seq_len, str(records_path))
     report = DataReport(path=str(records_path))
-    shown: list[list[tuple[str, bool]]] = []
+
+    def marked(enc) -> list[tuple[str, bool]]:
+        pairs = list(zip(enc.pieces or [], (x != IGNORE_INDEX for x in enc.labels)))
+        return pairs[:d.max_seq_len]
+
+    shown: list[Any] = []
     for where, example in _normalize(records, fmt, d, _Tally(str(records_path), report, "skip")):
         if len(shown) >= n:
             break
         try:
-            enc = encoder.encode(example, where, with_pieces=True)
+            if kind == "preference":
+                chosen, rejected = encoder.encode_pair(example, where, with_pieces=True)
+                shown.append({"chosen": marked(chosen), "rejected": marked(rejected)})
+            else:
+                shown.append(marked(encoder.encode(example, where, with_pieces=True)))
         except RecordError:
             continue
-        pairs = list(zip(enc.pieces or [], (x != IGNORE_INDEX for x in enc.labels)))
-        shown.append(pairs[:d.max_seq_len])
     return shown

@@ -32,10 +32,16 @@ class DataReport:
     Lengths (length_*, histogram) are of the used records before truncation, in `length_unit`
     (tokens, or whitespace-separated words when no tokenizer was given); total_tokens and
     trained_tokens (those carrying loss) are after truncation.
+
+    Preference data (kind "preference"): a record is a pair; its length is its longer side,
+    total_tokens and trained_tokens count both sides, and chosen_length_* / rejected_length_*
+    are each side's (prompt + answer, before truncation). A pair is dropped as without trained
+    tokens when either side has none left. kto data counts desirable / undesirable records.
     """
 
     path: str
     format: str = ""
+    kind: str = ""                   # the kind: messages, completion, text, preference, kto
     format_reason: str = ""
     records: int = 0                 # read from the file, bad ones included
     used: int = 0                    # tokenized examples kept (train + validation split)
@@ -47,6 +53,7 @@ class DataReport:
     too_long: int = 0                # dropped: more than data.max_tokens
     no_trained_tokens: int = 0       # dropped: no response token left after truncation
     truncated: int = 0               # used records cut to max_seq_len
+    truncated_answers: int = 0       # ... of which lost trained (answer) tokens, on either side
     empty_fields: int = 0            # used records with an empty prompt-side field (kept)
     length_unit: str = "tokens"
     length_min: int = 0
@@ -64,6 +71,18 @@ class DataReport:
     max_seq_len: int = 0
     chat_template: str | None = None  # "tokenizer", "default", or None when not used
     notes: list[str] = field(default_factory=list)
+    # preference pairs (kind "preference"); 0 for other kinds and in older reports
+    identical_pairs: int = 0         # used pairs whose chosen == rejected (kept: no signal)
+    empty_sides: int = 0             # bad records (in skipped_bad) with an empty answer
+    chosen_length_median: float = 0
+    chosen_length_p95: int = 0
+    chosen_length_max: int = 0
+    rejected_length_median: float = 0
+    rejected_length_p95: int = 0
+    rejected_length_max: int = 0
+    # kto (kind "kto")
+    desirable: int = 0               # used records labelled true
+    undesirable: int = 0             # used records labelled false
     validation: DataReport | None = None  # the report of a separate data.validation file
 
     def to_dict(self) -> dict[str, Any]:
@@ -90,6 +109,16 @@ def fill_lengths(report: DataReport, lengths: list[int]) -> None:
     report.length_p99 = percentile(ordered, 0.99)
     report.length_mean = round(sum(ordered) / len(ordered), 2)
     report.histogram = histogram(ordered)
+
+
+def fill_side_lengths(report: DataReport, chosen: list[int], rejected: list[int]) -> None:
+    """Set a preference report's chosen_length_* and rejected_length_* from the used pairs'."""
+    for side, lengths in (("chosen", chosen), ("rejected", rejected)):
+        if lengths:
+            ordered = sorted(lengths)
+            setattr(report, f"{side}_length_median", statistics.median(ordered))
+            setattr(report, f"{side}_length_p95", percentile(ordered, 0.95))
+            setattr(report, f"{side}_length_max", ordered[-1])
 
 
 def percentile(ordered: list[int], share: float) -> int:
@@ -129,13 +158,32 @@ def format_report(report: DataReport) -> str:
     if r.duplicates and not r.dropped_duplicates:
         lines.append(f"Duplicates: {r.duplicates} found and kept (data.dedupe drops them)")
     lines.append(f"Truncated: {r.truncated} record(s) longer than {r.max_seq_len} {unit}")
+    if r.truncated_answers:
+        side = " on the chosen or rejected side" if r.kind == "preference" else ""
+        lines.append(f"Answers cut: {r.truncated_answers} record(s) lost trained {unit} to "
+                     f"truncation{side} (a larger data.max_seq_len keeps them)")
+    if r.kind == "preference":
+        lines.append(f"Identical pairs: {r.identical_pairs} (chosen == rejected: kept, but they "
+                     "carry no preference signal)")
+        lines.append(f"Empty answers: {r.empty_sides} bad record(s) with an empty chosen or "
+                     "rejected answer")
+        if r.used:
+            lines.append(f"Pair sides ({unit}, prompt + answer, before truncation): chosen "
+                         f"median {r.chosen_length_median:g}, p95 {r.chosen_length_p95}, max "
+                         f"{r.chosen_length_max}; rejected median {r.rejected_length_median:g}, "
+                         f"p95 {r.rejected_length_p95}, max {r.rejected_length_max}")
+    if r.kind == "kto":
+        lines.append(f"Labels:   {r.desirable} desirable, {r.undesirable} undesirable")
+        if r.empty_sides:
+            lines.append(f"Empty completions: {r.empty_sides} bad record(s)")
     if r.empty_fields:
         lines.append(f"Empty prompt fields: {r.empty_fields} record(s) (kept)")
     lines.append(f"{unit.capitalize()}: {r.total_tokens:,} total, {r.trained_tokens:,} trained "
                  "(carrying loss)")
     if r.used:
         p99 = f", p99 {r.length_p99}" if r.length_p99 else ""   # older reports lack it
-        lines.append(f"Length ({unit}, before truncation): min {r.length_min}, median "
+        longer = ", the longer side of each pair" if r.kind == "preference" else ""
+        lines.append(f"Length ({unit}, before truncation{longer}): min {r.length_min}, median "
                      f"{r.length_median:g}, p95 {r.length_p95}{p99}, max {r.length_max}, mean "
                      f"{r.length_mean:g}")
         most = max(c for _, _, c in r.histogram) or 1

@@ -76,6 +76,17 @@ def test_data_panel_reports_and_previews_with_loss_marks(tiny_model, examples):
     assert "<|im_end|>" in trained                  # the end of turn is trained
 
 
+def test_data_panel_previews_preference_pairs_side_by_side(tiny_model, examples):
+    values = _good(tiny_model, examples)
+    values["data.train"] = str(examples / "preference.jsonl")
+    html, _, records = handlers.data_panel(values)
+    assert "preference" in html and len(records) == handlers.PREVIEW_RECORDS
+    labels = [label for _, label in records[0]]
+    assert {"trained", "rejected", None} == set(labels)     # both answers, their own marks
+    texts = "".join(t for t, _ in records[0])
+    assert texts.index("chosen") < texts.index("rejected")
+
+
 def test_data_panel_shows_bad_records_with_line_numbers(tiny_model, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"instruction": "a", "output": "b"}\n{"instruction": "c"}\nnot json\n')
@@ -222,3 +233,21 @@ def test_another_users_run_is_not_used_for_their_estimate(home, tiny_model, exam
     assert "no finished run" in handlers.estimate_panel(values, alice)
     assert "per epoch" in handlers.estimate_panel(values, {"username": "bob", "is_admin": False})
     assert "per epoch" in handlers.estimate_panel(values, None)    # local mode sees all
+
+
+def test_the_form_offers_the_objective_and_only_its_settings(tiny_model, examples):
+    spec = form.widget_spec("train.objective")
+    assert spec["choices"] == ["sft", "dpo", "orpo", "kto", "simpo"]
+    values = _good(tiny_model, examples)
+    values.update({"train.objective": "dpo", "data.train": str(examples / "preference.jsonl"),
+                   "train.beta": 0.2, "train.dpo_loss_type": "ipo"})
+    cfg, problems = form.check_form(values)
+    assert not problems, problems
+    assert (cfg.train.objective, cfg.train.beta, cfg.train.dpo_loss_type) == ("dpo", 0.2, "ipo")
+    assert form.config_to_form(cfg)[form.FORM_KEYS.index("train.objective")] == "dpo"
+    shown = {k for k, objectives in form.OBJECTIVE_KEYS.items() if "kto" in objectives}
+    assert shown == {"train.beta", "train.kto_desirable_weight", "train.kto_undesirable_weight"}
+    values["train.objective"] = "kto"       # pairs cannot train kto: said at once, by key
+    _, problems = form.check_form({**values, "data.format": "preference",
+                                   "train.dpo_loss_type": "sigmoid"})
+    assert "data.format" in {p.key for p in problems}

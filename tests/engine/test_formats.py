@@ -62,7 +62,7 @@ def test_completion_and_text():
 def test_every_format_has_the_same_shape():
     for name, fmt in FORMATS.items():
         assert fmt.name == name and fmt.fields and callable(fmt.convert)
-        assert fmt.kind in ("messages", "completion", "text")
+        assert fmt.kind in ("messages", "completion", "text", "preference", "kto")
         assert fmt.convert.__doc__, f"{name} needs a docstring saying what it reads"
 
 

@@ -51,3 +51,16 @@ def test_training_asks_the_policy(monkeypatch):
     assert mixed_precision("auto") == "no"
     monkeypatch.setattr(precision, "this_device", lambda: ("cuda", False))
     assert mixed_precision("auto") == "fp16"
+
+
+def test_the_estimate_counts_the_reference_copy_of_full_preference_tuning():
+    cfg = TrainConfig()
+    cfg.model.name, cfg.method.kind, cfg.train.objective = "Qwen/Qwen2.5-0.5B-Instruct", "full", \
+        "dpo"
+    gpu = Device("cuda", "H100", 80 * GiB, 80 * GiB)
+    full = estimate_for(cfg, gpu)
+    assert full.parts["reference"] == full.parts["weights"]
+    cfg.method.kind = "lora"                # the reference is the model with its adapter off
+    assert "reference" not in estimate_for(cfg, gpu).parts
+    cfg.method.kind, cfg.train.objective = "full", "orpo"   # no reference at all
+    assert "reference" not in estimate_for(cfg, gpu).parts

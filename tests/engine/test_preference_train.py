@@ -1,0 +1,125 @@
+"""Preference tuning in the engine's own loop on the tiny model: each objective trains on the
+bundled preference (or KTO) examples and its held-out reward accuracy (KTO: margin) rises; the
+reference is the model with its adapter disabled (no second copy); a resumed run repeats an
+uninterrupted one; data that does not fit the objective is refused with the fix."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from engine.config import TrainConfig
+from engine.data import DataError
+from engine.reporter import ListReporter
+from engine.train import run
+from tests_paths import EXAMPLES
+
+
+def yes_no(folder: Path, objective: str, n: int = 80) -> Path:
+    """A preference the tiny model can learn and carry to held-out prompts: the answer "yes"
+    over "no" (the bundled word-task pairs need more than a 2-layer random model generalises)."""
+    words = "red green blue moon stone river apple kiwi melon deer lion owl".split()
+    path = folder / f"yes-{objective}.jsonl"
+    with path.open("w", encoding="utf-8") as f:
+        for i in range(n):
+            prompt = f"Is this a list of words? {' '.join(words[i % 12:i % 12 + 3])} {i}"
+            row = ({"prompt": prompt, "completion": "yes" if i % 2 else "no",
+                    "label": bool(i % 2)} if objective == "kto" else
+                   {"prompt": prompt, "chosen": "yes", "rejected": "no"})
+            f.write(json.dumps(row) + "\n")
+    return path
+
+
+def config(tiny_model, out: Path, objective: str, data: Path | None = None,
+           **train) -> TrainConfig:
+    cfg = TrainConfig()
+    cfg.model.name, cfg.output_dir = str(tiny_model), str(out)
+    cfg.data.train = str(data or EXAMPLES / ("kto.jsonl" if objective == "kto" else
+                                             "preference.jsonl"))
+    cfg.data.max_seq_len, cfg.data.val_fraction = 128, 0.2
+    cfg.train.objective = objective
+    cfg.train.batch_size, cfg.train.max_steps, cfg.train.lr = 8, 24, 1e-2
+    cfg.train.scheduler, cfg.train.warmup_ratio = "constant", 0.0
+    cfg.train.eval_every, cfg.train.save_every, cfg.train.eval_generate = 12, 0, "off"
+    for k, v in train.items():
+        setattr(cfg.train, k, v)
+    return cfg
+
+
+def evals(reporter: ListReporter) -> list[dict]:
+    return [r for r in reporter.records if "eval_loss" in r]
+
+
+@pytest.mark.parametrize("objective", ["dpo", "orpo", "simpo", "kto"])
+def test_each_objective_learns_to_prefer_the_right_answer(tiny_model, home, tmp_path,
+                                                         objective):
+    data = yes_no(tmp_path, objective)
+    reporter = ListReporter()
+    before = run(config(tiny_model, tmp_path / "zero", objective, data, max_steps=1, lr=1e-9),
+                 ListReporter())
+    result = run(config(tiny_model, tmp_path / "run", objective, data), reporter)
+    train = [r for r in reporter.records if "loss" in r]
+    assert {"reward_chosen", "reward_rejected"} <= set(train[-1])
+    last = evals(reporter)[-1]
+    # measured: held-out margin 0 -> 0.72 (dpo), 0.22 -> 4.3 (simpo), 0.01 -> 0.16 (orpo),
+    # 0 -> 0.36 (kto); accuracy 1.0 for every pair objective (dpo from 0.25)
+    start = before.metrics["eval_reward_margin"]
+    assert last["eval_reward_margin"] > start + 0.1, (objective, start, last)
+    if objective != "kto":
+        assert last["eval_reward_accuracy"] >= 0.9, last
+    if objective == "dpo":
+        assert before.metrics["eval_reward_accuracy"] < 0.5
+    assert train[-1]["loss"] < train[0]["loss"]
+    assert (tmp_path / "run" / "adapter" / "adapter_config.json").is_file()
+    assert result.steps == 24
+
+
+def test_the_reference_is_the_model_with_its_adapter_disabled(tiny_model, home, tmp_path):
+    from engine.preference import PreferenceLoss
+    from engine.train import make_loss, setup
+
+    session = setup(config(tiny_model, tmp_path / "run", "dpo", yes_no(tmp_path, "dpo")),
+                    ListReporter())
+    loss = session.loss_of
+    assert isinstance(loss, PreferenceLoss) and loss.reference is None   # no second copy
+    assert loss.model is session.unwrapped      # the one model in memory serves both
+    batch = session.train_batches.collate(session.train_batches.plan(0)[0])
+    with torch.no_grad(), session.unwrapped.disable_adapter():
+        plain = loss._logps(session.unwrapped, batch, grad=False)[0]
+    assert torch.equal(loss._reference(batch), plain)
+    # full fine-tuning has no adapter to disable: a frozen copy, counted by the estimate
+    cfg = config(tiny_model, tmp_path / "full", "dpo", yes_no(tmp_path, "dpo"))
+    cfg.method.kind = "full"
+    full = make_loss(cfg, session.unwrapped.get_base_model(), session.accelerator, {},
+                     lambda line: None)
+    assert full.reference is not None
+    assert not any(p.requires_grad for p in full.reference.parameters())
+
+
+def test_a_resumed_dpo_run_repeats_an_uninterrupted_one(tiny_model, home, tmp_path):
+    whole = ListReporter()
+    run(config(tiny_model, tmp_path / "a", "dpo", max_steps=8, eval_every=0), whole)
+    cfg = config(tiny_model, tmp_path / "b", "dpo", max_steps=8, eval_every=0, save_every=4)
+    run(cfg, ListReporter(stop_after_step=4))
+    cfg.train.resume_from = "latest"
+    rest = ListReporter()
+    run(cfg, rest)
+    first = {r["step"]: r["loss"] for r in whole.records if "loss" in r}
+    again = {r["step"]: r["loss"] for r in rest.records if "loss" in r}
+    assert sorted(again) == [5, 6, 7, 8]
+    for step, value in again.items():
+        assert value == pytest.approx(first[step], rel=1e-5, abs=1e-6), step
+
+
+def test_data_that_does_not_fit_the_objective_is_refused(tiny_model, home, tmp_path):
+    cfg = config(tiny_model, tmp_path / "a", "dpo")
+    cfg.data.train = str(EXAMPLES / "kto.jsonl")
+    with pytest.raises(DataError, match="train.objective=dpo needs preference records"):
+        run(cfg, ListReporter())
+    cfg = config(tiny_model, tmp_path / "b", "dpo")
+    cfg.train.objective = "sft"
+    with pytest.raises(DataError, match="set train.objective to dpo, orpo or simpo"):
+        run(cfg, ListReporter())
