@@ -8,7 +8,7 @@ Use from Python:
 The UI's tooltips, `ftstudio config --keys` and the README table all read `help_for(key)`,
 so the text below is the only place a setting is explained.
 
-About 700 lines: the four typed sections with the help text of every field, their coercion and
+About 750 lines: the four typed sections with the help text of every field, their coercion and
 their validation are the config contract, and live together so a field and its checks are
 changed in one place.
 """

@@ -66,8 +66,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-#: labels at positions that carry no loss (== engine.data.IGNORE_INDEX)
-IGNORE_INDEX = -100
+from engine.data import IGNORE_INDEX
+
 DPO_LOSS_TYPES = ("sigmoid", "ipo", "hinge")
 
 

@@ -12,7 +12,7 @@ carries loss in those micro-batches on every process. Data order, dropout and NE
 from seeded RNGs that checkpoints save, so a resumed run repeats an uninterrupted one exactly.
 Only the main process reports and writes files.
 
-About 500 lines, on purpose: `run` is setup -> fit -> finish (the first 200 lines, the loop on
+About 550 lines, on purpose: `run` is setup -> fit -> finish (the first 200 lines, the loop on
 one screen), followed by the evaluation, checkpoint and batching helpers they call, so the whole
 path of a step can be read in one file.
 """

@@ -43,6 +43,9 @@ counts both sides: a batch of B pairs costs 2B x its longest side.
 kto data (the dataset has desirable): one record per row as without packing (packing is
 refused), plus "desirable", a bool tensor [B] (collate_kto); kto_mismatched builds the
 mismatched (prompt i, completion i-1) batch KTO's KL estimate needs.
+
+About 500 lines: planning (best-fit packing, token budgets, equal batch counts across
+processes) and collation (padded, packed, pairs, KTO) of one Batches object belong together.
 """
 
 from __future__ import annotations

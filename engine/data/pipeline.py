@@ -52,6 +52,9 @@ shows it). Tokenized data is cached (engine/data/cache.py) under `cache_dir` (de
 $FTSTUDIO_HOME/cache), keyed by the sha256 of the file, the tokenizer (name, vocab, chat template) and
 the data settings that change tokens and the data's kind (engine/data/cache.py says how); a second
 run loads it instead of tokenizing again.
+
+About 500 lines: the path a file takes (read, normalize, curate, tokenize, split, report) is
+one pipeline, kept on one page; reading, formats, encoding and the cache are their own modules.
 """
 
 from __future__ import annotations

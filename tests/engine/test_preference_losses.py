@@ -409,4 +409,5 @@ def test_engine_does_not_import_trl():
                 if isinstance(node, ast.Import) for alias in node.names}
     imported |= {node.module.split(".")[0] for node in ast.walk(tree)
                  if isinstance(node, ast.ImportFrom) and node.module}
-    assert "trl" not in imported and imported <= {"__future__", "torch", "typing", "contextlib"}
+    assert "trl" not in imported and imported <= {"__future__", "torch", "typing", "contextlib",
+                                                  "engine"}
