@@ -197,10 +197,20 @@ def prompt_ids(tokenizer, example: EvalExample) -> list[int]:
         text = example.prompt
     ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
     bos = tokenizer.bos_token_id
-    probe = tokenizer("a", add_special_tokens=True)["input_ids"]
-    if bos is not None and probe and probe[0] == bos and not (ids and ids[0] == bos):
+    if _adds_bos(tokenizer) and not (ids and ids[0] == bos):
         ids = [bos] + ids
     return ids
+
+
+def _adds_bos(tokenizer) -> bool:
+    """Whether the tokenizer puts a BOS in front by default (asked once per tokenizer)."""
+    known = getattr(tokenizer, "_ftstudio_adds_bos", None)
+    if known is None:
+        bos = tokenizer.bos_token_id
+        probe = tokenizer("a", add_special_tokens=True)["input_ids"]
+        known = bos is not None and bool(probe) and probe[0] == bos
+        tokenizer._ftstudio_adds_bos = known
+    return known
 
 
 def default_max_new_tokens(tokenizer, examples: list[EvalExample]) -> int:
@@ -283,11 +293,21 @@ def score(examples: list[EvalExample], base: list[Answer] | None, tuned: list[An
         if base is not None:
             row.update(base=base[i].text, base_stopped=base[i].stopped,
                        base_scores=base_scores[i])
+        row["changed"] = changed(row)
         row["change"] = change_of(row)
         rows.append(row)
     return {"version": VERSION, "step": step, "n": len(examples), "source": source,
             "max_new_tokens": max_new_tokens, "seconds": seconds, "metrics": summary,
             "created_at": time.time(), **facts, "rows": rows}
+
+
+def changed(row: dict[str, Any]) -> bool:
+    """Whether the tuned answer differs from the base's after normalisation (False without a
+    base); the one rule the table's "changed" filter and the store's column use."""
+    if "changed" in row:
+        return bool(row["changed"])
+    return "base" in row and row["base"] is not None and \
+        normalize_answer(row["base"]) != normalize_answer(row["tuned"])
 
 
 def change_of(row: dict[str, Any]) -> str:
@@ -302,7 +322,7 @@ def change_of(row: dict[str, Any]) -> str:
         return "improved"
     if key < 0:
         return "worse"
-    if normalize_answer(row["base"]) != normalize_answer(row["tuned"]):
+    if changed(row):
         return "changed" if t["exact_match"] else "still wrong"
     return "same" if t["exact_match"] else "still wrong"
 
@@ -311,8 +331,7 @@ def filter_rows(rows: list[dict[str, Any]], which: str) -> list[dict[str, Any]]:
     """The table's filters: all, changed (the answer differs from the base's), still wrong
     (tuned is not an exact match; was not either), got worse."""
     if which == "changed":
-        return [r for r in rows if "base" in r and
-                normalize_answer(r["base"]) != normalize_answer(r["tuned"])]
+        return [r for r in rows if changed(r)]
     if which == "still wrong":
         return [r for r in rows if not r["tuned_scores"]["exact_match"] and
                 not (r.get("base_scores") or {}).get("exact_match")]

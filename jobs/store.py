@@ -590,7 +590,7 @@ def add_eval(db: Database, job_id: str, record: dict[str, Any], *, kind: str,
     """Store one engine.evaluation record of training job `job_id` (kind "end": at the end of
     training, "job": an eval job `eval_job`); returns its id. A job's newest evaluation of a
     kind replaces nothing: every one is kept, newest first in evals()."""
-    from engine.metrics import normalize_answer
+    from engine.evaluation import changed
 
     with transaction(db):
         cur = db.execute(
@@ -605,8 +605,7 @@ def add_eval(db: Database, job_id: str, record: dict[str, Any], *, kind: str,
             base, bs, ts = r.get("base"), r.get("base_scores") or {}, r["tuned_scores"]
             rows.append((eval_id, r["index"], r["where"], r["prompt"], r["reference"], base,
                          r["tuned"], r["change"],
-                         int(base is not None and normalize_answer(base) !=
-                             normalize_answer(r["tuned"])),
+                         int(changed(r)),
                          bs.get("exact_match"), ts["exact_match"], bs.get("token_f1"),
                          ts["token_f1"], json.dumps({k: r.get(k) for k in (
                              "base_scores", "tuned_scores", "base_stopped", "tuned_stopped",
