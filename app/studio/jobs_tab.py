@@ -39,6 +39,10 @@ class JobsTab:
     table_timer: Any
 
 
+#: the job page's own outputs, session to log (then the Export and Evaluation sections')
+JOB_OUTPUTS = 12
+
+
 def _plot(title: str, y: str, color: str | None = None, elem_id: str | None = None):
     return gr.LinePlot(x="step", y="value", color=color, title=title, x_title="step",
                        y_title=y, height=250, elem_id=elem_id, tooltip="all",
@@ -87,6 +91,15 @@ def build() -> JobsTab:
         gen = gr.LinePlot(x="step", y="value", color="series", title="Held-out answers of the "
                           "tuned model (train.eval_generate)", x_title="step", y_title="%",
                           height=230, elem_id="gen-plot", tooltip="all", visible=False)
+        with gr.Row(visible=False, elem_id="reward-row") as reward_row:   # preference jobs
+            rewards = gr.LinePlot(x="step", y="value", color="series", title="Rewards "
+                                  "(train.objective: policy vs reference)", x_title="step",
+                                  y_title="reward", height=250, elem_id="reward-plot",
+                                  tooltip="all")
+            accuracy = gr.LinePlot(x="step", y="value", color="series", title="Reward accuracy "
+                                   "(pairs whose chosen answer wins)", x_title="step",
+                                   y_title="%", height=250, elem_id="reward-accuracy-plot",
+                                   tooltip="all")
         with gr.Accordion("Log", open=True):
             log = gr.Textbox(show_label=False, lines=10, max_lines=10, autoscroll=True,
                              interactive=False, elem_id="log-tail")
@@ -102,17 +115,20 @@ def build() -> JobsTab:
     with gr.Accordion("Compare jobs", open=False, elem_id="compare"):
         compare_picker = gr.Dropdown(choices=[], multiselect=True, label="Jobs to overlay",
                                      elem_id="compare-picker")
+        compare_metric = gr.Dropdown(choices=list(jobview.COMPARED), value="training loss",
+                                     label="Metric", elem_id="compare-metric")
         compare_plot = gr.LinePlot(x="step", y="loss", color="job", height=320,
-                                   title="Smoothed training loss (and eval loss)",
-                                   elem_id="compare-plot")
+                                   title="Smoothed, with its eval value as a second line",
+                                   y_title="value", elem_id="compare-plot")
         compare_evals = gr.Dataframe(interactive=False, wrap=False, elem_id="compare-evals",
                                      label="Generation evaluation, newest of each job "
                                            "(base → tuned)")
     remembered = gr.BrowserState(None, storage_key="ftstudio-job")
     timer, table_timer = gr.Timer(TICK), gr.Timer(TABLE_TICK)
-    outputs = [session, header, progress, loss, eval_loss, lr, tps, gen, log] + \
-        export.outputs + \
-        evaluation.outputs
+    outputs = [session, header, progress, loss, eval_loss, lr, tps, gen, reward_row, rewards,
+               accuracy, log]
+    assert len(outputs) == JOB_OUTPUTS
+    outputs += export.outputs + evaluation.outputs
     tab = JobsTab(table, status_filter, job_picker, session, remembered, clone, compare_picker,
                   export, evaluation, outputs, timer, table_timer)
 
@@ -157,16 +173,18 @@ def build() -> JobsTab:
                        (dl_csv, jobview.metrics_csv)):
         button.click(_download(fn), [job_picker, downloads], [downloads, message],
                      api_visibility="private")
-    compare_picker.change(compare, compare_picker, [compare_plot, compare_evals],
-                          api_visibility="private")
+    gr.on([compare_picker.change, compare_metric.change], compare,
+          [compare_picker, compare_metric], [compare_plot, compare_evals],
+          api_visibility="private")
     return tab
 
 
-def compare(ids, request: gr.Request = None):
+def compare(ids, metric="training loss", request: gr.Request = None):
     if not ids:
         return None, None
     actor = actor_of(request)
-    return jobview.compare_frame(ids, actor=actor), eval_panel.compare_frame(ids, actor)
+    return (jobview.compare_frame(ids, actor=actor, metric=metric),
+            eval_panel.compare_frame(ids, actor))
 
 
 def _download(fn):
@@ -196,13 +214,16 @@ def _outputs(session, job) -> list[Any]:
              for k in ("loss", "eval_loss", "lr", "tokens_per_s")]
     gen = gr.update(value=f["gen"] if len(f["gen"]) else None, x_lim=span,
                     visible=bool(len(f["gen"])))     # only jobs that score their answers
+    prefer = bool(len(f["rewards"]))                 # only preference-tuning jobs
+    rewards = [gr.update(value=f[k] if len(f[k]) else None, x_lim=span)
+               for k in ("rewards", "accuracy")]
     return [session, jobview.header_html(job), jobview.progress_html(session, job), *plots, gen,
-            log]
+            gr.update(visible=prefer), *rewards, log]
 
 
 def tick(session, jid, request: gr.Request = None):
     """Only what changed: the charts and log of the job, its Evaluation and Export sections."""
-    skip_job, skip_export = [gr.skip()] * 8, [gr.skip()] * export_panel.OUTPUTS
+    skip_job, skip_export = [gr.skip()] * (JOB_OUTPUTS - 1), [gr.skip()] * export_panel.OUTPUTS
     skip_eval = [gr.skip()] * eval_panel.OUTPUTS
     if not jid:
         return [gr.skip()] + skip_job + skip_export + skip_eval

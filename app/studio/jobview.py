@@ -31,7 +31,20 @@ GEN_CHARTED = {"gen_exact_match": "exact match", "gen_token_f1": "token F1",
 #: the throughput chart's two series: tokens that carry loss, and every real token computed
 #: (prompts included: the figure other tools report)
 RATES = {"tokens_per_s": "trained tokens/s", "total_tokens_per_s": "all tokens/s"}
-CHARTED = ("loss", "eval_loss", "lr", *RATES, "total_steps", *GEN_CHARTED)  # kept
+#: preference tuning (train.objective dpo/orpo/simpo/kto, engine.preference): the implicit
+#: rewards of the chosen and rejected answers and their margin, on training and eval pairs
+REWARDS = {"reward_chosen": "chosen", "reward_rejected": "rejected",
+           "reward_margin": "margin", "eval_reward_margin": "eval margin"}
+#: the share of pairs whose chosen answer wins, in percent
+ACCURACY = {"reward_accuracy": "train", "eval_reward_accuracy": "eval"}
+CHARTED = ("loss", "eval_loss", "lr", *RATES, "total_steps", *GEN_CHARTED, *REWARDS,
+           *ACCURACY)  # kept
+#: what Compare jobs can overlay: label -> (metric, its eval twin or None, scale)
+COMPARED = {"training loss": ("loss", "eval_loss", 1.0),
+            "reward margin": ("reward_margin", "eval_reward_margin", 1.0),
+            "reward accuracy (%)": ("reward_accuracy", "eval_reward_accuracy", 100.0),
+            "chosen reward": ("reward_chosen", None, 1.0),
+            "rejected reward": ("reward_rejected", None, 1.0)}
 LOG_LINES = 300
 SERVED_COPY_TTL_S = 3600       # served_copy folders older than this go when a new one is made
 TABLE_COLUMNS = ["ID", "Name", "Status", "Progress", "ETA", "Started", "Duration", "Owner",
@@ -248,8 +261,9 @@ STEP_VALUE = {"step": "int64", "value": "float64"}
 
 def frames(session: dict[str, Any]) -> dict[str, Any]:
     """The chart frames: loss (raw and smoothed), eval loss, learning rate, tokens/s, and the
-    generation metrics (the tuned model's answers, in percent: one point per evaluation); at
-    most twice CHART_POINTS points per series (Curve.points)."""
+    generation metrics (the tuned model's answers, in percent: one point per evaluation), and
+    for preference tuning the rewards and reward accuracy (percent); at most twice CHART_POINTS
+    points per series (Curve.points)."""
     loss = curve(session, "loss")
     rows = [{"step": s, "value": v, "series": "raw"} for s, v in loss.points()] + \
         [{"step": s, "value": v, "series": "smoothed"} for s, v in loss.smoothed()]
@@ -264,6 +278,13 @@ def frames(session: dict[str, Any]) -> dict[str, Any]:
     out["gen"] = frame([{"step": s, "value": v * 100, "series": label}
                         for name, label in GEN_CHARTED.items()
                         for s, v in series(session, name)], {**STEP_VALUE, "series": "str"})
+    out["rewards"] = frame([{"step": s, "value": v, "series": label}
+                            for name, label in REWARDS.items()
+                            for s, v in series(session, name)], {**STEP_VALUE, "series": "str"})
+    out["accuracy"] = frame([{"step": s, "value": v * 100, "series": label}
+                             for name, label in ACCURACY.items()
+                             for s, v in series(session, name)],
+                            {**STEP_VALUE, "series": "str"})
     return out
 
 
@@ -312,24 +333,28 @@ def header_html(job: dict[str, Any] | None) -> str:
 # --------------------------------------------------------------------------- compare
 
 
-def compare_frame(job_ids: list[Any], actor: Any = None):
-    """Smoothed training loss of several jobs on one chart (and eval loss as points)."""
+def compare_frame(job_ids: list[Any], actor: Any = None, metric: str = "training loss"):
+    """One metric of several jobs on one chart (COMPARED: smoothed, with its eval twin as
+    points): training loss by default, or a preference job's reward margin, accuracy, or
+    chosen and rejected rewards. A job without the metric adds nothing."""
+    name, twin, scale = COMPARED.get(metric) or COMPARED["training loss"]
     api, rows = _api(), []
     for jid in job_ids or []:
         try:
-            seed = api.metric_buckets(parse_id(jid), CHART_POINTS, names=("loss", "eval_loss"),
-                                      actor=actor)
+            seed = api.metric_buckets(parse_id(jid), CHART_POINTS,
+                                      names=tuple(n for n in (name, twin) if n), actor=actor)
         except (KeyError, LookupError, ValueError):   # gone, or not the actor's
             continue
         found = curves(seed)
-        loss, evals = found.get("loss") or Curve(), found.get("eval_loss") or Curve()
+        main, evals = found.get(name) or Curve(), found.get(twin) or Curve()
         label = f"#{jid}"
         try:
             label = job_label(api.get(parse_id(jid), actor=actor)).rsplit(" · ", 1)[0]
         except Exception:  # noqa: BLE001 - a deleted job keeps its number as label
             pass
-        rows += [{"step": a, "loss": v, "job": label} for a, v in loss.smoothed()]
-        rows += [{"step": a, "loss": v, "job": f"{label} (eval)"} for a, v in evals.points()]
+        rows += [{"step": a, "loss": v * scale, "job": label} for a, v in main.smoothed()]
+        rows += [{"step": a, "loss": v * scale, "job": f"{label} (eval)"}
+                 for a, v in evals.points()]
     return frame(rows, {"step": "int64", "loss": "float64", "job": "str"})
 
 

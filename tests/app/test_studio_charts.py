@@ -227,3 +227,35 @@ def test_a_resumed_job_redraws_the_steps_past_its_checkpoint(home):
     assert list(raw["step"]) == list(range(1, 26))
     assert list(raw["value"])[20:] == [7.0] * 5
     assert list(raw["value"])[:20] == [value("loss", s) for s in range(1, 21)]
+
+
+def test_a_preference_job_charts_its_rewards_and_compare_overlays_them(home):
+    """The reward and reward-accuracy charts fill from the metrics a preference job writes
+    (engine.preference), accuracy in percent; an SFT job has none, so its page hides them; and
+    Compare jobs overlays the reward accuracy of two jobs with each one's eval line."""
+    with store.connect() as db:
+        dpo, sft = running_job(db), running_job(db)
+        for n in range(1, 21):
+            store.add_metrics(db, dpo, {"step": n, "loss": 0.7 - n / 100,
+                                        "reward_chosen": n / 10, "reward_rejected": -n / 20,
+                                        "reward_margin": n * 0.15,
+                                        "reward_accuracy": min(1.0, n / 10)}, attempt=1)
+            store.add_metrics(db, sft, {"step": n, "loss": 2.0 - n / 50}, attempt=1)
+            if n % 10 == 0:
+                store.add_metrics(db, dpo, {"step": n, "eval_reward_margin": n / 8,
+                                            "eval_reward_accuracy": n / 20}, attempt=1)
+        store.publish_metrics(db, dpo, 20, attempt=1)
+        store.publish_metrics(db, sft, 20, attempt=1)
+    f = jobview.frames(jobview.poll(None, dpo)[0])
+    assert set(f["rewards"]["series"]) == {"chosen", "rejected", "margin", "eval margin"}
+    acc = f["accuracy"]
+    assert set(acc["series"]) == {"train", "eval"}
+    assert acc[acc["series"] == "eval"]["value"].tolist() == [50.0, 100.0]
+    assert acc[acc["series"] == "train"]["value"].max() == 100.0
+    plain = jobview.frames(jobview.poll(None, sft)[0])
+    assert len(plain["rewards"]) == 0 and len(plain["accuracy"]) == 0
+    both = jobview.compare_frame([dpo, sft], metric="reward accuracy (%)")
+    assert set(both["job"]) == {f"#{dpo} · long", f"#{dpo} · long (eval)"}   # sft has none
+    assert both[both["job"] == f"#{dpo} · long (eval)"]["loss"].tolist() == [50.0, 100.0]
+    losses = jobview.compare_frame([dpo, sft])                  # the default: training loss
+    assert {f"#{dpo} · long", f"#{sft} · long"} <= set(losses["job"])

@@ -97,7 +97,7 @@ def test_running_jobs_have_no_section_and_the_job_page_carries_it(home):
     job = _finished_job()
     _evaluated(job, BASE, TUNED, REFS)
     outputs = jobs_tab.select_job(job, jobview.new_session())
-    n = 9 + 4
+    n = jobs_tab.JOB_OUTPUTS + 4
     assert outputs[n]["visible"] is True and "exact match 40%" in outputs[n + 1]
     with store.connect() as db:
         running = store.new_id()

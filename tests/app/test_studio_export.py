@@ -162,10 +162,10 @@ def test_export_jobs_stay_out_of_the_table_and_show_under_their_parent(home):
     assert jobview.table()["ID"].tolist() == [job_id]
     assert [v for _, v in jobview.choices()] == [job_id]
     outputs = jobs_tab.select_job(job_id, jobview.new_session())
-    n = 9 + export_panel.OUTPUTS + eval_panel.OUTPUTS
+    n = jobs_tab.JOB_OUTPUTS + export_panel.OUTPUTS + eval_panel.OUTPUTS
     assert len(outputs) == n + 7 and outputs[n] == job_id
     session = outputs[0]
-    assert "waiting for a worker" in outputs[10]
+    assert "waiting for a worker" in outputs[jobs_tab.JOB_OUTPUTS + 1]
     again = jobs_tab.tick(session, job_id)          # nothing changed: every output skipped
     assert len(again) == n
     assert all(isinstance(o, dict) and o.get("__type__") == "update" and len(o) == 1
