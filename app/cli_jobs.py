@@ -130,6 +130,8 @@ def jobs_show(job_id: str, as_json: bool) -> None:
     click.echo(f"{'progress:':12} {_progress(job)}")
     for key in ("created_at", "started_at", "finished_at"):
         click.echo(f"{key.removesuffix('_at') + ':':12} {_when(job[key])}")
+    if job.get("parent") and job["kind"] == "train":
+        click.echo(f"{'continues:':12} job {job['parent']} (its adapter merged into the start)")
     for key in ("error", "hint", "output_dir", "adapter_dir"):
         if job.get(key):
             click.echo(f"{key + ':':12} {job[key]}")
@@ -218,3 +220,31 @@ def jobs_delete(job_id: str, yes: bool) -> None:
     with clean_errors():
         api.delete(job_id)
     click.echo(f"job {job_id} deleted")
+
+
+@jobs_group.command("continue")
+@click.argument("job_id")
+@click.option("--data", required=True, type=click.Path(dir_okay=False),
+              help="Preference data: prompt/chosen/rejected records (prompt/completion/label "
+                   "for kto).")
+@click.option("--objective", default="dpo", show_default=True,
+              type=click.Choice(["dpo", "orpo", "simpo", "kto"]), help="train.objective.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a config key of the new job, e.g. --set train.beta=0.2.")
+@click.option("--name", default=None, help="The new job's name (default: SFT name-objective).")
+@click.option("--json", "as_json", is_flag=True, help="Print the new job as JSON.")
+def jobs_continue(job_id: str, data: str, objective: str, overrides: tuple[str, ...],
+                  name: str | None, as_json: bool) -> None:
+    """Continue a finished SFT job with preference tuning: a new job that trains a fresh
+    adapter on the SFT model (the SFT adapter merged into its base, which is also the
+    reference), with the SFT job's settings and a tenth of its lr."""
+    from jobs.continuation import continue_with_preference
+
+    with clean_errors():
+        job = continue_with_preference(job_id, data, objective, name=name,
+                                       overrides=list(overrides))
+    if as_json:
+        _echo_json(job)
+    else:
+        click.echo(f"queued job {job['id']} ({job['name']}): {objective} from job {job_id}'s "
+                   f"model; follow it with `ftstudio jobs logs {job['id']} --follow`")

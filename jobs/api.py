@@ -39,6 +39,10 @@ from jobs import access, store, tasks
 from jobs.reports import kept_report, measured_throughput, report_for, time_estimate
 from jobs.store import ACTIVE, FINISHED, STATUSES, JobError, JobNotFound
 
+#: a continued job's starting point, in its own folder: its parent's adapter merged into the
+#: parent's base (jobs.runner writes it before training; jobs.continuation)
+START_MODEL = "start_model"
+
 __all__ = ["STATUSES", "ACTIVE", "FINISHED", "submit", "export", "evaluate", "finished_with_adapter", "job_eval", "eval_csv",
            "list_jobs", "get", "metrics", "metric_buckets", "measured_throughput",
            "report_for", "kept_report", "time_estimate", "logs", "cancel", "resume", "clone",
@@ -47,17 +51,24 @@ __all__ = ["STATUSES", "ACTIVE", "FINISHED", "submit", "export", "evaluate", "fi
 
 
 def submit(config: TrainConfig | dict, owner: str | None = None, priority: int = 0,
-           name: str | None = None, actor: dict | None = None) -> dict[str, Any]:
+           name: str | None = None, actor: dict | None = None, parent: str | None = None
+           ) -> dict[str, Any]:
     """Validate (every problem at once, as ConfigError), record the job as queued, enqueue it.
     Relative model and data paths are made absolute so the worker finds them. With an actor the
     job is theirs (an admin may name another owner), the config must pass jobs.access (remote
-    code, which files) and a non-admin may have at most FTSTUDIO_MAX_QUEUED_PER_USER queued."""
+    code, which files) and a non-admin may have at most FTSTUDIO_MAX_QUEUED_PER_USER queued.
+
+    parent: a finished training job this one starts from (jobs.continuation): the config names
+    the parent's base, and is checked so; the job then trains from START_MODEL in its own
+    folder, which the runner makes first by merging the parent's adapter into that base."""
     owner = access.owner_of(actor, owner)
     cfg = from_dict(config) if isinstance(config, dict) else config.copy()
     job_id = store.new_id()
     cfg.output_dir = str(store.job_dir(job_id))
     _absolute_paths(cfg)
     problems = access.screened(cfg, actor, validate(cfg))  # the access rules first
+    if parent is not None:
+        cfg.model.name = str(store.job_dir(job_id) / START_MODEL)
     if cfg.train.resume_from == "latest":
         problems.append(Problem("train.resume_from", "latest: a new job has no checkpoints; "
                                 "to continue a job use `ftstudio jobs resume ID`, or name a "
@@ -67,7 +78,7 @@ def submit(config: TrainConfig | dict, owner: str | None = None, priority: int =
     with store.connect() as db:
         access.check_queue_limit(db, actor)
         store.insert_job(db, config=cfg.to_dict(), name=name, owner=owner,
-                         priority=int(priority), job_id=job_id)
+                         priority=int(priority), job_id=job_id, parent=parent)
         _enqueue_or_fail(db, job_id, priority)
         return _public(store.get_job(db, job_id))
 
@@ -340,18 +351,28 @@ def clone(job_id: str, *, name: str | None = None, owner: str | None = None,
         else:
             raise ConfigError([Problem(key, "unknown change; pass a dotted key such as "
                                             "train.lr or a section dict such as train={...}")])
+    parent = job.get("parent")
+    if parent:            # continued (jobs.continuation): merged again from the same parent
+        try:
+            data["model"] = {**data["model"],
+                             "name": get(parent, actor=actor)["config"]["model"]["name"]}
+        except JobNotFound:
+            raise JobError(f"job {job_id} continued job {parent}, which is deleted, so its "
+                           "starting point cannot be made again; continue another finished "
+                           "job instead") from None
     cfg = apply_overrides(from_dict(data), overrides)
     return submit(cfg, owner=owner or (job["owner"] if actor is None else None),
                   priority=job["priority"] if priority is None else priority,
-                  name=name or f"{job['name']}-copy", actor=actor)
+                  name=name or f"{job['name']}-copy", actor=actor, parent=parent)
 
 
 def delete(job_id: str, actor: dict | None = None) -> dict[str, Any]:
-    """Remove a job's rows and its folder, and its finished export and eval jobs; refused while
-    it or an export or eval of it is queued or running (cancel it first)."""
+    """Remove a job's rows and its folder, and its finished export and eval jobs (a training job
+    continued from it keeps its own merged start); refused while it or an export or eval of it
+    is queued or running (cancel it first)."""
     with store.connect() as db:
         job = _job(db, job_id, actor)
-        exports = store.list_jobs(db, parent=job_id)
+        exports = [e for e in store.list_jobs(db, parent=job_id) if e["kind"] != "train"]
         busy = [e["id"] for e in exports if e["status"] in store.ACTIVE]
         if busy:
             raise JobError(f"job {job_id} has an export or eval queued or running "

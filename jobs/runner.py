@@ -175,7 +175,43 @@ def _prepare(job: dict, out: Path, reporter: StoreReporter, main_rank: bool):
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")
         scrub_run_folder(out)
+    if job.get("parent"):
+        _start_model(job, Path(cfg.model.name), reporter, main_rank)
     return cfg
+
+
+def _start_model(job: dict, start: Path, reporter: StoreReporter, main_rank: bool) -> None:
+    """A continued job (jobs.continuation) trains from its parent's adapter merged into the
+    parent's base: written once into `start` (jobs.api.START_MODEL) by the main process, through
+    a temporary folder so a crash leaves no half model; a resumed attempt finds it made. Other
+    processes (accelerate launch) wait for it."""
+    import shutil
+
+    if (start / "config.json").is_file():
+        return
+    if not main_rank:
+        while not (start / "config.json").is_file():
+            time.sleep(1.0)
+        return
+    from engine.export import ExportError, export
+
+    parent_id = job["parent"]
+    try:
+        parent = store.get_job(reporter.db, parent_id)
+    except store.JobNotFound:
+        raise RuntimeError(f"job {parent_id}, which this job continues, is deleted before its "
+                           "adapter was merged into the starting point; continue another "
+                           "finished job") from None
+    reporter.on_log(f"start: merging the adapter of job {parent_id} into its base, the "
+                    f"starting point and reference of this job -> {start.name}/")
+    partial = start.with_name(start.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        export(store.folder_of(parent), "merged", out=partial, log=reporter.on_log)
+    except ExportError as exc:
+        raise ExportError(f"cannot make the starting point from job {parent_id}: {exc}") \
+            from None
+    partial.rename(start)
 
 
 def _train(cfg, reporter: StoreReporter):

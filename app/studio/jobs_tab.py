@@ -15,7 +15,7 @@ from typing import Any
 
 import gradio as gr
 
-from app.studio import eval_panel, export_panel, form, jobview, render
+from app.studio import continue_panel, eval_panel, export_panel, form, jobview, render
 from app.studio.session import actor as actor_of
 
 TICK = 1.5          # seconds between live-chart polls
@@ -40,7 +40,7 @@ class JobsTab:
 
 
 #: the job page's own outputs, session to log (then the Export and Evaluation sections')
-JOB_OUTPUTS = 12
+JOB_OUTPUTS = 13
 
 
 def _plot(title: str, y: str, color: str | None = None, elem_id: str | None = None):
@@ -112,6 +112,7 @@ def build() -> JobsTab:
                             interactive=False, visible=False, elem_id="downloads")
         evaluation = eval_panel.build(job_picker, session)
         export = export_panel.build(job_picker)
+        continued = continue_panel.build(job_picker)
     with gr.Accordion("Compare jobs", open=False, elem_id="compare"):
         compare_picker = gr.Dropdown(choices=[], multiselect=True, label="Jobs to overlay",
                                      elem_id="compare-picker")
@@ -126,7 +127,7 @@ def build() -> JobsTab:
     remembered = gr.BrowserState(None, storage_key="ftstudio-job")
     timer, table_timer = gr.Timer(TICK), gr.Timer(TABLE_TICK)
     outputs = [session, header, progress, loss, eval_loss, lr, tps, gen, reward_row, rewards,
-               accuracy, log]
+               accuracy, log, continued]
     assert len(outputs) == JOB_OUTPUTS
     outputs += export.outputs + evaluation.outputs
     tab = JobsTab(table, status_filter, job_picker, session, remembered, clone, compare_picker,
@@ -218,7 +219,8 @@ def _outputs(session, job) -> list[Any]:
     rewards = [gr.update(value=f[k] if len(f[k]) else None, x_lim=span)
                for k in ("rewards", "accuracy")]
     return [session, jobview.header_html(job), jobview.progress_html(session, job), *plots, gen,
-            gr.update(visible=prefer), *rewards, log]
+            gr.update(visible=prefer), *rewards, log,
+            gr.update(visible=continue_panel.can_continue(job))]
 
 
 def tick(session, jid, request: gr.Request = None):
