@@ -159,6 +159,12 @@ class TrainSection:
     kto_desirable_weight: float = _f(1.0, "For kto: the weight of desirable answers (raise it "
                                           "when they are fewer).")
     kto_undesirable_weight: float = _f(1.0, "For kto: the weight of undesirable answers.")
+    precompute_reference: bool = _f(False, "For dpo: compute the reference log-probabilities "
+                                           "of every train and eval pair once before training "
+                                           "(cached under FTSTUDIO_HOME/cache with the "
+                                           "tokenized data), so each step runs the model once "
+                                           "instead of twice, and full fine-tuning keeps no "
+                                           "frozen copy in memory.")
     max_grad_norm: float | None = _f(1.0, "Clip the gradient norm to this value; empty: no "
                                           "clipping.")
     eval_every: int = _f(50, "Evaluate on the validation split every N optimizer steps (and at "
@@ -652,6 +658,11 @@ def _check_objective(cfg: TrainConfig) -> list[Problem]:
     for key in ("kto_desirable_weight", "kto_undesirable_weight"):
         if getattr(t, key) <= 0:
             p.append(Problem(f"train.{key}", f"{getattr(t, key)} must be positive"))
+    if t.precompute_reference and obj != "dpo":
+        why = ("kto's reference point is measured on each batch's mismatched rows, so it "
+               "cannot be computed ahead" if obj == "kto" else f"{obj} has no reference model")
+        p.append(Problem("train.precompute_reference", f"applies to dpo only: {why}; set it to "
+                                                       "false"))
     return p
 
 

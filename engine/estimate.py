@@ -300,7 +300,8 @@ def estimate(cfg: TrainConfig, model_config: dict[str, Any] | None,
 
     parts = {"weights": int(weights), "adapter": int(adapter), "gradients": int(gradients),
              "optimizer": int(optimizer), "activations": int(acts), "logits": int(logits)}
-    if full and t.objective in ("dpo", "kto"):   # the frozen reference copy (engine.train)
+    if full and t.objective in ("dpo", "kto") and not t.precompute_reference:
+        # the frozen reference copy (engine.train); precomputed log-probs need none
         parts["reference"] = int(counts.total * wbytes)
         notes.append(f"{t.objective} after full fine-tuning keeps a frozen copy of the starting "
                      "model as its reference")

@@ -222,9 +222,10 @@ class PreferenceLoss:
                                                         "simpo": 2.0}[t.objective]
         self.sums: dict[str, float] = {}
         self.count = 0
-        ref = ("none" if self.objective in ("orpo", "simpo") else "a frozen copy of the "
-               "starting model" if reference is not None else "the model with its adapter "
-               "disabled")
+        ref = ("none" if self.objective in ("orpo", "simpo") else "log-probs computed once "
+               "before training (train.precompute_reference)" if getattr(
+                   t, "precompute_reference", False) else "a frozen copy of the starting "
+               "model" if reference is not None else "the model with its adapter disabled")
         log(f"loss: {self.objective} (beta {self.beta:g}"
             f"{', ' + t.dpo_loss_type if self.objective == 'dpo' else ''}); reference: {ref}")
 
@@ -233,13 +234,16 @@ class PreferenceLoss:
         return rows if self.objective == "kto" else rows // 2
 
     def _logps(self, model, batch, grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        inputs = {k: v for k, v in batch.items() if k not in ("labels", "desirable")}
+        inputs = {k: v for k, v in batch.items() if k not in ("labels", "desirable",
+                                                               "ref_logps")}
         with torch.set_grad_enabled(grad and torch.is_grad_enabled()), self.autocast():
             logits = model(**inputs).logits
         return sequence_logps(logits, batch["labels"]), answer_tokens(batch["labels"])
 
     @torch.no_grad()
     def _reference(self, batch) -> torch.Tensor:
+        if "ref_logps" in batch:                  # precomputed (engine.reference)
+            return batch["ref_logps"]
         if self.reference is not None:
             return self._logps(self.reference, batch, grad=False)[0]
         with self.model.disable_adapter():

@@ -126,6 +126,11 @@ def setup(cfg: TrainConfig, reporter: Reporter) -> Session:
     model, optimizer = accelerator.prepare(model, optimizer)
     unwrapped = accelerator.unwrap_model(model)
     loss_of = make_loss(cfg, unwrapped, accelerator, info, say)
+    if t.precompute_reference:      # dpo: each pair's reference log-probs once (cached)
+        from engine.reference import precompute
+
+        precompute(cfg, loss_of, [train_batches, eval_batches], log=say,
+                   main_first=accelerator.main_process_first, device=accelerator.device)
     if t.compile:
         compile_body(unwrapped, say)
     state, rng = TrainState(), None
@@ -400,7 +405,8 @@ def make_loss(cfg: TrainConfig, model, accelerator, info: dict[str, Any], say):
     from engine.preference import PreferenceLoss
 
     reference = None
-    if cfg.method.kind == "full" and t.objective in ("dpo", "kto"):
+    if cfg.method.kind == "full" and t.objective in ("dpo", "kto") and \
+            not t.precompute_reference:
         reference = copy.deepcopy(model).eval().requires_grad_(False)
     return PreferenceLoss(model, t, autocast=accelerator.autocast, reference=reference, log=say,
                           pad_id=getattr(model.config, "pad_token_id", None) or 0)

@@ -285,6 +285,8 @@ class Batches:
         self.packing, self.order, self.seed = packing, order, seed
         self.pad_id, self.mask_dtype = pad_id, mask_dtype
         self.rank, self.world = rank, world
+        #: pairs: precomputed reference log-probs [N, 2] (chosen, rejected), engine.reference
+        self.reference_logps: torch.Tensor | None = None
         self.log = log
         self._plans: dict[int, list[list[list[int]]]] = {}
         self._rows: dict[int, list[list[int]]] = {}
@@ -417,9 +419,13 @@ class Batches:
         flat = [i for r in rows for i in r]
         data = self.dataset[flat]
         if self.kind == "preference":
-            return collate_pairs(list(zip(zip(data["input_ids"], data["labels"]),
-                                          zip(data["rejected_input_ids"],
-                                              data["rejected_labels"]))), self.pad_id)
+            batch = collate_pairs(list(zip(zip(data["input_ids"], data["labels"]),
+                                           zip(data["rejected_input_ids"],
+                                               data["rejected_labels"]))), self.pad_id)
+            if self.reference_logps is not None:    # [N, 2] per pair (engine.reference)
+                picked = self.reference_logps[torch.tensor(flat)]
+                batch["ref_logps"] = torch.cat([picked[:, 0], picked[:, 1]])
+            return batch
         if self.kind == "kto":
             return collate_kto(list(zip(data["input_ids"], data["labels"])), data["desirable"],
                                self.pad_id)

@@ -123,3 +123,44 @@ def test_data_that_does_not_fit_the_objective_is_refused(tiny_model, home, tmp_p
     cfg.train.objective = "sft"
     with pytest.raises(DataError, match="set train.objective to dpo, orpo or simpo"):
         run(cfg, ListReporter())
+
+
+def test_precomputed_reference_log_probs_train_as_the_live_reference_and_are_cached(
+        tiny_model, home, tmp_path):
+    data = yes_no(tmp_path, "dpo", n=40)
+    live, pre, again = ListReporter(), ListReporter(), ListReporter()
+    run(config(tiny_model, tmp_path / "live", "dpo", data, max_steps=6, eval_every=3), live)
+    run(config(tiny_model, tmp_path / "pre", "dpo", data, max_steps=6, eval_every=3,
+               precompute_reference=True), pre)
+    lines = " ".join(pre.lines)
+    assert "reference: computed the log-probs of" in lines, pre.lines
+    assert "reference: log-probs computed once before training" in lines
+    for name in ("loss", "reward_margin", "eval_loss", "eval_reward_margin"):
+        a = [r[name] for r in live.records if name in r]
+        b = [r[name] for r in pre.records if name in r]
+        assert len(a) == len(b) > 0
+        assert b == pytest.approx(a, rel=1e-4, abs=1e-5), name
+    run(config(tiny_model, tmp_path / "again", "dpo", data, max_steps=2, eval_every=0,
+               precompute_reference=True), again)
+    assert sum("from the cache" in line for line in again.lines) == 2     # train and eval
+    assert not any("reference: computed" in line for line in again.lines)
+
+
+def test_full_fine_tuning_with_a_precomputed_reference_keeps_no_frozen_copy(
+        tiny_model, home, tmp_path):
+    from engine.catalog import estimate_for
+    from engine.config import validate
+    from engine.train import setup
+
+    cfg = config(tiny_model, tmp_path / "full", "dpo", yes_no(tmp_path, "dpo", n=24),
+                 precompute_reference=True, max_steps=2)
+    cfg.method.kind = "full"
+    session = setup(cfg, ListReporter())
+    assert session.loss_of.reference is None
+    assert session.train_batches.reference_logps.shape == (len(session.train_batches.dataset), 2)
+    live = cfg.copy()
+    live.train.precompute_reference = False
+    assert "reference" in estimate_for(live).parts
+    assert "reference" not in estimate_for(cfg).parts
+    kto = config(tiny_model, tmp_path / "kto", "kto", precompute_reference=True)
+    assert [p.key for p in validate(kto)] == ["train.precompute_reference"]
