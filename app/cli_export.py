@@ -1,6 +1,6 @@
 """`ftstudio export`: a thin command over engine.export.export, run here or queued as a job.
 
-Run as: ftstudio export JOB --format gguf-q8_0 [--out PATH]     (JOB: a job id or a run folder)
+Run as: ftstudio export JOB --format gguf-q8_0 [--out PATH] [--no-verify]   (JOB: id or folder)
         ftstudio export JOB --format gguf-q8_0 --queue [--wait]  (a worker runs it: jobs.api.export)
 """
 
@@ -48,29 +48,46 @@ def _run_dir(job: str) -> Path:
 @click.option("--wait", is_flag=True,
               help="With --queue: print the export job's log until it ends (exit 0 only when "
                    "it completed), then its files.")
-def export(job: str, fmt: str, out: str | None, queued: bool, wait: bool) -> None:
-    """Export a finished run (a run folder, or a job id) for use in other tools."""
+@click.option("--no-verify", "no_verify", is_flag=True,
+              help="Skip the check of the written files against the tuned model (loading them "
+                   "in their runtime and comparing answers, logits, tokens and templates); the "
+                   "export's record says it was not verified.")
+def export(job: str, fmt: str, out: str | None, queued: bool, wait: bool,
+           no_verify: bool) -> None:
+    """Export a finished run (a run folder, or a job id) for use in other tools, then verify
+    the files in the runtime they are for."""
     if queued:
-        _queue(job, fmt, out, wait)
+        _queue(job, fmt, out, wait, verify=not no_verify)
         return
     if wait:
         raise click.UsageError("--wait follows a queued export; add --queue")
     from engine.export import ExportError, export as run_export
 
     with clean_errors(ExportError):
-        result = run_export(_run_dir(job), fmt, out, log=click.echo)
+        result = run_export(_run_dir(job), fmt, out, log=click.echo, verify=not no_verify)
     for artifact in result.artifacts:
         click.echo(f"{artifact.bytes:>14,}  {artifact.path}")
+    _echo_verification(result.verification)
 
 
-def _queue(job: str, fmt: str, out: str | None, wait: bool) -> None:
+def _echo_verification(record: dict | None) -> None:
+    from engine.export import verification_line
+
+    click.echo(verification_line(record))
+    record = record or {}
+    for check in record.get("checks") or record.get("failed") or []:
+        if not check.get("ok"):
+            click.echo(f"  {check['runtime']} · {check['name']}: {check['detail']}")
+
+
+def _queue(job: str, fmt: str, out: str | None, wait: bool, verify: bool = True) -> None:
     from jobs import api
 
     if out is not None:
         raise click.UsageError("--out is for an export run here; a queued export goes into "
                                "the job's exports/FORMAT folder")
     with clean_errors():
-        exp = api.export(job, fmt)
+        exp = api.export(job, fmt, verify=verify)
     click.echo(f"queued export job {exp['id']} ({fmt} of job {job}); follow it with "
                f"`ftstudio jobs logs {exp['id']} --follow`")
     if not wait:
@@ -84,6 +101,7 @@ def _queue(job: str, fmt: str, out: str | None, wait: bool) -> None:
     for artifact in api.artifacts(job):
         if artifact["kind"] == "export" and artifact["meta"].get("export_job") == exp["id"]:
             click.echo(f"{artifact['size']:>14,}  {api.artifact_path(job, artifact['path'])}")
+    _echo_verification((done.get("result") or {}).get("verification"))
 
 
 def _follow(job_id: str, every_s: float = 1.0) -> dict:

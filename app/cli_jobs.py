@@ -135,6 +135,11 @@ def jobs_show(job_id: str, as_json: bool) -> None:
     for key in ("error", "hint", "output_dir", "adapter_dir"):
         if job.get(key):
             click.echo(f"{key + ':':12} {job[key]}")
+    verification = (job.get("result") or {}).get("verification")
+    if verification:   # an export job: whether its files behave like the tuned model
+        click.echo(f"{'verified:':12} {verification.get('line')}")
+        for check in verification.get("failed") or []:
+            click.echo(f"{'':12}   {check['runtime']} · {check['name']}: {check['detail']}")
     if job.get("result"):
         click.echo(f"{'result:':12} {json.dumps(job['result'])}")
     for rec in last:

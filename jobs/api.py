@@ -83,10 +83,12 @@ def submit(config: TrainConfig | dict, owner: str | None = None, priority: int =
         return _public(store.get_job(db, job_id))
 
 
-def export(job_id: str, fmt: str, owner: str | None = None, actor: dict | None = None
-           ) -> dict[str, Any]:
+def export(job_id: str, fmt: str, owner: str | None = None, actor: dict | None = None,
+           verify: bool = True) -> dict[str, Any]:
     """Queue an export of a training job as fmt (one of engine.export.FORMATS); returns the
-    export job (kind "export", parent job_id, config {"format", "parent"}, the parent's owner).
+    export job (kind "export", parent job_id, config {"format", "parent", "verify"}, the
+    parent's owner). verify=False skips the check of the written files against the tuned model
+    (engine/export/verify.py), and the job's result says so.
 
     A worker runs engine.export.export(parent folder, fmt) in a child process, logging each
     stage; the files land in the parent's exports/<fmt>/ and are recorded as the PARENT's
@@ -114,7 +116,8 @@ def export(job_id: str, fmt: str, owner: str | None = None, actor: dict | None =
     export_id = store.new_id()
     with store.connect() as db:
         access.check_queue_limit(db, actor)
-        store.insert_job(db, config={"format": fmt, "parent": job_id}, kind="export",
+        store.insert_job(db, config={"format": fmt, "parent": job_id, "verify": bool(verify)},
+                         kind="export",
                          name=f"{parent['name']}-{fmt}", owner=parent["owner"],
                          priority=parent["priority"], job_id=export_id, parent=job_id,
                          output_dir=str(store.job_dir(export_id)))

@@ -8,6 +8,8 @@ An export job (kind "export", config {"format", "parent"}) calls engine.export.e
 parent's folder, logging each stage (job.step counts them; a cancel stops it between stages),
 records each file with its size as an artifact of the PARENT (the rows of an earlier export in
 that format go when it starts), and fails with the engine's message as its hint on ExportError.
+The export verifies its files (config "verify", default true) and the job's result keeps the
+verification's status, line and failed checks ("unverified" exports complete: the files stand).
 
 An eval job (kind "eval", config {"parent", "data", "max_new_tokens", "max_records"}) calls
 engine.evaluation.evaluate_run on its parent's folder (base vs tuned answers to the held-out
@@ -263,7 +265,7 @@ def _run_export(job: dict, reporter: StoreReporter) -> int:
     def work(log):
         if reporter.main:  # exports/<fmt>/ is about to be rewritten: unlist its old files
             store.replace_exports(reporter.db, parent_id, fmt, [])
-        return export(parent_dir, fmt, log=log)
+        return export(parent_dir, fmt, log=log, verify=job["config"].get("verify", True))
 
     result, code = _run_stages(job, reporter, work, f"export {fmt}", ExportError,
                                f"cannot export job {parent_id} as {fmt}")
@@ -276,8 +278,19 @@ def _run_export(job: dict, reporter: StoreReporter) -> int:
     reporter.finish("completed", progress=1.0, result={
         "format": fmt, "parent": parent_id, "files": len(result.artifacts),
         "out_dir": result.out_dir.relative_to(parent_dir).as_posix(),
-        "total_bytes": result.total_bytes})
+        "total_bytes": result.total_bytes, "verification": _verification(result.verification)})
     return 0
+
+
+def _verification(record: dict | None) -> dict | None:
+    """What the export job keeps of its verification (the whole record is verify.json in the
+    export folder): status, the line people read, and each check that failed."""
+    if not record:
+        return None
+    return {"status": record.get("status"), "line": record.get("line"),
+            "runtimes": record.get("runtimes"), "n": record.get("n"),
+            "seconds": (record.get("seconds") or {}).get("total"),
+            "failed": [c for c in record.get("checks") or [] if not c.get("ok")]}
 
 
 # --------------------------------------------------------------------------- evaluations

@@ -1,5 +1,6 @@
-"""The Export section of a job's page: one button per format, the export jobs while they run,
-and the exported files with their sizes, to download.
+"""The Export section of a job's page: one button per format, the export jobs while they run
+(each finished one with its verification line: verified, or unverified in amber with what
+differed), and the exported files with their sizes, to download.
 
 Exports are jobs on the queue (jobs.api.export): a worker runs them, never this web process.
 The section is polled by the Jobs tab's timer (poll): one query for the job's export jobs per
@@ -158,12 +159,28 @@ def jobs_html(exports: list[dict[str, Any]], lines: dict[str, str] | None = None
         fmt = exp["config"].get("format", "?")
         notes = "".join(render.note(str(exp[k]), tone) for k, tone in (("error", "bad"),
                         ("hint", "info")) if status == "failed" and exp.get(k))
+        check = verification_html(result.get("verification")) if status == "completed" else ""
         rows.append(f'<div class="fs-export-job" data-format="{render.esc(fmt)}">'
                     f'<div class="fs-export-line"><b>{render.esc(label(fmt))}</b>'
                     f'{render.badge(status)}<span class="fs-muted">job '
                     f'{render.esc(exp["id"])} · {render.esc(detail)}</span></div>{bar}{notes}'
-                    '</div>')
+                    f'{check}</div>')
     return f'<div class="fs-export-jobs">{"".join(rows)}</div>'
+
+
+def verification_html(record: dict[str, Any] | None) -> str:
+    """The export's verification as a line: green when its files behave like the tuned model,
+    amber "unverified" with what differed (each failed check below it), muted when skipped."""
+    if not record:
+        return ""
+    status = record.get("status")
+    tone = {"verified": "good", "unverified": "warn"}.get(status, "info")
+    more = "".join(f'<div class="fs-verify-detail">{render.esc(c.get("runtime", ""))} · '
+                   f'{render.esc(c.get("name", ""))}: {render.esc(c.get("detail", ""))}</div>'
+                   for c in (record.get("failed") or [])[1:])
+    return (f'<div class="fs-verify fs-verify-{render.esc(status or "none")}" '
+            f'data-status="{render.esc(status or "")}">'
+            f'{render.note(str(record.get("line") or status), tone)}{more}</div>')
 
 
 def human(n: Any) -> str:

@@ -46,12 +46,15 @@ from engine.export.merged import export_merged, load_merged
 from engine.export.ollama import chat_style, modelfile, write_modelfile
 from engine.export.run import (Artifact, ExportError, ExportResult, Log, Run, check_mergeable,
                                read_run)
+from engine.export.verify import (TOLERANCES, VERIFY_MAX_NEW_TOKENS, VERIFY_PROMPTS,
+                                  verification_line, verify_export)
 
 __all__ = ["FORMATS", "export", "ExportError", "ExportResult", "Artifact", "Run", "read_run",
            "check_mergeable", "load_merged", "model_card", "write_gguf", "check_supported",
            "gguf_name", "rope_permute", "write_modelfile", "modelfile", "chat_style",
            "export_adapter", "export_merged", "export_bnb4", "export_bnb8", "export_gguf_f16",
-           "export_gguf_q8_0", "export_gguf_q4_0"]
+           "export_gguf_q8_0", "export_gguf_q4_0", "verify_export", "verification_line",
+           "TOLERANCES", "VERIFY_PROMPTS", "VERIFY_MAX_NEW_TOKENS"]
 
 FORMATS: dict[str, Callable[[Run, Path, Log], list[Path]]] = {
     "adapter": export_adapter, "merged": export_merged, "bnb4": export_bnb4, "bnb8": export_bnb8,
@@ -59,8 +62,10 @@ FORMATS: dict[str, Callable[[Run, Path, Log], list[Path]]] = {
 
 
 def export(run_dir: str | Path, fmt: str, out: str | Path | None = None,
-           log: Log = print) -> ExportResult:
-    """Export the run in run_dir as fmt into out (default run_dir/exports/<fmt>/)."""
+           log: Log = print, verify: bool = True, **verify_options) -> ExportResult:
+    """Export the run in run_dir as fmt into out (default run_dir/exports/<fmt>/), then verify
+    the files against the tuned model (engine/export/verify.py; verify=False skips it and the
+    record says so). verify_options: prompts, max_new_tokens."""
     if fmt not in FORMATS:
         raise ExportError(f"unknown export format {fmt!r}; choose one of: {', '.join(FORMATS)}")
     run = read_run(run_dir)
@@ -79,6 +84,24 @@ def export(run_dir: str | Path, fmt: str, out: str | Path | None = None,
         if created and target.is_dir() and not any(target.iterdir()):
             target.rmdir()   # leave no empty folder behind a failed export
         raise
-    result = ExportResult(fmt, target, [Artifact(p, p.stat().st_size) for p in paths])
+    log(f"export {fmt}: wrote {len(paths)} file(s)")
+    record = _verify(run, fmt, target, log, verify, verify_options)
+    paths = [p for p in paths if p.name != "verify.json"] + [target / "verify.json"]
+    result = ExportResult(fmt, target, [Artifact(p, p.stat().st_size) for p in paths], record)
     log(f"export {fmt}: done, {len(paths)} file(s), {human_bytes(result.total_bytes)}")
     return result
+
+
+def _verify(run: Run, fmt: str, target: Path, log: Log, verify: bool, options) -> dict:
+    """The verification record: the check's, "skipped" when not asked for, or the reason it
+    could not run (an export that cannot be checked is kept, marked unverified)."""
+    from engine.export.verify import error_record, skipped_record
+
+    if not verify:
+        log(f"export {fmt}: not verified (--no-verify)")
+        return skipped_record(fmt, target)
+    try:
+        return verify_export(run, fmt, target, log, **options)
+    except Exception as exc:  # noqa: BLE001 - the files stand; the record says why unchecked
+        log(f"verify {fmt}: the check could not run: {type(exc).__name__}: {exc}")
+        return error_record(fmt, target, exc)

@@ -65,9 +65,32 @@ def modelfile(tokenizer, gguf_file: str) -> str:
         stops = [eos] if eos else []
     else:
         lines += [f'TEMPLATE """{OLLAMA_TEMPLATES[style].replace("{eos}", eos)}"""', ""]
+        system = default_system(tokenizer)
+        if system:   # Ollama gives .System this text when a chat has no system message
+            lines += ["# the chat template's own system prompt, used when a chat has none",
+                      f'SYSTEM """{system}"""', ""]
         stops = OLLAMA_STOPS[style] + ([eos] if eos and eos not in OLLAMA_STOPS[style] else [])
     lines += [f'PARAMETER stop "{s}"' for s in stops]
     return "\n".join(lines) + "\n"
+
+
+def default_system(tokenizer) -> str | None:
+    """The system prompt the chat template writes when a chat has no system message (Qwen2's
+    "You are a helpful assistant."), or None: found by rendering a chat with and without one."""
+    marker, user = "QqQsystemQqQ", [{"role": "user", "content": "XyZuserXyZ"}]
+    try:
+        with_system = tokenizer.apply_chat_template(
+            [{"role": "system", "content": marker}] + user, tokenize=False)
+        without = tokenizer.apply_chat_template(user, tokenize=False)
+    except Exception:  # noqa: BLE001 - a template that cannot render this has no default
+        return None
+    if marker not in with_system:
+        return None
+    head, tail = with_system.split(marker, 1)
+    if without.startswith(head) and without.endswith(tail) and \
+            len(without) > len(head) + len(tail):
+        return without[len(head):len(without) - len(tail)]
+    return None
 
 
 def write_modelfile(tokenizer, gguf_path: Path, log: Log = print) -> Path:

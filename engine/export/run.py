@@ -32,6 +32,7 @@ class ExportResult:
     fmt: str
     out_dir: Path
     artifacts: list[Artifact] = field(default_factory=list)
+    verification: dict[str, Any] | None = None   # engine/export/verify.py's record
 
     @property
     def total_bytes(self) -> int:
@@ -39,7 +40,8 @@ class ExportResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": self.fmt, "out_dir": str(self.out_dir), "total_bytes": self.total_bytes,
-                "artifacts": [{"path": str(a.path), "bytes": a.bytes} for a in self.artifacts]}
+                "artifacts": [{"path": str(a.path), "bytes": a.bytes} for a in self.artifacts],
+                "verification": self.verification}
 
 
 @dataclass

@@ -35,7 +35,8 @@ def _finished_job(method: str = "lora", status: str = "completed", owner: str = 
     return job_id
 
 
-def _run_export(export_id: str, files: dict[str, bytes]) -> None:
+def _run_export(export_id: str, files: dict[str, bytes], verification: dict | None = None
+                ) -> None:
     """What the runner records for an export: running, a stage line, the files, completed."""
     exp = api.get(export_id)
     parent, fmt = exp["parent"], exp["config"]["format"]
@@ -51,7 +52,8 @@ def _run_export(export_id: str, files: dict[str, bytes]) -> None:
     with store.connect() as db:
         store.replace_exports(db, parent, fmt, written, meta={"export_job": export_id})
         assert store.transition(db, export_id, "completed", finished_at=store.now(), result={
-            "format": fmt, "files": len(written), "total_bytes": sum(n for _, n in written)})
+            "format": fmt, "files": len(written), "total_bytes": sum(n for _, n in written),
+            "verification": verification})
 
 
 def test_the_section_offers_every_engine_format_with_a_description():
@@ -170,3 +172,35 @@ def test_export_jobs_stay_out_of_the_table_and_show_under_their_parent(home):
     assert len(again) == n
     assert all(isinstance(o, dict) and o.get("__type__") == "update" and len(o) == 1
                for o in again[1:])
+
+
+def test_each_finished_export_shows_its_verification_line(home):
+    """Verified in green, unverified in amber with every check that differed, skipped muted;
+    the files of an unverified export stay listed and downloadable."""
+    job_id = _finished_job()
+    session, _ = export_panel.poll(jobview.new_session(job_id), api.get(job_id))
+    good, _ = export_panel.start(job_id, "gguf-q8_0")
+    _run_export(good, {"m.gguf": b"g" * 10}, {
+        "status": "verified", "failed": [],
+        "line": "verified: 16/16 same answers, logits r=0.9999, template and stop tokens match"})
+    bad, _ = export_panel.start(job_id, "merged")
+    _run_export(bad, {"model.safetensors": b"m" * 10}, {
+        "status": "unverified", "line": "unverified: tokenization: the export tokenizes prompt 1 "
+        "differently from token 4 on", "failed": [
+            {"runtime": "transformers", "name": "tokenization", "detail": "differs at 4"},
+            {"runtime": "transformers", "name": "answers", "detail": "3/16 same greedy answers"}]})
+    skipped, _ = export_panel.start(job_id, "adapter")
+    _run_export(skipped, {"a.zip": b"z"}, {"status": "skipped", "failed": [],
+                                          "line": "not verified (--no-verify)"})
+    session, _ = export_panel.poll(session, api.get(job_id))
+    jobs = export_panel.view(session)[1]
+    assert 'data-status="verified"' in jobs and 'class="fs-note fs-good"' in jobs
+    assert "verified: 16/16 same answers, logits r=0.9999, template and stop tokens match" in jobs
+    assert 'data-status="unverified"' in jobs and 'class="fs-note fs-warn"' in jobs
+    assert "unverified: tokenization: the export tokenizes prompt 1" in jobs
+    assert "transformers · answers: 3/16 same greedy answers" in jobs
+    assert "not verified (--no-verify)" in jobs
+    names = [r[1] for r in export_panel.files_frame(job_id).values.tolist()]
+    assert "model.safetensors" in names
+    assert export_panel.download(job_id, "Merged", "model.safetensors").endswith(
+        "model.safetensors")

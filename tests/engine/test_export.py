@@ -222,6 +222,11 @@ def test_cli_export_runs(lora_run, tmp_path):
                                       "--out", str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
     assert "adapter.zip" in result.output and (tmp_path / "out" / "adapter").is_dir()
+    assert "verified: " in result.output and "same answers" in result.output
+    skipped = CliRunner().invoke(cli, ["export", str(lora_run), "--format", "adapter",
+                                       "--out", str(tmp_path / "out2"), "--no-verify"])
+    assert skipped.exit_code == 0, skipped.output
+    assert skipped.output.rstrip().endswith("not verified (--no-verify)")
     bad = CliRunner().invoke(cli, ["export", str(tmp_path), "--format", "merged"])
     assert bad.exit_code != 0 and "no adapter/" in bad.output
 

@@ -92,10 +92,11 @@ def test_an_export_job_is_queued_under_its_parent_and_follows_the_job_rules(home
     parent = _finished_job("prompt_tuning")   # the adapter of a stopped job exports too
     stopped = _finished_job(status="cancelled")
     exp = api.export(parent, "adapter")
-    other = api.export(stopped, "adapter")
+    other = api.export(stopped, "adapter", verify=False)
     assert (exp["kind"], exp["status"], exp["parent"], exp["owner"], exp["name"]) == \
         ("export", "queued", parent, "ana", "prompt_tuning-run-adapter")
-    assert exp["config"] == {"format": "adapter", "parent": parent}
+    assert exp["config"] == {"format": "adapter", "parent": parent, "verify": True}
+    assert other["config"]["verify"] is False   # queued with verify=False: the job skips it
     assert exp["output_dir"] == str(store.job_dir(exp["id"]))
     assert tasks.queued_job_ids() == {exp["id"], other["id"]}
     assert [j["id"] for j in api.list_jobs(kind="export", parent=parent)] == [exp["id"]]
@@ -201,7 +202,13 @@ def test_a_worker_runs_export_jobs_records_their_files_and_fails_with_the_engine
     rows = api.artifacts(ok)
     assert {Path(a["path"]).name for a in rows} == {"adapter_config.json", "README.md",
                                                     "adapter_model.safetensors",
-                                                    "base-model-ft-adapter.zip"}
+                                                    "base-model-ft-adapter.zip", "verify.json"}
+    # the hand-made adapter cannot be loaded: the export completes, marked unverified
+    check = done["result"]["verification"]
+    assert check["status"] == "unverified" and check["failed"][0]["name"] == "load"
+    assert check["line"].startswith("unverified: load: the check could not run")
+    shown = CliRunner().invoke(cli, ["jobs", "show", good["id"]])
+    assert f"verified:    {check['line']}" in shown.output, shown.output
     for a in rows:
         assert a["size"] == api.artifact_path(ok, a["path"]).stat().st_size
     assert sum(a["size"] for a in rows) == done["result"]["total_bytes"]
@@ -274,8 +281,11 @@ def test_a_trained_job_exports_adapter_and_gguf_through_the_queue(trained):
             assert a["meta"] == {"export_job": exp["id"]} and a["created_at"] > 0
         assert sum(a["size"] for a in rows) == api.get(exp["id"])["result"]["total_bytes"]
     names = sorted(Path(a["path"]).name for a in by_format["gguf-q8_0"])
-    assert len(names) == 3 and names[0] == "Modelfile" and names[1] == "README.md"
-    assert names[2].endswith("-ft-q8_0.gguf")
+    assert len(names) == 4 and names[0] == "Modelfile" and names[1] == "README.md"
+    assert names[2].endswith("-ft-q8_0.gguf") and names[3] == "verify.json"
+    check = api.get(gguf["id"])["result"]["verification"]
+    assert check["status"] in ("verified", "unverified") and check["n"] > 0   # a 4-step model
+    assert check["line"].startswith(("verified: ", "unverified: "))
     assert any(a["path"].endswith("-adapter.zip") for a in by_format["adapter"])
     assert any(a["path"] == "exports/adapter/adapter/adapter_config.json"
                for a in by_format["adapter"])
