@@ -35,14 +35,14 @@ from typing import Any
 
 from engine.config import ConfigError, Problem, TrainConfig, apply_overrides, from_dict, \
     is_local_model, validate
-from jobs import access, store, tasks
+from jobs import access, halving, store, tasks
 from jobs.reports import kept_report, measured_throughput, report_for, time_estimate
 from jobs.store import ACTIVE, FINISHED, STATUSES, JobError, JobNotFound
 
 __all__ = ["STATUSES", "ACTIVE", "FINISHED", "submit", "export", "evaluate", "finished_with_adapter", "job_eval", "eval_csv",
            "list_jobs", "get", "metrics", "metric_buckets", "measured_throughput",
            "report_for", "kept_report", "time_estimate", "logs", "cancel", "resume", "clone",
-           "delete", "artifacts", "artifact_path", "path_in_job", "JobError", "JobNotFound",
+           "delete", "artifacts", "artifact_path", "path_in_job", "prepare", "JobError", "JobNotFound",
            "ConfigError"]
 
 
@@ -53,15 +53,8 @@ def submit(config: TrainConfig | dict, owner: str | None = None, priority: int =
     job is theirs (an admin may name another owner), the config must pass jobs.access (remote
     code, which files) and a non-admin may have at most FTSTUDIO_MAX_QUEUED_PER_USER queued."""
     owner = access.owner_of(actor, owner)
-    cfg = from_dict(config) if isinstance(config, dict) else config.copy()
     job_id = store.new_id()
-    cfg.output_dir = str(store.job_dir(job_id))
-    _absolute_paths(cfg)
-    problems = access.screened(cfg, actor, validate(cfg))  # the access rules first
-    if cfg.train.resume_from == "latest":
-        problems.append(Problem("train.resume_from", "latest: a new job has no checkpoints; "
-                                "to continue a job use `ftstudio jobs resume ID`, or name a "
-                                "checkpoint folder (output_dir/checkpoints/step-N)"))
+    cfg, problems = prepare(config, job_id, actor)
     if problems:
         raise ConfigError(problems)
     with store.connect() as db:
@@ -70,6 +63,21 @@ def submit(config: TrainConfig | dict, owner: str | None = None, priority: int =
                          priority=int(priority), job_id=job_id)
         _enqueue_or_fail(db, job_id, priority)
         return _public(store.get_job(db, job_id))
+
+
+def prepare(config: TrainConfig | dict, job_id: str, actor: dict | None = None
+            ) -> tuple[TrainConfig, list[Problem]]:
+    """The config a new training job `job_id` would run (its output_dir set, local paths made
+    absolute) and every problem with it, as submit() checks them (jobs.access's first)."""
+    cfg = from_dict(config) if isinstance(config, dict) else config.copy()
+    cfg.output_dir = str(store.job_dir(job_id))
+    _absolute_paths(cfg)
+    problems = access.screened(cfg, actor, validate(cfg))  # the access rules first
+    if cfg.train.resume_from == "latest":
+        problems.append(Problem("train.resume_from", "latest: a new job has no checkpoints; "
+                                "to continue a job use `ftstudio jobs resume ID`, or name a "
+                                "checkpoint folder (output_dir/checkpoints/step-N)"))
+    return cfg, problems
 
 
 def export(job_id: str, fmt: str, owner: str | None = None, actor: dict | None = None
@@ -282,6 +290,7 @@ def cancel(job_id: str, actor: dict | None = None) -> dict[str, Any]:
                             finished_at=store.now(), resume_on_start=0,
                             hint=f"cancelled before it ran; `ftstudio jobs resume {job_id}` "
                                  "queues it again"):
+            halving.job_left(db, job_id)  # a sweep waiting on it may decide its next cut
             return _public(store.get_job(db, job_id))
         if store.update(db, job_id, cancel_requested=1, cancel_requested_at=store.now(),
                         expect={"status": "running", "cancel_requested": 0}):
@@ -315,7 +324,7 @@ def resume(job_id: str, actor: dict | None = None) -> dict[str, Any]:
             raise JobError(f"job {job_id} is {job['status']}; only interrupted, failed or "
                            "cancelled jobs can be resumed")
         store.truncate_metrics(db, job_id, step or 0)  # steps continue with no duplicate
-        _enqueue_or_fail(db, job_id, job["priority"])
+        _enqueue_or_fail(db, job_id, store.queue_priority(db, job))
         return _public(store.get_job(db, job_id))
 
 
@@ -414,7 +423,7 @@ def _job(db, job_id: str, actor: dict | None) -> dict[str, Any]:
     return access.check_visible(store.get_job(db, job_id), actor)
 
 
-def _enqueue_or_fail(db, job_id: str, priority: int) -> None:
+def _enqueue_or_fail(db, job_id: str, priority: float) -> None:
     try:
         tasks.enqueue(job_id, priority)
     except Exception as exc:  # the queue (Redis) is unreachable: say so, keep nothing queued
