@@ -285,20 +285,26 @@ def _wire(t: TrainTab, model_card, example, upload, report, hist, previews, blur
     stored = upload.upload(uploaded, upload, [w["data.train"], t.status],
                            api_visibility="private")
 
+    # the number fields' visibility follows the method and objective in _wire_sweep (with
+    # Sweep on, their list twins show instead); these show and hide the others
+    method_keys = {k: v for k, v in form.METHOD_KEYS.items() if k not in sweep_tab.SWEEP_KEYS}
+    objective_keys = {k: v for k, v in form.OBJECTIVE_KEYS.items()
+                      if k not in sweep_tab.SWEEP_KEYS}
+
     def method_changed(kind):
         return [render.note(form.METHOD_BLURBS.get(kind, ""))] + [
-            gr.update(visible=kind in kinds) for kinds in form.METHOD_KEYS.values()]
+            gr.update(visible=kind in kinds) for kinds in method_keys.values()]
 
     w["method.kind"].change(method_changed, w["method.kind"],
-                            [blurb] + [w[k] for k in form.METHOD_KEYS], queue=False,
+                            [blurb] + [w[k] for k in method_keys], queue=False,
                             api_visibility="private")
 
     def objective_changed(objective):
         return [gr.update(visible=objective in objectives)
-                for objectives in form.OBJECTIVE_KEYS.values()]
+                for objectives in objective_keys.values()]
 
     w["train.objective"].change(objective_changed, w["train.objective"],
-                                [w[k] for k in form.OBJECTIVE_KEYS], queue=False,
+                                [w[k] for k in objective_keys], queue=False,
                                 api_visibility="private")
 
     def loaded(file, state):
