@@ -90,7 +90,8 @@ def test_a_2x2_sweep_from_the_train_form_fills_its_leaderboard(studio, browser, 
                            ".endsWith('-copy')", timeout=30_000)
     best = board[0]
     assert page.locator("#job-name input").input_value() == f"{best['name']}-copy"
-    assert not page.locator("#sweep-toggle input[type=checkbox]").is_checked()
+    page.wait_for_function("() => !document.querySelector('#sweep-toggle input').checked",
+                           timeout=30_000)      # a single job's form again
     assert float(page.locator("#f-train-lr input").input_value()) == float(best["train.lr"])
     assert not errors, errors
 
