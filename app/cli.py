@@ -175,6 +175,9 @@ from app.cli_export import export  # noqa: E402
 cli.add_command(export)
 from app.cli_eval import evaluate  # noqa: E402
 cli.add_command(evaluate)
+from app.cli_sweep import sweep, sweeps_group  # noqa: E402
+cli.add_command(sweep)
+cli.add_command(sweeps_group)
 from app.cli_users import user_group  # noqa: E402
 cli.add_command(user_group)
 from app.cli_models import models_group  # noqa: E402

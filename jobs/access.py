@@ -37,7 +37,16 @@ def owner_of(actor: dict[str, Any] | None, owner: str | None = None) -> str:
 
 
 def can_see(job: dict[str, Any], actor: dict[str, Any] | None) -> bool:
+    """May the actor see this job (or sweep: any row with an owner)."""
     return actor is None or bool(actor.get("is_admin")) or job["owner"] == actor["username"]
+
+
+def check_sweep_visible(sweep: dict[str, Any], actor: dict[str, Any] | None) -> dict[str, Any]:
+    """The sweep, or JobNotFound worded exactly like store.get_sweep's for a missing id."""
+    if not can_see(sweep, actor):
+        raise JobNotFound(f"no sweep {sweep['id']!r}; `ftstudio sweep ls` lists the sweeps "
+                          "there are")
+    return sweep
 
 
 def check_visible(job: dict[str, Any], actor: dict[str, Any] | None) -> dict[str, Any]:
@@ -62,16 +71,20 @@ def remote_code_allowed() -> bool:
     return settings.allow_remote_code()
 
 
-def check_queue_limit(db, actor: dict[str, Any] | None) -> None:
-    """Refuse one more queued job past FTSTUDIO_MAX_QUEUED_PER_USER (admins are exempt)."""
+def check_queue_limit(db, actor: dict[str, Any] | None, adding: int = 1) -> None:
+    """Refuse `adding` more queued jobs (a sweep's count them all) past
+    FTSTUDIO_MAX_QUEUED_PER_USER, every queued job of the user counted, a sweep's included
+    (admins are exempt)."""
     if actor is None or actor.get("is_admin"):
         return
     limit = max_queued()
     n = db.execute("SELECT COUNT(*) FROM jobs WHERE owner = ? AND status = 'queued'",
                    [actor["username"]]).fetchone()[0]
-    if n >= limit:
+    if n + adding > limit:
+        more = "" if adding == 1 else f"; this sweep would add {adding}"
         raise JobError(f"{actor['username']} already has {n} queued jobs (the limit is {limit}, "
-                       "FTSTUDIO_MAX_QUEUED_PER_USER); wait for some to start or cancel one")
+                       f"FTSTUDIO_MAX_QUEUED_PER_USER){more}; wait for some to start, cancel "
+                       "some, or sweep fewer points")
 
 
 def config_problems(cfg: TrainConfig, actor: dict[str, Any] | None) -> list[Problem]:

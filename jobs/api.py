@@ -35,7 +35,7 @@ from typing import Any
 
 from engine.config import ConfigError, Problem, TrainConfig, apply_overrides, from_dict, \
     is_local_model, validate
-from jobs import access, store, tasks
+from jobs import access, halving, store, tasks
 from jobs.reports import kept_report, measured_throughput, report_for, time_estimate
 from jobs.store import ACTIVE, FINISHED, STATUSES, JobError, JobNotFound
 
@@ -46,7 +46,7 @@ START_MODEL = "start_model"
 __all__ = ["STATUSES", "ACTIVE", "FINISHED", "submit", "export", "evaluate", "finished_with_adapter", "job_eval", "eval_csv",
            "list_jobs", "get", "metrics", "metric_buckets", "measured_throughput",
            "report_for", "kept_report", "time_estimate", "logs", "cancel", "resume", "clone",
-           "delete", "artifacts", "artifact_path", "path_in_job", "JobError", "JobNotFound",
+           "delete", "artifacts", "artifact_path", "path_in_job", "prepare", "JobError", "JobNotFound",
            "ConfigError"]
 
 
@@ -62,17 +62,10 @@ def submit(config: TrainConfig | dict, owner: str | None = None, priority: int =
     the parent's base, and is checked so; the job then trains from START_MODEL in its own
     folder, which the runner makes first by merging the parent's adapter into that base."""
     owner = access.owner_of(actor, owner)
-    cfg = from_dict(config) if isinstance(config, dict) else config.copy()
     job_id = store.new_id()
-    cfg.output_dir = str(store.job_dir(job_id))
-    _absolute_paths(cfg)
-    problems = access.screened(cfg, actor, validate(cfg))  # the access rules first
+    cfg, problems = prepare(config, job_id, actor)
     if parent is not None:
         cfg.model.name = str(store.job_dir(job_id) / START_MODEL)
-    if cfg.train.resume_from == "latest":
-        problems.append(Problem("train.resume_from", "latest: a new job has no checkpoints; "
-                                "to continue a job use `ftstudio jobs resume ID`, or name a "
-                                "checkpoint folder (output_dir/checkpoints/step-N)"))
     if problems:
         raise ConfigError(problems)
     with store.connect() as db:
@@ -81,6 +74,21 @@ def submit(config: TrainConfig | dict, owner: str | None = None, priority: int =
                          priority=int(priority), job_id=job_id, parent=parent)
         _enqueue_or_fail(db, job_id, priority)
         return _public(store.get_job(db, job_id))
+
+
+def prepare(config: TrainConfig | dict, job_id: str, actor: dict | None = None
+            ) -> tuple[TrainConfig, list[Problem]]:
+    """The config a new training job `job_id` would run (its output_dir set, local paths made
+    absolute) and every problem with it, as submit() checks them (jobs.access's first)."""
+    cfg = from_dict(config) if isinstance(config, dict) else config.copy()
+    cfg.output_dir = str(store.job_dir(job_id))
+    _absolute_paths(cfg)
+    problems = access.screened(cfg, actor, validate(cfg))  # the access rules first
+    if cfg.train.resume_from == "latest":
+        problems.append(Problem("train.resume_from", "latest: a new job has no checkpoints; "
+                                "to continue a job use `ftstudio jobs resume ID`, or name a "
+                                "checkpoint folder (output_dir/checkpoints/step-N)"))
+    return cfg, problems
 
 
 def export(job_id: str, fmt: str, owner: str | None = None, actor: dict | None = None,
@@ -296,6 +304,7 @@ def cancel(job_id: str, actor: dict | None = None) -> dict[str, Any]:
                             finished_at=store.now(), resume_on_start=0,
                             hint=f"cancelled before it ran; `ftstudio jobs resume {job_id}` "
                                  "queues it again"):
+            halving.job_left(db, job_id)  # a sweep waiting on it may decide its next cut
             return _public(store.get_job(db, job_id))
         if store.update(db, job_id, cancel_requested=1, cancel_requested_at=store.now(),
                         expect={"status": "running", "cancel_requested": 0}):
@@ -329,7 +338,7 @@ def resume(job_id: str, actor: dict | None = None) -> dict[str, Any]:
             raise JobError(f"job {job_id} is {job['status']}; only interrupted, failed or "
                            "cancelled jobs can be resumed")
         store.truncate_metrics(db, job_id, step or 0)  # steps continue with no duplicate
-        _enqueue_or_fail(db, job_id, job["priority"])
+        _enqueue_or_fail(db, job_id, store.queue_priority(db, job))
         return _public(store.get_job(db, job_id))
 
 
@@ -438,7 +447,7 @@ def _job(db, job_id: str, actor: dict | None) -> dict[str, Any]:
     return access.check_visible(store.get_job(db, job_id), actor)
 
 
-def _enqueue_or_fail(db, job_id: str, priority: int) -> None:
+def _enqueue_or_fail(db, job_id: str, priority: float) -> None:
     try:
         tasks.enqueue(job_id, priority)
     except Exception as exc:  # the queue (Redis) is unreachable: say so, keep nothing queued

@@ -26,7 +26,9 @@ that checkpoint's step are deleted first, so steps continue with no gap and no d
 Test hook: FTSTUDIO_TEST_FAIL="oom" (or "oom:NAME,kill:NAME2") makes jobs (named NAME) raise a
 real torch.OutOfMemoryError at their first step ("oom") or SIGKILL themselves ("kill").
 FTSTUDIO_TEST_FAKE_TRAIN=N[:SECONDS] replaces engine.train with N fake steps (SECONDS apart; no
-torch import, no checkpoints), so queue tests push many jobs through the real worker and runner.
+torch, no checkpoints but a stand-in where successive halving pauses it; an eval_loss of
+1/step + 1/lr every train.eval_every steps), so queue tests push many jobs through the real
+worker and runner.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from engine import settings
-from jobs import store
+from jobs import halving, store
 from jobs.errors import explain_exception
 from jobs.redact import RedactingStream, redact, scrub_run_folder
 
@@ -62,6 +64,8 @@ class StoreReporter:
         self.last_step = 0
         self.total_steps: int | None = None
         self.stop_reason: str | None = None
+        #: successive halving (jobs/halving.py): pause after the evaluation at this step
+        self.rung: int | None = None
         self._checked = 0.0
         self._hooks = _test_hooks(self.name)
 
@@ -91,6 +95,8 @@ class StoreReporter:
             store.add_event(self.db, self.job_id, line)
 
     def should_stop(self) -> bool:
+        if self.rung is not None and self.stop_reason is None and self.last_step >= self.rung:
+            self.stop_reason = "rung"  # asked after the step's evaluation: its eval_loss is in
         now = time.monotonic()
         if self.stop_reason is None and now - self._checked >= CHECK_EVERY_S:
             self._checked = now
@@ -143,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     log_path = out / "log.txt"
     try:
         cfg = _prepare(job, out, reporter, main_rank)
+        if main_rank:
+            reporter.rung = halving.next_rung(reporter.db, job_id, reporter.last_step)
         result = _train(cfg, reporter)
     except BaseException as exc:  # noqa: BLE001 - every failure is recorded with a hint
         traceback.print_exc()
@@ -152,10 +160,17 @@ def main(argv: list[str] | None = None) -> int:
         if main_rank:
             scrub_run_folder(out)
         reporter.finish("failed", error=error, hint=hint)
+        if main_rank:
+            halving.job_left(reporter.db, job_id)
         return 1
     if main_rank:
         scrub_run_folder(out)  # before the job is seen as finished (and exported)
-    return _record(job_id, reporter, result, out)
+    code = _record(job_id, reporter, result, out)
+    if main_rank and reporter.stop_reason == "rung" and getattr(result, "cancelled", False):
+        halving.paused(reporter.db, job_id, reporter.last_step)
+    elif main_rank:
+        halving.job_left(reporter.db, job_id)
+    return code
 
 
 def _prepare(job: dict, out: Path, reporter: StoreReporter, main_rank: bool):
@@ -230,7 +245,12 @@ def _record(job_id: str, reporter: StoreReporter, result: Any, out: Path) -> int
     steps = getattr(result, "steps", reporter.last_step)
     resume = f"`ftstudio jobs resume {job_id}` continues from the checkpoint"
     if getattr(result, "cancelled", False):
-        if reporter.stop_reason == "cancel":
+        if reporter.stop_reason == "rung":
+            reporter.finish("interrupted", resume_on_start=0,
+                            hint=f"paused at step {steps} for the sweep's successive halving: "
+                                 "it continues, or is cut, once every job of the sweep has "
+                                 "reached this step")
+        elif reporter.stop_reason == "cancel":
             reporter.finish("cancelled", hint=f"stopped at step {steps}; {resume}")
         elif reporter.stop_reason in WORKER_GONE:
             reporter.finish("interrupted", resume_on_start=1,
@@ -416,7 +436,13 @@ def _fake_train(cfg, reporter: StoreReporter, steps: int, delay: float):
         time.sleep(delay)
         reporter.on_metrics({"step": step, "epoch": step / steps, "loss": 1.0 / step,
                              "lr": cfg.train.lr, "total_steps": steps})
-        if reporter.should_stop():
+        if cfg.train.eval_every and step % cfg.train.eval_every == 0:  # lower for a higher lr
+            reporter.on_metrics({"step": step, "eval_loss": 1.0 / step + 1.0 / cfg.train.lr})
+        if reporter.should_stop() and step < steps:
+            if reporter.stop_reason == "rung":  # a stand-in checkpoint, so it continues here
+                marker = Path(cfg.output_dir) / "checkpoints" / f"step-{step}" / "state.json"
+                marker.parent.mkdir(parents=True, exist_ok=True)
+                marker.write_text("{}")
             return SimpleNamespace(cancelled=True, steps=step, adapter_dir=None, metrics={})
     return SimpleNamespace(cancelled=False, steps=steps, adapter_dir=None,
                            metrics={"loss": 1.0 / steps})

@@ -222,6 +222,24 @@ def m004_evals(db: Database) -> None:
     db["eval_rows"].create_index(["eval_id", "idx"])
 
 
+@MIGRATIONS()
+def m005_sweeps(db: Database) -> None:
+    """Sweep groups (jobs/sweeps.py): one sweeps row per group (its base config, the space it
+    was expanded from, the varied keys, the successive-halving steps and the last step decided),
+    one sweep_jobs row per job of the group (its index and point; the step it is paused at or
+    was cut at by successive halving)."""
+    db["sweeps"].create({"id": str, "name": str, "owner": str, "created_at": float,
+                         "config": str, "space": str, "keys": str, "halving": str,
+                         "priority": int, "rung_done": int},
+                        pk="id", not_null={"owner"}, defaults={"rung_done": 0, "priority": 0})
+    db["sweeps"].create_index(["owner", "created_at"])
+    db["sweep_jobs"].create({"job_id": str, "sweep_id": str, "idx": int, "point": str,
+                             "paused_at": int, "cut_at": int},
+                            pk="job_id", foreign_keys=[("job_id", "jobs", "id"),
+                                                       ("sweep_id", "sweeps", "id")])
+    db["sweep_jobs"].create_index(["sweep_id", "idx"])
+
+
 # --------------------------------------------------------------------------- jobs
 
 
@@ -322,7 +340,7 @@ def delete_job(db: Database, job_id: str) -> bool:
             return False
         db.execute("DELETE FROM eval_rows WHERE eval_id IN (SELECT id FROM evals WHERE "
                    "job_id = ?)", [job_id])
-        for table in ("metrics", "events", "artifacts", "evals"):
+        for table in ("metrics", "events", "artifacts", "evals", "sweep_jobs"):
             db.execute(f"DELETE FROM {table} WHERE job_id = ?", [job_id])
         db.execute("DELETE FROM jobs WHERE id = ?", [job_id])
     return True
@@ -661,3 +679,127 @@ def _relative(db: Database, job_id: str, path: Path) -> str:
     if resolved.is_relative_to(folder):
         return resolved.relative_to(folder).as_posix()
     return str(path)
+
+
+# --------------------------------------------------------------------------- sweeps
+
+
+def insert_sweep(db: Database, *, sweep_id: str, name: str, owner: str, config: dict,
+                 space: dict, keys: list[str], halving: list[int], priority: int,
+                 jobs: list[dict[str, Any]]) -> None:
+    """Record a sweep group and its queued jobs (each {id, name, config, point}) in one
+    transaction: either the whole group is there or none of it."""
+    t = now()
+    with transaction(db):
+        db["sweeps"].insert({"id": sweep_id, "name": name, "owner": owner, "created_at": t,
+                             "config": json.dumps(config), "space": json.dumps(space),
+                             "keys": json.dumps(keys), "halving": json.dumps(halving),
+                             "priority": int(priority), "rung_done": 0})
+        for idx, job in enumerate(jobs):
+            db["jobs"].insert({
+                "id": job["id"], "name": job["name"], "owner": owner, "kind": "train",
+                "status": "queued", "priority": int(priority),
+                "config": json.dumps(job["config"]), "created_at": t, "updated_at": t,
+                "output_dir": job["config"].get("output_dir")})
+            db["sweep_jobs"].insert({"job_id": job["id"], "sweep_id": sweep_id, "idx": idx,
+                                     "point": json.dumps(job["point"])})
+            _event(db, job["id"], "status", f"queued (sweep {sweep_id}, point {idx + 1} of "
+                                            f"{len(jobs)})")
+
+
+def _decode_sweep(row: dict[str, Any]) -> dict[str, Any]:
+    for key in ("config", "space", "keys", "halving"):
+        row[key] = json.loads(row[key] or "null")
+    return row
+
+
+def get_sweep(db: Database, sweep_id: str) -> dict[str, Any]:
+    rows = list(db.query("SELECT * FROM sweeps WHERE id = ?", [sweep_id]))
+    if not rows:
+        raise JobNotFound(f"no sweep {sweep_id!r}; `ftstudio sweep ls` lists the sweeps there "
+                          "are")
+    return _decode_sweep(rows[0])
+
+
+def list_sweeps(db: Database, owner: str | None = None) -> list[dict[str, Any]]:
+    where, params = ("WHERE owner = ?", [owner]) if owner is not None else ("", [])
+    return [_decode_sweep(r) for r in db.query(
+        f"SELECT s.*, (SELECT COUNT(*) FROM sweep_jobs WHERE sweep_id = s.id) AS jobs "
+        f"FROM sweeps s {where} ORDER BY created_at DESC, rowid DESC", params)]
+
+
+def sweep_members(db: Database, sweep_id: str) -> list[dict[str, Any]]:
+    """The sweep's jobs in point order: job rows with idx, point, paused_at and cut_at."""
+    out = []
+    for row in db.query("SELECT j.*, s.idx AS sweep_index, s.point AS sweep_point, "
+                        "s.paused_at, s.cut_at FROM sweep_jobs s JOIN jobs j ON j.id = s.job_id "
+                        "WHERE s.sweep_id = ? ORDER BY s.idx", [sweep_id]):
+        row["sweep_point"] = json.loads(row["sweep_point"] or "{}")
+        out.append(_decode(row))
+    return out
+
+
+def sweep_of(db: Database, job_id: str) -> dict[str, Any] | None:
+    """{sweep_id, idx, paused_at, cut_at} of a job in a sweep, or None."""
+    rows = list(db.query("SELECT sweep_id, idx, paused_at, cut_at FROM sweep_jobs WHERE "
+                         "job_id = ?", [job_id]))
+    return rows[0] if rows else None
+
+
+def set_sweep_job(db: Database, job_id: str, **fields: Any) -> None:
+    """Set paused_at / cut_at of one sweep job."""
+    sets = ", ".join(f"[{k}] = ?" for k in fields)
+    with transaction(db):
+        db.execute(f"UPDATE sweep_jobs SET {sets} WHERE job_id = ?", [*fields.values(), job_id])
+
+
+def claim_rung(db: Database, sweep_id: str, step: int, ready) -> list[dict[str, Any]] | None:
+    """Decide successive halving's rung `step` once: under the write lock, read the sweep's
+    jobs, and when `ready(members)` says every job still in the race has reached the step,
+    mark the rung decided and return the members; None when it is not time yet or another
+    process decided it first."""
+    with transaction(db):
+        done = db.execute("SELECT rung_done FROM sweeps WHERE id = ?", [sweep_id]).fetchone()
+        if done is None or (done[0] or 0) >= step:
+            return None
+        members = sweep_members(db, sweep_id)
+        if not ready(members):
+            return None
+        db.execute("UPDATE sweeps SET rung_done = ? WHERE id = ?", [step, sweep_id])
+    return members
+
+
+def queue_priority(db: Database, job: dict[str, Any]) -> float:
+    """The priority a job's task is queued at: its priority, and for the k-th job of a sweep
+    (k from 0) that minus k/(k+1). A sweep's first job ties with a single job of the same
+    priority, each later one ranks lower but above the next priority down, so a single job
+    waits for at most one job of each sweep ahead of it, and sweeps of several people take
+    turns (SQLite and Redis both run the highest priority first, FIFO within one)."""
+    member = sweep_of(db, job["id"])
+    k = member["idx"] if member else 0
+    return float(job["priority"] or 0) - k / (k + 1)
+
+
+def metric_at(db: Database, job_ids: list[str], name: str, step: int | None = None
+              ) -> dict[str, tuple[int, float]]:
+    """{job_id: (step, value)} of metric `name`: each job's last row of it (up to `step` when
+    given). One backward walk of the (job_id, step) index per job, stopping at its first hit."""
+    out = {}
+    for job_id in job_ids:
+        row = db.execute("SELECT step, value FROM metrics WHERE job_id = ? AND step <= ? AND "
+                         "name = ? AND value IS NOT NULL ORDER BY step DESC, id DESC LIMIT 1",
+                         [job_id, (1 << 62) if step is None else step, name]).fetchone()
+        if row:
+            out[job_id] = (row[0], row[1])
+    return out
+
+
+def metric_names(db: Database, job_ids: list[str], recent: int = 400) -> list[str]:
+    """The metric names among each job's newest `recent` rows (bounded work per job: the
+    evaluation metrics of its last steps, which is what a leaderboard ranks by)."""
+    names: set[str] = set()
+    for job_id in job_ids:
+        names.update(r[0] for r in db.execute(
+            "SELECT name FROM (SELECT name FROM metrics WHERE job_id = ? ORDER BY step DESC "
+            "LIMIT ?)", [job_id, recent]))
+    return sorted(names)

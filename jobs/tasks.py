@@ -84,9 +84,10 @@ def task_for(huey: Huey):
     return wrapper
 
 
-def enqueue(job_id: str, priority: int = 0) -> None:
-    """Put a job's task on the queue; higher priority starts first."""
-    task_for(get_huey())(job_id, priority=int(priority))
+def enqueue(job_id: str, priority: float = 0) -> None:
+    """Put a job's task on the queue; higher priority starts first (FIFO within one). A float:
+    the jobs of a sweep queue between whole priorities (store.queue_priority)."""
+    task_for(get_huey())(job_id, priority=float(priority))
 
 
 def queued_job_ids(huey: Huey | None = None) -> set[str]:
@@ -104,8 +105,8 @@ def run_job(job_id: str) -> None:
     if ctx.stopping.is_set():  # taken while shutting down: leave it for the next worker
         with store.connect() as db:
             job = next(iter(store.list_jobs(db, status="queued", ids=[job_id])), None)
-        if job:
-            enqueue(job_id, job["priority"])
+            if job:
+                enqueue(job_id, store.queue_priority(db, job))
         return
     with store.connect() as db:
         claimed = store.transition(

@@ -86,10 +86,10 @@ def recover(auto_resume: bool = True) -> dict[str, list[str]]:
                              "FTSTUDIO_REDIS_URL and that Redis is running") from exc
     with store.connect() as db:
         queued = store.list_jobs(db, status="queued")
-    for job in reversed(queued):
-        if job["id"] not in in_queue:
-            tasks.enqueue(job["id"], job["priority"])
-            done["requeued"].append(job["id"])
+        for job in reversed(queued):
+            if job["id"] not in in_queue:
+                tasks.enqueue(job["id"], store.queue_priority(db, job))
+                done["requeued"].append(job["id"])
     for key, ids in done.items():
         if ids:
             log.info("recovery: %s %s", key, ", ".join(ids))

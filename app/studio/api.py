@@ -9,6 +9,9 @@
     c.predict(job["job_id"], api_name="/job_artifacts")     # its files, with their sizes
     ev = c.predict(job["job_id"], "", 0, api_name="/eval_job")  # base vs tuned answers, queued
     c.predict(job["job_id"], "got worse", api_name="/job_eval")  # the newest evaluation
+    sw = c.predict(yaml_text, "train.lr=1e-4,2e-4\nmethod.r=8,16", "lr-r", 0, "",
+                   api_name="/submit_sweep")                   # a sweep group of 4 jobs
+    c.predict(sw["sweep_id"], "eval_loss", api_name="/sweep_leaderboard")
 
 Each endpoint is a thin wrapper over jobs.api or the engine; answers are plain JSON. With logins
 on (`ftstudio serve --auth`; gradio_client's auth=(user, password)) each acts as the logged-in
@@ -30,7 +33,7 @@ from engine.config import ConfigError, Problem, TrainConfig, from_dict, validate
 
 ENDPOINTS = ("submit_job", "job_status", "job_metrics", "job_logs", "list_jobs", "cancel_job",
              "export_job", "job_artifacts", "eval_job", "job_eval", "validate_config",
-             "estimate_memory")
+             "estimate_memory", "submit_sweep", "sweep_leaderboard")
 
 
 def _jsonable(value: Any) -> Any:
@@ -197,6 +200,45 @@ def job_eval(job_id: str, which: str = "all", request: gr.Request = None) -> dic
     from jobs import api
 
     return _jsonable(api.job_eval(_jid(job_id), which=(which or "all"), actor=actor_of(request)))
+
+
+@errors_as_gr_error
+def submit_sweep(config_yaml: str, grid: str, name: str = "", priority: int = 0,
+                 halving_steps: str = "", request: gr.Request = None) -> dict:
+    """Queue a sweep group: one job per point of `grid` (one `key=values` per line, as
+    `ftstudio sweep --grid` takes them: train.lr=1e-4,2e-4 or method.r=8..32 step 8) over a
+    YAML config; halving_steps "20,40" turns successive halving on. {"sweep_id", "job_ids",
+    "problems": []}, or {"sweep_id": null, "problems": [...]} listing every problem of every
+    point (nothing queued)."""
+    from jobs import sweeps
+
+    cfg, problems = _parse(config_yaml)
+    if cfg is None:
+        return {"sweep_id": None, "problems": _problems(problems)}
+    items = [line.strip() for line in (grid or "").splitlines() if line.strip()]
+    try:
+        steps = [int(s) for s in (halving_steps or "").split(",") if s.strip()]
+    except ValueError:
+        return {"sweep_id": None, "problems": [{"key": "halving_steps", "message":
+                                                "give whole steps such as 20,40"}]}
+    try:
+        sw = sweeps.submit(cfg, items, priority=int(priority or 0), name=name or None,
+                           halving_steps=steps, actor=actor_of(request))
+    except ConfigError as exc:
+        return {"sweep_id": None, "problems": _problems(exc.problems)}
+    return {"sweep_id": sw["id"], "job_ids": [j["id"] for j in sw["jobs"]], "problems": []}
+
+
+@errors_as_gr_error
+def sweep_leaderboard(sweep_id: str, metric: str = "eval_loss",
+                      request: gr.Request = None) -> dict:
+    """A sweep's jobs ranked by `metric` (eval_loss, or another eval_* / gen_* metric its jobs
+    logged), best first: {"sweep", "metric", "metrics", "keys", "rows": [{rank, job_id,
+    name, status, step, total_steps, value, value_step, <varied key>: value, cut_at}]}."""
+    from jobs import sweeps
+
+    return _jsonable(sweeps.leaderboard(str(sweep_id).strip(), metric or "eval_loss",
+                                        actor=actor_of(request)))
 
 
 def validate_config(config_yaml: str) -> list:

@@ -11,7 +11,7 @@ from typing import Any
 
 import gradio as gr
 
-from app.studio import form, handlers, render
+from app.studio import form, handlers, render, sweep_tab
 from app.studio.session import actor as actor_of
 
 FIELD = "fs-field"
@@ -28,6 +28,10 @@ class TrainTab:
     status: Any = None
     defaults: Any = None       # gr.State (handlers.new_defaults_state): the fields set by hand
     defaults_card: Any = None  # where the defaults came from
+    sweep: Any = None          # the Sweep toggle next to Start
+    sweep_inputs: list[Any] = field(default_factory=list)  # twins, in sweep_tab.SWEEP_KEYS order
+    sweep_card: Any = None     # how many jobs, how long
+    started_sweep: Any = None  # gr.State: the id of the sweep just queued
     on_load: list[tuple[Any, list, list]] = field(default_factory=list)  # (fn, inputs, outputs)
 
 
@@ -60,8 +64,12 @@ def build() -> TrainTab:
                                                             handlers.new_defaults_state())
     w = t.widgets
 
+    twins: dict[str, Any] = {}
+
     def add(key: str, **kw: Any):
         w[key] = _widget(key, start_values[key], **kw)
+        if key in sweep_tab.SWEEP_KEYS:    # takes a list or a range while Sweep is on
+            twins[key] = sweep_tab.twin(key)
         return w[key]
 
     with gr.Row(equal_height=False, elem_id="train-layout"):
@@ -165,8 +173,13 @@ def build() -> TrainTab:
             estimate = gr.HTML(elem_id="estimate")
             t.job_name = gr.Textbox(label="Job name", placeholder="optional, e.g. demo-lora",
                                     max_lines=1, elem_id="job-name")
-            t.start = gr.Button("▶ Start training", variant="primary", size="lg",
-                                elem_id="start-btn")
+            with gr.Row(equal_height=True):
+                t.start = gr.Button("▶ Start training", variant="primary", size="lg",
+                                    scale=3, elem_id="start-btn")
+                t.sweep = gr.Checkbox(label="Sweep", value=False, scale=1, min_width=90,
+                                      info="number fields take lists or ranges",
+                                      elem_id="sweep-toggle")
+            t.sweep_card = gr.HTML(elem_id="sweep-card", elem_classes=["fs-slot"])
             t.problems = gr.HTML(elem_id="problems", elem_classes=["fs-slot"])
             t.status = gr.HTML(elem_id="start-status", elem_classes=["fs-slot"])
             with gr.Accordion("Settings as YAML · equivalent command", open=False,
@@ -181,12 +194,39 @@ def build() -> TrainTab:
                 command = gr.Code(language="shell", label="ftstudio command",
                                   interactive=False, elem_id="command")
     t.inputs = [w[k] for k in form.FORM_KEYS]
+    t.sweep_inputs = [twins[k] for k in sweep_tab.SWEEP_KEYS]
     t.started = gr.State(None)
+    t.started_sweep = gr.State(None)
     t.defaults = gr.State(start_defaults)
     stored = _wire(t, model_card, example, upload, report, hist, previews, blurb, estimate,
                    save, load, yaml_box, command)
     _wire_defaults(t, example, stored, imported)
+    _wire_sweep(t)
     return t
+
+
+def _wire_sweep(t: TrainTab) -> None:
+    """The Sweep toggle swaps each number field for its twin (a list or a range); the card
+    counts the jobs and their time. The method and objective keep choosing what shows."""
+    n, quiet = len(form.FORM_KEYS), dict(show_progress="hidden", api_visibility="private")
+    fields = [t.widgets[k] for k in sweep_tab.SWEEP_KEYS]
+
+    def visibility(on, *args):
+        return sweep_tab.toggled(bool(on), _values(args[:n]), list(args[n:]))
+
+    io = ([t.sweep] + t.inputs + t.sweep_inputs, fields + t.sweep_inputs + [t.start])
+    gr.on([t.sweep.change, t.widgets["method.kind"].change,
+           t.widgets["train.objective"].change], visibility, *io, queue=False, **quiet)
+
+    def card(on, request: gr.Request, *args):
+        if not on:
+            return ""
+        texts = dict(zip(sweep_tab.SWEEP_KEYS, args[n:]))
+        return sweep_tab.card(_values(args[:n]), texts, actor_of(request))
+
+    gr.on([t.sweep.change] + [x.change for x in t.sweep_inputs], card,
+          [t.sweep] + t.inputs + t.sweep_inputs, t.sweep_card, trigger_mode="always_last",
+          **quiet)
 
 
 def _wire_gguf_import(upload, model_name, status):
@@ -245,20 +285,26 @@ def _wire(t: TrainTab, model_card, example, upload, report, hist, previews, blur
     stored = upload.upload(uploaded, upload, [w["data.train"], t.status],
                            api_visibility="private")
 
+    # the number fields' visibility follows the method and objective in _wire_sweep (with
+    # Sweep on, their list twins show instead); these show and hide the others
+    method_keys = {k: v for k, v in form.METHOD_KEYS.items() if k not in sweep_tab.SWEEP_KEYS}
+    objective_keys = {k: v for k, v in form.OBJECTIVE_KEYS.items()
+                      if k not in sweep_tab.SWEEP_KEYS}
+
     def method_changed(kind):
         return [render.note(form.METHOD_BLURBS.get(kind, ""))] + [
-            gr.update(visible=kind in kinds) for kinds in form.METHOD_KEYS.values()]
+            gr.update(visible=kind in kinds) for kinds in method_keys.values()]
 
     w["method.kind"].change(method_changed, w["method.kind"],
-                            [blurb] + [w[k] for k in form.METHOD_KEYS], queue=False,
+                            [blurb] + [w[k] for k in method_keys], queue=False,
                             api_visibility="private")
 
     def objective_changed(objective):
         return [gr.update(visible=objective in objectives)
-                for objectives in form.OBJECTIVE_KEYS.values()]
+                for objectives in objective_keys.values()]
 
     w["train.objective"].change(objective_changed, w["train.objective"],
-                                [w[k] for k in form.OBJECTIVE_KEYS], queue=False,
+                                [w[k] for k in objective_keys], queue=False,
                                 api_visibility="private")
 
     def loaded(file, state):
@@ -341,17 +387,30 @@ def after_clone(t: TrainTab, cloned, job_picker) -> None:
 
 
 def start_handler(*args, request: gr.Request | None = None):
-    """Start: (problems HTML, status HTML, job id state, field highlight updates...)."""
-    values, name = _values(args), args[len(form.FORM_KEYS)]
+    """Start: (problems HTML, status HTML, job id state, sweep id state, field highlight
+    updates...). With Sweep on (the argument after the job name, then the twins' texts) it
+    queues a sweep group (sweep_tab.start) instead of one job."""
+    n = len(form.FORM_KEYS)
+    values, name = _values(args), args[n]
+    on = len(args) > n + 1 and bool(args[n + 1])
     try:
-        job_id, problems = handlers.start_job(values, name, actor=actor_of(request))
+        if on:
+            texts = dict(zip(sweep_tab.SWEEP_KEYS, args[n + 2:]))
+            sweep_id, problems = sweep_tab.start(values, texts, name, actor=actor_of(request))
+            job_id = None
+        else:
+            job_id, problems = handlers.start_job(values, name, actor=actor_of(request))
+            sweep_id = None
     except Exception as exc:  # noqa: BLE001 - the queue being down is a message, not a crash
-        return [render.note(f"Could not queue the job: {exc}", "bad"), "", None] + \
-            [gr.update(elem_classes=[FIELD])] * len(form.FORM_KEYS)
+        return [render.note(f"Could not queue the {'sweep' if on else 'job'}: {exc}", "bad"),
+                "", None, None] + [gr.update(elem_classes=[FIELD])] * n
     bad = {p.key for p in problems}
     marks = [gr.update(elem_classes=[FIELD, "fs-bad"] if k in bad else [FIELD])
              for k in form.FORM_KEYS]
     if problems:
-        return [render.problems(problems, form.label_for), "", None] + marks
+        return [render.problems(problems, form.label_for), "", None, None] + marks
+    if sweep_id is not None:
+        return ["", render.note(f"Sweep {sweep_id} queued: follow it in the Sweeps tab.",
+                                "good"), None, sweep_id] + marks
     return ["", render.note(f"Job {job_id} queued: follow it in the Jobs tab.", "good"),
-            job_id] + marks
+            job_id, None] + marks

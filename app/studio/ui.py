@@ -67,7 +67,7 @@ def header_html(worker: str) -> str:
 
 def build_app(worker: str = "embedded") -> gr.Blocks:
     """The studio. `worker` is shown in the header: embedded, external, or a message."""
-    from app.studio import api, jobs_tab, playground_tab, train_tab
+    from app.studio import api, jobs_tab, playground_tab, sweep_tab, train_tab
 
     with gr.Blocks(title="ftstudio", fill_width=True) as demo:
         gr.HTML(header_html(worker))
@@ -76,9 +76,12 @@ def build_app(worker: str = "embedded") -> gr.Blocks:
                 train = train_tab.build()
             with gr.Tab("Jobs", id="jobs", elem_id="tab-jobs") as jobs_tab_item:
                 jobs = jobs_tab.build()
+            with gr.Tab("Sweeps", id="sweeps", elem_id="tab-sweeps") as sweeps_item:
+                sweeps = sweep_tab.build()
             with gr.Tab("Playground", id="playground", elem_id="tab-playground") as play_item:
                 play = playground_tab.build()
         _wire_across(demo, tabs, train, jobs, play, jobs_tab_item, play_item)
+        _wire_sweeps(demo, tabs, train, sweeps, sweeps_item)
         api.register()
     return demo
 
@@ -89,8 +92,10 @@ def _wire_across(demo, tabs, train, jobs, play, jobs_tab_item, play_item) -> Non
 
     marks = [train.widgets[k] for k in form.FORM_KEYS]
     started = train.start.click(
-        train_tab.start_handler, train.inputs + [train.job_name],
-        [train.problems, train.status, train.started] + marks, api_visibility="private")
+        train_tab.start_handler,
+        train.inputs + [train.job_name, train.sweep] + train.sweep_inputs,
+        [train.problems, train.status, train.started, train.started_sweep] + marks,
+        api_visibility="private")
     started.success(jobs_tab.open_started, [train.started, jobs.session],
                     [tabs, jobs.job_picker, jobs.session], queue=False,
                     api_visibility="private")
@@ -106,6 +111,20 @@ def _wire_across(demo, tabs, train, jobs, play, jobs_tab_item, play_item) -> Non
                          api_visibility="private")
     play_item.select(playground_tab.job_choices, play.job, play.job, api_visibility="private")
     demo.load(playground_tab.job_choices, play.job, play.job, api_visibility="private")
+
+
+def _wire_sweeps(demo, tabs, train, sweeps, sweeps_item) -> None:
+    """Start with Sweep on opens the group's page; its Clone the best fills the Train form."""
+    from app.studio import sweep_tab, train_tab
+
+    quiet = dict(api_visibility="private")
+    train.started_sweep.change(sweep_tab.open_started, train.started_sweep,
+                               [tabs, sweeps.picker], **quiet)
+    cloned = sweeps.clone.click(sweep_tab.best_values, [sweeps.picker, sweeps.metric],
+                                train.inputs + [train.job_name, tabs, train.status], **quiet)
+    cloned.then(lambda: gr.update(value=False), None, train.sweep, queue=False, **quiet)
+    for event in (demo.load, sweeps_item.select):
+        event(sweep_tab.refresh_choices, sweeps.picker, sweeps.picker, **quiet)
 
 
 def launch_kwargs() -> dict[str, Any]:
