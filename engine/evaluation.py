@@ -493,7 +493,7 @@ def evaluate_run(run_dir: str | Path, data: str | Path | None = None, *,
     import torch
 
     from engine.config import from_dict
-    from engine.export import ExportError, read_run
+    from engine.export.run import ExportError, read_run
     from engine.generate import open_model
 
     try:
