@@ -104,7 +104,9 @@ def metric_names() -> list[str]:
 
 
 def to_example(where: str, example: Any, kind: str) -> EvalExample | None:
-    """An engine.data.formats example as a prompt and its reference (None: nothing to answer)."""
+    """An engine.data.formats example as a prompt and its reference (None: nothing to answer).
+    Preference pairs are scored against their chosen answer, kto records against a desirable
+    completion (undesirable ones have no reference)."""
     if kind == "messages":
         last = max((i for i, m in enumerate(example) if m["role"] == "assistant"), default=None)
         if not last:  # no assistant turn, or one with nothing before it
@@ -113,6 +115,13 @@ def to_example(where: str, example: Any, kind: str) -> EvalExample | None:
     if kind == "completion":
         prompt, completion = example
         return EvalExample(where, prompt, completion, kind)
+    if kind in ("preference", "kto"):   # the answer to match: the chosen (or a desirable) one
+        answer = example["chosen"] if kind == "preference" else \
+            example["completion"] if example["desirable"] else None
+        if not answer:
+            return None
+        return EvalExample(where, list(example["prompt"]),
+                           "\n".join(m["content"] for m in answer), "messages")
     return None
 
 

@@ -164,3 +164,23 @@ def test_full_fine_tuning_with_a_precomputed_reference_keeps_no_frozen_copy(
     assert "reference" not in estimate_for(cfg).parts
     kto = config(tiny_model, tmp_path / "kto", "kto", precompute_reference=True)
     assert [p.key for p in validate(kto)] == ["train.precompute_reference"]
+
+
+def test_a_preference_run_ends_with_a_generation_evaluation_against_the_chosen_answers(
+        tiny_model, home, tmp_path):
+    """The held-out pairs' prompts are answered by the base and the tuned model and scored
+    against each pair's chosen answer (kto: against desirable completions only)."""
+    from engine.evaluation import read_record
+
+    for objective in ("dpo", "kto"):
+        out = tmp_path / objective
+        run(config(tiny_model, out, objective, yes_no(tmp_path, objective, n=40), max_steps=4,
+                   eval_every=0, eval_generate="end"), ListReporter())
+        record = read_record(out / "eval.json")
+        rows = record["rows"]
+        assert rows and all(r["reference"] == "yes" for r in rows), rows[:2]
+        assert {"base", "tuned"} <= set(rows[0])
+        if objective == "dpo":
+            assert len(rows) == 8                      # every held-out pair
+        else:                                          # kto: its desirable records only
+            assert 0 < len(rows) < 8
