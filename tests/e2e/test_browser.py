@@ -96,6 +96,36 @@ def browser():
         b.close()
 
 
+def pick_model(page, model) -> None:
+    """Type a model folder into the Train form's picker."""
+    box = page.locator("#f-model-name input")
+    box.click()
+    box.fill(str(model))
+    box.press("Enter")
+
+
+def cli(studio, *args: str) -> str:
+    """`ftstudio ARGS` against the studio's home; its stdout (the test fails on an error)."""
+    env = {**os.environ, "FTSTUDIO_HOME": str(studio["home"]), "PYTHONUNBUFFERED": "1"}
+    env.pop("FTSTUDIO_REDIS_URL", None)
+    done = subprocess.run([sys.executable, "-m", "app.cli", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def wait_job(studio, job_id: str, timeout: float = 300) -> dict:
+    """The job (`ftstudio jobs show --json`) once it has ended."""
+    import json
+
+    deadline = time.monotonic() + timeout
+    while True:
+        job = json.loads(cli(studio, "jobs", "show", job_id, "--json"))
+        if job["status"] in ("completed", "failed", "cancelled") or time.monotonic() > deadline:
+            return job
+        time.sleep(1)
+
+
 def _shot(page, name: str) -> None:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.evaluate("() => window.scrollTo(0, 0)")   # the sticky side panel where it belongs
@@ -124,10 +154,7 @@ def test_train_watch_download_and_chat_in_the_browser(studio, browser, tmp_path)
     page.wait_for_selector("#estimate .fs-estimate", timeout=60_000)
 
     # the tiny model from FTSTUDIO_HOME/models, typed into the picker
-    model = page.locator("#f-model-name input")
-    model.click()
-    model.fill(str(studio["model"]))
-    model.press("Enter")
+    pick_model(page, studio["model"])
     page.wait_for_function(                                 # LoRA r=16 on the tiny model
         "() => document.querySelector('#estimate').innerText.includes('32.8K')", timeout=30_000)
 

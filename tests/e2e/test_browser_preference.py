@@ -9,28 +9,16 @@ Run as: pytest -m e2e tests/e2e/test_browser_preference.py   (needs /usr/bin/chr
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import time
 
 import pytest
 
-from test_browser import ARTIFACTS, _line_points, browser, studio  # noqa: F401 - shared
-from tests_paths import EXAMPLES, ROOT
+from test_browser import (ARTIFACTS, _line_points, browser, cli, pick_model,  # noqa: F401
+                          studio, wait_job)
+from tests_paths import EXAMPLES
 
 pytestmark = pytest.mark.e2e
 DONE = ("completed", "failed", "cancelled")
-
-
-def _cli(studio, *args: str) -> str:
-    env = {**os.environ, "FTSTUDIO_HOME": str(studio["home"]), "PYTHONUNBUFFERED": "1"}
-    env.pop("FTSTUDIO_REDIS_URL", None)
-    done = subprocess.run([sys.executable, "-m", "app.cli", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout + done.stderr
-    return done.stdout
 
 
 def _visible(page, selector: str) -> bool:
@@ -56,10 +44,7 @@ def test_the_objective_section_starts_a_dpo_job_that_charts_its_rewards(studio, 
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     page.goto(studio["url"])
     page.wait_for_selector("#start-btn", timeout=60_000)
-    model = page.locator("#f-model-name input")
-    model.click()
-    model.fill(str(studio["model"]))
-    model.press("Enter")
+    pick_model(page, studio["model"])
     with page.expect_file_chooser() as chooser:
         page.locator("#upload-data").click()
     chooser.value.set_files(str(EXAMPLES / "preference.jsonl"))
@@ -102,14 +87,8 @@ def test_a_finished_sft_job_continues_with_preference_tuning(studio, browser, tm
     config.write_text(f"model:\n  name: {studio['model']}\ndata:\n  train: {EXAMPLES}/chat.jsonl"
                       "\n  max_seq_len: 128\ntrain:\n  max_steps: 4\n  batch_size: 4\n"
                       "  eval_every: 0\n  eval_generate: 'off'\n", encoding="utf-8")
-    sft = _cli(studio, "submit", str(config), "--name", "e2e-sft").split()[2]
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        job = json.loads(_cli(studio, "jobs", "show", sft, "--json"))
-        if job["status"] in DONE:
-            break
-        time.sleep(1)
-    assert job["status"] == "completed", job
+    sft = cli(studio, "submit", str(config), "--name", "e2e-sft").split()[2]
+    assert wait_job(studio, sft)["status"] == "completed"
 
     page = browser.new_page(viewport={"width": 1440, "height": 900})
     page.goto(studio["url"])
@@ -124,13 +103,8 @@ def test_a_finished_sft_job_continues_with_preference_tuning(studio, browser, tm
                            ".includes('Queued job')", timeout=30_000)
     message = page.locator("#continue-message").inner_text()
     child = message.split("Queued job ")[1].split()[0]
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        job = json.loads(_cli(studio, "jobs", "show", child, "--json"))
-        if job["status"] in DONE:
-            break
-        time.sleep(1)
+    job = wait_job(studio, child)
     assert job["status"] == "completed", job
     assert job["parent"] == sft and job["config"]["train"]["objective"] == "dpo"
-    logs = _cli(studio, "jobs", "logs", child)
+    logs = cli(studio, "jobs", "logs", child)
     assert f"merging the adapter of job {sft}" in logs

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from test_browser import ARTIFACTS, _shot, browser, studio  # noqa: F401 - the fixtures
+from test_browser import ARTIFACTS, _shot, browser, pick_model, studio  # noqa: F401 - the fixtures
 from tests_paths import EXAMPLES
 
 pytestmark = pytest.mark.e2e
@@ -30,10 +30,7 @@ def test_a_2x2_sweep_from_the_train_form_fills_its_leaderboard(studio, browser, 
     page.goto(studio["url"])
     page.wait_for_selector("#start-btn", timeout=60_000)
     page.wait_for_selector("#estimate .fs-estimate", timeout=60_000)
-    model = page.locator("#f-model-name input")
-    model.click()
-    model.fill(str(studio["model"]))
-    model.press("Enter")
+    pick_model(page, studio["model"])
     page.wait_for_function(
         "() => document.querySelector('#estimate').innerText.includes('32.8K')", timeout=30_000)
     page.locator("#f-train-max-steps input").fill("4")
