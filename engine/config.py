@@ -630,8 +630,10 @@ def validate(cfg: TrainConfig, *, check_files: bool = True, require_output_dir: 
     return p
 
 
-#: train.report_to's trackers, and the module each needs (pip install "ftstudio[trackers]")
-TRACKERS = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}
+#: train.report_to's trackers, and the modules each needs (pip install "ftstudio[trackers]";
+#: MLflow's default SQLite store needs SQLAlchemy and Alembic)
+TRACKERS = {"tensorboard": ("tensorboard",), "mlflow": ("mlflow", "sqlalchemy", "alembic"),
+            "wandb": ("wandb",)}
 
 
 def _check_trackers(t: TrainSection) -> list[Problem]:
@@ -643,11 +645,10 @@ def _check_trackers(t: TrainSection) -> list[Problem]:
                                             f"{', '.join(TRACKERS)} (or leave it empty)"))
     if len(set(names)) < len(names):
         p.append(Problem("train.report_to", f"{names}: names a tracker twice"))
-    missing = [n for n in dict.fromkeys(names) if n in TRACKERS and not _has(TRACKERS[n])]
+    missing = [m for n in dict.fromkeys(names) for m in TRACKERS.get(n, ()) if not _has(m)]
     if missing:
         p.append(Problem("train.report_to", f"{', '.join(missing)} not installed; pip install "
-                                            "\"ftstudio[trackers]\" (or pip install "
-                                            f"{' '.join(missing)})"))
+                                            "\"ftstudio[trackers]\""))
     if t.tracker_experiment is not None and not t.tracker_experiment.strip():
         p.append(Problem("train.tracker_experiment", "is blank; give a name or leave it empty "
                                                      "for ftstudio"))

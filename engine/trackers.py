@@ -7,12 +7,14 @@ Use from Python (engine.train.run does this around setup, fit and finish):
 
 Every record that metrics.jsonl gets (the same records the job page shows: loss, lr, grad_norm,
 throughput, eval_*, gen_*, ...) is logged to each tracker at its `step`, with the config as the
-run's hyperparameters (flat dotted keys: train.lr, method.r, ...). Only the main process receives
+run's hyperparameters (flat dotted keys: train.lr, method.r, ...; secrets of the environment
+masked, engine/redact.py). Only the main process receives
 records (engine.checkpoint.RunFiles reports there), so a DDP run logs once; the trackers start
 with the first record.
 
 The trackers are accelerate's (accelerate.tracking); their own clients fill in where accelerate
-falls short: MLflow's tracking URI and a run's end status, W&B's offline mode and folder.
+falls short: MLflow's tracking URI, asynchronous writes and a run's end status, W&B's offline
+mode and folder.
 
   tensorboard  output_dir/tb/ (`tensorboard --logdir output_dir/tb`); a resumed run purges the
                steps it repeats (SummaryWriter's purge_step).
@@ -30,13 +32,14 @@ goes on; the others keep logging.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Callable, Iterator
 from urllib.parse import urlsplit, urlunsplit
 
 from engine import settings
 from engine.config import TrainConfig
+from engine.redact import redact, redact_data
 from engine.reporter import Reporter
 
 DEFAULT_EXPERIMENT = "ftstudio"
@@ -65,6 +68,8 @@ class TrackingReporter:
     def __init__(self, cfg: TrainConfig, inner: Reporter):
         self.cfg, self.inner = cfg, inner
         self.live: dict[str, Any] = {}      # name -> accelerate tracker, while it works
+        self.pending: dict[str, Any] = {}   # name -> its asynchronous write in flight
+        self.mlflow: Any = None             # MLflow's client, for its asynchronous writes
         self.started = False
 
     def on_metrics(self, record: dict[str, Any]) -> None:
@@ -72,9 +77,9 @@ class TrackingReporter:
         if not self.started:
             self.started = True
             self._start(int(record.get("step", 0)))
-        values = metric_values(record)
+        values, step = metric_values(record), int(record["step"])
         for name in list(self.live):
-            self._guard(name, "logging", lambda t: t.log(values, step=int(record["step"])))
+            self._guard(name, "logging", lambda t, n=name: self._log(n, t, values, step))
 
     def on_log(self, line: str) -> None:
         self.inner.on_log(line)
@@ -84,6 +89,7 @@ class TrackingReporter:
 
     def close(self, failed: bool) -> None:
         for name in list(self.live):
+            self._guard(name, "logging", lambda t, n=name: self._written(n))
             self._guard(name, "finishing", lambda t, n=name: finish(n, t, failed))
             self.live.pop(name, None)
 
@@ -101,6 +107,33 @@ class TrackingReporter:
                 continue
             self.inner.on_log(f"trackers: {name} logging to {where}")
 
+    def _log(self, name: str, tracker: Any, values: dict[str, float], step: int) -> None:
+        """accelerate's log; for MLflow its client's asynchronous log_batch (a synchronous write
+        to the SQLite store takes tens of milliseconds, accelerate's goes through mlflow's
+        fluent API, which reads the run back on every call), once the record before has been
+        written: a write that failed raises here, one record late."""
+        if name != "mlflow":
+            tracker.log(values, step=step)
+            return
+        import time
+
+        import mlflow
+        from mlflow.entities import Metric
+
+        self._written(name)
+        self.mlflow = self.mlflow or mlflow.MlflowClient()  # the URI start_mlflow set
+        now = int(time.time() * 1000)
+        self.pending[name] = self.mlflow.log_batch(
+            tracker.active_run.info.run_id, metrics=[Metric(k, v, now, step)
+                                                     for k, v in values.items()],
+            synchronous=False)
+
+    def _written(self, name: str) -> None:
+        """Wait for the tracker's asynchronous write, raising what it failed with."""
+        pending = self.pending.pop(name, None)
+        if pending is not None:
+            pending.wait()
+
     def _guard(self, name: str, what: str, call: Callable[[Any], None]) -> None:
         tracker = self.live.get(name)
         if tracker is None:
@@ -113,6 +146,7 @@ class TrackingReporter:
     def _drop(self, name: str, what: str, exc: Exception) -> None:
         """One log line, and the tracker is closed quietly and not used again."""
         tracker = self.live.pop(name, None)
+        self.pending.pop(name, None)
         self.inner.on_log(f"trackers: {name} failed while {what} ({type(exc).__name__}: "
                           f"{exc}); training continues without it")
         if tracker is not None:
@@ -132,7 +166,8 @@ def metric_values(record: dict[str, Any]) -> dict[str, float]:
 
 
 def hyperparameters(cfg: TrainConfig) -> dict[str, Any]:
-    """The config as flat dotted keys, lists joined with commas (what every tracker accepts)."""
+    """The config as flat dotted keys, lists joined with commas (what every tracker accepts),
+    with the environment's secrets masked (engine/redact.py: a token in a path stays out)."""
     flat: dict[str, Any] = {}
     for section, values in cfg.to_dict().items():
         if not isinstance(values, dict):
@@ -141,12 +176,12 @@ def hyperparameters(cfg: TrainConfig) -> dict[str, Any]:
         for key, value in values.items():
             flat[f"{section}.{key}"] = ",".join(map(str, value)) \
                 if isinstance(value, list) else value
-    return flat
+    return redact_data(flat)
 
 
 def run_name(cfg: TrainConfig) -> str:
     """The output folder's name; job-<id> for a queued job's folder jobs/<id>."""
-    name = Path(cfg.output_dir or "run").name
+    name = redact(Path(cfg.output_dir or "run").name)
     return f"job-{name}" if name.isdigit() else name
 
 
@@ -183,19 +218,32 @@ def start_mlflow(cfg: TrainConfig, first_step: int) -> tuple[Any, str]:
     uri, artifacts = settings.mlflow_tracking_uri(), settings.mlflow_artifacts()
     name = experiment(cfg)
     mlflow.set_tracking_uri(uri)
-    client = mlflow.MlflowClient(uri)
-    if client.get_experiment_by_name(name) is None:
-        try:  # before accelerate looks: two jobs of a sweep may both find none
-            client.create_experiment(name, artifact_location=artifacts and artifacts.as_uri())
-        except MlflowException:
-            if client.get_experiment_by_name(name) is None:
-                raise
-    tracker = MLflowTracker(experiment_name=name, run_name=run_name(cfg),
-                            tags={"ftstudio.output_dir": str(cfg.output_dir),
-                                  "ftstudio.first_step": str(first_step)})
-    tracker.start()
+    with store_lock(artifacts):
+        client = mlflow.MlflowClient(uri)
+        if client.get_experiment_by_name(name) is None:
+            try:  # before accelerate looks: two jobs of a sweep may both find none
+                client.create_experiment(name, artifact_location=artifacts and artifacts.as_uri())
+            except MlflowException:
+                if client.get_experiment_by_name(name) is None:
+                    raise
+        tracker = MLflowTracker(experiment_name=name, run_name=run_name(cfg),
+                                tags={"ftstudio.output_dir": redact(str(cfg.output_dir)),
+                                      "ftstudio.first_step": str(first_step)})
+        tracker.start()
     return tracker, (f"{without_password(uri)} (experiment {tracker.experiment_name}, run "
                      f"{run_name(cfg)})")
+
+
+def store_lock(artifacts: Path | None):
+    """For the default SQLite store: one job at a time creates it (MLflow migrates a new
+    database in place, and jobs starting together would each migrate it) and its experiment;
+    a tracking server needs no lock."""
+    if artifacts is None:
+        return nullcontext()
+    from filelock import FileLock
+
+    artifacts.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(artifacts.parent / "mlflow.db.lock"), timeout=300)
 
 
 def start_wandb(cfg: TrainConfig, first_step: int) -> tuple[Any, str]:

@@ -198,6 +198,56 @@ def test_no_report_to_leaves_no_tracker_files(tiny_model, examples, home, tmp_pa
     assert not any(ln.startswith("trackers:") for ln in reporter.lines)
 
 
+def test_no_secret_of_the_environment_reaches_a_tracker(tiny_model, examples, home, tmp_path,
+                                                        monkeypatch):
+    import shutil
+
+    from engine.redact import MASK
+
+    secrets = {"HF_TOKEN": "hf_" + "a1" * 16, "WANDB_API_KEY": "b2" * 20,
+               "MLFLOW_TRACKING_TOKEN": "mlflow-token-c3d4e5", "MLFLOW_TRACKING_PASSWORD":
+               "mlflow-pass-f6g7h8"}
+    for name, value in secrets.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("WANDB_MODE", "offline")   # a key is set, but there is no network here
+    data = tmp_path / f"alpaca-{secrets['HF_TOKEN']}.json"  # the config holds the token
+    shutil.copy(examples / "alpaca.json", data)
+    out = tmp_path / "run"
+    cfg = config(tiny_model, examples, out, ["tensorboard", "mlflow", "wandb"], max_steps=2,
+                 eval_every=0)
+    cfg.data.train = str(data)
+    run(cfg, ListReporter())
+
+    client, ml = mlflow_run("ftstudio")
+    assert ml.data.params["data.train"].endswith(f"alpaca-{MASK}.json")
+    files = [p for folder in (out / "tb", out / "wandb", home / "mlflow")
+             for p in folder.rglob("*") if p.is_file()]
+    assert len(files) > 5
+    leaked = {name: [str(p) for p in files if value.encode() in p.read_bytes()]
+              for name, value in secrets.items()}
+    assert not any(leaked.values()), leaked
+
+
+def test_a_resumed_run_replaces_the_steps_it_repeats_in_tensorboard(tiny_model, examples, home,
+                                                                      tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    run(config(tiny_model, examples, out, ["tensorboard"], save_every=3), ListReporter())
+    resumed = config(tiny_model, examples, out, ["tensorboard"], save_every=3,
+                     resume_from=str(out / "checkpoints" / "step-3"))
+    run(resumed, ListReporter())
+
+    assert len(list((out / "tb").glob("events.out.tfevents.*"))) == 2     # two writers
+    acc = EventAccumulator(str(out / "tb"))
+    acc.Reload()
+    steps = [e.step for e in acc.Scalars("loss")]      # not deduplicated: repeats would show
+    assert steps == [1, 2, 3, 4, 5, 6]
+    expected = jsonl_series(out)
+    assert [(e.step, e.value) for e in acc.Scalars("loss")] == \
+        [(s, pytest.approx(v, rel=1e-6)) for s, v in expected["loss"]]
+
+
 # --------------------------------------------------------------------------- failures
 
 
@@ -328,6 +378,41 @@ def test_what_is_logged_and_as_what():
 
 
 # --------------------------------------------------------------------------- several processes
+
+
+MLFLOW_JOB = """
+import sys
+from engine.config import TrainConfig
+from engine.reporter import ListReporter
+from engine.trackers import tracked
+cfg = TrainConfig(output_dir=sys.argv[1])
+cfg.train.report_to = ["mlflow"]
+inner = ListReporter()
+with tracked(cfg, inner) as reporter:
+    for step in range(1, 6):
+        reporter.on_metrics({"step": step, "epoch": 0.1, "loss": 1.0 / step})
+print([line for line in inner.lines if "failed" in line])
+"""
+
+
+@pytest.mark.slow
+def test_jobs_starting_together_share_a_new_mlflow_store(home, tmp_path):
+    """Without a lock each would migrate the new SQLite database at once, and all fail."""
+    env = {**os.environ, "FTSTUDIO_HOME": str(home), "PYTHONPATH": str(ROOT)}
+    jobs = [subprocess.Popen([sys.executable, "-c", MLFLOW_JOB, str(tmp_path / f"job{i}")],
+                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for i in range(4)]
+    outputs = [job.communicate(timeout=300) for job in jobs]
+    assert [job.returncode for job in jobs] == [0] * 4, outputs
+    assert [out.strip().splitlines()[-1] for out, _ in outputs] == ["[]"] * 4, outputs
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(settings.mlflow_tracking_uri())
+    runs = client.search_runs([client.get_experiment_by_name("ftstudio").experiment_id])
+    assert sorted(r.info.run_name for r in runs) == [f"job{i}" for i in range(4)]
+    for r in runs:
+        assert [m.step for m in client.get_metric_history(r.info.run_id, "loss")] == \
+            [1, 2, 3, 4, 5]
 
 
 @pytest.mark.slow

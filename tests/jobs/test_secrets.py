@@ -26,6 +26,19 @@ def test_which_variables_are_secrets_and_how_they_are_masked(monkeypatch):
     assert redact_data({"hf_abcdefgh": ["x hf_abcdefgh", 3]}) == {MASK: [f"x {MASK}", 3]}
 
 
+def test_tracker_keys_and_passwords_in_urls_are_secrets(monkeypatch):
+    env = {"WANDB_API_KEY": "w" * 40, "MLFLOW_TRACKING_TOKEN": "mlflow-token-1",
+           "MLFLOW_TRACKING_PASSWORD": "mlflow-pass-2", "MLFLOW_TRACKING_USERNAME": "alice-admin",
+           "MLFLOW_TRACKING_URI": "https://alice:url-pass-3@mlflow.example/",
+           "FTSTUDIO_REDIS_URL": "redis://:redis-pass-4@redis:6379/0",
+           "OTHER_URL": "https://example.com/path"}
+    assert set(secret_values(env)) == {"w" * 40, "mlflow-token-1", "mlflow-pass-2", "url-pass-3",
+                                       "redis-pass-4"}
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", env["MLFLOW_TRACKING_URI"])
+    assert redact("mlflow at https://alice:url-pass-3@mlflow.example/ failed") == \
+        f"mlflow at https://alice:{MASK}@mlflow.example/ failed"
+
+
 def _text_of(folder) -> str:
     """Every file under folder as text, the members of zip files included."""
     parts = []
