@@ -324,6 +324,27 @@ def test_a_tracker_that_cannot_start_is_dropped_and_the_others_log(home, tmp_pat
     assert mlflow_series(client, ml, ["loss"]) == {"loss": [(1, 2.0), (2, 1.0)]}
 
 
+def test_an_mlflow_write_that_fails_in_the_background_is_caught_one_record_late(home, tmp_path):
+    """MLflow writes asynchronously: its failure surfaces at the next record, logged once."""
+    from mlflow.tracking import MlflowClient
+
+    cfg = TrainConfig(output_dir=str(tmp_path / "run"))
+    cfg.train.report_to = ["mlflow"]
+    inner = ListReporter()
+    with trackers.tracked(cfg, inner) as reporter:
+        reporter.on_metrics({"step": 1, "loss": 1.0})
+        client, ml = mlflow_run("ftstudio")
+        reporter.on_metrics({"step": 2, "loss": 0.5})
+        MlflowClient(settings.mlflow_tracking_uri()).delete_run(ml.info.run_id)  # no more writes
+        for step in (3, 4, 5):
+            reporter.on_metrics({"step": step, "loss": 1.0 / step})
+    assert [r["step"] for r in inner.records] == [1, 2, 3, 4, 5]
+    failed = [ln for ln in inner.lines if "failed" in ln]
+    assert len(failed) == 1 and failed[0].startswith("trackers: mlflow failed while logging"), \
+        inner.lines
+    assert [m.step for m in client.get_metric_history(ml.info.run_id, "loss")] == [1, 2]
+
+
 # --------------------------------------------------------------------------- config and settings
 
 
