@@ -86,3 +86,37 @@ def test_hf_token_never_reaches_logs_configs_run_files_or_exports(workers, tiny_
     assert not leaked, f"HF_TOKEN leaked into {leaked}"
     shown = {k: v for k, v in api.get(job["id"]).items() if k != "config"}  # error, hint...
     assert token not in json.dumps(shown)
+
+
+def test_tracker_secrets_never_reach_a_jobs_trackers_or_log(workers, tiny_model, tmp_path):
+    """A queued job with train.report_to all three, W&B's and MLflow's keys and HF_TOKEN set,
+    and the token in its data file's name: the trackers log (their lines are in the job's
+    events) and none of their files, nor the log, holds a secret."""
+    secrets_env = {"HF_TOKEN": "hf_" + secrets.token_hex(16),
+                   "WANDB_API_KEY": secrets.token_hex(20),
+                   "MLFLOW_TRACKING_TOKEN": "mlt-" + secrets.token_hex(8),
+                   "MLFLOW_TRACKING_PASSWORD": "mlp-" + secrets.token_hex(8)}
+    data = tmp_path / f"alpaca-{secrets_env['HF_TOKEN']}.json"
+    shutil.copy(EXAMPLES / "alpaca.json", data)
+    cfg = train_config(tiny_model, max_steps=3, eval_every=0, save_every=100,
+                       report_to=["tensorboard", "mlflow", "wandb"])
+    cfg["data"]["train"] = str(data)
+    job = api.submit(cfg, name="tracked-run")
+    workers.start(WANDB_MODE="offline", **secrets_env)  # offline: a key, but no network here
+    wait_for(lambda: api.get(job["id"])["status"] in store.FINISHED, 240, what="the job")
+    assert api.get(job["id"])["status"] == "completed", workers.output()
+
+    with store.connect() as db:
+        events = "\n".join(r["line"] for r in db.query("SELECT line FROM events"))
+    for name in ("tensorboard", "mlflow", "wandb"):
+        assert f"trackers: {name} logging to" in events, events
+    assert "failed" not in events
+    folder = store.job_dir(job["id"])
+    checked = {"tb": _text_of(folder / "tb"), "wandb": _text_of(folder / "wandb"),
+               "mlflow": _text_of(store.home() / "mlflow"), "events": events,
+               "log.txt": (folder / "log.txt").read_text()}
+    assert all(checked.values()), [k for k, v in checked.items() if not v]
+    leaked = {name: [where for where, text in checked.items() if value in text]
+              for name, value in secrets_env.items()}
+    assert not any(leaked.values()), leaked
+    assert f"alpaca-{MASK}.json" in checked["mlflow"]   # the config went, masked
