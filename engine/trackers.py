@@ -32,6 +32,7 @@ goes on; the others keep logging.
 
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -217,7 +218,10 @@ def start_mlflow(cfg: TrainConfig, first_step: int) -> tuple[Any, str]:
 
     uri, artifacts = settings.mlflow_tracking_uri(), settings.mlflow_artifacts()
     name = experiment(cfg)
-    mlflow.set_tracking_uri(uri)
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)  # it also exports the URI to os.environ, for subprocesses:
+    if before is None:            # keep the environment as it was (a later run in this process,
+        os.environ.pop("MLFLOW_TRACKING_URI", None)  # and its workers, read their own)
     with store_lock(artifacts):
         client = mlflow.MlflowClient(uri)
         if client.get_experiment_by_name(name) is None:
