@@ -1,6 +1,9 @@
 """train.report_to: a real tiny run logs to TensorBoard, MLflow and W&B, and each tracker's own
 reader gives back the steps and values of metrics.jsonl; a tracker that fails is logged once and
-the run goes on."""
+the run goes on.
+
+About 470 lines: each tracker's reader, the round trips, the failures and the several-process
+cases share the tiny runs' helpers, so they stay in one file."""
 
 from __future__ import annotations
 
