@@ -8,7 +8,7 @@ Use from Python:
 The UI's tooltips, `ftstudio config --keys` and the README table all read `help_for(key)`,
 so the text below is the only place a setting is explained.
 
-About 750 lines: the four typed sections with the help text of every field, their coercion and
+About 800 lines: the four typed sections with the help text of every field, their coercion and
 their validation are the config contract, and live together so a field and its checks are
 changed in one place.
 """
@@ -193,6 +193,16 @@ class TrainSection:
     neftune_alpha: float | None = _f(None, "NEFTune: add uniform noise of this scale to "
                                            "embeddings while training (5 is typical). Empty: off.")
     log_every: int = _f(1, "Report training metrics every N optimizer steps.")
+    report_to: list[str] = _f(
+        [], "Also send the metrics (every metrics.jsonl record: loss, lr, throughput, eval and "
+            "gen_* metrics) and the config as hyperparameters to these trackers: tensorboard "
+            "(event files in output_dir/tb), mlflow (MLFLOW_TRACKING_URI, else a SQLite store "
+            "in FTSTUDIO_HOME/mlflow), wandb (output_dir/wandb, offline unless WANDB_API_KEY is "
+            "set). A list, or names separated by commas; empty: none. Needs pip install "
+            "\"ftstudio[trackers]\"; a tracker that fails is logged once and training goes on.")
+    tracker_experiment: str | None = _f(
+        None, "The MLflow experiment and the W&B group the run is logged under (train.report_to); "
+              "empty: ftstudio.")
     seed: int = _f(42, "Random seed for data order, the validation split, initialisation and "
                        "dropout.")
     resume_from: str | None = _f(None, "Checkpoint folder to continue from exactly, or 'latest' "
@@ -395,6 +405,13 @@ def apply_overrides(cfg: TrainConfig, overrides: list[str]) -> TrainConfig:
 
 def _coerce(key: str, value: Any) -> Any:
     """Convert a YAML/CLI value to the field's type, or raise ValueError saying what fits."""
+    if key == "train.report_to":  # a list, "tensorboard,mlflow", or none / empty
+        if value is None or isinstance(value, str):
+            value = [] if value is None or value.strip().lower() in ("", "none", "null") else \
+                value.split(",")
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return [v.strip() for v in value if v.strip()]
+        raise ValueError(f"{value!r} is not a list of tracker names ({', '.join(TRACKERS)})")
     tp = _type_of(key)
     args = get_args(tp)
     optional = type(None) in args
@@ -598,6 +615,7 @@ def validate(cfg: TrainConfig, *, check_files: bool = True, require_output_dir: 
         p.append(Problem("train.early_stopping_metric", f"{t.early_stopping_metric} is measured "
                                                         "only with train.eval_generate 'every "
                                                         "N'; set that, or watch eval_loss"))
+    p.extend(_check_trackers(t))
     if t.neftune_alpha is not None and t.neftune_alpha <= 0:
         p.append(Problem("train.neftune_alpha", "must be positive (5 is typical), or empty"))
     if t.optimizer in ("adamw_8bit", "paged_adamw_8bit", "lion_8bit") and not _has("bitsandbytes"):
@@ -615,6 +633,34 @@ def validate(cfg: TrainConfig, *, check_files: bool = True, require_output_dir: 
 
     if require_output_dir and not cfg.output_dir:
         p.append(Problem("output_dir", "is required; e.g. --set output_dir=runs/my-run"))
+    return p
+
+
+#: train.report_to's trackers, and the modules each needs (pip install "ftstudio[trackers]";
+#: MLflow's default SQLite store needs SQLAlchemy and Alembic)
+TRACKERS = {"tensorboard": ("tensorboard",), "mlflow": ("mlflow", "sqlalchemy", "alembic"),
+            "wandb": ("wandb",)}
+
+
+def _check_trackers(t: TrainSection) -> list[Problem]:
+    p: list[Problem] = []
+    names = t.report_to if isinstance(t.report_to, list) else [t.report_to]
+    unknown = [n for n in names if n not in TRACKERS]
+    if unknown:
+        p.append(Problem("train.report_to", f"{', '.join(map(repr, unknown))}: use a list of "
+                                            f"{', '.join(TRACKERS)} (or leave it empty)"))
+    if len(set(names)) < len(names):
+        p.append(Problem("train.report_to", f"{names}: names a tracker twice"))
+    missing = [m for n in dict.fromkeys(names) for m in TRACKERS.get(n, ()) if not _has(m)]
+    if missing:
+        p.append(Problem("train.report_to", f"{', '.join(missing)} not installed; pip install "
+                                            "\"ftstudio[trackers]\""))
+    if t.tracker_experiment is not None and not t.tracker_experiment.strip():
+        p.append(Problem("train.tracker_experiment", "is blank; give a name or leave it empty "
+                                                     "for ftstudio"))
+    elif t.tracker_experiment is not None and len(t.tracker_experiment) > 128:
+        p.append(Problem("train.tracker_experiment", f"is {len(t.tracker_experiment)} "
+                                                     "characters; W&B groups take at most 128"))
     return p
 
 

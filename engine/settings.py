@@ -128,6 +128,34 @@ def login_max_failures_per_minute(default: int) -> int:
     return int(_number("FTSTUDIO_LOGIN_MAX_FAILURES_PER_MINUTE", default, int, strict=True))
 
 
+# --------------------------------------------------------------------------- trackers (train.report_to)
+# The trackers' own variables, read here so that where a run's metrics go is decided in one place.
+
+
+def mlflow_tracking_uri() -> str:
+    """MLFLOW_TRACKING_URI, else a SQLite store in FTSTUDIO_HOME/mlflow (MLflow 3 refuses its
+    file store unless MLFLOW_ALLOW_FILE_STORE is set; SQLite is what it recommends)."""
+    return _text("MLFLOW_TRACKING_URI") or \
+        f"sqlite:///{(home() / 'mlflow' / 'mlflow.db').resolve()}"
+
+
+def mlflow_artifacts() -> Path | None:
+    """Where the default MLflow store keeps run artifacts (FTSTUDIO_HOME/mlflow/artifacts);
+    None with MLFLOW_TRACKING_URI, whose server decides."""
+    return None if _text("MLFLOW_TRACKING_URI") else (home() / "mlflow" / "artifacts").resolve()
+
+
+def wandb_mode() -> str:
+    """WANDB_MODE when set (online, offline, disabled), else online with WANDB_API_KEY and
+    offline without it."""
+    return _text("WANDB_MODE") or ("online" if _text("WANDB_API_KEY") else "offline")
+
+
+def wandb_project() -> str:
+    """WANDB_PROJECT, else ftstudio."""
+    return _text("WANDB_PROJECT") or "ftstudio"
+
+
 # --------------------------------------------------------------------------- test hooks
 
 

@@ -38,6 +38,7 @@ from engine.loss import TokenLoss
 from engine.optim import add_neftune_noise, build_optimizer
 from engine.reporter import NullReporter, PrintReporter, Reporter
 from engine.speedups import compile_body, liger_fused_loss
+from engine.trackers import tracked
 
 
 @dataclass
@@ -92,8 +93,9 @@ class Session:
 
 def run(cfg: TrainConfig, reporter: Reporter | None = None) -> RunResult:
     """Train cfg to the end (or to early stopping, or until the reporter says stop)."""
-    session = setup(cfg, reporter or NullReporter())
-    return finish(session, fit(session))
+    with tracked(cfg, reporter or NullReporter()) as reporter:  # train.report_to (trackers.py)
+        session = setup(cfg, reporter)
+        return finish(session, fit(session))
 
 
 def setup(cfg: TrainConfig, reporter: Reporter) -> Session:

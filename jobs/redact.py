@@ -1,9 +1,9 @@
 """Keep secrets from the environment out of everything a job writes that people see.
 
-A secret is the value of HF_TOKEN or of any environment variable whose name ends in _TOKEN,
-_KEY, _SECRET or _PASSWORD (values shorter than MIN_LENGTH are left alone: they would blank out
-ordinary words). The runner wraps its stdout/stderr (log.txt) and redacts every event line, error
-and hint it writes to studio.db; config.yaml and run.json are rewritten redacted when a job ends
+Which values are secrets is engine/redact.py's rule: HF_TOKEN, WANDB_API_KEY,
+MLFLOW_TRACKING_TOKEN, MLFLOW_TRACKING_PASSWORD, any variable ending in _TOKEN, _KEY, _SECRET or
+_PASSWORD, and the password inside a *_URI or *_URL variable. The runner wraps its stdout and
+stderr (log.txt) and redacts every event line, error and hint it writes to studio.db; config.yaml and run.json are rewritten redacted when a job ends
 (by the runner, and by the worker for a child that was killed), so exports made from them, and
 their model cards, carry no secret either.
 
@@ -19,44 +19,10 @@ import os
 from pathlib import Path
 from typing import Any, TextIO
 
-SUFFIXES = ("_TOKEN", "_KEY", "_SECRET", "_PASSWORD")
-NAMES = ("HF_TOKEN",)
-MIN_LENGTH = 6
-MASK = "***"
-
-
-def is_secret_name(name: str) -> bool:
-    upper = name.upper()
-    return upper in NAMES or upper.endswith(SUFFIXES)
-
-
-def secret_values(env: dict[str, str] | None = None) -> list[str]:
-    """The secret values of `env` (default os.environ), longest first."""
-    env = os.environ if env is None else env
-    values = {v for k, v in env.items() if is_secret_name(k) and len(v) >= MIN_LENGTH}
-    return sorted(values, key=len, reverse=True)
-
-
-def redact(text: str, secrets: list[str] | None = None) -> str:
-    if not text:
-        return text
-    for value in secret_values() if secrets is None else secrets:
-        if value in text:
-            text = text.replace(value, MASK)
-    return text
-
-
-def redact_data(value: Any, secrets: list[str] | None = None) -> Any:
-    """A JSON-like value with every string (keys too) redacted."""
-    secrets = secret_values() if secrets is None else secrets
-    if isinstance(value, str):
-        return redact(value, secrets)
-    if isinstance(value, dict):
-        return {redact(str(k), secrets) if isinstance(k, str) else k: redact_data(v, secrets)
-                for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [redact_data(v, secrets) for v in value]
-    return value
+# which values are secrets, and masking them, live in the engine (it masks what it sends to
+# trackers); they are re-exported here for the runner and the worker
+from engine.redact import (MASK, MIN_LENGTH, NAMES, SUFFIXES, is_secret_name,  # noqa: F401
+                           redact, redact_data, secret_values)
 
 
 def redact_file(path: str | os.PathLike) -> bool:

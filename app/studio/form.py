@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.config import (ConfigError, Problem, TrainConfig, all_keys, choices_for, default_for,
-                           from_dict, help_for, validate)
+from engine.config import (TRACKERS, ConfigError, Problem, TrainConfig, all_keys, choices_for,
+                           default_for, from_dict, help_for, validate)
 
 LABELS = {
     "model.name": "Base model", "model.dtype": "Weight dtype",
@@ -42,6 +42,7 @@ LABELS = {
     "train.dpo_loss_type": "DPO loss", "train.label_smoothing": "Label smoothing",
     "train.simpo_gamma": "SimPO margin gamma", "train.kto_desirable_weight": "KTO desirable weight",
     "train.kto_undesirable_weight": "KTO undesirable weight",
+    "train.report_to": "Send metrics to", "train.tracker_experiment": "Experiment / group",
 }
 
 METHOD_LABELS = {
@@ -95,9 +96,12 @@ OBJECTIVE_KEYS = {
     "train.kto_undesirable_weight": ("kto",),
 }
 TRAIN_OBJECTIVE = ["train.objective", *OBJECTIVE_KEYS]
+#: TensorBoard, MLflow, W&B (engine/trackers.py)
+TRAIN_TRACKERS = ["train.report_to", "train.tracker_experiment"]
 #: every key in the form, in the order handlers receive their values
 FORM_KEYS = (["model.name", "data.train", "method.kind"] + MODEL_ADVANCED + DATA_MAIN +
-             DATA_ADVANCED + list(METHOD_KEYS) + TRAIN_MAIN + TRAIN_ADVANCED + TRAIN_OBJECTIVE)
+             DATA_ADVANCED + list(METHOD_KEYS) + TRAIN_MAIN + TRAIN_ADVANCED + TRAIN_OBJECTIVE +
+             TRAIN_TRACKERS)
 #: keys that change the memory estimate
 ESTIMATE_KEYS = {"model.name", "model.dtype", "model.attn_implementation", "data.max_seq_len",
                  "method.kind", "method.r", "method.target_modules", "method.quant_bits",
@@ -139,6 +143,9 @@ def widget_spec(key: str) -> dict[str, Any]:
     default = default_for(key)
     spec: dict[str, Any] = {"key": key, "label": label_for(key), "info": help_for(key)}
     choices = choices_for(key)
+    if key == "train.report_to":
+        return {**spec, "type": "dropdown", "choices": list(TRACKERS), "value": [],
+                "multiselect": True}
     if key == "method.quant_bits":
         return {**spec, "type": "dropdown", "choices": [4, 8], "value": default}
     if choices:

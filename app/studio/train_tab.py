@@ -42,7 +42,8 @@ def _widget(key: str, value: Any = None, **kw: Any):
     common.update(kw)
     value = spec["value"] if value is None else value
     if spec["type"] == "dropdown":
-        return gr.Dropdown(choices=spec["choices"], value=value, **common)
+        return gr.Dropdown(choices=spec["choices"], value=value,
+                           multiselect=spec.get("multiselect", False), **common)
     if spec["type"] == "checkbox":
         return gr.Checkbox(value=value, **common)
     if spec["type"] == "number":
@@ -162,6 +163,11 @@ def build() -> TrainTab:
                         with gr.Row():
                             for key in form.TRAIN_ADVANCED[i:i + 5]:
                                 add(key)
+                with gr.Accordion("Trackers: TensorBoard, MLflow, W&B", open=False,
+                                  elem_id="trackers-box"):
+                    with gr.Row():
+                        for key in form.TRAIN_TRACKERS:
+                            add(key)
                 with gr.Accordion("Objective: SFT, or preference tuning (DPO, ORPO, SimPO, "
                                   "KTO)", open=False, elem_id="objective-box"):
                     with gr.Row():

@@ -45,6 +45,24 @@ def test_form_round_trip_keeps_the_config(tiny_model, examples):
     assert built.to_dict() == cfg.to_dict()
 
 
+def test_the_form_sends_metrics_to_the_chosen_trackers(tiny_model, examples):
+    spec = form.widget_spec("train.report_to")
+    assert spec["type"] == "dropdown" and spec["multiselect"] and spec["value"] == []
+    assert spec["choices"] == ["tensorboard", "mlflow", "wandb"]
+    values = _good(tiny_model, examples)
+    assert values["train.report_to"] == [] and values["train.tracker_experiment"] is None
+    cfg, problems = form.check_form({**values, "train.report_to": ["mlflow", "tensorboard"],
+                                     "train.tracker_experiment": "lr-search"})
+    assert not problems
+    assert cfg.train.report_to == ["mlflow", "tensorboard"]
+    assert cfg.train.tracker_experiment == "lr-search"
+    shown = dict(zip(form.FORM_KEYS, form.config_to_form(cfg)))
+    assert shown["train.report_to"] == ["mlflow", "tensorboard"]
+    assert "train.report_to=mlflow,tensorboard" in form.overrides(cfg)
+    _, problems = form.check_form({**values, "train.report_to": ["comet"]})
+    assert [p.key for p in problems] == ["train.report_to"]
+
+
 def test_every_problem_is_reported_at_once(tiny_model, examples):
     values = _good(tiny_model, examples)
     values.update({"train.lr": "fast", "method.r": None, "data.train": "notes.txt",

@@ -26,6 +26,19 @@ def test_which_variables_are_secrets_and_how_they_are_masked(monkeypatch):
     assert redact_data({"hf_abcdefgh": ["x hf_abcdefgh", 3]}) == {MASK: [f"x {MASK}", 3]}
 
 
+def test_tracker_keys_and_passwords_in_urls_are_secrets(monkeypatch):
+    env = {"WANDB_API_KEY": "w" * 40, "MLFLOW_TRACKING_TOKEN": "mlflow-token-1",
+           "MLFLOW_TRACKING_PASSWORD": "mlflow-pass-2", "MLFLOW_TRACKING_USERNAME": "alice-admin",
+           "MLFLOW_TRACKING_URI": "https://alice:url-pass-3@mlflow.example/",
+           "FTSTUDIO_REDIS_URL": "redis://:redis-pass-4@redis:6379/0",
+           "OTHER_URL": "https://example.com/path"}
+    assert set(secret_values(env)) == {"w" * 40, "mlflow-token-1", "mlflow-pass-2", "url-pass-3",
+                                       "redis-pass-4"}
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", env["MLFLOW_TRACKING_URI"])
+    assert redact("mlflow at https://alice:url-pass-3@mlflow.example/ failed") == \
+        f"mlflow at https://alice:{MASK}@mlflow.example/ failed"
+
+
 def _text_of(folder) -> str:
     """Every file under folder as text, the members of zip files included."""
     parts = []
@@ -73,3 +86,37 @@ def test_hf_token_never_reaches_logs_configs_run_files_or_exports(workers, tiny_
     assert not leaked, f"HF_TOKEN leaked into {leaked}"
     shown = {k: v for k, v in api.get(job["id"]).items() if k != "config"}  # error, hint...
     assert token not in json.dumps(shown)
+
+
+def test_tracker_secrets_never_reach_a_jobs_trackers_or_log(workers, tiny_model, tmp_path):
+    """A queued job with train.report_to all three, W&B's and MLflow's keys and HF_TOKEN set,
+    and the token in its data file's name: the trackers log (their lines are in the job's
+    events) and none of their files, nor the log, holds a secret."""
+    secrets_env = {"HF_TOKEN": "hf_" + secrets.token_hex(16),
+                   "WANDB_API_KEY": secrets.token_hex(20),
+                   "MLFLOW_TRACKING_TOKEN": "mlt-" + secrets.token_hex(8),
+                   "MLFLOW_TRACKING_PASSWORD": "mlp-" + secrets.token_hex(8)}
+    data = tmp_path / f"alpaca-{secrets_env['HF_TOKEN']}.json"
+    shutil.copy(EXAMPLES / "alpaca.json", data)
+    cfg = train_config(tiny_model, max_steps=3, eval_every=0, save_every=100,
+                       report_to=["tensorboard", "mlflow", "wandb"])
+    cfg["data"]["train"] = str(data)
+    job = api.submit(cfg, name="tracked-run")
+    workers.start(WANDB_MODE="offline", **secrets_env)  # offline: a key, but no network here
+    wait_for(lambda: api.get(job["id"])["status"] in store.FINISHED, 240, what="the job")
+    assert api.get(job["id"])["status"] == "completed", workers.output()
+
+    with store.connect() as db:
+        events = "\n".join(r["line"] for r in db.query("SELECT line FROM events"))
+    for name in ("tensorboard", "mlflow", "wandb"):
+        assert f"trackers: {name} logging to" in events, events
+    assert "failed" not in events
+    folder = store.job_dir(job["id"])
+    checked = {"tb": _text_of(folder / "tb"), "wandb": _text_of(folder / "wandb"),
+               "mlflow": _text_of(store.home() / "mlflow"), "events": events,
+               "log.txt": (folder / "log.txt").read_text()}
+    assert all(checked.values()), [k for k, v in checked.items() if not v]
+    leaked = {name: [where for where, text in checked.items() if value in text]
+              for name, value in secrets_env.items()}
+    assert not any(leaked.values()), leaked
+    assert f"alpaca-{MASK}.json" in checked["mlflow"]   # the config went, masked
