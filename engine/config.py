@@ -202,7 +202,7 @@ class TrainSection:
             "\"ftstudio[trackers]\"; a tracker that fails is logged once and training goes on.")
     tracker_experiment: str | None = _f(
         None, "The MLflow experiment and the W&B group the run is logged under (train.report_to); "
-              "empty: ftstudio.")
+              "empty: ftstudio, or for the jobs of a sweep the sweep's name.")
     seed: int = _f(42, "Random seed for data order, the validation split, initialisation and "
                        "dropout.")
     resume_from: str | None = _f(None, "Checkpoint folder to continue from exactly, or 'latest' "

@@ -227,6 +227,9 @@ def submit(config: TrainConfig | dict, grid: dict[str, list[str]] | list[str], *
     name = (name or "").strip() or f"sweep-{sweep_id}"
     for i, job in enumerate(jobs):
         job["name"] = f"{name}-{i + 1}"
+        train = job["config"]["train"]      # the group is the trackers' experiment / group
+        if train.get("report_to") and not train.get("tracker_experiment"):
+            train["tracker_experiment"] = name
     base = from_dict(config) if isinstance(config, dict) else config
     with store.connect() as db:
         access.check_queue_limit(db, actor, adding=len(jobs))

@@ -90,6 +90,18 @@ def test_a_sweep_queues_its_jobs_linked_to_the_group(home):
     assert [s["id"] for s in sweeps.list_sweeps()] == [sw["id"]]
     api.delete(jobs[0]["id"])
     assert len(sweeps.get(sw["id"])["jobs"]) == 3
+    assert all(j["config"]["train"].get("tracker_experiment") is None for j in jobs)
+
+
+def test_a_sweep_is_the_trackers_experiment_of_its_jobs(home):
+    """With train.report_to set, every job of the group logs under the group's name (the MLflow
+    experiment, the W&B group), unless the config names an experiment itself."""
+    tracked = fake_config(report_to=["tensorboard"])
+    sw = sweeps.submit(tracked, ["train.lr=1e-3,2e-3"], name="lr-grid")
+    assert {j["config"]["train"]["tracker_experiment"] for j in sw["jobs"]} == {"lr-grid"}
+    named = fake_config(report_to=["tensorboard"], tracker_experiment="mine")
+    sw = sweeps.submit(named, ["train.lr=1e-3,2e-3"], name="other")
+    assert {j["config"]["train"]["tracker_experiment"] for j in sw["jobs"]} == {"mine"}
 
 
 def test_another_user_sees_neither_the_sweep_nor_its_jobs(home):
