@@ -27,11 +27,13 @@ $(DEMO): | $(STAMP)
 serve: $(STAMP) $(DEMO)
 	$(VENV)/bin/ftstudio serve
 
+# the fast tier (plain pytest), then the slow and e2e tiers (real training runs, browsers)
 test: $(STAMP)
 	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "slow or e2e"
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow and not e2e"
+	$(PY) -m pytest -q
 
 clean:
 	rm -rf $(VENV) build *.egg-info
