@@ -40,7 +40,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.config import TrainConfig, VIRTUAL_TOKEN_METHODS
+from engine.config import TrainConfig, VIRTUAL_TOKEN_METHODS, packing_applies
 
 GiB = 1024 ** 3
 #: share of the device a run may use and still be called a comfortable fit
@@ -288,6 +288,15 @@ def estimate(cfg: TrainConfig, model_config: dict[str, Any] | None,
         acts = tokens * (s.layers * s.hidden + per_layer) * cbytes
     else:
         acts = tokens * s.layers * per_layer * cbytes
+    # packed rows under the dense block-diagonal mask (sdpa/eager asked for): one rows x L x L
+    # mask per batch, kept through the backward; the varlen path (auto) builds none
+    if packing_applies(cfg)[0] and cfg.model.attn_implementation in ("sdpa", "eager"):
+        mask = tokens // seq * seq * seq * cbytes
+        acts += mask
+        notes.append(f"packed rows under a dense {seq} x {seq} mask "
+                     f"(model.attn_implementation {cfg.model.attn_implementation}) take "
+                     f"{human_bytes(mask)} per batch, growing with max_seq_len squared; auto "
+                     "(varlen attention) builds no mask")
     # engine/loss.py: logits only at trained positions, CHUNK_LOGITS at a time (the rest are
     # recomputed in backward): one chunk's logits, float32 copy (none in float32), log-softmax
     # and gradient. All positions are counted as trained (completion-only data trains fewer).
