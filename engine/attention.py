@@ -138,24 +138,66 @@ def spans_attention(module, query: torch.Tensor, key: torch.Tensor, value: torch
                  spans_from_positions(positions[b if positions.shape[0] > 1 else 0]))
         rows.append(_row_spans(query[b:b + 1], key[b:b + 1], value[b:b + 1], spans, scaling,
                                dropout, window))
-    out = torch.cat(rows) if len(rows) > 1 else rows[0]
-    return out.transpose(1, 2).contiguous(), None
+    return (torch.cat(rows) if len(rows) > 1 else rows[0]), None
 
 
 def _row_spans(query, key, value, spans, scaling, dropout, window) -> torch.Tensor:
-    """SDPA over each span of one row, causal (and within `window`), concatenated."""
+    """SDPA over the record spans of one row (query [1, H, T, D]) -> [1, T, H, D], causal
+    (and within `window`) inside each span.
+
+    Spans of similar length (within BUCKET of the longest) run as one batched SDPA call:
+    each is right-padded to the longest of its bucket, which the causal mask makes exact (a
+    real query sees only keys at or before it, all real); padded queries are dropped. So a
+    row of a hundred records costs a few calls, not a hundred. One gather lays the buckets
+    out and one gather puts the outputs back in token order (each a single scatter in
+    backward)."""
     gqa = query.shape[1] != key.shape[1]
+    buckets = length_buckets(spans)
+    gather, real, sizes, at = [], [], [], 0
+    for bucket in buckets:
+        width = bucket[0][1] - bucket[0][0]
+        for s, e in bucket:
+            gather.extend(s + min(i, e - s - 1) for i in range(width))
+            real.append((s, at, e - s))
+            at += width
+        sizes.append(len(bucket) * width)
+    where = torch.empty(query.shape[2], dtype=torch.long)
+    for s, p, n in real:
+        where[s:s + n] = torch.arange(p, p + n)
+    gather_at = torch.tensor(gather, device=query.device)
+    # [1, H, T, D] -> [T, H, D] (the projections' own layout) -> buckets of [G, H, width, D]
+    parts = [x[0].transpose(0, 1).index_select(0, gather_at).split(sizes)
+             for x in (query, key, value)]
     outs = []
-    for s, e in spans:
+    for bucket, q, k, v in zip(buckets, *parts):
+        width = bucket[0][1] - bucket[0][0]
+        q, k, v = (x.unflatten(0, (len(bucket), width)).transpose(1, 2) for x in (q, k, v))
         mask, causal = None, True
-        if window and e - s > window:   # causal and at most `window` back, within the span
-            i = torch.arange(e - s, device=query.device)
+        if window and width > window:   # causal and at most `window` back
+            i = torch.arange(width, device=q.device)
             mask = (i[:, None] >= i[None, :]) & (i[:, None] - i[None, :] < window)
             causal = False
-        outs.append(F.scaled_dot_product_attention(
-            query[:, :, s:e], key[:, :, s:e], value[:, :, s:e], attn_mask=mask,
-            dropout_p=dropout, scale=scaling, is_causal=causal, enable_gqa=gqa))
-    return torch.cat(outs, dim=2) if len(outs) > 1 else outs[0]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout,
+                                             scale=scaling, is_causal=causal, enable_gqa=gqa)
+        outs.append(out.transpose(1, 2).flatten(0, 1))           # [G * width, H, D]
+    out = torch.cat(outs) if len(outs) > 1 else outs[0]
+    return out.index_select(0, where.to(query.device))[None]   # [1, T, H, D], token order
+
+
+#: spans in one batched SDPA call are at least this share of its longest
+BUCKET = 0.8
+
+
+def length_buckets(spans: list[tuple[int, int]]) -> list[list[tuple[int, int]]]:
+    """Spans grouped longest first, each group's shortest at least BUCKET of its longest."""
+    buckets: list[list[tuple[int, int]]] = []
+    for span in sorted(spans, key=lambda se: se[0] - se[1]):
+        n = span[1] - span[0]
+        if buckets and n >= BUCKET * (buckets[-1][0][1] - buckets[-1][0][0]):
+            buckets[-1].append(span)
+        else:
+            buckets.append([span])
+    return buckets
 
 
 def spans_mask(**kwargs: Any):

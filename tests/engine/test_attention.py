@@ -7,7 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine.attention import SPANS, choose_attention, flash_available, is_varlen
+from engine.attention import (BUCKET, SPANS, choose_attention, flash_available, is_varlen,
+                              length_buckets, spans_attention)
 from engine.config import TrainConfig, packing_applies
 from engine.data.batching import (IGNORE_INDEX, Batches, collate_flat, collate_packed,
                                   segment_ids)
@@ -19,7 +20,7 @@ PATHS = ["sdpa", "eager", SPANS] + ([flash_available(torch.device("cuda"))]
                                     and flash_available(torch.device("cuda")) else [])
 
 
-def records(lengths=(9, 23, 14, 31, 6), seed: int = 0) -> list[tuple[list[int], list[int]]]:
+def records(lengths=(9, 23, 14, 31, 6, 21, 8, 28), seed: int = 0) -> list[tuple[list[int], list[int]]]:
     """Records like engine.data makes them: first label -100, a prompt without loss."""
     g = torch.Generator().manual_seed(seed)
     out = []
@@ -105,6 +106,49 @@ def test_varlen_batches_plan_the_same_rows_and_collate_flat():
     assert batch["input_ids"].shape == (1, flat.tokens(rows))
     assert flat.padding_share() == 0.0 and dense.padding_share() > 0
     assert "one flat row" in flat.describe()
+
+
+def test_length_buckets_group_similar_lengths_longest_first():
+    spans = [(0, 10), (10, 40), (40, 48), (48, 73), (73, 82), (82, 84)]
+    buckets = length_buckets(spans)
+    assert buckets == [[(10, 40), (48, 73)], [(0, 10), (73, 82), (40, 48)], [(82, 84)]]
+    for b in buckets:
+        longest = b[0][1] - b[0][0]
+        assert all(e - s >= BUCKET * longest for s, e in b)
+
+
+@pytest.mark.parametrize("window", [None, 6])
+def test_spans_attention_equals_attention_run_span_by_span(window):
+    """The kernel alone, against SDPA on each span: outputs and gradients, with grouped query
+    heads, spans padded inside their bucket, and a sliding window shorter than some spans."""
+    class Module(torch.nn.Module):
+        sliding_window = window
+
+    g = torch.Generator().manual_seed(0)
+    lengths = [17, 20, 3, 1, 19, 40, 33, 2]
+    total = sum(lengths)
+    q = torch.randn(1, 4, total, 8, generator=g, requires_grad=True)
+    k = torch.randn(1, 2, total, 8, generator=g, requires_grad=True)
+    v = torch.randn(1, 2, total, 8, generator=g, requires_grad=True)
+    cu = torch.tensor([0] + lengths).cumsum(0).to(torch.int32)
+    out, _ = spans_attention(Module(), q, k, v, None, scaling=0.3, cu_seq_lens_q=cu)
+    assert out.shape == (1, total, 4, 8)
+    parts, at = [], 0
+    for n in lengths:
+        i = torch.arange(n)
+        mask = (i[:, None] >= i[None, :]) & ((i[:, None] - i[None, :] < window) if window
+                                             else True)
+        parts.append(F.scaled_dot_product_attention(
+            q[:, :, at:at + n], k[:, :, at:at + n], v[:, :, at:at + n], attn_mask=mask,
+            scale=0.3, enable_gqa=True))
+        at += n
+    want = torch.cat(parts, dim=2).transpose(1, 2)
+    assert torch.allclose(out, want, atol=1e-6)
+    w = torch.randn(out.shape, generator=g)
+    got = torch.autograd.grad((out * w).sum(), (q, k, v))
+    ref = torch.autograd.grad((want * w).sum(), (q, k, v))
+    for a, b in zip(got, ref):
+        assert torch.allclose(a, b, atol=1e-5)
 
 
 # --------------------------------------------------------------------------- isolation
