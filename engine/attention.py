@@ -23,11 +23,12 @@ patched. Which kernel reads them depends on the device:
   flat row and defers to SDPA's for anything else (generation with a padding mask, prefix
   tuning's key/value cache), where the same function then runs plain SDPA.
 
-Why spans and not FlexAttention on CPU: measured on this project's CPU (2 cores, torch 2.13,
-demo model's heads 8/4 x 32, bench/attention.py), FlexAttention has no backward on CPU, eager
-or compiled ("FlexAttention does not support backward on CPU"), so it cannot train there.
-SDPA per span took 4.5 / 33 / 91 ms forward+backward per row of 512 / 2048 / 4096 tokens of
-log-normal records, the dense 4-D mask 10.5 / 175 / 714 ms (single thread, CPU time).
+Why spans and not FlexAttention on CPU: measured on this project's CPU (shared 2-core AMD EPYC,
+torch 2.13; `python -m bench.attention`: one row, the demo model's 8/4 heads x 32, one thread,
+CPU time), FlexAttention has no backward on CPU, eager or compiled ("FlexAttention does not
+support backward on CPU"), so it cannot train there. SDPA per span (similar lengths batched)
+took 5.9 / 26.5 / 63 ms forward + backward for rows of 512 / 2048 / 4096 tokens of log-normal
+records, the dense 4-D mask 11.4 / 168 / 786 ms: 12x at 4096.
 
 `auto` picks the varlen path when packing applies, else SDPA (one record per row: nothing to
 skip), and says which and why. `sdpa` and `eager` keep the dense block-diagonal 4-D mask
@@ -86,8 +87,8 @@ def choose_attention(requested: str, device: torch.device | str, packing: bool,
         return flash, (f"attention: {flash} varlen ({requested}: {device.type} with "
                        f"{flash.replace('_attention_', '-attn ')}; packed records as one flat "
                        "row with cu_seqlens, no mask)")
-    where = ("CPU: FlexAttention has no backward there and SDPA per span is measured 8x "
-             "faster than the dense mask at 4096" if device.type == "cpu" else
+    where = ("CPU: FlexAttention has no backward there, and SDPA per span measured 12x "
+             "faster than the dense mask at 4096 (bench/attention.py)" if device.type == "cpu" else
              f"{device.type} without flash-attn installed")
     return SPANS, (f"attention: SDPA per record span ({requested}: {where}; packed records as "
                    "one flat row with cu_seqlens, no L x L mask)")

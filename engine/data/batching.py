@@ -49,8 +49,9 @@ kto data (the dataset has desirable): one record per row as without packing (pac
 refused), plus "desirable", a bool tensor [B] (collate_kto); kto_mismatched builds the
 mismatched (prompt i, completion i-1) batch KTO's KL estimate needs.
 
-About 500 lines: planning (best-fit packing, token budgets, equal batch counts across
-processes) and collation (padded, packed, pairs, KTO) of one Batches object belong together.
+About 540 lines: planning (best-fit packing, token budgets, equal batch counts across
+processes) and collation (padded, packed, flat, pairs, KTO) of one Batches object belong
+together.
 """
 
 from __future__ import annotations
