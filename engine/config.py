@@ -51,8 +51,12 @@ class ModelConfig:
                                         "by default; only enable it for repositories you trust.")
     revision: str | None = _f(None, "Hub revision (branch, tag or commit) to load; ignored for "
                                     "local folders.")
-    attn_implementation: Literal["auto", "sdpa", "eager"] = _f(
-        "auto", "Attention kernel: auto uses PyTorch SDPA where available, eager otherwise.")
+    attn_implementation: Literal["auto", "varlen", "sdpa", "eager"] = _f(
+        "auto", "Attention kernel. varlen: packed records as one flat row whose attention runs "
+                "per record (flash-attn varlen on CUDA where installed, SDPA per record span "
+                "elsewhere), never over what the packing hides. sdpa / eager: PyTorch SDPA or "
+                "plain attention, packed rows under a dense block-diagonal mask. auto: varlen "
+                "when records are packed, sdpa otherwise; the log says which and why.")
 
 
 @dataclass
@@ -710,6 +714,19 @@ def _check_objective(cfg: TrainConfig) -> list[Problem]:
         p.append(Problem("train.precompute_reference", f"applies to dpo only: {why}; set it to "
                                                        "false"))
     return p
+
+
+def packing_applies(cfg) -> tuple[bool, str]:
+    """(whether batches are packed for this config, why not when they are not)."""
+    if not cfg.data.packing:
+        return False, "data.packing is off"
+    if cfg.train.objective != "sft":
+        return False, (f"{cfg.train.objective} keeps each answer in a row of its own (packed "
+                       "preference pairs are not supported yet)")
+    if cfg.method.kind in VIRTUAL_TOKEN_METHODS:
+        return False, (f"{cfg.method.kind} prepends virtual tokens and needs one record per "
+                       "row with a plain attention mask")
+    return True, ""
 
 
 def eval_generate_every(value: str) -> int | None:

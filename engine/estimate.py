@@ -40,7 +40,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.config import TrainConfig, VIRTUAL_TOKEN_METHODS
+from engine.config import TrainConfig, VIRTUAL_TOKEN_METHODS, packing_applies
 
 GiB = 1024 ** 3
 #: share of the device a run may use and still be called a comfortable fit
@@ -283,11 +283,20 @@ def estimate(cfg: TrainConfig, model_config: dict[str, Any] | None,
     tokens = t.batch_size * seq * (2 if pairs else 1)   # a pair is two rows
     if t.batch_tokens:   # engine/batching.py: packed, whole rows in the budget; else padded rows
         tokens = max(t.batch_tokens // seq * seq if cfg.data.packing else t.batch_tokens, seq)
-    per_layer = _activation_elems_per_token(s, cfg, full, seq)
+    per_layer = _activation_elems_per_token(s, cfg, full, seq, device.kind)
     if t.gradient_checkpointing and m.kind != "prefix_tuning":  # engine.model turns it off
         acts = tokens * (s.layers * s.hidden + per_layer) * cbytes
     else:
         acts = tokens * s.layers * per_layer * cbytes
+    # packed rows under the dense block-diagonal mask (sdpa/eager asked for): one rows x L x L
+    # mask per batch, kept through the backward; the varlen path (auto) builds none
+    if packing_applies(cfg)[0] and cfg.model.attn_implementation in ("sdpa", "eager"):
+        mask = tokens // seq * seq * seq * cbytes
+        acts += mask
+        notes.append(f"packed rows under a dense {seq} x {seq} mask "
+                     f"(model.attn_implementation {cfg.model.attn_implementation}) take "
+                     f"{human_bytes(mask)} per batch, growing with max_seq_len squared; auto "
+                     "(varlen attention) builds no mask")
     # engine/loss.py: logits only at trained positions, CHUNK_LOGITS at a time (the rest are
     # recomputed in backward): one chunk's logits, float32 copy (none in float32), log-softmax
     # and gradient. All positions are counted as trained (completion-only data trains fewer).
@@ -333,7 +342,8 @@ def estimate_time(tokens_per_epoch: int, tokens_per_s: float | None, epochs: flo
     return tokens_per_epoch * epochs / tokens_per_s
 
 
-def _activation_elems_per_token(s: Shape, cfg: TrainConfig, full: bool, seq: int) -> float:
+def _activation_elems_per_token(s: Shape, cfg: TrainConfig, full: bool, seq: int,
+                                device_kind: str = "cuda") -> float:
     """Values saved for backward per token per decoder layer (SDPA attention), counted with
     autograd's saved-tensor hooks on Llama-shaped models (tests/engine/test_estimate.py)."""
     q, kv, h, i = s.heads * s.head_dim, s.kv_heads * s.head_dim, s.hidden, s.intermediate
@@ -352,6 +362,9 @@ def _activation_elems_per_token(s: Shape, cfg: TrainConfig, full: bool, seq: int
             elems += sum(s.linears()[n][1] for n in targets)  # the weight-normed outputs
     if cfg.model.attn_implementation == "eager":
         elems += s.heads * seq              # attention probabilities
+    elif device_kind != "cuda" and packing_applies(cfg)[0] \
+            and cfg.model.attn_implementation in ("auto", "varlen"):
+        elems += q + kv                     # SDPA per span: q/k/v gathered into buckets
     return elems
 
 

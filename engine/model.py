@@ -19,7 +19,8 @@ from typing import Any, Callable
 
 import torch
 
-from engine.config import PEFT_METHODS, TrainConfig
+from engine.attention import choose_attention
+from engine.config import PEFT_METHODS, TrainConfig, packing_applies
 from engine.speedups import apply_liger, use_liger
 
 # bitsandbytes' CPU backend warns on import that it cannot fetch an optional kernel from the hub;
@@ -82,9 +83,9 @@ def load_model(cfg: TrainConfig, log: Callable[[str], None] = print,
     tokenizer = load_tokenizer(m.name, m.revision, m.trust_remote_code)
     dtype = pick_dtype(m.dtype, kind, device)
     quantization = quantization_for(cfg, dtype)
-    extra: dict[str, Any] = {}
-    if m.attn_implementation != "auto":
-        extra["attn_implementation"] = m.attn_implementation
+    attention, why = choose_attention(m.attn_implementation, device, packing_applies(cfg)[0])
+    log(why)
+    extra: dict[str, Any] = {"attn_implementation": attention}
     if quantization is not None:  # bitsandbytes quantizes while placing the weights
         extra.update(quantization_config=quantization, device_map={"": device})
     base = AutoModelForCausalLM.from_pretrained(
@@ -103,6 +104,7 @@ def load_model(cfg: TrainConfig, log: Callable[[str], None] = print,
     model = METHODS[kind](base, cfg)
     trainable, total = count_parameters(model)
     info = {"method": kind, "model_type": model_type, "kernels": "liger" if liger else "none",
+            "attention": attention,
             "dtype": str(dtype).removeprefix("torch."), "device": str(device),
             "trainable_params": trainable, "total_params": total,
             "quantized": f"{cfg.method.quant_bits}-bit" if quantization is not None else None}

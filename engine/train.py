@@ -29,11 +29,12 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from engine.data import Batches, trained_tokens
+from engine.attention import is_varlen
+from engine.data import Batches, to_device, trained_tokens
 from engine.checkpoint import (RunFiles, TrainState, capture_rng, find_checkpoint,
                                list_checkpoints, load_checkpoint, prune_checkpoints, restore_rng,
                                run_facts, save_checkpoint, stamp)
-from engine.config import VIRTUAL_TOKEN_METHODS, TrainConfig, check, eval_generate_every
+from engine.config import TrainConfig, check, eval_generate_every, packing_applies
 from engine.loss import TokenLoss
 from engine.optim import add_neftune_noise, build_optimizer
 from engine.reporter import NullReporter, PrintReporter, Reporter
@@ -120,7 +121,8 @@ def setup(cfg: TrainConfig, reporter: Reporter) -> Session:
         data = prepare(cfg, tokenizer, log=say)
     check_objective_data(cfg, data)
     mask_dtype = compute_dtype(model, accelerator.mixed_precision)
-    train_batches, eval_batches = make_batches(cfg, data, tokenizer, mask_dtype, accelerator, say)
+    train_batches, eval_batches = make_batches(cfg, data, tokenizer, mask_dtype, accelerator, say,
+                                               varlen=is_varlen(info["attention"]))
     total_steps = t.max_steps or math.ceil(t.epochs * len(train_batches) / t.grad_accum)
     optimizer = build_optimizer(model, t)
     scheduler = get_scheduler(t.scheduler, optimizer, num_training_steps=total_steps,
@@ -187,7 +189,7 @@ def fit(s: Session) -> str:
             n_seen = int(global_sum(acc, sum(seen for *_, seen in step)))
             loss_sum = torch.zeros((), device=acc.device)
             for i, (batch, epoch, index, _) in enumerate(step):
-                batch = {k: v.to(acc.device) for k, v in batch.items()}
+                batch = to_device(batch, acc.device)
                 with nullcontext() if i == len(step) - 1 else acc.no_sync(s.model):
                     loss = s.loss_of(s.model, batch)
                     acc.backward(loss * world / max(n_units, 1))
@@ -304,7 +306,7 @@ def evaluate(model, batches: Batches, accelerator, loss_of: TokenLoss | None = N
     loss_of = loss_of or TokenLoss(model, autocast=accelerator.autocast, log=lambda line: None)
     totals = None
     for rows in batches.plan(0)[accelerator.process_index::accelerator.num_processes]:
-        batch = {k: v.to(accelerator.device) for k, v in batches.collate(rows).items()}
+        batch = to_device(batches.collate(rows), accelerator.device)
         part = torch.stack(loss_of.evaluate(model, batch))
         totals = part if totals is None else totals + part
     if totals is None:  # this process had no batch: zeros of the loss's shape
@@ -445,23 +447,19 @@ def compute_dtype(model, mixed: str) -> torch.dtype:
         mixed, model.get_input_embeddings().weight.dtype)
 
 
-def make_batches(cfg: TrainConfig, data, tokenizer, mask_dtype: torch.dtype, accelerator, say
-                 ) -> tuple[Batches, Batches | None]:
+def make_batches(cfg: TrainConfig, data, tokenizer, mask_dtype: torch.dtype, accelerator, say,
+                 varlen: bool = False) -> tuple[Batches, Batches | None]:
+    """The train and eval batches; varlen: packed batches as flat rows (engine/attention.py)
+    for a model loaded with a varlen attention, else packed rows under a 4-D mask."""
     from engine.data import DataError
 
     d, t = cfg.data, cfg.train
-    packing = d.packing
-    if packing and cfg.train.objective != "sft":
-        say(f"batching: packing is off: {cfg.train.objective} keeps each answer in a row of its "
-            "own (packed preference pairs are not supported yet)")
-        packing = False
-    if packing and cfg.method.kind in VIRTUAL_TOKEN_METHODS:
-        say(f"batching: packing is off: {cfg.method.kind} prepends virtual tokens and needs one "
-            "record per row with a plain attention mask")
-        packing = False
+    packing, why_not = packing_applies(cfg)
+    if d.packing and not packing:
+        say(f"batching: packing is off: {why_not}")
     common = dict(batch_size=t.batch_size, max_seq_len=d.max_seq_len, packing=packing,
                   seed=t.seed, pad_id=tokenizer.pad_token_id, mask_dtype=mask_dtype,
-                  batch_tokens=t.batch_tokens)
+                  batch_tokens=t.batch_tokens, varlen=varlen)
     train = Batches(data.train, order=d.order, rank=accelerator.process_index,
                     world=accelerator.num_processes, log=say, **common)
     if len(train) == 0:

@@ -17,6 +17,11 @@ for the same epoch gets the same batches.
   blocks everything across examples. (Restarted position_ids alone do not isolate examples, and
   a boolean 4-D mask is added to the scores as 0/1 by eager attention; the float mask isolates
   under both sdpa and eager.)
+- packing with varlen attention (engine/attention.py; `varlen=True`): the rows of a batch are
+  laid end to end as ONE flat row with no padding and no mask (collate_flat): position_ids
+  restart per example and cu_seq_lens_q/k mark where each example starts, which the varlen
+  kernels read. A batch takes memory linear in its tokens. The plan (which examples go in
+  which batch) is the same as with the 4-D mask.
 - no packing: one example per row, right padding, 2-D attention mask. With order=shuffle the
   examples are grouped by length inside mega-batches so that padding stays small.
 - order: shuffle (by seed and epoch), shortest_first, or as_is (file order).
@@ -44,8 +49,9 @@ kto data (the dataset has desirable): one record per row as without packing (pac
 refused), plus "desirable", a bool tensor [B] (collate_kto); kto_mismatched builds the
 mismatched (prompt i, completion i-1) batch KTO's KL estimate needs.
 
-About 500 lines: planning (best-fit packing, token budgets, equal batch counts across
-processes) and collation (padded, packed, pairs, KTO) of one Batches object belong together.
+About 540 lines: planning (best-fit packing, token budgets, equal batch counts across
+processes) and collation (padded, packed, flat, pairs, KTO) of one Batches object belong
+together.
 """
 
 from __future__ import annotations
@@ -261,7 +267,7 @@ class Batches:
     def __init__(self, dataset, *, batch_size: int, max_seq_len: int, packing: bool,
                  order: str, seed: int, pad_id: int, mask_dtype: torch.dtype = torch.float32,
                  rank: int = 0, world: int = 1, batch_tokens: int | None = None,
-                 log: Callable[[str], None] | None = None):
+                 log: Callable[[str], None] | None = None, varlen: bool = False):
         self.kind = data_kind(dataset)
         if packing and self.kind != "sft":
             what = "preference pairs" if self.kind == "preference" else "kto records"
@@ -283,6 +289,8 @@ class Batches:
         self.batch_size = max(1, batch_tokens // max_seq_len) if batch_tokens and packing \
             else batch_size
         self.packing, self.order, self.seed = packing, order, seed
+        #: packed batches collate to one flat row (collate_flat) for varlen attention
+        self.varlen = packing and varlen
         self.pad_id, self.mask_dtype = pad_id, mask_dtype
         self.rank, self.world = rank, world
         #: pairs: precomputed reference log-probs [N, 2] (chosen, rejected), engine.reference
@@ -375,7 +383,9 @@ class Batches:
                 f"order {self.order} leaves out the same ones every epoch")
 
     def padding_share(self, epoch: int = 0) -> float:
-        """Share of the tokens in this epoch's batches that are padding."""
+        """Share of the tokens in this epoch's batches that are padding (none when flat)."""
+        if self.varlen:
+            return 0.0
         real = padded = 0
         for rows in self.epoch_batches(epoch)[0]:
             batch = [sum(self.costs[i] for i in r) for r in rows]
@@ -400,6 +410,7 @@ class Batches:
                if self.kind == "preference" else
                f"{len(self.lengths)} records, one per row")
         how += ", grouped by length" if self.order == "shuffle" and not self.packing else ""
+        how += ", each batch one flat row (varlen attention)" if self.varlen else ""
         size = (f"at most {self.batch_tokens} padded tokens" if self.by_tokens else
                 f"{self.batch_size} pairs ({2 * self.batch_size} rows)"
                 if self.kind == "preference" else f"{self.batch_size} rows")
@@ -430,6 +441,8 @@ class Batches:
             return collate_kto(list(zip(data["input_ids"], data["labels"])), data["desirable"],
                                self.pad_id)
         by_index = {i: (ids, lab) for i, ids, lab in zip(flat, data["input_ids"], data["labels"])}
+        if self.varlen:
+            return collate_flat([by_index[i] for r in rows for i in r])
         if self.packing:
             return collate_packed([[by_index[i] for i in r] for r in rows], self.pad_id,
                                   self.mask_dtype)
@@ -479,6 +492,38 @@ def collate_packed(rows: list[list[tuple[list[int], list[int]]]], pad_id: int,
             at += n
     return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids,
             "attention_mask": block_causal_mask(segment, mask_dtype)}
+
+
+def collate_flat(examples: list[tuple[list[int], list[int]]]) -> dict[str, Any]:
+    """Examples end to end as one row [1, T] with no padding and no attention mask, for varlen
+    attention (engine/attention.py): position_ids restart at 0 per example; cu_seq_lens_q/k
+    (int32, [n + 1]) are the examples' boundaries and max_length_q/k the longest (ints), the
+    keyword arguments of flash attention's varlen path (transformers passes them through the
+    model to every attention layer). Memory is linear in T: nothing is T x T.
+
+    Pair packing can build on it: put each side of each pair in as an example, then
+    segment_ids(batch) tells which example every token belongs to."""
+    lengths = [len(ids) for ids, _ in examples]
+    input_ids = torch.tensor([t for ids, _ in examples for t in ids], dtype=torch.long)[None]
+    labels = torch.tensor([t for _, lab in examples for t in lab], dtype=torch.long)[None]
+    position_ids = torch.cat([torch.arange(n) for n in lengths])[None]
+    cu = torch.zeros(len(lengths) + 1, dtype=torch.int32)
+    cu[1:] = torch.tensor(lengths).cumsum(0)
+    longest = max(lengths)
+    return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids,
+            "cu_seq_lens_q": cu, "cu_seq_lens_k": cu.clone(), "max_length_q": longest,
+            "max_length_k": longest}
+
+
+def segment_ids(batch: dict[str, Any]) -> torch.Tensor:
+    """Which example each token of a flat batch (collate_flat) belongs to: [T] of 0..n-1."""
+    cu = batch["cu_seq_lens_q"].long()
+    return torch.repeat_interleave(torch.arange(len(cu) - 1, device=cu.device), cu.diff())
+
+
+def to_device(batch: dict[str, Any], device) -> dict[str, Any]:
+    """A collated batch on `device` (tensors moved, ints such as max_length_q kept)."""
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
 def block_causal_mask(segment: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:

@@ -223,3 +223,19 @@ def test_estimate_matches_measured_peak_rss(two_sizes, examples, tmp_path, size,
           f"{measured / 2**20:.0f} MiB (baseline {result['baseline'] / 2**20:.0f} MiB)")
     assert abs(estimated - measured) / measured <= 0.25
     assert abs(parts["runtime"] - result["baseline"]) / result["baseline"] <= 0.25
+
+
+def test_the_dense_packing_mask_is_counted_and_varlen_has_none():
+    """Packed rows under sdpa's 4-D mask cost rows x L x L more at the same token budget (so
+    the estimate grows with L squared); auto's varlen path builds no mask."""
+    def acts(attn: str, seq: int) -> int:
+        cfg = _cfg("Qwen/Qwen2.5-0.5B-Instruct", batch_tokens=16384)
+        cfg.model.attn_implementation, cfg.data.max_seq_len = attn, seq
+        return estimate_for(cfg, device=GPU80).parts["activations"]
+
+    assert acts("auto", 4096) == acts("auto", 512)           # linear in tokens: same budget
+    extra_long, extra_short = (acts("sdpa", n) - acts("auto", n) for n in (4096, 512))
+    assert extra_long == 16384 * 4096 * 2 and extra_short == 16384 * 512 * 2   # bf16 mask
+    cfg = _cfg("Qwen/Qwen2.5-0.5B-Instruct")
+    cfg.model.attn_implementation = "eager"
+    assert any("dense" in n and "squared" in n for n in estimate_for(cfg, device=GPU80).notes)

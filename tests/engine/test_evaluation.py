@@ -228,6 +228,9 @@ def test_early_stopping_on_eval_loss_scores_the_kept_adapter(tiny_model, home, t
 
     cfg = config(tiny_model, yes_data(tmp_path / "yes.json"), tmp_path / "run", max_steps=20,
                  eval_every=2, early_stopping_patience=1, lr=3e-1)   # too high: it gets worse
+    # this lr's path (LoRA dropout draws depend on the batch's shape) was found on packed rows
+    # under the dense mask; the flat varlen rows train as well but draw other dropout masks
+    cfg.model.attn_implementation = "sdpa"
     reporter = ListReporter()
     run(cfg, reporter)
     assert any("scoring the best weights early stopping kept" in line

@@ -110,14 +110,22 @@ def test_the_benchmark_runs_both_sides_and_writes_its_results(tmp_path, monkeypa
     from bench.throughput import main
 
     monkeypatch.setattr("sys.argv", ["python -m bench.throughput"])
-    assert main(["--records", "60", "--max-seq-len", "128", "--repeats", "1",
-                 "--out", str(tmp_path)]) == 0
+    assert main(["--seq-len", "64,128", "--tokens", "1500", "--batch-tokens", "256",
+                 "--repeats", "1", "--out", str(tmp_path)]) == 0
     report = json.loads(next(tmp_path.glob("throughput-cpu-*.json")).read_text())
-    ours, theirs = report["ours"], report["theirs"]
-    assert ours["useful_tokens_per_s"] > 0 and theirs["useful_tokens_per_s"] > 0
-    assert ours["padding_share"] < theirs["padding_share"]
-    assert ours["steps"] == report["settings"]["steps"]
-    assert abs(ours["final_loss"] - theirs["final_loss"]) < 1.0
-    assert "chunked" in ours["runs"][0]["loss_path"]
-    assert report["settings"]["kernels"] == "auto" and report["settings"]["compile"] is False
-    assert ours["runs"][0]["kernels"].startswith("kernels: plain PyTorch")  # CPU: no Liger
+    assert report["sides"] == ["ours", "theirs"]    # no padding-free baseline without flash
+    assert [r["max_seq_len"] for r in report["lengths"]] == [64, 128]
+    for length in report["lengths"]:
+        ours, theirs = length["ours"], length["theirs"]
+        assert ours["useful_tokens_per_s"] > 0 and theirs["useful_tokens_per_s"] > 0
+        assert ours["padding_share"] == 0.0 < theirs["padding_share"]
+        assert ours["attention_per_token"] < theirs["attention_per_token"]
+        assert ours["steps"] == theirs["steps"] == length["settings"]["steps"]
+        assert abs(ours["final_loss"] - theirs["final_loss"]) < 1.0
+        assert length["settings"]["rows"] == 256 // length["max_seq_len"]
+        run = ours["runs"][0]
+        assert "chunked" in run["loss_path"] and "SDPA per record span" in run["attention"]
+        assert run["kernels"].startswith("kernels: plain PyTorch")  # CPU: no Liger
+        assert length["ours_over_theirs"]["useful_tokens_per_s"] > 0
+    assert report["lengths"][0]["settings"]["kernels"] == "auto"
+    assert report["lengths"][0]["settings"]["compile"] is False
