@@ -31,15 +31,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from bench.throughput import build_model, machine, peak_mib
+from bench.sides import last_tenth, peak_mib
+from bench.throughput import build_model, child, machine
 
 ROOT = Path(__file__).resolve().parents[1]
 SIDES = ("ours", "ours-pre", "trl")
@@ -71,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     runs = []
     for r in range(args.repeats):
         for side in SIDES:
-            result = child(side, spec, Path(spec["work"]) / f"dpo-{side}-{r}")
+            result = child(side, spec, Path(spec["work"]) / f"dpo-{side}-{r}",
+                           module="bench.preference")
             runs.append({"repeat": r, **result})
             print(f"  {side:8s} repeat {r}: {result['step_s']:.3f} s/step, "
                   f"{result['tokens_per_step']:,.0f} tokens/step, peak "
@@ -118,33 +118,10 @@ def setup(args) -> dict:
             "r": 16, "alpha": 32, "lr": 5e-5, "beta": 0.1, "gpu": False}
 
 
-def child(side: str, spec: dict, folder: Path) -> dict:
-    import shutil
-
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
-    spec = {**spec, "folder": str(folder), "result": str(folder / "result.json")}
-    (folder / "spec.json").write_text(json.dumps(spec))
-    env = {**os.environ, "FTSTUDIO_HOME": spec["home"], "HF_HUB_OFFLINE": "1",
-           "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "TOKENIZERS_PARALLELISM": "false", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
-    done = subprocess.run([sys.executable, "-m", "bench.preference", "--child", side, "--spec",
-                           str(folder / "spec.json")], cwd=ROOT, env=env,
-                          stdout=(folder / "log.txt").open("w"), stderr=subprocess.STDOUT)
-    if done.returncode:
-        raise SystemExit(f"bench: the {side} run failed; see {folder / 'log.txt'}")
-    return json.loads((folder / "result.json").read_text())
-
-
 def step_seconds(ends: list[float]) -> float:
     """Median seconds between optimizer steps, warm-up steps left out."""
     gaps = [b - a for a, b in zip(ends, ends[1:])][WARMUP_STEPS:]
     return statistics.median(gaps)
-
-
-def last_tenth(losses: list[float]) -> float:
-    tail = losses[-max(1, len(losses) // 10):]
-    return sum(tail) / len(tail)
 
 
 # --------------------------------------------------------------------------- the children

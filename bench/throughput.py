@@ -182,8 +182,9 @@ def setup(args, length: int, longest: int) -> dict:
     return spec
 
 
-def child(side: str, spec: dict, folder: Path) -> dict:
-    """Run one side in its own process and return its result."""
+def child(side: str, spec: dict, folder: Path, module: str = "bench.throughput") -> dict:
+    """Run one side in its own process (`python -m MODULE --child SIDE`) and return its
+    result."""
     import shutil
 
     shutil.rmtree(folder, ignore_errors=True)
@@ -193,7 +194,7 @@ def child(side: str, spec: dict, folder: Path) -> dict:
     env = {**os.environ, "FTSTUDIO_HOME": spec["home"], "HF_HUB_OFFLINE": "1",
            "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
            "TOKENIZERS_PARALLELISM": "false", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
-    done = subprocess.run([sys.executable, "-m", "bench.throughput", "--child", side, "--spec",
+    done = subprocess.run([sys.executable, "-m", module, "--child", side, "--spec",
                            str(folder / "spec.json")], cwd=ROOT, env=env,
                           stdout=(folder / "log.txt").open("w"), stderr=subprocess.STDOUT)
     if done.returncode:
