@@ -720,9 +720,9 @@ def packing_applies(cfg) -> tuple[bool, str]:
     """(whether batches are packed for this config, why not when they are not)."""
     if not cfg.data.packing:
         return False, "data.packing is off"
-    if cfg.train.objective != "sft":
-        return False, (f"{cfg.train.objective} keeps each answer in a row of its own (packed "
-                       "preference pairs are not supported yet)")
+    if cfg.train.objective == "kto":
+        return False, ("kto's reference point pairs each prompt with another record's answer, "
+                       "row by row, so each answer keeps a row of its own")
     if cfg.method.kind in VIRTUAL_TOKEN_METHODS:
         return False, (f"{cfg.method.kind} prepends virtual tokens and needs one record per "
                        "row with a plain attention mask")

@@ -291,9 +291,10 @@ def estimate(cfg: TrainConfig, model_config: dict[str, Any] | None,
     # packed rows under the dense block-diagonal mask (sdpa/eager asked for): one rows x L x L
     # mask per batch, kept through the backward; the varlen path (auto) builds none
     if packing_applies(cfg)[0] and cfg.model.attn_implementation in ("sdpa", "eager"):
-        mask = tokens // seq * seq * seq * cbytes
+        width = seq * (2 if pairs else 1)     # packed pairs: rows hold both sides
+        mask = tokens // width * width * width * cbytes
         acts += mask
-        notes.append(f"packed rows under a dense {seq} x {seq} mask "
+        notes.append(f"packed rows under a dense {width} x {width} mask "
                      f"(model.attn_implementation {cfg.model.attn_implementation}) take "
                      f"{human_bytes(mask)} per batch, growing with max_seq_len squared; auto "
                      "(varlen attention) builds no mask")

@@ -89,6 +89,25 @@ def sequence_logps(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int
     return total / mask.sum(-1).clamp(min=1) if average else total
 
 
+def packed_logps(logits: torch.Tensor, labels: torch.Tensor, seq_ids: torch.Tensor, count: int,
+                 ignore_index: int = IGNORE_INDEX) -> tuple[torch.Tensor, torch.Tensor]:
+    """([count] summed log-probs, [count] answer tokens) of the sequences packed in a batch
+    (engine.data.collate_packed_pairs): each label token's log-prob under the position before
+    it, added to the sequence seq_ids names; a position whose previous token belongs to another
+    sequence (where one record ends and the next begins) and padding (-1) count for none."""
+    logits = _at_least_float32(logits[:, -labels.shape[1]:, :][:, :-1])
+    target, seq = labels[:, 1:], seq_ids[:, 1:]
+    mask = (target != ignore_index) & (seq >= 0) & (seq == seq_ids[:, :-1])
+    picked = logits.gather(-1, target.masked_fill(~mask, 0).unsqueeze(-1)).squeeze(-1)
+    per_token = picked - torch.logsumexp(logits, dim=-1)
+    index = seq[mask]
+    sums = torch.zeros(count, dtype=per_token.dtype, device=per_token.device)
+    sums = sums.index_add(0, index, per_token[mask])
+    tokens = torch.zeros(count, dtype=torch.long, device=index.device)
+    tokens = tokens.index_add(0, index, torch.ones_like(index))
+    return sums, tokens
+
+
 def answer_tokens(labels: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
     """[batch] the number of tokens sequence_logps counts (labels after the first position)."""
     return (labels[:, 1:] != ignore_index).sum(-1)
@@ -230,14 +249,19 @@ class PreferenceLoss:
             f"{', ' + t.dpo_loss_type if self.objective == 'dpo' else ''}); reference: {ref}")
 
     def units(self, batch: dict[str, torch.Tensor]) -> int:
+        if "seq_ids" in batch:                    # packed pairs (collate_packed_pairs)
+            return (int(batch["seq_ids"].max()) + 1) // 2
         rows = int(batch["input_ids"].shape[0])
         return rows if self.objective == "kto" else rows // 2
 
     def _logps(self, model, batch, grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
         inputs = {k: v for k, v in batch.items() if k not in ("labels", "desirable",
-                                                               "ref_logps")}
+                                                               "ref_logps", "seq_ids")}
         with torch.set_grad_enabled(grad and torch.is_grad_enabled()), self.autocast():
             logits = model(**inputs).logits
+        if "seq_ids" in batch:
+            return packed_logps(logits, batch["labels"], batch["seq_ids"],
+                                2 * self.units(batch))
         return sequence_logps(logits, batch["labels"]), answer_tokens(batch["labels"])
 
     @torch.no_grad()

@@ -17,7 +17,7 @@ Use from Python:
 """
 
 from engine.data.batching import (Batches, best_fit_decreasing, block_causal_mask,
-                                  collate_flat, segment_ids, to_device, collate_kto, collate_packed, collate_padded, collate_pairs,
+                                  collate_flat, segment_ids, to_device, collate_kto, collate_packed, collate_packed_pairs, collate_padded, collate_pairs,
                                   data_kind, fit_batch_count, kto_mismatched,
                                   token_budget_batches, trained_tokens)
 from engine.data.encode import IGNORE_INDEX, Encoded, Encoder
@@ -33,6 +33,7 @@ from engine.data.report import (DataReport, fill_lengths, fill_side_lengths, for
 from engine.data.template import DEFAULT_CHAT_TEMPLATE, ensure_chat_template
 
 __all__ = ["Batches", "best_fit_decreasing", "block_causal_mask", "collate_packed",
+           "collate_packed_pairs",
            "collate_flat", "segment_ids", "to_device",
            "collate_padded", "fit_batch_count", "token_budget_batches", "trained_tokens",
            "IGNORE_INDEX", "Encoded", "Encoder", "FORMATS", "Format", "RecordError",

@@ -202,6 +202,45 @@ def collate_pairs(pairs: list[tuple[tuple[list[int], list[int]], tuple[list[int]
     return collate_padded([c for c, _ in pairs] + [r for _, r in pairs], pad_id)
 
 
+def collate_packed_pairs(rows: list[list[tuple[tuple[list[int], list[int]],
+                                              tuple[list[int], list[int]]]]],
+                         pad_id: int, mask_dtype: torch.dtype = torch.float32,
+                         flat: bool = False) -> dict[str, torch.Tensor]:
+    """Pairs packed several to a row, each pair's chosen and rejected side as two records of
+    the row (attention stays inside each: collate_packed's block-diagonal mask, or with
+    flat=True collate_flat's one row of cu_seqlens for varlen attention). "seq_ids" (the shape
+    of input_ids) tells the sequence every token belongs to, numbered as collate_pairs' rows:
+    pair j's chosen side j, its rejected side P + j (P pairs, in row order), -1 for padding,
+    so engine.preference sums each side's log-probs over its own tokens."""
+    pairs = [pair for row in rows for pair in row]
+    count = len(pairs)
+    sides, numbers = [], []
+    j = 0
+    for row in rows:
+        seqs, nums = [], []
+        for chosen, rejected in row:
+            seqs += [chosen, rejected]
+            nums += [j, count + j]
+            j += 1
+        sides.append(seqs)
+        numbers.append(nums)
+    if flat:
+        batch = collate_flat([seq for row in sides for seq in row])
+        lengths = torch.tensor([len(ids) for row in sides for ids, _ in row])
+        batch["seq_ids"] = torch.repeat_interleave(
+            torch.tensor([n for row in numbers for n in row]), lengths)[None]
+        return batch
+    batch = collate_packed(sides, pad_id, mask_dtype)
+    seq_ids = torch.full(batch["input_ids"].shape, -1, dtype=torch.long)
+    for b, (row, nums) in enumerate(zip(sides, numbers)):
+        at = 0
+        for (ids, _), n in zip(row, nums):
+            seq_ids[b, at:at + len(ids)] = n
+            at += len(ids)
+    batch["seq_ids"] = seq_ids
+    return batch
+
+
 def collate_kto(examples: list[tuple[list[int], list[int]]], desirable: Sequence[bool],
                 pad_id: int) -> dict[str, torch.Tensor]:
     """kto records right-padded as collate_padded, plus "desirable": a bool tensor [B]."""
@@ -269,25 +308,28 @@ class Batches:
                  rank: int = 0, world: int = 1, batch_tokens: int | None = None,
                  log: Callable[[str], None] | None = None, varlen: bool = False):
         self.kind = data_kind(dataset)
-        if packing and self.kind != "sft":
-            what = "preference pairs" if self.kind == "preference" else "kto records"
-            raise ValueError(f"packing is not supported for {what}: each sequence's log-prob "
-                             "is taken over its own row; set data.packing: false")
+        if packing and self.kind == "kto":
+            raise ValueError("packing is not supported for kto records: the reference point "
+                             "pairs each prompt with another record's answer, row by row; set "
+                             "data.packing: false")
         columns = {"sft": ["input_ids", "labels"],
                    "preference": ["input_ids", "labels", "rejected_input_ids", "rejected_labels"],
                    "kto": ["input_ids", "labels", "desirable"]}[self.kind]
         self.dataset = dataset.select_columns(columns)
         #: each record's length (a pair's: its longer side), which orders and groups records
         self.lengths: list[int] = list(dataset["length"])
-        #: what a record costs in a padded batch: its length, twice for a pair (two rows)
-        self.costs: list[int] = [2 * n for n in self.lengths] if self.kind == "preference" \
-            else self.lengths
         #: each record's real tokens (a pair's: both sides)
         self.record_tokens: list[int] = _pair_tokens(dataset) if self.kind == "preference" \
             else self.lengths
+        #: what a record costs in a batch: its length, twice its longer side for a pair in rows
+        #: of its own (two padded rows), both sides' tokens for a packed pair
+        self.costs: list[int] = self.record_tokens if packing else \
+            [2 * n for n in self.lengths] if self.kind == "preference" else self.lengths
         self.max_seq_len, self.batch_tokens = max_seq_len, batch_tokens
-        self.batch_size = max(1, batch_tokens // max_seq_len) if batch_tokens and packing \
-            else batch_size
+        #: a packed row's tokens: max_seq_len, or two sides of max_seq_len for pairs
+        self.row_capacity = max_seq_len * (2 if self.kind == "preference" else 1)
+        self.batch_size = max(1, batch_tokens // self.row_capacity) \
+            if batch_tokens and packing else batch_size
         self.packing, self.order, self.seed = packing, order, seed
         #: packed batches collate to one flat row (collate_flat) for varlen attention
         self.varlen = packing and varlen
@@ -312,7 +354,7 @@ class Batches:
         """All rows of the epoch, every process's, in training order (the latest two kept)."""
         if epoch not in self._rows:
             if self.packing:
-                rows = packed_rows(self.lengths, self.order, self.seed, epoch, self.max_seq_len)
+                rows = packed_rows(self.costs, self.order, self.seed, epoch, self.row_capacity)
             else:
                 rows = [[i] for i in ordered_indices(self.costs, self.order, self.seed, epoch,
                                                      self.batch_size, self.batch_tokens)]
@@ -404,8 +446,10 @@ class Batches:
                 "padding_share": round(self.padding_share(), 4)}
 
     def describe(self) -> str:
-        how = (f"packing {len(self.lengths)} records into {self.rows_per_epoch} rows of at most "
-               f"{self.max_seq_len} tokens" if self.packing else
+        what = "pairs (both sides of each in the same row)" if self.kind == "preference" \
+            else "records"
+        how = (f"packing {len(self.lengths)} {what} into {self.rows_per_epoch} rows of at most "
+               f"{self.row_capacity} tokens" if self.packing else
                f"{len(self.lengths)} pairs, each a chosen and a rejected row"
                if self.kind == "preference" else
                f"{len(self.lengths)} records, one per row")
@@ -413,7 +457,7 @@ class Batches:
         how += ", each batch one flat row (varlen attention)" if self.varlen else ""
         size = (f"at most {self.batch_tokens} padded tokens" if self.by_tokens else
                 f"{self.batch_size} pairs ({2 * self.batch_size} rows)"
-                if self.kind == "preference" else f"{self.batch_size} rows")
+                if self.kind == "preference" and not self.packing else f"{self.batch_size} rows")
         fitted = (" (epoch 1's count: other epochs split their largest batches or leave out "
                   "their last to keep it)" if self.by_tokens and self.order == "shuffle" else "")
         left_out = self.epoch_batches(0)[1]
@@ -430,9 +474,14 @@ class Batches:
         flat = [i for r in rows for i in r]
         data = self.dataset[flat]
         if self.kind == "preference":
-            batch = collate_pairs(list(zip(zip(data["input_ids"], data["labels"]),
-                                           zip(data["rejected_input_ids"],
-                                               data["rejected_labels"]))), self.pad_id)
+            pairs = list(zip(zip(data["input_ids"], data["labels"]),
+                             zip(data["rejected_input_ids"], data["rejected_labels"])))
+            if self.packing:
+                at = {i: pos for pos, i in enumerate(flat)}
+                batch = collate_packed_pairs([[pairs[at[i]] for i in r] for r in rows],
+                                             self.pad_id, self.mask_dtype, flat=self.varlen)
+            else:
+                batch = collate_pairs(pairs, self.pad_id)
             if self.reference_logps is not None:    # [N, 2] per pair (engine.reference)
                 picked = self.reference_logps[torch.tensor(flat)]
                 batch["ref_logps"] = torch.cat([picked[:, 0], picked[:, 1]])

@@ -512,11 +512,19 @@ def test_token_budget_batches_count_both_sides_of_a_pair():
     assert pairs.padding_share() == pytest.approx(1 - real / padded)
 
 
-def test_packing_pairs_or_kto_records_is_refused(tmp_path, tiny_tokenizer):
-    ds = _pairs_dataset([10, 12], [11, 9])
-    with pytest.raises(ValueError, match="packing is not supported for preference pairs.*"
-                                         "data.packing: false"):
-        Batches(ds, batch_size=2, max_seq_len=64, packing=True, order="as_is", seed=0, pad_id=0)
+def test_pairs_pack_both_sides_in_one_row_and_kto_records_do_not_pack(tmp_path,
+                                                                      tiny_tokenizer):
+    ds = _pairs_dataset([10, 12, 30], [11, 9, 20])       # sides: 21, 21, 50 tokens a pair
+    pairs = Batches(ds, batch_size=2, max_seq_len=32, packing=True, order="as_is", seed=0,
+                    pad_id=0)
+    assert pairs.row_capacity == 64 and pairs.costs == [21, 21, 50]
+    assert sorted(map(sorted, pairs.rows(0))) == [[0, 1], [2]]    # best fit into 64 tokens
+    batch = pairs.collate([[0, 1], [2]])
+    seq = batch["seq_ids"]
+    assert seq.shape == batch["input_ids"].shape == (2, 50)
+    # row 0: pair 0's chosen (seq 0) and rejected (seq 3), then pair 1's (1, 4); row 1: pair 2
+    assert seq[0].tolist() == [0] * 10 + [3] * 11 + [1] * 12 + [4] * 9 + [-1] * 8
+    assert seq[1].tolist() == [2] * 30 + [5] * 20
     out, _ = _prepare(tmp_path, tiny_tokenizer, EXAMPLES / "kto.jsonl")
     with pytest.raises(ValueError, match="packing is not supported for kto records"):
         Batches(out.train, batch_size=2, max_seq_len=64, packing=True, order="as_is", seed=0,
