@@ -9,20 +9,24 @@ beta 0.1, learning rate, linear schedule, seed, float32, no gradient checkpointi
 optimizer step, on the same conversational preference records (bench.dataset's records, chosen
 the right answer and rejected a plausible mistake: the same words, shuffled):
 
-    ours       engine.train.run, train.objective dpo: chosen and rejected in one [2B, L] batch,
-               the reference is the model with its adapter disabled (one more forward, no grad)
+    ours       engine.train.run, train.objective dpo, data.packing off: chosen and rejected in
+               one [2B, L] batch, the reference is the model with its adapter disabled (one
+               more forward, no grad)
     ours-pre   the same with train.precompute_reference: the reference log-probs computed once
                before training (not in the step time; its one-off cost is reported)
+    ours-packed  the default, data.packing on: several pairs packed into each of the 4 rows of
+               2 x max_seq_len (varlen attention), so a step trains more pairs; compare pairs/s
     trl        trl.DPOTrainer with a peft_config (its reference is the adapter-disabled model
                too), precompute_ref_log_probs off, its own tokenisation of the same records
                (the tokenizer's chat template)
 
-Each run is its own child process, so its peak memory (VmHWM, the peak resident set, on CPU;
-torch.cuda.max_memory_allocated on a GPU) is its own, and the runs alternate (ours, ours-pre,
-trl, ours, ...) so a shared machine's noise falls on all. Reported per side: the median seconds
-per optimizer step (the first two steps left out: warm-up), the tokens per step (both sides'
-real tokens, to show they compute the same work), peak memory and the loss of the last tenth
-of the steps. Ratios are ours / trl of the same repeat, median over repeats.
+Each run is its own child process, and the runs alternate (ours, ours-pre, ours-packed, trl,
+ours, ...) so a shared machine's noise falls on all. Reported per side: the median seconds per
+optimizer step (the first two steps left out: warm-up) and pairs per second, the tokens per step
+(both sides' real tokens, to show they compute the same work), the peak resident memory of the
+training loop (VmHWM reset as the loop starts, so loading and tokenizing do not count) and the
+resident memory the loop started from, and the loss of the last tenth of the steps. Ratios are
+ours / trl of the same repeat, median over repeats.
 
 Results: bench/results/preference-<time>.json (and the summary on stdout).
 """
@@ -41,7 +45,7 @@ from bench.sides import last_tenth, peak_mib
 from bench.throughput import build_model, child, machine
 
 ROOT = Path(__file__).resolve().parents[1]
-SIDES = ("ours", "ours-pre", "trl")
+SIDES = ("ours", "ours-pre", "ours-packed", "trl")
 WARMUP_STEPS = 2
 
 
@@ -59,8 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.child:
         spec = json.loads(Path(args.spec).read_text())
-        result = run_ours(spec, precompute=args.child == "ours-pre") if args.child != "trl" \
-            else run_trl(spec)
+        result = run_trl(spec) if args.child == "trl" else \
+            run_ours(spec, precompute=args.child == "ours-pre",
+                     packing=args.child == "ours-packed")
         Path(spec["result"]).write_text(json.dumps(result))
         return 0
 
@@ -73,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
             result = child(side, spec, Path(spec["work"]) / f"dpo-{side}-{r}",
                            module="bench.preference")
             runs.append({"repeat": r, **result})
-            print(f"  {side:8s} repeat {r}: {result['step_s']:.3f} s/step, "
+            print(f"  {side:11s} repeat {r}: {result['step_s']:.3f} s/step, "
+                  f"{result['pairs_per_s']:.2f} pairs/s, "
                   f"{result['tokens_per_step']:,.0f} tokens/step, peak "
                   f"{result['peak_mib']:,.0f} MiB, loss {result['final_loss']:.4f}"
                   + (f", precompute {result['precompute_s']:.1f}s"
@@ -118,6 +124,19 @@ def setup(args) -> dict:
             "r": 16, "alpha": 32, "lr": 5e-5, "beta": 0.1, "gpu": False}
 
 
+def loop_start() -> float:
+    """Reset the process's peak resident set (Linux: clear_refs 5) as the training loop starts,
+    so the peak read at the end is the loop's; returns the resident MiB now."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
 def step_seconds(ends: list[float]) -> float:
     """Median seconds between optimizer steps, warm-up steps left out."""
     gaps = [b - a for a, b in zip(ends, ends[1:])][WARMUP_STEPS:]
@@ -127,14 +146,14 @@ def step_seconds(ends: list[float]) -> float:
 # --------------------------------------------------------------------------- the children
 
 
-def run_ours(spec: dict, precompute: bool) -> dict:
+def run_ours(spec: dict, precompute: bool, packing: bool = False) -> dict:
     from engine.config import TrainConfig
     from engine.train import run
 
     cfg = TrainConfig()
     cfg.model.name, cfg.output_dir = spec["model"], str(Path(spec["folder"]) / "run")
     cfg.data.train, cfg.data.val_fraction = spec["data"], 0.0
-    cfg.data.max_seq_len = spec["max_seq_len"]
+    cfg.data.max_seq_len, cfg.data.packing = spec["max_seq_len"], packing
     cfg.method.kind, cfg.method.r, cfg.method.alpha = "lora", spec["r"], spec["alpha"]
     cfg.method.dropout = 0.0
     t = cfg.train
@@ -150,11 +169,18 @@ def run_ours(spec: dict, precompute: bool) -> dict:
             self.ends, self.losses, self.lines = [], [], []
             self.tokens: list[int] = []
             self.pre_start = self.pre_s = None
+            self.start_mib = 0.0
+            self.per_row = 1.0
 
         def on_log(self, line: str) -> None:
             self.lines.append(line)
+            if line.startswith("training:"):
+                self.start_mib = loop_start()
             if line.startswith("reference: computed"):
                 self.pre_s = float(line.split(" in ")[1].split("s")[0])
+            if line.startswith("batching: packing"):   # "packing N pairs (...) into R rows"
+                words = line.split()
+                self.per_row = int(words[2]) / int(words[words.index("into") + 1])
 
         def on_metrics(self, record: dict) -> None:
             if "loss" in record:
@@ -169,10 +195,14 @@ def run_ours(spec: dict, precompute: bool) -> dict:
 
     clock = Clock()
     run(cfg, clock)
-    return {"side": "ours-pre" if precompute else "ours", "step_s": step_seconds(clock.ends),
+    step_s = step_seconds(clock.ends)
+    pairs = spec["batch_size"] * clock.per_row
+    return {"side": "ours-packed" if packing else "ours-pre" if precompute else "ours",
+            "step_s": step_s, "pairs_per_step": pairs, "pairs_per_s": pairs / step_s,
             "tokens_per_step": statistics.median(clock.tokens) if clock.tokens else 0.0,
-            "peak_mib": peak_mib(False), "final_loss": last_tenth(clock.losses),
-            "steps": len(clock.ends), "precompute_s": clock.pre_s}
+            "peak_mib": peak_mib(False), "start_mib": clock.start_mib,
+            "final_loss": last_tenth(clock.losses), "steps": len(clock.ends),
+            "precompute_s": clock.pre_s}
 
 
 def run_trl(spec: dict) -> dict:
@@ -191,7 +221,12 @@ def run_trl(spec: dict) -> dict:
     model.config.use_cache = False
     ends, tokens = [], []
 
+    start = {}
+
     class Clock(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kw):
+            start["mib"] = loop_start()
+
         def on_step_end(self, args, state, control, **kw):
             ends.append(time.perf_counter())
 
@@ -218,9 +253,12 @@ def run_trl(spec: dict) -> dict:
     trainer.data_collator = counted
     trainer.train()
     losses = [r["loss"] for r in trainer.state.log_history if "loss" in r]
-    return {"side": "trl", "step_s": step_seconds(ends),
+    step_s = step_seconds(ends)
+    return {"side": "trl", "step_s": step_s, "pairs_per_step": spec["batch_size"],
+            "pairs_per_s": spec["batch_size"] / step_s,
             "tokens_per_step": statistics.median(tokens) if tokens else 0.0,
-            "peak_mib": peak_mib(False), "final_loss": last_tenth(losses), "steps": len(ends)}
+            "peak_mib": peak_mib(False), "start_mib": start["mib"],
+            "final_loss": last_tenth(losses), "steps": len(ends)}
 
 
 # --------------------------------------------------------------------------- the report
@@ -230,7 +268,8 @@ def summarize(spec: dict, runs: list[dict]) -> dict:
     def side(name: str) -> dict:
         mine = [r for r in runs if r["side"] == name]
         return {k: statistics.median(r[k] for r in mine)
-                for k in ("step_s", "tokens_per_step", "peak_mib", "final_loss")}
+                for k in ("step_s", "pairs_per_s", "tokens_per_step", "peak_mib", "start_mib",
+                          "final_loss")}
 
     def ratio(name: str, key: str) -> float:
         pairs = [(a, b) for a in runs for b in runs if a["side"] == name and
@@ -240,18 +279,23 @@ def summarize(spec: dict, runs: list[dict]) -> dict:
     return {"spec": {k: v for k, v in spec.items() if k not in ("work", "home")},
             "machine": machine(), "runs": runs, "sides": {s: side(s) for s in SIDES},
             "step_time_ratio": {s: ratio(s, "step_s") for s in ("ours", "ours-pre")},
-            "peak_memory_ratio": {s: ratio(s, "peak_mib") for s in ("ours", "ours-pre")}}
+            "pairs_per_s_ratio": {s: ratio(s, "pairs_per_s") for s in SIDES[:-1]},
+            "peak_memory_ratio": {s: ratio(s, "peak_mib") for s in SIDES[:-1]}}
 
 
 def format_summary(report: dict) -> str:
     s = report["sides"]
     rows = [("", *SIDES), ("s/step", *(f"{s[k]['step_s']:.3f}" for k in SIDES)),
+            ("pairs/s", *(f"{s[k]['pairs_per_s']:.2f}" for k in SIDES)),
             ("tokens/step", *(f"{s[k]['tokens_per_step']:,.0f}" for k in SIDES)),
             ("peak MiB", *(f"{s[k]['peak_mib']:,.0f}" for k in SIDES)),
+            ("at loop start", *(f"{s[k]['start_mib']:,.0f}" for k in SIDES)),
             ("final loss", *(f"{s[k]['final_loss']:.4f}" for k in SIDES))]
     lines = ["  ".join(f"{c:>12}" for c in r) for r in rows]
-    for k in ("ours", "ours-pre"):
-        lines.append(f"{k} / trl: step time {report['step_time_ratio'][k]:.2f}x, peak memory "
+    for k in SIDES[:-1]:
+        step = report["step_time_ratio"].get(k)
+        lines.append(f"{k} / trl: " + (f"step time {step:.2f}x, " if step else "") +
+                     f"pairs/s {report['pairs_per_s_ratio'][k]:.2f}x, peak memory "
                      f"{report['peak_memory_ratio'][k]:.2f}x")
     return "\n".join(lines)
 
