@@ -108,6 +108,48 @@ def packed_logps(logits: torch.Tensor, labels: torch.Tensor, seq_ids: torch.Tens
     return sums, tokens
 
 
+def chunked_sequence_logps(hidden: torch.Tensor, labels: torch.Tensor,
+                           seq_ids: torch.Tensor | None, head: Callable, chunk_tokens: int,
+                           autocast: Callable = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed answer log-probs, answer tokens) per sequence, as sequence_logps (rows) or
+    packed_logps (seq_ids) give them, from the final hidden states: only the positions that
+    predict an answer token go through `head` (the lm_head), chunk_tokens at a time, each chunk
+    beyond one recomputed in backward, so a batch's full-vocabulary logits never exist at once
+    (engine/loss.py does the same for SFT)."""
+    from contextlib import nullcontext
+
+    from torch.utils.checkpoint import checkpoint
+
+    autocast = autocast or nullcontext
+    hidden = hidden[:, -labels.shape[1]:, :]
+    target = labels[:, 1:]
+    if seq_ids is None:
+        keep = target != IGNORE_INDEX
+        index = torch.arange(labels.shape[0], device=labels.device)[:, None].expand_as(target)
+        count = labels.shape[0]
+    else:
+        seq = seq_ids[:, 1:]
+        keep = (target != IGNORE_INDEX) & (seq >= 0) & (seq == seq_ids[:, :-1])
+        index, count = seq, int(seq_ids.max()) + 1
+    h, y, index = hidden[:, :-1][keep], target[keep], index[keep]
+
+    def piece(h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with autocast():
+            logits = head(h)
+        return -F.cross_entropy(_at_least_float32(logits), y, reduction="none")
+
+    if h.shape[0] <= chunk_tokens:
+        per_token = piece(h, y)
+    else:
+        per_token = torch.cat([
+            checkpoint(piece, h[s:s + chunk_tokens], y[s:s + chunk_tokens], use_reentrant=False)
+            if torch.is_grad_enabled() else piece(h[s:s + chunk_tokens], y[s:s + chunk_tokens])
+            for s in range(0, h.shape[0], chunk_tokens)])
+    sums = torch.zeros(count, dtype=per_token.dtype, device=per_token.device)
+    tokens = torch.zeros(count, dtype=torch.long, device=index.device)
+    return sums.index_add(0, index, per_token), tokens.index_add(0, index, torch.ones_like(index))
+
+
 def answer_tokens(labels: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
     """[batch] the number of tokens sequence_logps counts (labels after the first position)."""
     return (labels[:, 1:] != ignore_index).sum(-1)
@@ -241,6 +283,7 @@ class PreferenceLoss:
                                                         "simpo": 2.0}[t.objective]
         self.sums: dict[str, float] = {}
         self.count = 0
+        self.log, self._chunkers = log, {}
         ref = ("none" if self.objective in ("orpo", "simpo") else "log-probs computed once "
                "before training (train.precompute_reference)" if getattr(
                    t, "precompute_reference", False) else "a frozen copy of the starting "
@@ -254,15 +297,36 @@ class PreferenceLoss:
         rows = int(batch["input_ids"].shape[0])
         return rows if self.objective == "kto" else rows // 2
 
+    def _chunker(self, model):
+        """engine.loss's TokenLoss of `model` (the policy, or the frozen reference copy): its
+        lm_head, chunk size and probe, for chunked_sequence_logps."""
+        from engine.loss import TokenLoss
+
+        source = self.reference if model is self.reference else self.model
+        if id(source) not in self._chunkers:
+            self._chunkers[id(source)] = TokenLoss(
+                source, autocast=self.autocast,
+                log=self.log if not self._chunkers else (lambda line: None))
+        return self._chunkers[id(source)]
+
     def _logps(self, model, batch, grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
         inputs = {k: v for k, v in batch.items() if k not in ("labels", "desirable",
                                                                "ref_logps", "seq_ids")}
-        with torch.set_grad_enabled(grad and torch.is_grad_enabled()), self.autocast():
-            logits = model(**inputs).logits
-        if "seq_ids" in batch:
-            return packed_logps(logits, batch["labels"], batch["seq_ids"],
-                                2 * self.units(batch))
-        return sequence_logps(logits, batch["labels"]), answer_tokens(batch["labels"])
+        labels, seq_ids = batch["labels"], batch.get("seq_ids")
+        chunker = self._chunker(model)
+        if chunker.unchecked:
+            chunker.probe(batch)
+        with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
+            if chunker.chunked:
+                with chunker.hidden_states(), self.autocast():
+                    hidden = model(**inputs).logits
+                return chunked_sequence_logps(hidden, labels, seq_ids, chunker.head_forward,
+                                              chunker.chunk_tokens, self.autocast)
+            with self.autocast():
+                logits = model(**inputs).logits
+        if seq_ids is not None:
+            return packed_logps(logits, labels, seq_ids, 2 * self.units(batch))
+        return sequence_logps(logits, labels), answer_tokens(labels)
 
     @torch.no_grad()
     def _reference(self, batch) -> torch.Tensor:

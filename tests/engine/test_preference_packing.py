@@ -74,3 +74,34 @@ def test_a_packed_dpo_run_learns_and_kto_keeps_a_row_per_answer(tiny_model, home
     run(config(tiny_model, tmp_path / "kto", "kto", yes_no(tmp_path, "kto"), max_steps=2,
                eval_every=0), kto)
     assert any("packing is off: kto's reference point" in line for line in kto.lines)
+
+
+@pytest.mark.parametrize("packing", [True, False])
+def test_log_probs_through_the_chunked_lm_head_equal_the_full_logits(tiny_model, home, tmp_path,
+                                                                     packing):
+    """The preference loss takes each answer token's log-prob from the hidden states through
+    the lm_head a few positions at a time (each chunk recomputed in backward); its losses and
+    gradients equal the full-logits path's."""
+    cfg = config(tiny_model, tmp_path / "run", "dpo", yes_no(tmp_path, "dpo", n=40))
+    cfg.data.packing, cfg.method.dropout = packing, 0.0
+    session = setup(cfg, ListReporter())
+    loss, model = session.loss_of, session.unwrapped
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.05)
+    batch = session.train_batches.collate(session.train_batches.plan(0)[0])
+    chunker = loss._chunker(model)
+    assert chunker.chunked
+    chunker.chunk_tokens = 5                  # several chunks, checkpointed
+    out = []
+    for chunked in (True, False):
+        chunker.chunked = chunked
+        model.zero_grad()
+        losses, _ = loss.losses(model, batch)
+        losses.sum().backward()
+        out.append((losses.detach(), _grads(model)))
+    (a, ga), (b, gb) = out
+    assert torch.allclose(a, b, atol=1e-5, rtol=1e-5), (a, b)
+    for name in ga:
+        assert torch.allclose(ga[name], gb[name], atol=1e-5, rtol=1e-4), name
