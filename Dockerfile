@@ -32,8 +32,9 @@ COPY jobs ./jobs
 COPY static ./static
 # Editable: static/ (examples, CSS, logo) is read next to the packages, and the worker starts
 # job processes with PYTHONPATH=/app. The extra "redis" brings the client for FTSTUDIO_REDIS_URL,
-# "gpu" Liger's fused kernels (train.kernels=auto uses them on the GPU workers).
-RUN pip install -e ".[redis,gpu]" \
+# "gpu" Liger's fused kernels (train.kernels=auto uses them on the GPU workers), "trackers"
+# TensorBoard, MLflow and W&B for train.report_to (teams keep their runs in their own tracker).
+RUN pip install -e ".[redis,gpu,trackers]" \
  && python -c "import torch, engine.train, jobs.worker, app.cli"
 
 # A non-root user owns the data volume; the code stays root-owned and read-only to it.
