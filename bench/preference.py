@@ -42,7 +42,7 @@ import time
 from pathlib import Path
 
 from bench.sides import last_tenth, peak_mib
-from bench.throughput import build_model, child, machine
+from bench.throughput import build_model, child, machine, write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 SIDES = ("ours", "ours-pre", "ours-packed", "trl")
@@ -85,10 +85,7 @@ def main(argv: list[str] | None = None) -> int:
                   + (f", precompute {result['precompute_s']:.1f}s"
                      if result.get("precompute_s") else ""), flush=True)
     report = summarize(spec, runs)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"preference-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps(report, indent=1))
+    path = write_report(args.out, "preference", report)
     print(format_summary(report))
     print(f"results: {path}")
     return 0

@@ -117,13 +117,19 @@ def main(argv: list[str] | None = None) -> int:
         reports.append(summarize(spec, runs, sides))
         print(format_summary(reports[-1]), flush=True)
     report = overall(reports, args, sides)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"throughput-{'gpu' if args.gpu else 'cpu'}-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps(report, indent=1))
+    path = write_report(args.out, f"throughput-{'gpu' if args.gpu else 'cpu'}", report)
     print(markdown_table(report))
     print(f"results: {path}")
     return 0
+
+
+def write_report(folder: str | Path, name: str, report: dict) -> Path:
+    """The report as FOLDER/NAME-<time>.json."""
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps(report, indent=1))
+    return path
 
 
 def flat_available(gpu: bool) -> bool:

@@ -144,20 +144,15 @@ def tiny_family(kind: str, tokenizer):
 @pytest.fixture(scope="module")
 def sharp_run(tmp_path_factory, tiny_model, tiny_tokenizer):
     """A LoRA run over a sharpened copy of the tiny Llama, exported to all three GGUF types."""
-    from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
+
+    from verify_models import random_lora
 
     root = tmp_path_factory.mktemp("gguf")
     base_dir = root / "base"
     sharpen(AutoModelForCausalLM.from_pretrained(tiny_model)).save_pretrained(base_dir)
     tiny_tokenizer.save_pretrained(base_dir)
-    torch.manual_seed(1)
-    peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir), LoraConfig(
-        task_type="CAUSAL_LM", r=4, lora_alpha=8, target_modules="all-linear"))
-    with torch.no_grad():
-        for name, p in peft_model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.05)
+    peft_model = random_lora(base_dir, 0.05)
     run = root / "run"
     peft_model.save_pretrained(run / "adapter")
     tiny_tokenizer.save_pretrained(run / "adapter")

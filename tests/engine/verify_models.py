@@ -59,23 +59,30 @@ def behave(model, qk: float = 10.0, out: float = 8.0, seed: int = 0):
     return model
 
 
-def lora_run(root: Path, kind: str, tokenizer, template: str | None = None) -> Path:
-    """A finished LoRA run folder (adapter/ and run.json) over a behaving `kind` base."""
+def random_lora(base: Path, std: float):
+    """A LoRA r=4 over the model in `base`, its B matrices drawn (seed 1) so it changes the
+    model: what a short training run leaves."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    if template is not None:
-        tokenizer = _with_template(tokenizer, template)
-    base = root / f"base-{kind}"
-    behave(family_model(kind, tokenizer)).save_pretrained(base)
-    tokenizer.save_pretrained(base)
     torch.manual_seed(1)
     peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(base), LoraConfig(
         task_type="CAUSAL_LM", r=4, lora_alpha=8, target_modules="all-linear"))
     with torch.no_grad():
         for name, p in peft_model.named_parameters():
             if "lora_B" in name:
-                p.normal_(0, 0.02)
+                p.normal_(0, std)
+    return peft_model
+
+
+def lora_run(root: Path, kind: str, tokenizer, template: str | None = None) -> Path:
+    """A finished LoRA run folder (adapter/ and run.json) over a behaving `kind` base."""
+    if template is not None:
+        tokenizer = _with_template(tokenizer, template)
+    base = root / f"base-{kind}"
+    behave(family_model(kind, tokenizer)).save_pretrained(base)
+    tokenizer.save_pretrained(base)
+    peft_model = random_lora(base, 0.02)
     run = root / f"run-{kind}"
     peft_model.save_pretrained(run / "adapter")
     tokenizer.save_pretrained(run / "adapter")
