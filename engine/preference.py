@@ -89,33 +89,16 @@ def sequence_logps(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int
     return total / mask.sum(-1).clamp(min=1) if average else total
 
 
-def packed_logps(logits: torch.Tensor, labels: torch.Tensor, seq_ids: torch.Tensor, count: int,
-                 ignore_index: int = IGNORE_INDEX) -> tuple[torch.Tensor, torch.Tensor]:
-    """([count] summed log-probs, [count] answer tokens) of the sequences packed in a batch
-    (engine.data.collate_packed_pairs): each label token's log-prob under the position before
-    it, added to the sequence seq_ids names; a position whose previous token belongs to another
-    sequence (where one record ends and the next begins) and padding (-1) count for none."""
-    logits = _at_least_float32(logits[:, -labels.shape[1]:, :][:, :-1])
-    target, seq = labels[:, 1:], seq_ids[:, 1:]
-    mask = (target != ignore_index) & (seq >= 0) & (seq == seq_ids[:, :-1])
-    picked = logits.gather(-1, target.masked_fill(~mask, 0).unsqueeze(-1)).squeeze(-1)
-    per_token = picked - torch.logsumexp(logits, dim=-1)
-    index = seq[mask]
-    sums = torch.zeros(count, dtype=per_token.dtype, device=per_token.device)
-    sums = sums.index_add(0, index, per_token[mask])
-    tokens = torch.zeros(count, dtype=torch.long, device=index.device)
-    tokens = tokens.index_add(0, index, torch.ones_like(index))
-    return sums, tokens
-
-
 def chunked_sequence_logps(hidden: torch.Tensor, labels: torch.Tensor,
                            seq_ids: torch.Tensor | None, head: Callable, chunk_tokens: int,
                            autocast: Callable = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(summed answer log-probs, answer tokens) per sequence, as sequence_logps (rows) or
-    packed_logps (seq_ids) give them, from the final hidden states: only the positions that
-    predict an answer token go through `head` (the lm_head), chunk_tokens at a time, each chunk
-    beyond one recomputed in backward, so a batch's full-vocabulary logits never exist at once
-    (engine/loss.py does the same for SFT)."""
+    """(summed answer log-probs, answer tokens) per sequence: per row as sequence_logps gives
+    them, or with seq_ids per packed sequence (engine.data.collate_packed_pairs: a position
+    whose previous token belongs to another sequence, and padding, count for none). From the
+    final hidden states, only the positions that predict an answer token go through `head`
+    (the lm_head), chunk_tokens at a time, each chunk beyond one recomputed in backward, so a
+    batch's full-vocabulary logits never exist at once (engine/loss.py does the same for SFT).
+    Given logits and an identity head, it is the full-logits path."""
     from contextlib import nullcontext
 
     from torch.utils.checkpoint import checkpoint
@@ -324,9 +307,8 @@ class PreferenceLoss:
                                               chunker.chunk_tokens, self.autocast)
             with self.autocast():
                 logits = model(**inputs).logits
-        if seq_ids is not None:
-            return packed_logps(logits, labels, seq_ids, 2 * self.units(batch))
-        return sequence_logps(logits, labels), answer_tokens(labels)
+            return chunked_sequence_logps(logits, labels, seq_ids, lambda x: x,
+                                          max(1, labels.numel()))
 
     @torch.no_grad()
     def _reference(self, batch) -> torch.Tensor:

@@ -24,6 +24,11 @@ JobNotFound, worded like a missing one (jobs/access.py holds the rules).
 Every function returns plain dicts (JSON-ready; times are unix seconds) and raises
 engine.config.ConfigError (bad config, every problem listed) or jobs.store.JobError (JobNotFound,
 or a request the job's status does not allow; the message says what to do instead).
+
+About 480 lines: the one facade over jobs.store, jobs.tasks and jobs.access that every caller
+uses (each function a few lines of checks and one transaction), kept together so the rules a
+request passes are read in one place; continuing a job (jobs.continuation) and sweeps
+(jobs.sweeps) build on it in modules of their own.
 """
 
 from __future__ import annotations

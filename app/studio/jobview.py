@@ -9,6 +9,10 @@ drawn as its min and max, so a one-step loss spike stays visible.
 Downloads are written into and served from the job's own folder, each path checked by
 jobs.api.path_in_job (inside the folder, through no symlink out of it). Job records are the
 plain dicts of jobs.api (jobs.store's rows).
+
+About 460 lines, in four parts marked below (table, live metrics, compare, files): the job
+page's state without gradio, so tests drive it as the page does; the page's sections with
+their own controls (eval_panel, export_panel, continue_panel) live in their own modules.
 """
 
 from __future__ import annotations
@@ -259,6 +263,14 @@ def frame(rows: list[dict[str, Any]], columns: dict[str, str]):
 STEP_VALUE = {"step": "int64", "value": "float64"}
 
 
+def labelled(session: dict[str, Any], names: dict[str, str], scale: float = 1.0):
+    """One chart's frame of several curves: each metric in `names` as the series of its label,
+    its values times `scale` (100: shares drawn in percent)."""
+    return frame([{"step": s, "value": v * scale, "series": label}
+                  for name, label in names.items() for s, v in series(session, name)],
+                 {**STEP_VALUE, "series": "str"})
+
+
 def frames(session: dict[str, Any]) -> dict[str, Any]:
     """The chart frames: loss (raw and smoothed), eval loss, learning rate, tokens/s, and the
     generation metrics (the tuned model's answers, in percent: one point per evaluation), and
@@ -271,20 +283,10 @@ def frames(session: dict[str, Any]) -> dict[str, Any]:
     for name in ("eval_loss", "lr"):
         out[name] = frame([{"step": s, "value": v} for s, v in series(session, name)],
                           STEP_VALUE)
-    out["tokens_per_s"] = frame([{"step": s, "value": v, "series": label}
-                                 for name, label in RATES.items()
-                                 for s, v in series(session, name)],
-                                {**STEP_VALUE, "series": "str"})
-    out["gen"] = frame([{"step": s, "value": v * 100, "series": label}
-                        for name, label in GEN_CHARTED.items()
-                        for s, v in series(session, name)], {**STEP_VALUE, "series": "str"})
-    out["rewards"] = frame([{"step": s, "value": v, "series": label}
-                            for name, label in REWARDS.items()
-                            for s, v in series(session, name)], {**STEP_VALUE, "series": "str"})
-    out["accuracy"] = frame([{"step": s, "value": v * 100, "series": label}
-                             for name, label in ACCURACY.items()
-                             for s, v in series(session, name)],
-                            {**STEP_VALUE, "series": "str"})
+    out["tokens_per_s"] = labelled(session, RATES)
+    out["gen"] = labelled(session, GEN_CHARTED, scale=100)
+    out["rewards"] = labelled(session, REWARDS)
+    out["accuracy"] = labelled(session, ACCURACY, scale=100)
     return out
 
 

@@ -104,6 +104,16 @@ def pick_model(page, model) -> None:
     box.press("Enter")
 
 
+def upload_data(page, path, kind: str) -> None:
+    """Upload a data file in the Train form and wait for its report to name `kind`."""
+    with page.expect_file_chooser() as chooser:
+        page.locator("#upload-data").click()
+    chooser.value.set_files(str(path))
+    page.wait_for_function(
+        f"() => document.querySelector('#data-report').innerText.includes('{kind}')",
+        timeout=60_000)
+
+
 def cli(studio, *args: str) -> str:
     """`ftstudio ARGS` against the studio's home; its stdout (the test fails on an error)."""
     env = {**os.environ, "FTSTUDIO_HOME": str(studio["home"]), "PYTHONUNBUFFERED": "1"}
@@ -159,12 +169,7 @@ def test_train_watch_download_and_chat_in_the_browser(studio, browser, tmp_path)
         "() => document.querySelector('#estimate').innerText.includes('32.8K')", timeout=30_000)
 
     # upload a bundled example: the report and the loss-marked preview appear
-    with page.expect_file_chooser() as chooser:
-        page.locator("#upload-data").click()
-    chooser.value.set_files(str(EXAMPLES / "chat.jsonl"))
-    page.wait_for_function(
-        "() => document.querySelector('#data-report').innerText.includes('chat')",
-        timeout=60_000)
+    upload_data(page, EXAMPLES / "chat.jsonl", "chat")
     assert "datasets" in page.locator("#f-data-train input").input_value()
     page.wait_for_selector(".fs-preview .token.highlighted", timeout=30_000)   # carry loss
     assert page.locator(".fs-preview .text.unlabeled").count() > 0               # masked

@@ -14,7 +14,7 @@ import time
 import pytest
 
 from test_browser import (ARTIFACTS, _line_points, browser, cli, pick_model,  # noqa: F401
-                          studio, wait_job)
+                          studio, upload_data, wait_job)
 from tests_paths import EXAMPLES
 
 pytestmark = pytest.mark.e2e
@@ -45,12 +45,7 @@ def test_the_objective_section_starts_a_dpo_job_that_charts_its_rewards(studio, 
     page.goto(studio["url"])
     page.wait_for_selector("#start-btn", timeout=60_000)
     pick_model(page, studio["model"])
-    with page.expect_file_chooser() as chooser:
-        page.locator("#upload-data").click()
-    chooser.value.set_files(str(EXAMPLES / "preference.jsonl"))
-    page.wait_for_function(
-        "() => document.querySelector('#data-report').innerText.includes('preference')",
-        timeout=60_000)
+    upload_data(page, EXAMPLES / "preference.jsonl", "preference")
 
     page.locator("#objective-box").get_by_text("Objective: SFT").click()
     _pick(page, "#f-train-objective", "dpo")

@@ -16,6 +16,7 @@ from engine.data import (FORMATS, IGNORE_INDEX, Batches, DataReport, EmptyAnswer
                          detect_format, format_report, kto_mismatched, prepare, preview,
                          token_budget_batches, trained_tokens)
 from engine.examples import kto_records, mistake, preference_records, write_examples
+from test_data import _trained_runs
 from tests_paths import EXAMPLES
 
 EOT = "<|im_end|>"  # the demo tokenizer's end-of-turn and EOS token
@@ -45,20 +46,6 @@ def _prepare(tmp_path, tokenizer, train, seed=42, **data):
         setattr(cfg.data, key, value)
     lines: list[str] = []
     return prepare(cfg, tokenizer, cache_dir=tmp_path / "cache", log=lines.append), lines
-
-
-def _trained_runs(tokenizer, ids, labels) -> list[str]:
-    runs, current = [], []
-    for tid, label in zip(ids, labels):
-        if label != IGNORE_INDEX:
-            assert label == tid
-            current.append(tid)
-        elif current:
-            runs.append(current)
-            current = []
-    if current:
-        runs.append(current)
-    return [tokenizer.decode(run) for run in runs]
 
 
 def _prompt_len(labels) -> int:
