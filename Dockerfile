@@ -35,7 +35,7 @@ COPY static ./static
 # "gpu" Liger's fused kernels (train.kernels=auto uses them on the GPU workers), "trackers"
 # TensorBoard, MLflow and W&B for train.report_to (teams keep their runs in their own tracker).
 RUN pip install -e ".[redis,gpu,trackers]" \
- && python -c "import torch, engine.train, jobs.worker, app.cli"
+ && python -c "import torch, engine.training.loop, jobs.worker, app.cli"
 
 # A non-root user owns the data volume; the code stays root-owned and read-only to it.
 RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin ftstudio \

@@ -33,7 +33,7 @@ def train(config_path: str, overrides: tuple[str, ...]) -> None:
     from app.progress import ConsoleReporter
     from engine.config import check, load_config
     from engine.data import DataError
-    from engine.train import run
+    from engine.training.loop import run
 
     with clean_errors():
         cfg = check(load_config(config_path, list(overrides)), require_output_dir=True)
@@ -99,7 +99,7 @@ def data_check(file: str, model_name: str | None, fmt: str | None, max_seq_len: 
                                        **{k: v for k, v in given.items() if v is not None})
     tokenizer = None
     if model_name:
-        from engine.model import load_tokenizer
+        from engine.models.load import load_tokenizer
 
         with clean_errors(OSError):
             tokenizer = load_tokenizer(model_name)
@@ -133,7 +133,7 @@ def _bad_records(file: str, report) -> str:
               help="demo: 3M parameters, trains visibly on a laptop; tiny: for tests.")
 def demo_model(directory: str, size: str) -> None:
     """Build the small offline demo model (random weights, Llama architecture) in DIRECTORY."""
-    from engine.demo import DEMO_LABEL, build_demo_model
+    from engine.models.demo import DEMO_LABEL, build_demo_model
 
     out = build_demo_model(directory, size=size)
     click.echo(f"{DEMO_LABEL} written to {out}")

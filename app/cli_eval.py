@@ -80,8 +80,8 @@ def _wait(job_id: str, every_s: float = 1.0) -> dict:
 
 def table(record: dict) -> str:
     """The evaluation as a few lines: the card, then each metric base -> tuned with intervals."""
-    from engine.evaluation import card_line
-    from engine.metrics import METRIC_INFO
+    from engine.evaluation.evaluate import card_line
+    from engine.evaluation.metrics import METRIC_INFO
 
     def show(name: str, value) -> str:
         if value is None:

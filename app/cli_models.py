@@ -1,5 +1,5 @@
 """`ftstudio models import|ls`: the base models under FTSTUDIO_HOME/models, each command a thin
-wrapper over one engine function (engine.gguf_import, engine.catalog); registered on the
+wrapper over one engine function (engine.models.gguf_import, engine.models.catalog); registered on the
 `ftstudio` group in app/cli.py.
 
 Run as: ftstudio models import SmolLM2-135M-Instruct.Q4_1.gguf [--name smollm2] [--force]
@@ -28,7 +28,7 @@ def models_group() -> None:
 def models_import(file: str, name: str | None, force: bool) -> None:
     """Dequantize a GGUF file (llama.cpp, Ollama) into a safetensors model folder that every
     method can fine-tune; its README.md says where it came from."""
-    from engine.gguf_import import import_gguf
+    from engine.models.gguf_import import import_gguf
 
     with clean_errors():
         m = import_gguf(file, name, overwrite=force, log=click.echo)
@@ -42,7 +42,7 @@ def models_import(file: str, name: str | None, force: bool) -> None:
 def models_ls(as_json: bool) -> None:
     """List the model folders under FTSTUDIO_HOME/models (the demo, imported GGUF files, copied
     folders)."""
-    from engine.catalog import describe, human_count, imported_from, local_models, models_dir
+    from engine.models.catalog import describe, human_count, imported_from, local_models, models_dir
 
     rows = []
     for folder in local_models():

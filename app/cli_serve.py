@@ -50,7 +50,7 @@ def check_binding(host: str, auth: bool, insecure_no_auth: bool = False) -> str 
 
 
 def auth_enabled(flag: bool) -> bool:
-    from engine.settings import auth
+    from jobs.settings import auth
 
     return flag or auth()
 
@@ -112,7 +112,7 @@ def serve(host: str, port: int, home: str, no_worker: bool, auth_flag: bool,
     (home_path / "jobs").mkdir(parents=True, exist_ok=True)
     demo = home_path / "models" / "demo"
     if not (demo / "config.json").is_file():
-        from engine.demo import DEMO_LABEL, build_demo_model
+        from engine.models.demo import DEMO_LABEL, build_demo_model
 
         click.echo(f"Building the {DEMO_LABEL} in {demo} (first start only) ...")
         build_demo_model(demo)

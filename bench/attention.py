@@ -1,4 +1,4 @@
-"""Attention kernels for one packed row, forward + backward: what engine/attention.py chose from.
+"""Attention kernels for one packed row, forward + backward: what engine/models/attention.py chose from.
 
 Run as: python -m bench.attention [--lengths 512,2048,4096] [--threads 1] [--repeats 4]
 
@@ -9,7 +9,7 @@ forward and backward of
 
     dense     SDPA under the B x 1 x L x L block-diagonal float mask (model.attn_implementation
               sdpa with packing; the mask is built inside, as collation does)
-    spans     engine.attention.spans_attention: SDPA per record span, similar lengths batched
+    spans     engine.models.attention.spans_attention: SDPA per record span, similar lengths batched
     flex      FlexAttention with a document block mask, eager and torch.compile'd; on CPU it
               has no backward, and the table says so
 
@@ -43,7 +43,7 @@ def record_lengths(total: int, seed: int = 0) -> list[int]:
 def kernels(lengths: list[int], device: torch.device) -> dict:
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
-    from engine.attention import spans_attention
+    from engine.models.attention import spans_attention
 
     total = sum(lengths)
     segment = torch.repeat_interleave(torch.arange(len(lengths)),

@@ -5,7 +5,7 @@ Run as: python -m bench.dataset OUT.json [--records 1000] [--seed 0] [--longest 
 Real instruction sets are mostly short with a long tail: many one-line answers, some essays.
 Here prompt and response lengths (in words) are drawn from lognormal distributions (medians
 PROMPT_MEDIAN and RESPONSE_MEDIAN words, spreads PROMPT_SIGMA and RESPONSE_SIGMA), built from the
-example task's words (engine/examples.py) so the demo tokenizer spends about one token per
+example task's words (engine/data/examples.py) so the demo tokenizer spends about one token per
 word. The response applies the instruction to the input and repeats it to the drawn length, so
 a model can learn it. The same seed gives the same file.
 
@@ -24,7 +24,7 @@ import random
 import sys
 from pathlib import Path
 
-from engine.examples import TASKS, WORDS
+from engine.data.examples import TASKS, WORDS
 
 PROMPT_MEDIAN, PROMPT_SIGMA = 12, 0.8
 RESPONSE_MEDIAN, RESPONSE_SIGMA = 45, 0.9

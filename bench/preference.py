@@ -9,7 +9,7 @@ beta 0.1, learning rate, linear schedule, seed, float32, no gradient checkpointi
 optimizer step, on the same conversational preference records (bench.dataset's records, chosen
 the right answer and rejected a plausible mistake: the same words, shuffled):
 
-    ours       engine.train.run, train.objective dpo, data.packing off: chosen and rejected in
+    ours       engine.training.loop.run, train.objective dpo, data.packing off: chosen and rejected in
                one [2B, L] batch, the reference is the model with its adapter disabled (one
                more forward, no grad)
     ours-pre   the same with train.precompute_reference: the reference log-probs computed once
@@ -145,7 +145,7 @@ def step_seconds(ends: list[float]) -> float:
 
 def run_ours(spec: dict, precompute: bool, packing: bool = False) -> dict:
     from engine.config import TrainConfig
-    from engine.train import run
+    from engine.training.loop import run
 
     cfg = TrainConfig()
     cfg.model.name, cfg.output_dir = spec["model"], str(Path(spec["folder"]) / "run")
@@ -209,7 +209,7 @@ def run_trl(spec: dict) -> dict:
     from transformers import AutoModelForCausalLM, TrainerCallback, set_seed
     from trl import DPOConfig, DPOTrainer
 
-    from engine.model import load_tokenizer
+    from engine.models.load import load_tokenizer
 
     tokenizer = load_tokenizer(spec["model"])
     data = load_dataset("json", data_files=spec["data"], split="train")

@@ -3,7 +3,7 @@
 Run as: python -m bench.throughput --child ours|theirs|theirs_flat --spec SPEC.json
 (the parent, `python -m bench.throughput`, writes the spec and starts these)
 
-    ours          engine.train.run (packing, varlen attention by auto, chunked loss)
+    ours          engine.training.loop.run (packing, varlen attention by auto, chunked loss)
     theirs        transformers.Trainer + peft with their defaults: DataCollatorForSeq2Seq pads
                   each random batch to its longest record, SDPA under a padding mask
     theirs_flat   Trainer with DataCollatorWithFlattening (records end to end, position_ids
@@ -58,7 +58,7 @@ def heldout_loss(spec: dict, model) -> float | None:
     nothing is padded or packed), by the plain full-logits path."""
     import torch
 
-    from engine.loss import causal_lm_loss
+    from engine.training.loss import causal_lm_loss
 
     if not spec.get("heldout"):
         return None
@@ -79,9 +79,9 @@ def last_tenth(losses: list[float]) -> float:
 
 
 def run_ours(spec: dict) -> dict:
-    """engine.train.run with timing taken from its own log and metrics callbacks."""
+    """engine.training.loop.run with timing taken from its own log and metrics callbacks."""
     from bench.throughput import train_config
-    from engine.train import run
+    from engine.training.loop import run
 
     class Clock:
         def __init__(self):
@@ -141,7 +141,7 @@ def run_theirs(spec: dict, flat: bool = False) -> dict:
 
     from bench.throughput import train_config
     from engine.data import prepare
-    from engine.model import load_tokenizer
+    from engine.models.load import load_tokenizer
 
     cfg = train_config(spec, Path(spec["folder"]) / "run")
     tokenizer = load_tokenizer(spec["model"])

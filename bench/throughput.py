@@ -10,9 +10,9 @@ them. Every side trains the same model (random weights, built here, nothing down
 the same LoRA config, learning rate, schedule, seed and one epoch over the same tokenized
 examples (engine.data.prepare's output), with the same number of optimizer steps:
 
-    ours          engine.train.run: packing (best-fit decreasing) into rows of L, batches of a
+    ours          engine.training.loop.run: packing (best-fit decreasing) into rows of L, batches of a
                   fixed token budget (train.batch_tokens, so batch_tokens // L rows), attention
-                  by model.attn_implementation auto (varlen: no L x L mask; engine/attention.py),
+                  by model.attn_implementation auto (varlen: no L x L mask; engine/models/attention.py),
                   chunked cross-entropy at trained positions only
     theirs        transformers.Trainer with its defaults: random order, DataCollatorForSeq2Seq
                   (dynamic padding to the longest row of each batch), SDPA, full logits; batch
@@ -147,7 +147,7 @@ def setup(args, length: int, longest: int) -> dict:
     cache, and fix the settings every side shares."""
     from bench.dataset import records_for_tokens, write_bench_dataset
     from engine.data import Batches, prepare
-    from engine.model import load_tokenizer
+    from engine.models.load import load_tokenizer
 
     preset = dict(GPU if args.gpu else CPU)
     for key in ("tokens", "batch_tokens"):
@@ -330,13 +330,13 @@ def build_model(folder: Path, shape: str, longest: int = 4096) -> Path:
     if (folder / "config.json").exists():
         return folder
     if shape == "demo":
-        from engine.demo import build_demo_model
+        from engine.models.demo import build_demo_model
 
         return build_demo_model(folder, size="demo", max_position_embeddings=longest)
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from engine.demo import build_tokenizer
+    from engine.models.demo import build_tokenizer
 
     tokenizer = build_tokenizer()
     config = Qwen2Config(bos_token_id=None, eos_token_id=tokenizer.eos_token_id,

@@ -7,7 +7,7 @@ do in a job), with a fresh FTSTUDIO_HOME (so MLflow creates its SQLite store, as
 does) and W&B offline. The runs alternate (none, tensorboard, mlflow, wandb, all, none, ...) so
 the noise of a shared machine falls on every side. Reported per side, the median over repeats:
 
-    job_s       engine.train.run from the call to its return (loading, steps, evaluation, saving)
+    job_s       engine.training.loop.run from the call to its return (loading, steps, evaluation, saving)
     start_s     the trackers' start at the first record (imports, store, service)
     per_step_ms the trackers' time per record after that, in the training process
     finish_s    the trackers' finish at the end of the run
@@ -39,10 +39,10 @@ def child(side: str, steps: int, model: str, work: Path) -> dict:
     """One job in this process, its trackers' calls timed."""
     import torch
 
-    from engine import trackers
+    from engine.training import trackers
     from engine.config import TrainConfig
-    from engine.reporter import NullReporter
-    from engine.train import run
+    from engine.training.reporter import NullReporter
+    from engine.training.loop import run
 
     torch.set_num_threads(1)
     timed = {"start": 0.0, "steps": 0.0, "records": 0, "finish": 0.0}
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(child(args.child, args.steps, args.model, Path(os.getcwd()))))
         return 0
 
-    from engine.demo import build_demo_model
+    from engine.models.demo import build_demo_model
 
     results: dict[str, list[dict]] = {side: [] for side in SIDES}
     with tempfile.TemporaryDirectory() as tmp:

@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from engine import settings
+from jobs import settings
 from engine.config import Problem, TrainConfig
 from jobs import store
 from jobs.store import JobError, JobNotFound

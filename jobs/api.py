@@ -142,7 +142,7 @@ def evaluate(job_id: str, data: str | None = None, max_new_tokens: int | None = 
              max_records: int | None = None, actor: dict | None = None) -> dict[str, Any]:
     """Queue a generation evaluation of a training job: the base and the tuned model answer the
     job's held-out prompts (or those of `data`, any file in a supported format) greedily, and
-    each answer is scored against its reference (engine/evaluation.py). Returns the eval job
+    each answer is scored against its reference (engine/evaluation/evaluate.py). Returns the eval job
     (kind "eval", parent job_id); its record is stored under the PARENT (job_eval shows it).
     Refused up front (JobError / ConfigError, nothing queued): a job that is not a finished
     training job, a missing or unreadable data file, a data file the actor may not use, or
@@ -214,7 +214,7 @@ def job_eval(job_id: str, eval_id: int | None = None, which: str = "all",
     by `which` (all, changed, still wrong, got worse): {"eval": {id, kind, step, n, source,
     metrics, seconds, card, ...} or None, "rows": [...], "evals": [every evaluation, newest
     first, without rows], "filters": [...]}."""
-    from engine.evaluation import card_line
+    from engine.evaluation.evaluate import card_line
 
     with store.connect() as db:
         _job(db, job_id, actor)
@@ -233,7 +233,7 @@ def job_eval(job_id: str, eval_id: int | None = None, which: str = "all",
 def eval_csv(job_id: str, eval_id: int | None = None, which: str = "all",
              actor: dict | None = None) -> Path:
     """The evaluation's rows (filtered) as a CSV file in the job's folder, for a download."""
-    from engine.evaluation import to_csv
+    from engine.evaluation.evaluate import to_csv
 
     found = job_eval(job_id, eval_id, which, actor=actor)
     if found["eval"] is None:
@@ -331,7 +331,7 @@ def resume(job_id: str, actor: dict | None = None) -> dict[str, Any]:
         step = None
         config = dict(job["config"])
         if job["kind"] == "train":
-            from engine.checkpoint import latest_step  # torch: only when resuming
+            from engine.training.checkpoint import latest_step  # torch: only when resuming
 
             step = latest_step(Path(job["output_dir"]))
             own = config["train"].get("resume_from")  # a checkpoint folder it started from

@@ -20,7 +20,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from engine import settings
+from jobs import settings
 from engine.config import DATA_SUFFIXES
 from jobs import store
 

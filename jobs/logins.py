@@ -38,7 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from engine import settings
+from jobs import settings
 from jobs import users
 
 DEFAULT_MAX_FAILURES = 5

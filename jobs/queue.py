@@ -15,7 +15,7 @@ import threading
 
 from huey import Huey, PriorityRedisHuey, SqliteHuey
 
-from engine import settings
+from jobs import settings
 from jobs.store import home
 
 QUEUE_NAME = "ftstudio"

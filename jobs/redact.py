@@ -1,6 +1,6 @@
 """Keep secrets from the environment out of everything a job writes that people see.
 
-Which values are secrets is engine/redact.py's rule: HF_TOKEN, WANDB_API_KEY,
+Which values are secrets is engine/training/redact.py's rule: HF_TOKEN, WANDB_API_KEY,
 MLFLOW_TRACKING_TOKEN, MLFLOW_TRACKING_PASSWORD, any variable ending in _TOKEN, _KEY, _SECRET or
 _PASSWORD, and the password inside a *_URI or *_URL variable. The runner wraps its stdout and
 stderr (log.txt) and redacts every event line, error and hint it writes to studio.db; config.yaml and run.json are rewritten redacted when a job ends
@@ -21,7 +21,7 @@ from typing import Any, TextIO
 
 # which values are secrets, and masking them, live in the engine (it masks what it sends to
 # trackers); they are re-exported here for the runner and the worker
-from engine.redact import (MASK, MIN_LENGTH, NAMES, SUFFIXES, is_secret_name,  # noqa: F401
+from engine.training.redact import (MASK, MIN_LENGTH, NAMES, SUFFIXES, is_secret_name,  # noqa: F401
                            redact, redact_data, secret_values)
 
 

@@ -115,7 +115,7 @@ def time_estimate(cfg: TrainConfig, actor: dict | None = None) -> dict[str, Any]
     same_method} from the kept data report (trained tokens of the training split) and the
     throughput a finished run of this model measured that the actor can see
     (measured_throughput); or {"missing": why}. None while no report is kept."""
-    from engine.estimate import estimate_time
+    from engine.models.estimate import estimate_time
 
     report = kept_report(cfg)
     if not report or not report.get("used"):

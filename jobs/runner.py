@@ -12,7 +12,7 @@ The export verifies its files (config "verify", default true) and the job's resu
 verification's status, line and failed checks ("unverified" exports complete: the files stand).
 
 An eval job (kind "eval", config {"parent", "data", "max_new_tokens", "max_records"}) calls
-engine.evaluation.evaluate_run on its parent's folder (base vs tuned answers to the held-out
+engine.evaluation.evaluate.evaluate_run on its parent's folder (base vs tuned answers to the held-out
 prompts, or to those of `data`), writes eval.json into its own folder and stores the record under
 the PARENT (jobs.store.add_eval), whose page shows it. A training job that ends with a generation
 evaluation (train.eval_generate) has it stored the same way, as kind "end".
@@ -25,7 +25,7 @@ that checkpoint's step are deleted first, so steps continue with no gap and no d
 
 Test hook: FTSTUDIO_TEST_FAIL="oom" (or "oom:NAME,kill:NAME2") makes jobs (named NAME) raise a
 real torch.OutOfMemoryError at their first step ("oom") or SIGKILL themselves ("kill").
-FTSTUDIO_TEST_FAKE_TRAIN=N[:SECONDS] replaces engine.train with N fake steps (SECONDS apart; no
+FTSTUDIO_TEST_FAKE_TRAIN=N[:SECONDS] replaces engine.training.loop with N fake steps (SECONDS apart; no
 torch, no checkpoints but a stand-in where successive halving pauses it; an eval_loss of
 1/step + 1/lr every train.eval_every steps), so queue tests push many jobs through the real
 worker and runner.
@@ -42,7 +42,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from engine import settings
+from jobs import settings
 from jobs import halving, store
 from jobs.errors import explain_exception
 from jobs.redact import RedactingStream, redact, scrub_run_folder
@@ -54,7 +54,7 @@ WORKER_GONE = {"terminated": "its worker stopped", "orphaned": "its worker died"
 
 
 class StoreReporter:
-    """engine.reporter.Reporter that writes into studio.db (rank 0 only writes)."""
+    """engine.training.reporter.Reporter that writes into studio.db (rank 0 only writes)."""
 
     def __init__(self, job: dict, attempt: int, *, main: bool = True,
                  worker_pid: int | None = None):
@@ -178,7 +178,7 @@ def _prepare(job: dict, out: Path, reporter: StoreReporter, main_rank: bool):
 
     cfg = from_dict(job["config"])
     cfg.output_dir = str(out)
-    from engine.checkpoint import latest_step
+    from engine.training.checkpoint import latest_step
 
     step = latest_step(out)
     if step is not None:
@@ -236,7 +236,7 @@ def _train(cfg, reporter: StoreReporter):
     if fake:
         steps, _, delay = fake.partition(":")
         return _fake_train(cfg, reporter, int(steps), float(delay or 0))
-    from engine.train import run
+    from engine.training.loop import run
 
     return run(cfg, reporter)
 
@@ -319,7 +319,7 @@ def _verification(record: dict | None) -> dict | None:
 def _store_end_eval(job_id: str, reporter: StoreReporter, out: Path, steps: int) -> None:
     """The generation evaluation training ended with (out/eval.json at the last step), as the
     job's evaluation rows in studio.db."""
-    from engine.evaluation import read_record
+    from engine.evaluation.evaluate import read_record
 
     record = read_record(out / "eval.json") if reporter.main else None
     if record is not None and record.get("step") == steps:
@@ -330,7 +330,7 @@ def _run_eval(job: dict, reporter: StoreReporter) -> int:
     """An eval job (config {"parent", "data", "max_new_tokens", "max_records"}): the engine's
     evaluate_run over the parent's run folder; the record goes into the eval job's folder and,
     as rows, under the PARENT job (its page shows it)."""
-    from engine.evaluation import EvalError, card_line, evaluate_run
+    from engine.evaluation.evaluate import EvalError, card_line, evaluate_run
 
     cfg, parent_id = job["config"], job["config"]["parent"]
     folder = store.folder_of(job)

@@ -29,7 +29,7 @@ from typing import Any, Iterator
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
-from engine import settings
+from jobs import settings
 
 STATUSES = ("queued", "running", "completed", "failed", "cancelled", "interrupted")
 #: to-status -> statuses it may be entered from
@@ -206,7 +206,7 @@ def m003_users_datasets(db: Database) -> None:
 
 @MIGRATIONS()
 def m004_evals(db: Database) -> None:
-    """Generation evaluations of training jobs (engine/evaluation.py): one evals row per
+    """Generation evaluations of training jobs (engine/evaluation/evaluate.py): one evals row per
     evaluation (its summary JSON, where eval.json is), one eval_rows row per example, with the
     columns the job page filters on."""
     db["evals"].create({"id": int, "job_id": str, "eval_job": str, "kind": str, "step": int,
@@ -605,10 +605,10 @@ EVAL_FILTERS = {
 
 def add_eval(db: Database, job_id: str, record: dict[str, Any], *, kind: str,
              path: str | os.PathLike, eval_job: str | None = None) -> int:
-    """Store one engine.evaluation record of training job `job_id` (kind "end": at the end of
+    """Store one engine.evaluation.evaluate record of training job `job_id` (kind "end": at the end of
     training, "job": an eval job `eval_job`); returns its id. A job's newest evaluation of a
     kind replaces nothing: every one is kept, newest first in evals()."""
-    from engine.evaluation import changed
+    from engine.evaluation.evaluate import changed
 
     with transaction(db):
         cur = db.execute(
@@ -637,7 +637,7 @@ def add_eval(db: Database, job_id: str, record: dict[str, Any], *, kind: str,
 
 def evals(db: Database, job_id: str) -> list[dict[str, Any]]:
     """The job's evaluations, newest first: [{id, job_id, eval_job, kind, step, n, source,
-    metrics, seconds, path, created_at}] (metrics: engine.metrics.summarize's dict)."""
+    metrics, seconds, path, created_at}] (metrics: engine.evaluation.metrics.summarize's dict)."""
     out = []
     for row in db.query("SELECT * FROM evals WHERE job_id = ? ORDER BY created_at DESC, id DESC",
                         [job_id]):

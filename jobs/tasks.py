@@ -28,7 +28,7 @@ from pathlib import Path
 
 from huey import Huey
 
-from engine import settings
+from jobs import settings
 from jobs import store
 from jobs.errors import explain_exit
 from jobs.queue import get_huey

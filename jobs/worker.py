@@ -26,7 +26,7 @@ from pathlib import Path
 
 from huey.consumer import Consumer
 
-from engine import settings
+from jobs import settings
 from jobs import api, store, tasks
 from jobs.queue import describe, get_huey
 from jobs.runner import pid_alive

@@ -5,7 +5,7 @@
 - e2e          real browser / multi-process layouts; CI installs what they need and runs them.
 
 `make test` runs all tiers; `make test-fast` only the first.
-Nothing downloads: models are built here from engine.demo with a tokenizer trained offline.
+Nothing downloads: models are built here from engine.models.demo with a tokenizer trained offline.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     """A 2-layer Llama (hidden 64) with the demo tokenizer and chat template, built once."""
-    from engine.demo import build_demo_model
+    from engine.models.demo import build_demo_model
 
     return build_demo_model(tmp_path_factory.mktemp("models") / "tiny", size="tiny",
                             max_position_embeddings=512)
@@ -111,8 +111,8 @@ def smollm2_gguf(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def smollm2_model(smollm2_gguf, tmp_path_factory) -> Path:
-    """smollm2_gguf imported once (engine.gguf_import) into a temporary models folder."""
-    from engine.gguf_import import import_gguf
+    """smollm2_gguf imported once (engine.models.gguf_import) into a temporary models folder."""
+    from engine.models.gguf_import import import_gguf
 
     return import_gguf(smollm2_gguf, models_dir=tmp_path_factory.mktemp("gguf-models"),
                        log=lambda _: None).folder

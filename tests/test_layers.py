@@ -92,3 +92,18 @@ def test_engine_packages_name_their_public_api():
     for package in ("engine.data", "engine.export"):
         module = importlib.import_module(package)
         assert module.__all__ and all(hasattr(module, n) for n in module.__all__), package
+
+
+def test_the_engine_is_grouped_by_purpose():
+    """engine/ holds a handful of packages named for what they do, each mapped by its
+    __init__'s docstring (every module of the package named there), and few loose modules."""
+    top = sorted(p.name for p in (ROOT / "engine").iterdir() if p.name != "__pycache__")
+    assert top == ["__init__.py", "config.py", "data", "evaluation", "export", "models",
+                   "settings.py", "training"], top
+    for package in ("data", "evaluation", "export", "models", "training"):
+        folder = ROOT / "engine" / package
+        doc = ast.get_docstring(ast.parse((folder / "__init__.py").read_text(encoding="utf-8")))
+        assert doc, f"engine/{package}/__init__.py has no map"
+        unnamed = [p.stem for p in folder.glob("*.py") if p.stem != "__init__"
+                   and f"engine.{package}.{p.stem}" not in doc and f"{p.stem}.py" not in doc]
+        assert not unnamed, f"engine/{package}/__init__.py does not name {unnamed}"

@@ -253,7 +253,7 @@ def validate_config(config_yaml: str) -> list:
 def estimate_memory(config_yaml: str) -> dict:
     """Trainable parameters, peak memory (bytes, by part) and fits/tight/exceeds."""
     from app.studio.handlers import device
-    from engine.catalog import estimate_for
+    from engine.models.estimate import estimate_for
 
     cfg, problems = _parse(config_yaml)
     if cfg is None:

@@ -3,7 +3,7 @@ per metric (95% intervals), the answers side by side (filterable, as CSV), and a
 button that queues an eval job over the validation split or any data file.
 
 The numbers come from jobs.api.job_eval (stored by training's end-of-run evaluation or by an
-eval job; engine/evaluation.py makes them). Evaluations are jobs on the queue (jobs.api
+eval job; engine/evaluation/evaluate.py makes them). Evaluations are jobs on the queue (jobs.api
 .evaluate): a worker runs them, never this web process. The Jobs tab's timer polls the section
 (poll): the job's newest evaluation id and its eval jobs per tick; the card and table are drawn
 again only when one of them changed.
@@ -117,8 +117,8 @@ def card_html(ev: dict[str, Any] | None, evals: list[dict[str, Any]] | None = No
                 "when the job has a validation split (train.eval_generate); press Evaluate to "
                 "answer the held-out prompts, or those of any data file, with the base and the "
                 "tuned model.</div>")
-    from engine.evaluation import card_line
-    from engine.metrics import METRIC_INFO
+    from engine.evaluation.evaluate import card_line
+    from engine.evaluation.metrics import METRIC_INFO
 
     tiles = []
     for name, m in ev["metrics"].items():
@@ -184,7 +184,7 @@ def answers_csv(job_id: Any, which: str = "all", actor: Any = None) -> str:
 
 def compare_rows(job_ids: list[Any], actor: Any = None) -> list[dict[str, Any]]:
     """Each job's newest evaluation side by side: one row per job, base -> tuned per metric."""
-    from engine.metrics import METRIC_INFO
+    from engine.evaluation.metrics import METRIC_INFO
 
     out = []
     for jid in job_ids or []:
@@ -207,7 +207,7 @@ def compare_rows(job_ids: list[Any], actor: Any = None) -> list[dict[str, Any]]:
 
 
 def compare_frame(job_ids: list[Any], actor: Any = None):
-    from engine.metrics import METRIC_INFO
+    from engine.evaluation.metrics import METRIC_INFO
 
     columns = ["Job", "Records", *(i["label"] for i in METRIC_INFO.values())]
     return jobview.frame(compare_rows(job_ids, actor),

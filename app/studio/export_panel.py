@@ -184,7 +184,7 @@ def verification_html(record: dict[str, Any] | None) -> str:
 
 
 def human(n: Any) -> str:
-    from engine.estimate import human_bytes
+    from engine.models.estimate import human_bytes
 
     return human_bytes(float(n or 0))
 

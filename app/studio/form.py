@@ -85,7 +85,7 @@ TRAIN_ADVANCED = ["train.warmup_ratio", "train.optimizer", "train.precision",
                   "train.eval_every", "train.save_every", "train.keep_checkpoints",
                   "train.early_stopping_patience", "train.neftune_alpha", "train.log_every",
                   "train.seed"]
-#: the preference objectives' settings (engine/preference.py), and the objectives each one
+#: the preference objectives' settings (engine/training/preference.py), and the objectives each one
 #: applies to (the form shows only the chosen objective's)
 OBJECTIVE_KEYS = {
     "train.beta": ("dpo", "orpo", "simpo", "kto"),
@@ -96,7 +96,7 @@ OBJECTIVE_KEYS = {
     "train.kto_undesirable_weight": ("kto",),
 }
 TRAIN_OBJECTIVE = ["train.objective", *OBJECTIVE_KEYS]
-#: TensorBoard, MLflow, W&B (engine/trackers.py)
+#: TensorBoard, MLflow, W&B (engine/training/trackers.py)
 TRAIN_TRACKERS = ["train.report_to", "train.tracker_experiment"]
 #: every key in the form, in the order handlers receive their values
 FORM_KEYS = (["model.name", "data.train", "method.kind"] + MODEL_ADVANCED + DATA_MAIN +

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from app.studio import form, render
-from engine import recipes
-from engine.catalog import NEEDS_ASSUME, demo_dir, describe, list_models, studio_home
+from engine.models import recipes
+from engine.models.catalog import NEEDS_ASSUME, demo_dir, describe, list_models, studio_home
 from engine.config import (DATA_SUFFIXES, ConfigError, Problem, TrainConfig, load_config,
                            to_yaml)
 
@@ -68,13 +68,13 @@ def model_card(name: str | None) -> str:
 
 def import_gguf_upload(path: str | None, actor: dict[str, Any] | None = None
                        ) -> tuple[str | None, str]:
-    """Import an uploaded .gguf file as a base model (engine.gguf_import does the work):
+    """Import an uploaded .gguf file as a base model (engine.models.gguf_import does the work):
     (the new folder, to select as model.name, or None; a note saying what happened). With
     logins on, only admins may: FTSTUDIO_HOME/models is shared by everyone on the server. The
     name is the file's stem, with -2, -3 ... when taken; the same file again selects the model
     it made before."""
-    from engine.catalog import human_count, imported_from, models_dir
-    from engine.gguf_import import GGUFImportError, default_name, import_gguf, sha256_file
+    from engine.models.catalog import human_count, imported_from, models_dir
+    from engine.models.gguf_import import GGUFImportError, default_name, import_gguf, sha256_file
 
     if not path:
         return None, ""
@@ -115,7 +115,7 @@ def tokenizer_for(name: str):
     with _tok_lock:
         if name in _tokenizers:
             return _tokenizers[name]
-    from engine.catalog import tokenizer_if_available
+    from engine.models.catalog import tokenizer_if_available
 
     try:
         tok = tokenizer_if_available(name)
@@ -189,7 +189,7 @@ _device: tuple[float, Any] | None = None
 def device():
     """The detected GPU or RAM, refreshed at most every 15 seconds."""
     global _device
-    from engine.estimate import detect_device
+    from engine.models.estimate import detect_device
 
     if _device is None or time.monotonic() - _device[0] > 15:
         _device = (time.monotonic(), detect_device())
@@ -198,7 +198,7 @@ def device():
 
 def estimate_panel(values: dict[str, Any], actor: Any = None) -> str:
     """The memory estimate, and the time per epoch when a finished run measured the speed."""
-    from engine.catalog import estimate_for
+    from engine.models.estimate import estimate_for
     from jobs import api
 
     cfg, _ = form.build_config(values)
@@ -221,7 +221,7 @@ def report_for(cfg: TrainConfig, tokenizer: Any = None) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- defaults
 
-#: the fields that take the model's defaults (engine.recipes), in the order the card lists them
+#: the fields that take the model's defaults (engine.models.recipes), in the order the card lists them
 DEFAULT_KEYS = recipes.KEYS
 #: where a field's value came from when it is not the suggestion
 KEPT_TEXT = {"typed": "kept your value", "yaml": "kept the value from the YAML file",
@@ -236,9 +236,9 @@ def new_defaults_state() -> dict[str, Any]:
 
 
 def suggestions(values: dict[str, Any]) -> dict[str, recipes.Suggestion]:
-    """engine.recipes.suggest for the form's model, method and data file (its report is the
+    """engine.models.recipes.suggest for the form's model, method and data file (its report is the
     data panel's, made here when it is not there yet; none when the file does not read)."""
-    from engine.catalog import read_config
+    from engine.models.catalog import read_config
 
     cfg, _ = form.build_config(values)
     name = cfg.model.name

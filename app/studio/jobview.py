@@ -29,13 +29,13 @@ from app.studio import render
 from app.studio.curves import CHART_POINTS, Curve, curves
 from jobs.api import path_in_job
 
-#: the generation evaluation's curves (engine.evaluation: train.eval_generate), drawn in percent
+#: the generation evaluation's curves (engine.evaluation.evaluate: train.eval_generate), drawn in percent
 GEN_CHARTED = {"gen_exact_match": "exact match", "gen_token_f1": "token F1",
                "gen_rouge_l": "ROUGE-L"}
 #: the throughput chart's two series: tokens that carry loss, and every real token computed
 #: (prompts included: the figure other tools report)
 RATES = {"tokens_per_s": "trained tokens/s", "total_tokens_per_s": "all tokens/s"}
-#: preference tuning (train.objective dpo/orpo/simpo/kto, engine.preference): the implicit
+#: preference tuning (train.objective dpo/orpo/simpo/kto, engine.training.preference): the implicit
 #: rewards of the chosen and rejected answers and their margin, on training and eval pairs
 REWARDS = {"reward_chosen": "chosen", "reward_rejected": "rejected",
            "reward_margin": "margin", "eval_reward_margin": "eval margin"}

@@ -1,6 +1,6 @@
 """The Playground: chat with a finished job's model, side by side with its base model.
 
-Generation lives in engine.generate (it loads and caches models; this module never imports
+Generation lives in engine.evaluation.generate (it loads and caches models; this module never imports
 torch); the handlers here only turn chat histories into messages and stream the answers.
 """
 
@@ -26,7 +26,7 @@ class Playground:
 
 def model_for_job(jid: Any, actor: Any = None) -> tuple[str, str]:
     """(base model, adapter folder) of a job; raises ValueError with the reason."""
-    from engine.generate import adapter_kind
+    from engine.evaluation.generate import adapter_kind
 
     if not jid:
         raise ValueError("Pick a finished job first.")
@@ -59,7 +59,7 @@ def respond(message: str, tuned: list, base: list, jid: Any, compare: bool, syst
             repetition_penalty: float, request: gr.Request = None
             ) -> Iterator[tuple[Any, list, list, str]]:
     """Stream the tuned model's answer, then (side by side) the base model's."""
-    from engine.generate import stream_chat
+    from engine.evaluation.generate import stream_chat
 
     message = (message or "").strip()
     if not message:

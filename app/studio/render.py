@@ -11,9 +11,9 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
-from engine.catalog import ModelInfo, human_count
+from engine.models.catalog import ModelInfo, human_count
 from engine.config import Problem
-from engine.estimate import Estimate, human_bytes
+from engine.models.estimate import Estimate, human_bytes
 
 STATUS_ICONS = {"queued": "◷", "running": "●", "completed": "✓", "failed": "✕",
                 "cancelled": "■", "interrupted": "↯"}
@@ -22,7 +22,7 @@ PART_LABELS = {"weights": "Weights", "adapter": "Adapter", "gradients": "Gradien
                "optimizer": "Optimizer state", "activations": "Activations",
                "logits": "Logits", "slack": "Allocator slack",
                "runtime": "Runtime (libraries, CUDA context)"}
-#: engine.estimate's note on glibc's heap on CPU (it names this variable) is a paragraph: the
+#: engine.models.estimate's note on glibc's heap on CPU (it names this variable) is a paragraph: the
 #: card says it in one line and keeps the paragraph under Breakdown
 ALLOCATOR_MARK = "MALLOC_MMAP_THRESHOLD_"
 ALLOCATOR_LINE = "On CPU the peak may reach about twice the activations' share (see Breakdown)."

@@ -339,7 +339,7 @@ def uploaded(file, request: gr.Request | None = None):
 
 
 def _wire_defaults(t: TrainTab, example, *set_by_handlers) -> None:
-    """Defaults that fit the model (engine.recipes): taken when the user picks a model, a
+    """Defaults that fit the model (engine.models.recipes): taken when the user picks a model, a
     method or a data file (also after `set_by_handlers`: a data upload, a GGUF import), never
     into a field the user has edited. Edits are seen through the fields' .input events, which
     fire only when a person changes the value (not when a handler sets it, as here or on Load

@@ -47,7 +47,7 @@ def css() -> str:
 def header_html(worker: str) -> str:
     logo = (STATIC / "logo.svg").read_text(encoding="utf-8")
     dev = handlers.device()
-    from engine.estimate import human_bytes
+    from engine.models.estimate import human_bytes
 
     where = (f"<b>{render.esc(dev.name)}</b> · {human_bytes(dev.total_bytes)}" if
              dev.kind == "cuda" else f"<b>CPU</b> · {human_bytes(dev.total_bytes)} RAM")

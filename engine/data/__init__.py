@@ -10,6 +10,7 @@ cache, the data report and batching. Callers outside the package import from her
     engine.data.report     the data report (DataReport) and its text forms
     engine.data.pipeline   the pipeline: prepare(), data_report(), check_file(), preview()
     engine.data.batching   packing and padding rows into batches (Batches)
+    engine.data.examples   the bundled example datasets (static/examples), and the demo's text
 
 Use from Python:
     from engine.data import prepare, data_report, format_report, Batches

@@ -17,7 +17,7 @@ for the same epoch gets the same batches.
   blocks everything across examples. (Restarted position_ids alone do not isolate examples, and
   a boolean 4-D mask is added to the scores as 0/1 by eager attention; the float mask isolates
   under both sdpa and eager.)
-- packing with varlen attention (engine/attention.py; `varlen=True`): the rows of a batch are
+- packing with varlen attention (engine/models/attention.py; `varlen=True`): the rows of a batch are
   laid end to end as ONE flat row with no padding and no mask (collate_flat): position_ids
   restart per example and cu_seq_lens_q/k mark where each example starts, which the varlen
   kernels read. A batch takes memory linear in its tokens. The plan (which examples go in
@@ -211,7 +211,7 @@ def collate_packed_pairs(rows: list[list[tuple[tuple[list[int], list[int]],
     flat=True collate_flat's one row of cu_seqlens for varlen attention). "seq_ids" (the shape
     of input_ids) tells the sequence every token belongs to, numbered as collate_pairs' rows:
     pair j's chosen side j, its rejected side P + j (P pairs, in row order), -1 for padding,
-    so engine.preference sums each side's log-probs over its own tokens."""
+    so engine.training.preference sums each side's log-probs over its own tokens."""
     pairs = [pair for row in rows for pair in row]
     count = len(pairs)
     sides, numbers = [], []
@@ -335,7 +335,7 @@ class Batches:
         self.varlen = packing and varlen
         self.pad_id, self.mask_dtype = pad_id, mask_dtype
         self.rank, self.world = rank, world
-        #: pairs: precomputed reference log-probs [N, 2] (chosen, rejected), engine.reference
+        #: pairs: precomputed reference log-probs [N, 2] (chosen, rejected), engine.training.reference
         self.reference_logps: torch.Tensor | None = None
         self.log = log
         self._plans: dict[int, list[list[list[int]]]] = {}
@@ -482,7 +482,7 @@ class Batches:
                                              self.pad_id, self.mask_dtype, flat=self.varlen)
             else:
                 batch = collate_pairs(pairs, self.pad_id)
-            if self.reference_logps is not None:    # [N, 2] per pair (engine.reference)
+            if self.reference_logps is not None:    # [N, 2] per pair (engine.training.reference)
                 picked = self.reference_logps[torch.tensor(flat)]
                 batch["ref_logps"] = torch.cat([picked[:, 0], picked[:, 1]])
             return batch
@@ -545,7 +545,7 @@ def collate_packed(rows: list[list[tuple[list[int], list[int]]]], pad_id: int,
 
 def collate_flat(examples: list[tuple[list[int], list[int]]]) -> dict[str, Any]:
     """Examples end to end as one row [1, T] with no padding and no attention mask, for varlen
-    attention (engine/attention.py): position_ids restart at 0 per example; cu_seq_lens_q/k
+    attention (engine/models/attention.py): position_ids restart at 0 per example; cu_seq_lens_q/k
     (int32, [n + 1]) are the examples' boundaries and max_length_q/k the longest (ints), the
     keyword arguments of flash attention's varlen path (transformers passes them through the
     model to every attention layer). Memory is linear in T: nothing is T x T.

@@ -26,7 +26,7 @@ Tokenized examples have four columns, in file order (batching applies data.order
     labels     list[int]; -100 where no loss is computed
     length     int, len(input_ids)
     where      str, the record's place in its file ("line 17"), so the validation split can be
-               found again as records (engine.evaluation answers their prompts)
+               found again as records (engine.evaluation.evaluate answers their prompts)
 Preference data (format preference, kind "preference": DPO, IPO, SimPO, ORPO) has six, one row
 per pair (dataset_columns(kind) names them):
     input_ids, labels                    the chosen side: prompt + chosen answer

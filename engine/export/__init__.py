@@ -27,7 +27,7 @@ run folder, calls it and measures what it wrote:
                 the merged model as one GGUF file with tokenizer and chat template, plus an
                 Ollama Modelfile beside it (see engine/export/gguf.py for families and layout)
 
-A run folder is what `engine.train.run` writes: adapter/ and run.json (whose "config" holds the
+A run folder is what `engine.training.loop.run` writes: adapter/ and run.json (whose "config" holds the
 TrainConfig). Every format function logs one line per stage through `log`.
 """
 
@@ -36,7 +36,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from engine.estimate import human_bytes
+from engine.models.estimate import human_bytes
 from engine.export.adapter import export_adapter
 from engine.export.bnb import export_bnb4, export_bnb8
 from engine.export.card import model_card

@@ -25,7 +25,7 @@ def export_bnb8(run: Run, out: Path, log: Log) -> list[Path]:
 def _export_bnb(run: Run, out: Path, log: Log, bits: int) -> list[Path]:
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    from engine.model import default_device
+    from engine.models.load import default_device
 
     check_mergeable(run, f"bnb{bits}")
     with tempfile.TemporaryDirectory(prefix=".merged-", dir=out) as tmp:

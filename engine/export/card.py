@@ -39,7 +39,7 @@ METHOD_KEYS = {"lora": ("r", "alpha", "dropout", "target_modules"),
 
 def model_card(run: Run, fmt: str, gguf_name: str | None = None) -> str:
     """README.md for an export: what it was trained from and on, and how to load it."""
-    from engine.demo import is_demo_model
+    from engine.models.demo import is_demo_model
 
     cfg = run.config
     method, train, data = cfg.get("method") or {}, cfg.get("train") or {}, cfg.get("data") or {}

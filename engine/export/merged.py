@@ -56,7 +56,7 @@ def load_merged(run: Run, log: Log):
 
 def training_tokenizer(run: Run):
     from engine.data import ensure_chat_template
-    from engine.model import load_tokenizer
+    from engine.models.load import load_tokenizer
 
     has_own = any((run.adapter_dir / f).is_file() for f in ("tokenizer.json",
                                                              "tokenizer_config.json"))

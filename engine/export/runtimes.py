@@ -9,7 +9,7 @@ one small interface (Runtime) that engine/export/verify.py compares with the tun
                 the file with the `gguf` package: tensors, hyperparameters and tokenizer), and
                 llama.cpp itself when llama-cpp-python is installed (`ftstudio[llamacpp]`)
 
-Models load in float32 (a bf16 file upcasts exactly), on the device engine.precision picks.
+Models load in float32 (a bf16 file upcasts exactly), on the device engine.training.precision picks.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from engine.evaluation import Answer, EvalExample, generate_answers, prompt_ids
+from engine.evaluation.evaluate import Answer, EvalExample, generate_answers, prompt_ids
 from engine.export.run import ExportError, Run
 
 
@@ -121,7 +121,7 @@ def _float32_options() -> dict[str, Any]:
 
 
 def _device():
-    from engine.precision import this_device
+    from engine.training.precision import this_device
 
     return this_device()[0]
 

@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.evaluation import EvalExample, end_of_turn_id, to_example
+from engine.evaluation.evaluate import EvalExample, end_of_turn_id, to_example
 from engine.export.run import Log, Run
 from engine.export.verify_files import PROBES, Check, check_modelfile, check_template
 
@@ -346,7 +346,7 @@ class _Ref:
 def _reference(run: Run) -> _Ref:
     """The tuned model as trained: the base with the adapter (or the fully tuned model), in
     float32, with the tokenizer and chat template training used."""
-    from engine.generate import open_model
+    from engine.evaluation.generate import open_model
 
     loaded = open_model(run.base, str(run.adapter_dir), dtype="float32")
     return _Ref(loaded.model, loaded.tokenizer)
@@ -355,7 +355,7 @@ def _reference(run: Run) -> _Ref:
 def held_out(run: Run, tokenizer, k: int, log: Log) -> tuple[list[EvalExample], str]:
     """Up to k prompts with answers from the run's validation split; the bundled example chats
     when it has none (or its data cannot be read here)."""
-    from engine.evaluation import _split_of
+    from engine.evaluation.evaluate import _split_of
 
     why = "the run has no config"
     if run.config:
@@ -368,7 +368,7 @@ def held_out(run: Run, tokenizer, k: int, log: Log) -> tuple[list[EvalExample], 
             why = f"no record of the {source} has an answer"
         except Exception as exc:  # noqa: BLE001 - the check still runs, on the bundled chats
             why = f"its validation split cannot be read here ({exc})"
-    from engine.examples import chat_records
+    from engine.data.examples import chat_records
 
     log(f"verify: {why}; using the bundled example chats")
     found = [to_example(f"example {i + 1}", r["messages"], "messages")

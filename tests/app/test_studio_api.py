@@ -97,7 +97,7 @@ def test_eval_job_and_job_eval(client):
 
     from gradio_client.exceptions import AppError
 
-    from engine.evaluation import Answer, EvalExample, score
+    from engine.evaluation.evaluate import Answer, EvalExample, score
     from jobs import api, store
 
     job_id = store.new_id()

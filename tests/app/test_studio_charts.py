@@ -231,7 +231,7 @@ def test_a_resumed_job_redraws_the_steps_past_its_checkpoint(home):
 
 def test_a_preference_job_charts_its_rewards_and_compare_overlays_them(home):
     """The reward and reward-accuracy charts fill from the metrics a preference job writes
-    (engine.preference), accuracy in percent; an SFT job has none, so its page hides them; and
+    (engine.training.preference), accuracy in percent; an SFT job has none, so its page hides them; and
     Compare jobs overlays the reward accuracy of two jobs with each one's eval line."""
     with store.connect() as db:
         dpo, sft = running_job(db), running_job(db)

@@ -9,7 +9,7 @@ import shutil
 import pytest
 
 from app.studio import form, handlers
-from engine import recipes
+from engine.models import recipes
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 """The Evaluation section of a job's page as plain functions, over the real jobs.api in a fresh
 FTSTUDIO_HOME: the card (base -> tuned per metric, with the change's interval), the answers
 table and its filters, the CSV, the Evaluate button (an eval job on the queue, or why not) and
-the compare table. The evaluations are real engine.evaluation records of hand-written answers
+the compare table. The evaluations are real engine.evaluation.evaluate records of hand-written answers
 (no model is needed to score them); tests/jobs/test_eval_jobs.py makes them by training."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 
 from app.studio import eval_panel, jobs_tab, jobview
-from engine.evaluation import Answer, EvalExample, score
+from engine.evaluation.evaluate import Answer, EvalExample, score
 from jobs import api, store
 
 

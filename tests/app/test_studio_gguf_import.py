@@ -36,7 +36,7 @@ def test_import_selects_the_model_and_lists_it(tiny_gguf, tmp_path, home):
 
 
 def test_a_different_file_with_the_same_name_gets_a_new_name(tiny_gguf, tmp_path, home):
-    from engine.catalog import SOURCE_FILE
+    from engine.models.catalog import SOURCE_FILE
 
     first, _ = handlers.import_gguf_upload(_upload(tiny_gguf, tmp_path), None)
     record = (home / "models" / "tiny-model-q8_0" / SOURCE_FILE)

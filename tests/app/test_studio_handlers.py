@@ -121,10 +121,10 @@ def test_data_panel_without_a_file_says_what_to_do(tiny_model, examples):
 
 def test_the_cpu_allocator_note_is_one_line_with_its_detail_under_breakdown(
         tiny_model, examples, monkeypatch):
-    """Regression: on CPU the card carried engine.estimate's paragraph on glibc's heap and
+    """Regression: on CPU the card carried engine.models.estimate's paragraph on glibc's heap and
     MALLOC_MMAP_THRESHOLD_ among its notes."""
-    from engine.catalog import estimate_for
-    from engine.estimate import Device
+    from engine.models.estimate import estimate_for
+    from engine.models.estimate import Device
 
     monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
     cfg, _ = form.build_config(_good(tiny_model, examples))

@@ -14,7 +14,7 @@ def test_respond_streams_tuned_then_base(monkeypatch, tiny_model):
         yield word[:2]
         yield word
 
-    monkeypatch.setattr("engine.generate.stream_chat", fake_stream)
+    monkeypatch.setattr("engine.evaluation.generate.stream_chat", fake_stream)
     monkeypatch.setattr(playground_tab, "model_for_job", lambda jid, actor=None: (str(tiny_model), "x"))
     out = list(playground_tab.respond("hi", [], [], "job1", True, "Be brief.", 16, 0.0, 0.9,
                                       50, 1.0))

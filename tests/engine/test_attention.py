@@ -1,4 +1,4 @@
-"""Varlen attention for packed batches (engine/attention.py): isolation on every path, equality
+"""Varlen attention for packed batches (engine/models/attention.py): isolation on every path, equality
 with records run alone for every method that packs, the auto choice, and linear memory."""
 
 from __future__ import annotations
@@ -7,12 +7,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine.attention import (BUCKET, SPANS, choose_attention, flash_available, is_varlen,
+from engine.models.attention import (BUCKET, SPANS, choose_attention, flash_available, is_varlen,
                               length_buckets, spans_attention)
 from engine.config import TrainConfig, packing_applies
 from engine.data.batching import (IGNORE_INDEX, Batches, collate_flat, collate_packed,
                                   segment_ids)
-from engine.model import load_model
+from engine.models.load import load_model
 
 #: the paths a packed batch can take here, with how it is collated for each
 PATHS = ["sdpa", "eager", SPANS] + ([flash_available(torch.device("cuda"))]

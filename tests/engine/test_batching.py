@@ -200,7 +200,7 @@ def test_a_short_run_with_a_token_budget_completes(tiny_model, examples, tmp_pat
     import json
 
     from engine.config import TrainConfig
-    from engine.train import run
+    from engine.training.loop import run
 
     cfg = TrainConfig()
     cfg.model.name, cfg.data.train = str(tiny_model), str(examples / "alpaca.json")

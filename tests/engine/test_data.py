@@ -14,8 +14,8 @@ from engine.data import (DEFAULT_CHAT_TEMPLATE, DataError, IGNORE_INDEX, Encoder
                          ensure_chat_template, file_sha256, prepare, preview, read_records,
                          split_indices)
 from engine.data import DataReport, format_report
-from engine.demo import CHAT_TEMPLATE
-from engine.examples import alpaca_records, chat_records
+from engine.models.demo import CHAT_TEMPLATE
+from engine.data.examples import alpaca_records, chat_records
 from tests_paths import EXAMPLES
 
 EOT = "<|im_end|>"  # the demo tokenizer's end-of-turn and EOS token

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from engine.config import TrainConfig, save_config
-from engine.reporter import ListReporter
+from engine.training.reporter import ListReporter
 
 pytestmark = pytest.mark.slow
 
@@ -40,7 +40,7 @@ def config(tiny_model, examples, out: Path, batch_size: int) -> TrainConfig:
 
 def test_two_processes_train_like_one_with_the_same_global_batch(tiny_model, examples, home,
                                                                   tmp_path):
-    from engine.train import run
+    from engine.training.loop import run
 
     single = ListReporter()
     run(config(tiny_model, examples, tmp_path / "single", batch_size=8), single)
@@ -50,7 +50,7 @@ def test_two_processes_train_like_one_with_the_same_global_batch(tiny_model, exa
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
               "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
               "--dynamo_backend", "no", "--main_process_port", str(free_port()),
-              "-m", "engine.train", str(path)]
+              "-m", "engine.training.loop", str(path)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(launch, cwd=Path(__file__).resolve().parents[2], env=env,
                           capture_output=True, text=True, timeout=300)

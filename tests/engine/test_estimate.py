@@ -1,4 +1,4 @@
-"""engine.estimate: parameter counts match the real models, memory moves the right way."""
+"""engine.models.estimate: parameter counts match the real models, memory moves the right way."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from engine.catalog import PRESETS, describe, list_models, safetensors_params
+from engine.models.catalog import describe, list_models, safetensors_params
+from engine.models.presets import PRESETS
 from engine.config import TrainConfig
-from engine.catalog import estimate_for
-from engine.estimate import (GiB, Device, classify, count_params, detect_device, estimate,
+from engine.models.estimate import estimate_for
+from engine.models.estimate import (GiB, Device, classify, count_params, detect_device, estimate,
                              human_bytes, trainable_params)
 
 GPU80 = Device("cuda", "test GPU", 80 * GiB, 80 * GiB)
@@ -32,7 +33,7 @@ def test_total_params_match_the_safetensors(tiny_model):
 @pytest.mark.parametrize("kind", ["lora", "dora", "ia3", "prompt_tuning", "prefix_tuning",
                                   "full"])
 def test_trainable_params_match_what_the_engine_builds(tiny_model, kind):
-    from engine.model import load_model
+    from engine.models.load import load_model
 
     cfg = _cfg(tiny_model, kind)
     _, _, info = load_model(cfg, log=lambda _: None, device="cpu")
@@ -115,7 +116,7 @@ def test_activations_match_what_autograd_saves(tiny_model, kind, dropout):
     """Count the bytes autograd keeps for backward (parameters aside) in one forward pass."""
     import torch
 
-    from engine.model import load_model
+    from engine.models.load import load_model
 
     cfg = _cfg(tiny_model, kind, batch_size=2)
     cfg.method.dropout, cfg.data.max_seq_len = dropout, 128
@@ -147,7 +148,7 @@ def test_batch_tokens_size_the_activations():
 
 
 def test_estimate_time_from_measured_throughput():
-    from engine.estimate import estimate_time
+    from engine.models.estimate import estimate_time
 
     assert estimate_time(120_000, 400.0) == 300.0
     assert estimate_time(120_000, 400.0, epochs=2) == 600.0
@@ -161,10 +162,10 @@ def test_estimate_time_from_measured_throughput():
 CHILD = r"""
 import json, sys
 import torch, transformers, peft, accelerate, datasets
-import engine.train, engine.model, engine.data
+import engine.training.loop, engine.models.load, engine.data
 from engine.config import TrainConfig
-from engine.estimate import GiB, Device
-from engine.catalog import estimate_for
+from engine.models.estimate import GiB, Device
+from engine.models.estimate import estimate_for
 
 def status(key):
     for line in open("/proc/self/status"):
@@ -180,7 +181,7 @@ cfg.data.max_seq_len, cfg.method.kind = spec["seq"], spec["kind"]
 t = cfg.train
 t.batch_size, t.max_steps, t.eval_every, t.save_every = spec["batch"], 2, 0, 0
 cfg.output_dir = spec["out"]
-engine.train.run(cfg)
+engine.training.loop.run(cfg)
 est = estimate_for(cfg, device=Device("cpu", "test", 64 * GiB, 64 * GiB))
 print(json.dumps({"baseline": baseline, "peak": status("VmHWM:"), "parts": est.parts}))
 """
@@ -188,7 +189,7 @@ print(json.dumps({"baseline": baseline, "peak": status("VmHWM:"), "parts": est.p
 
 @pytest.fixture(scope="module")
 def two_sizes(tmp_path_factory):
-    from engine.demo import build_demo_model
+    from engine.models.demo import build_demo_model
 
     root = tmp_path_factory.mktemp("sizes")
     return {size: build_demo_model(root / size, size=size, max_position_embeddings=1024)
@@ -209,7 +210,7 @@ def test_estimate_matches_measured_peak_rss(two_sizes, examples, tmp_path, size,
     spec = {"model": str(two_sizes[size]), "data": str(examples / "alpaca.json"), "seq": 512,
             "kind": kind, "batch": batch, "out": str(tmp_path / "run")}
     # glibc's default mmap threshold moves as memory is freed, and then the same run peaks at
-    # one of two RSS levels (619 or 883 MiB measured); fixed, the peak repeats (engine.estimate)
+    # one of two RSS levels (619 or 883 MiB measured); fixed, the peak repeats (engine.models.estimate)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "FTSTUDIO_HOME": str(tmp_path / "home"),
            "PYTHONPATH": str(root), "MALLOC_MMAP_THRESHOLD_": "131072"}
     done = subprocess.run([sys.executable, "-c", CHILD, json.dumps(spec)], cwd=root, env=env,

@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from engine.config import ConfigError, TrainConfig, check
-from engine.evaluation import (Answer, EvalError, EvalExample, _answer, card_line, change_of,
+from engine.evaluation.evaluate import (Answer, EvalError, EvalExample, _answer, card_line, change_of,
                                end_of_turn_id, evaluate_run, file_examples, filter_rows,
                                generate_answers, prompt_ids, stop_token_ids, to_csv, to_example)
-from engine.reporter import ListReporter
-from engine.train import run
+from engine.training.reporter import ListReporter
+from engine.training.loop import run
 from eval_data import LEARNS, yes_data
 
 
@@ -192,7 +192,7 @@ def test_config_checks_name_the_key(tiny_model, examples):
 
 
 def _row(base, tuned, ref="yes"):
-    from engine.metrics import score_answers
+    from engine.evaluation.metrics import score_answers
 
     b, t = score_answers([base, tuned], [ref, ref])
     row = {"base": base, "tuned": tuned, "base_scores": b, "tuned_scores": t,
@@ -224,7 +224,7 @@ def test_early_stopping_on_eval_loss_scores_the_kept_adapter(tiny_model, home, t
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from engine.evaluation import file_examples
+    from engine.evaluation.evaluate import file_examples
 
     cfg = config(tiny_model, yes_data(tmp_path / "yes.json"), tmp_path / "run", max_steps=20,
                  eval_every=2, early_stopping_patience=1, lr=3e-1)   # too high: it gets worse

@@ -1,7 +1,7 @@
 """Exports of a run folder: adapter, merged, bnb4/bnb8 (GGUF: test_export_gguf.py), and the CLI.
 
 Run folders are built here with peft directly (the LoRA B weights perturbed so the adapter is not
-a no-op), shaped like engine.train's: adapter/ and run.json with the config.
+a no-op), shaped like engine.training.loop's: adapter/ and run.json with the config.
 """
 
 from __future__ import annotations
@@ -254,12 +254,12 @@ def test_cli_export_resolves_a_job_id(lora_run, tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_real_lora_run_exports_merged_and_gguf(tmp_path, tiny_model, tiny_tokenizer):
-    """A short real training run (engine.train), then merged and GGUF exports of it."""
-    from engine import train
+    """A short real training run (engine.training.loop), then merged and GGUF exports of it."""
+    from engine.training import loop as train
     from transformers import AutoModelForCausalLM
 
     from engine.config import from_dict
-    from engine.reporter import NullReporter
+    from engine.training.reporter import NullReporter
     from tests_paths import EXAMPLES
 
     cfg = from_dict({"model": {"name": str(tiny_model)},

@@ -266,7 +266,7 @@ def test_tokens_and_merges_in_the_file_tokenize_like_transformers(sharp_run, tin
     specials) splits text exactly as the HF tokenizer does."""
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 
-    from engine.examples import corpus
+    from engine.data.examples import corpus
 
     meta, _, _ = read_gguf(_gguf_file(sharp_run["results"]["f16"]))
     tokens, types = meta["tokenizer.ggml.tokens"], meta["tokenizer.ggml.token_type"]
@@ -286,7 +286,7 @@ def sentencepiece_style_tokenizer():
     from tokenizers import Tokenizer, decoders, models, normalizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from engine.examples import corpus
+    from engine.data.examples import corpus
 
     tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True, fuse_unk=True))
     tok.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"),
@@ -333,7 +333,7 @@ def spm_tokenize(text: str, meta) -> list[int]:
 def test_sentencepiece_style_tokenizer_is_written_for_llama_cpp(tmp_path):
     from transformers import AutoModelForCausalLM, MistralConfig
 
-    from engine.examples import corpus
+    from engine.data.examples import corpus
 
     tokenizer = sentencepiece_style_tokenizer()
     model = AutoModelForCausalLM.from_config(MistralConfig(

@@ -1,10 +1,10 @@
-"""engine.generate: streaming chat with a base model, an adapter, and the base under it."""
+"""engine.evaluation.generate: streaming chat with a base model, an adapter, and the base under it."""
 
 from __future__ import annotations
 
 import pytest
 
-from engine import generate
+from engine.evaluation import generate
 
 MESSAGES = [{"role": "user", "content": "Reverse the order of the words.\nred blue"}]
 

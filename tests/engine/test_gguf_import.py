@@ -1,4 +1,4 @@
-"""GGUF import (engine/gguf_import.py): the project's own GGUF export read back into a model that
+"""GGUF import (engine/models/gguf_import.py): the project's own GGUF export read back into a model that
 computes what the original computes, refusals before anything is loaded, and a real model."""
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ import torch
 
 import gguf
 
-from engine import catalog
+from engine.models import catalog
 from engine.export import write_gguf
-from engine.gguf_import import (GGUFImportError, default_name, import_gguf, read_header,
+from engine.models.gguf_import import (GGUFImportError, default_name, import_gguf, read_header,
                                 supported_architectures)
 
 QUIET = dict(log=lambda _: None)
@@ -240,7 +240,7 @@ def test_name_collision_needs_another_name_or_overwrite(tiny_gguf, tmp_path):
 
 
 def test_a_failed_import_leaves_nothing(tiny_gguf, tmp_path, monkeypatch):
-    import engine.gguf_import as gi
+    import engine.models.gguf_import as gi
 
     def broken(*args, **kwargs):
         raise OSError("disk full")

@@ -1,4 +1,4 @@
-"""Chunked cross-entropy (engine/loss.py): the loss, the gradients and the eval counts of the
+"""Chunked cross-entropy (engine/training/loss.py): the loss, the gradients and the eval counts of the
 plain full-logits path, for every method, packed or padded, with gradient checkpointing, in
 one chunk or many; and the fallback to full logits where the lm_head cannot be used."""
 
@@ -9,11 +9,11 @@ import torch
 
 from engine.data import IGNORE_INDEX, collate_packed, collate_padded
 from engine.config import TrainConfig
-from engine.loss import TokenLoss, causal_lm_loss, model_inputs
+from engine.training.loss import TokenLoss, causal_lm_loss, model_inputs
 
 
 def tiny(tiny_model, kind: str, checkpointing: bool = False):
-    from engine.model import load_model
+    from engine.models.load import load_model
 
     cfg = TrainConfig()
     cfg.model.name, cfg.model.dtype = str(tiny_model), "float32"

@@ -1,4 +1,4 @@
-"""Answer scoring (engine/metrics.py): the normalisation, each metric against values worked out by
+"""Answer scoring (engine/evaluation/metrics.py): the normalisation, each metric against values worked out by
 hand, and the paired bootstrap intervals of summarize()."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import sacrebleu
 
-from engine.metrics import (METRIC_INFO, METRICS, PER_EXAMPLE, bleu_from_stats, bleu_stats,
+from engine.evaluation.metrics import (METRIC_INFO, METRICS, PER_EXAMPLE, bleu_from_stats, bleu_stats,
                             normalize_answer, score_answers, summarize, token_f1)
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from engine.config import METHODS, TrainConfig
-from engine.model import (enable_gradient_checkpointing, ia3_targets, load_model,
+from engine.models.load import (enable_gradient_checkpointing, ia3_targets, load_model,
                           load_tokenizer, pick_dtype, save_trained)
 
 
@@ -52,7 +52,7 @@ def test_qlora_quantizes_the_base_and_trains_lora_in_float32(tiny_model):
 
 
 def test_4bit_uses_nf4_with_double_quantization(tiny_model):
-    from engine.model import quantization_for
+    from engine.models.load import quantization_for
 
     q = quantization_for(config(tiny_model, "qlora"), torch.float32)
     assert q.load_in_4bit and q.bnb_4bit_quant_type == "nf4" and q.bnb_4bit_use_double_quant

@@ -1,14 +1,14 @@
-"""The one precision policy (engine/precision.py) and everything that asks it: training's
+"""The one precision policy (engine/training/precision.py) and everything that asks it: training's
 weights and mixed precision, the memory estimate, generation."""
 
 from __future__ import annotations
 
 import pytest
 
-from engine.catalog import estimate_for
+from engine.models.estimate import estimate_for
 from engine.config import TrainConfig
-from engine.estimate import GiB, Device
-from engine.precision import resolve
+from engine.models.estimate import GiB, Device
+from engine.training.precision import resolve
 
 
 @pytest.mark.parametrize("args, want", [
@@ -43,9 +43,9 @@ def test_training_and_the_estimate_agree_on_an_fp16_only_gpu():
 def test_training_asks_the_policy(monkeypatch):
     import torch
 
-    from engine import precision
-    from engine.model import pick_dtype
-    from engine.train import mixed_precision
+    from engine.training import precision
+    from engine.models.load import pick_dtype
+    from engine.training.loop import mixed_precision
 
     assert pick_dtype("auto", "lora", torch.device("cpu")) == torch.float32
     assert mixed_precision("auto") == "no"

@@ -15,7 +15,7 @@ from engine.data import (FORMATS, IGNORE_INDEX, Batches, DataReport, EmptyAnswer
                          RecordError, collate_pairs, data_kind, data_report, dataset_columns,
                          detect_format, format_report, kto_mismatched, prepare, preview,
                          token_budget_batches, trained_tokens)
-from engine.examples import kto_records, mistake, preference_records, write_examples
+from engine.data.examples import kto_records, mistake, preference_records, write_examples
 from test_data import _trained_runs
 from tests_paths import EXAMPLES
 
@@ -586,6 +586,6 @@ def test_the_bundled_files_load_and_hold_right_and_wrong_answers(tiny_tokenizer)
     rng = random.Random(0)
     for task, words in [("count", ["a", "b"]), ("reverse", ["cat", "cat"]),
                         ("sort", ["a", "b"]), ("first", ["x", "x"]), ("upper", ["RED", "RED"])]:
-        from engine.examples import TASKS
+        from engine.data.examples import TASKS
 
         assert mistake(task, words, rng) != TASKS[task][1](words)

@@ -1,4 +1,4 @@
-"""Preference losses (engine/preference.py) against TRL's own implementations: the per-example
+"""Preference losses (engine/training/preference.py) against TRL's own implementations: the per-example
 losses, the gradients w.r.t. the policy log-probs (or the logits), the rewards and TRL's logged
 reward metrics, for DPO (sigmoid, label-smoothed sigmoid, IPO, hinge), SimPO, ORPO and KTO; and
 one tiny case per loss against its formula written out by hand.
@@ -18,7 +18,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from engine.preference import (IGNORE_INDEX, answer_tokens, dpo_loss, kto_loss, orpo_loss,
+from engine.training.preference import (IGNORE_INDEX, answer_tokens, dpo_loss, kto_loss, orpo_loss,
                                reward_metrics, sequence_logps, simpo_loss)
 
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # CPO and ORPO live in trl.experimental
@@ -162,7 +162,7 @@ def test_sequence_logps_by_hand():
     close(sequence_logps(logits, labels), [expected])
     close(sequence_logps(logits, labels, average=True), [expected / 2])
     assert answer_tokens(labels).tolist() == [2]
-    # prompt tuning: virtual-token logits in front are skipped, as in engine/loss.py
+    # prompt tuning: virtual-token logits in front are skipped, as in engine/training/loss.py
     with_virtual = torch.cat([torch.randn(1, 4, 3), logits], dim=1)
     close(sequence_logps(with_virtual, labels), [expected])
     # no answer tokens: 0, not NaN
@@ -403,8 +403,8 @@ def test_engine_does_not_import_trl():
     import ast
     import pathlib
 
-    import engine.preference
-    tree = ast.parse(pathlib.Path(engine.preference.__file__).read_text())
+    import engine.training.preference
+    tree = ast.parse(pathlib.Path(engine.training.preference.__file__).read_text())
     imported = {alias.name.split(".")[0] for node in ast.walk(tree)
                 if isinstance(node, ast.Import) for alias in node.names}
     imported |= {node.module.split(".")[0] for node in ast.walk(tree)

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from engine.data import Batches
-from engine.reporter import ListReporter
-from engine.train import run, setup
+from engine.training.reporter import ListReporter
+from engine.training.loop import run, setup
 from test_preference_train import config, evals, yes_no
 
 

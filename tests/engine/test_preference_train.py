@@ -13,8 +13,8 @@ import torch
 
 from engine.config import TrainConfig
 from engine.data import DataError
-from engine.reporter import ListReporter
-from engine.train import run
+from engine.training.reporter import ListReporter
+from engine.training.loop import run
 from tests_paths import EXAMPLES
 
 
@@ -78,8 +78,8 @@ def test_each_objective_learns_to_prefer_the_right_answer(tiny_model, home, tmp_
 
 
 def test_the_reference_is_the_model_with_its_adapter_disabled(tiny_model, home, tmp_path):
-    from engine.preference import PreferenceLoss
-    from engine.train import make_loss, setup
+    from engine.training.preference import PreferenceLoss
+    from engine.training.loop import make_loss, setup
 
     session = setup(config(tiny_model, tmp_path / "run", "dpo", yes_no(tmp_path, "dpo")),
                     ListReporter())
@@ -148,9 +148,9 @@ def test_precomputed_reference_log_probs_train_as_the_live_reference_and_are_cac
 
 def test_full_fine_tuning_with_a_precomputed_reference_keeps_no_frozen_copy(
         tiny_model, home, tmp_path):
-    from engine.catalog import estimate_for
+    from engine.models.estimate import estimate_for
     from engine.config import validate
-    from engine.train import setup
+    from engine.training.loop import setup
 
     cfg = config(tiny_model, tmp_path / "full", "dpo", yes_no(tmp_path, "dpo", n=24),
                  precompute_reference=True, max_steps=2)
@@ -170,7 +170,7 @@ def test_a_preference_run_ends_with_a_generation_evaluation_against_the_chosen_a
         tiny_model, home, tmp_path):
     """The held-out pairs' prompts are answered by the base and the tuned model and scored
     against each pair's chosen answer (kto: against desirable completions only)."""
-    from engine.evaluation import read_record
+    from engine.evaluation.evaluate import read_record
 
     for objective in ("dpo", "kto"):
         out = tmp_path / objective

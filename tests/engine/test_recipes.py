@@ -1,4 +1,4 @@
-"""Defaults that fit the model (engine/recipes.py): the learning rate per method, epochs per
+"""Defaults that fit the model (engine/models/recipes.py): the learning rate per method, epochs per
 dataset size, max_seq_len from the p99 length, the demo model's settings, and p99 in the
 data report."""
 
@@ -10,7 +10,7 @@ import shutil
 import pytest
 import yaml
 
-from engine import recipes
+from engine.models import recipes
 from engine.data import DataReport, fill_lengths, format_report
 from tests_paths import ROOT
 
@@ -106,7 +106,7 @@ def test_the_demo_model_gets_the_demo_settings(tiny_model, pretrained_folder, ho
     assert all(s.reason.startswith("demo model:") for s in demo.values())
     assert recipes.is_demo(str(tiny_model))
     # the studio's demo folder is the demo even before it is built
-    from engine.catalog import demo_dir
+    from engine.models.catalog import demo_dir
     assert not demo_dir().exists() and recipes.is_demo(str(demo_dir()))
     # the same weights without the label are a pretrained model to the recipes
     assert not recipes.is_demo(str(pretrained_folder))

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from engine.config import TrainConfig
-from engine.reporter import ListReporter
-from engine.train import run
+from engine.training.reporter import ListReporter
+from engine.training.loop import run
 
 
 def config(tiny_model, examples, out: Path, kind: str, packing: bool) -> TrainConfig:

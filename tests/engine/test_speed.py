@@ -13,7 +13,7 @@ import torch
 
 from engine.data import IGNORE_INDEX, Batches
 from engine.config import TrainConfig
-from engine.loss import TokenLoss, causal_lm_loss, model_inputs
+from engine.training.loss import TokenLoss, causal_lm_loss, model_inputs
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +21,7 @@ def bench_data(tiny_model, tmp_path_factory):
     """The benchmark dataset (600 records), tokenized by the engine for the tiny model."""
     from bench.dataset import write_bench_dataset
     from engine.data import prepare
-    from engine.model import load_tokenizer
+    from engine.models.load import load_tokenizer
 
     folder = tmp_path_factory.mktemp("bench")
     cfg = TrainConfig()
@@ -47,7 +47,7 @@ def test_packing_keeps_padding_under_2_percent_on_the_benchmark_dataset(bench_da
 
 
 def tiny_lora(tiny_model):
-    from engine.model import load_model
+    from engine.models.load import load_model
 
     cfg = TrainConfig()
     cfg.model.name, cfg.model.dtype, cfg.method.dropout = str(tiny_model), "float32", 0.0

@@ -1,4 +1,4 @@
-"""Optional speed-ups (engine/speedups.py): Liger's kernels only where they can run, a clear
+"""Optional speed-ups (engine/training/speedups.py): Liger's kernels only where they can run, a clear
 error where they are demanded and cannot, a fused loss routed through the trained positions,
 and torch.compile training the same losses as eager."""
 
@@ -13,10 +13,10 @@ import torch.nn.functional as F
 
 from engine.data import IGNORE_INDEX
 from engine.config import ConfigError
-from engine.loss import TokenLoss
-from engine.reporter import ListReporter
-from engine.speedups import decoder_body, liger_fused_loss, liger_version, use_liger
-from engine.train import run
+from engine.training.loss import TokenLoss
+from engine.training.reporter import ListReporter
+from engine.training.speedups import decoder_body, liger_fused_loss, liger_version, use_liger
+from engine.training.loop import run
 from test_loss import batch_of, tiny
 from test_train import config, losses
 

@@ -15,10 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from engine import settings, trackers
+from engine import settings
+from engine.training import trackers
 from engine.config import ConfigError, TrainConfig, from_dict, load_config, validate
-from engine.reporter import ListReporter
-from engine.train import run
+from engine.training.reporter import ListReporter
+from engine.training.loop import run
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -206,7 +207,7 @@ def test_no_secret_of_the_environment_reaches_a_tracker(tiny_model, examples, ho
                                                         monkeypatch):
     import shutil
 
-    from engine.redact import MASK
+    from engine.training.redact import MASK
 
     secrets = {"HF_TOKEN": "hf_" + "a1" * 16, "WANDB_API_KEY": "b2" * 20,
                "MLFLOW_TRACKING_TOKEN": "mlflow-token-c3d4e5", "MLFLOW_TRACKING_PASSWORD":
@@ -411,8 +412,8 @@ def test_what_is_logged_and_as_what():
 MLFLOW_JOB = """
 import sys
 from engine.config import TrainConfig
-from engine.reporter import ListReporter
-from engine.trackers import tracked
+from engine.training.reporter import ListReporter
+from engine.training.trackers import tracked
 cfg = TrainConfig(output_dir=sys.argv[1])
 cfg.train.report_to = ["mlflow"]
 inner = ListReporter()
@@ -455,7 +456,7 @@ def test_two_processes_log_once(tiny_model, examples, home, tmp_path):
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
               "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
               "--dynamo_backend", "no", "--main_process_port", str(free_port()),
-              "-m", "engine.train", str(path)]
+              "-m", "engine.training.loop", str(path)]
     done = subprocess.run(launch, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"},
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

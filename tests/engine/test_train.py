@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from engine.config import ConfigError, TrainConfig
-from engine.reporter import ListReporter
-from engine.train import run
+from engine.training.reporter import ListReporter
+from engine.training.loop import run
 
 #: learning rates that make each method's loss fall visibly on the tiny model in 25 steps
 LEARNING_RATES = {"lora": 3e-2, "dora": 3e-2, "qlora": 3e-2, "qlora-8bit": 3e-2,
@@ -45,8 +45,8 @@ def rebuild_from_checkpoint(cfg: TrainConfig, checkpoint: Path):
     trainable weights (what the loop held when it saved)."""
     from safetensors.torch import load_file
 
-    from engine.checkpoint import load_trainable_state
-    from engine.model import load_model
+    from engine.training.checkpoint import load_trainable_state
+    from engine.models.load import load_model
 
     model, _, _ = load_model(cfg, log=lambda line: None)
     load_trainable_state(model, load_file(checkpoint / "trainable.safetensors"))
@@ -139,8 +139,8 @@ def test_early_stopping_stops_and_keeps_the_best_adapter(tiny_model, examples, h
 
     from engine.data import Batches
     from engine.data import prepare
-    from engine.model import load_tokenizer
-    from engine.train import evaluate
+    from engine.models.load import load_tokenizer
+    from engine.training.loop import evaluate
 
     out = tmp_path / "run"
     cfg = config(tiny_model, examples, out, "full", lr=0.5, eval_every=1,

@@ -13,7 +13,7 @@ import torch
 from click.testing import CliRunner
 
 from app.cli import cli
-from engine.generate import open_model
+from engine.evaluation.generate import open_model
 from jobs import api, store
 from jobs.continuation import continue_with_preference
 from queue_helpers import fake_config, train_config, wait_for

@@ -1,10 +1,10 @@
 """Trainable parameters and peak training memory, by arithmetic on config.json and TrainConfig.
 
 Use from Python:
-    from engine.estimate import estimate
+    from engine.models.estimate import estimate
     est = estimate(cfg, model_config)    # model_config: the model's config.json as a dict
     # or, from a model name (a local folder, a cached hub config, a preset's shape):
-    from engine.catalog import estimate_for; est = estimate_for(cfg)
+    from engine.models.estimate import estimate_for; est = estimate_for(cfg)
     print(est.trainable_params, est.peak_bytes, est.verdict)   # verdict: fits | tight | exceeds
 
 Nothing is loaded: the numbers come from the model's shape, the method, the batch and the
@@ -16,7 +16,7 @@ precision. Peak memory is the sum of
     optimizer     AdamW: two float32 moments per trainable parameter; 8-bit optimizers less
     activations   saved for the backward pass, batch x sequence tokens per layer
                   (with gradient checkpointing: the layer inputs plus one layer recomputed)
-    logits        one chunk of engine/loss.py's chunked loss (tokens x vocabulary), upcast to
+    logits        one chunk of engine/training/loss.py's chunked loss (tokens x vocabulary), upcast to
                   float32, its log-softmax and gradient
     slack         the allocator's: memory freed is not all reused at once (CPU_SLACK)
     runtime       what the process holds before it loads anything: the Python process with
@@ -253,7 +253,7 @@ def classify(peak_bytes: int, capacity_bytes: int) -> str:
 def estimate(cfg: TrainConfig, model_config: dict[str, Any] | None,
              device: Device | None = None) -> Estimate | None:
     """The estimate for `cfg` on a model of `model_config` (its config.json as a dict; the
-    catalog resolves names: engine.catalog.estimate_for), or None when the shape is unknown."""
+    estimate_for resolves names), or None when the shape is unknown."""
     if not model_config:
         return None
     device = device or detect_device()
@@ -284,7 +284,7 @@ def estimate(cfg: TrainConfig, model_config: dict[str, Any] | None,
     if t.batch_tokens:   # engine/batching.py: packed, whole rows in the budget; else padded rows
         tokens = max(t.batch_tokens // seq * seq if cfg.data.packing else t.batch_tokens, seq)
     per_layer = _activation_elems_per_token(s, cfg, full, seq, device.kind)
-    if t.gradient_checkpointing and m.kind != "prefix_tuning":  # engine.model turns it off
+    if t.gradient_checkpointing and m.kind != "prefix_tuning":  # engine.models.load turns it off
         acts = tokens * (s.layers * s.hidden + per_layer) * cbytes
     else:
         acts = tokens * s.layers * per_layer * cbytes
@@ -298,20 +298,20 @@ def estimate(cfg: TrainConfig, model_config: dict[str, Any] | None,
                      f"(model.attn_implementation {cfg.model.attn_implementation}) take "
                      f"{human_bytes(mask)} per batch, growing with max_seq_len squared; auto "
                      "(varlen attention) builds no mask")
-    # engine/loss.py: logits only at trained positions, CHUNK_LOGITS at a time (the rest are
+    # engine/training/loss.py: logits only at trained positions, CHUNK_LOGITS at a time (the rest are
     # recomputed in backward): one chunk's logits, float32 copy (none in float32), log-softmax
     # and gradient. All positions are counted as trained (completion-only data trains fewer).
-    from engine.loss import CHUNK_LOGITS
+    from engine.training.loss import CHUNK_LOGITS
 
     logit_tokens = min(tokens, max(64, CHUNK_LOGITS // max(s.vocab, 1)))
     logits = logit_tokens * s.vocab * (cbytes + (4 if cbytes != 4 else 0) + 4 + 4)
-    if t.objective != "sft":   # engine/preference.py: full logits of every row
+    if t.objective != "sft":   # engine/training/preference.py: full logits of every row
         logits = tokens * s.vocab * (cbytes + 4 + 4)
 
     parts = {"weights": int(weights), "adapter": int(adapter), "gradients": int(gradients),
              "optimizer": int(optimizer), "activations": int(acts), "logits": int(logits)}
     if full and t.objective in ("dpo", "kto") and not t.precompute_reference:
-        # the frozen reference copy (engine.train); precomputed log-probs need none
+        # the frozen reference copy (engine.training.loop); precomputed log-probs need none
         parts["reference"] = int(counts.total * wbytes)
         notes.append(f"{t.objective} after full fine-tuning keeps a frozen copy of the starting "
                      "model as its reference")
@@ -370,8 +370,8 @@ def _activation_elems_per_token(s: Shape, cfg: TrainConfig, full: bool, seq: int
 
 
 def _precision(cfg: TrainConfig, device: Device):
-    """engine.precision's policy for this config on `device` (the one training uses)."""
-    from engine.precision import resolve
+    """engine.training.precision's policy for this config on `device` (the one training uses)."""
+    from engine.training.precision import resolve
 
     return resolve(cfg.model.dtype, cfg.train.precision, cfg.method.kind, device.kind,
                    device.bf16)
@@ -387,3 +387,11 @@ def human_bytes(n: float) -> str:
         if n >= size:
             return f"{n / size:.1f} {unit}"
     return f"{int(n)} B"
+
+
+def estimate_for(cfg, device=None):
+    """estimate() for cfg.model.name, its shape read here (a local folder's
+    config.json, a cached hub config, or a preset's); None when the shape is unknown."""
+    from engine.models.presets import read_config
+
+    return estimate(cfg, read_config(cfg.model.name), device)

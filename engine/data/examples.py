@@ -1,6 +1,6 @@
 """The bundled example datasets: one deterministic text task, written in every supported format.
 
-Run as: python -m engine.examples static/examples
+Run as: python -m engine.data.examples static/examples
 
 preference.jsonl (DPO, IPO, SimPO, ORPO) and kto.jsonl hold the same task for preference
 tuning: the right answer against a plausible mistake (the words left in their order, another

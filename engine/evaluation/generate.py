@@ -1,7 +1,7 @@
 """Chat with a base model or a fine-tuned one, streaming tokens as they are generated.
 
 Use from Python:
-    from engine.generate import stream_chat
+    from engine.evaluation.generate import stream_chat
     for text in stream_chat("studio-data/models/demo", "studio-data/jobs/7/adapter",
                             [{"role": "user", "content": "reverse: a b c"}]):
         print(text)                       # the answer so far, growing token by token
@@ -68,11 +68,11 @@ def load(base: str, adapter: str | None = None, dtype: str = "auto") -> Loaded:
 
 
 def open_model(base: str, adapter: str | None, dtype: str = "auto") -> Loaded:
-    """Load (base, adapter) now, outside the cache (engine.evaluation frees it when done)."""
+    """Load (base, adapter) now, outside the cache (engine.evaluation.evaluate frees it when done)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from engine.precision import this_device, weight_dtype
+    from engine.training.precision import this_device, weight_dtype
 
     device, bf16 = this_device()
     torch_dtype = getattr(torch, weight_dtype(dtype, None, device, bf16))
@@ -84,7 +84,7 @@ def open_model(base: str, adapter: str | None, dtype: str = "auto") -> Loaded:
     has_tokenizer = kind and any((Path(adapter) / f).is_file() for f in
                                  ("tokenizer.json", "tokenizer_config.json"))
     # a hub model a job trained on is in the local cache: load it without asking the hub
-    from engine.catalog import hub_cached_file
+    from engine.models.presets import hub_cached_file
 
     offline = {"local_files_only": True} if hub_cached_file(base, "config.json") else {}
     tokenizer = AutoTokenizer.from_pretrained(adapter if has_tokenizer else base,

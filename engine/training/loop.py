@@ -1,10 +1,10 @@
 """The training loop: setup, then step after step, then finish; one Accelerator for every layout.
 
-Run as: python -m engine.train CONFIG.yaml [--set key=value ...]
-    or: accelerate launch --multi_gpu --num_processes 2 --num_machines 1 -m engine.train CONFIG.yaml
+Run as: python -m engine.training.loop CONFIG.yaml [--set key=value ...]
+    or: accelerate launch --multi_gpu --num_processes 2 --num_machines 1 -m engine.training.loop CONFIG.yaml
 (two DDP processes; on a machine without GPUs they use gloo on CPU; add --mixed_precision no
 --dynamo_backend no to silence accelerate's defaults warning; --cpu would start ONE process.)
-From Python: `result = engine.train.run(cfg, reporter)` (what `ftstudio train` and the job
+From Python: `result = engine.training.loop.run(cfg, reporter)` (what `ftstudio train` and the job
 runner call).
 
 One optimizer step = grad_accum micro-batches; its loss is the mean over every token that
@@ -29,17 +29,17 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from engine.attention import is_varlen
+from engine.models.attention import is_varlen
 from engine.data import Batches, to_device, trained_tokens
-from engine.checkpoint import (RunFiles, TrainState, capture_rng, find_checkpoint,
+from engine.training.checkpoint import (RunFiles, TrainState, capture_rng, find_checkpoint,
                                list_checkpoints, load_checkpoint, prune_checkpoints, restore_rng,
                                run_facts, save_checkpoint, stamp)
 from engine.config import TrainConfig, check, eval_generate_every, packing_applies
-from engine.loss import TokenLoss
-from engine.optim import add_neftune_noise, build_optimizer
-from engine.reporter import NullReporter, PrintReporter, Reporter
-from engine.speedups import compile_body, liger_fused_loss
-from engine.trackers import tracked
+from engine.training.loss import TokenLoss
+from engine.training.optim import add_neftune_noise, build_optimizer
+from engine.training.reporter import NullReporter, PrintReporter, Reporter
+from engine.training.speedups import compile_body, liger_fused_loss
+from engine.training.trackers import tracked
 
 
 @dataclass
@@ -72,7 +72,7 @@ class Session:
     reporter: Reporter
     say: Callable[[str], None]
     total_steps: int
-    gen: Any = None                  # engine.evaluation.GenEval on the main process, or None
+    gen: Any = None                  # engine.evaluation.evaluate.GenEval on the main process, or None
     rng: dict[str, Any] | None = None
     saved_step: int | None = None    # step of the newest checkpoint of this run
     interrupted: bool = False        # Ctrl-C: other processes may be gone, wait for none
@@ -106,12 +106,12 @@ def setup(cfg: TrainConfig, reporter: Reporter) -> Session:
     from transformers import get_scheduler
 
     from engine.data import prepare
-    from engine.model import load_model
+    from engine.models.load import load_model
 
     check(cfg, require_output_dir=True)
     t, out = cfg.train, Path(cfg.output_dir)
     accelerator = Accelerator(mixed_precision=mixed_precision(t.precision),
-                              cpu=not torch.cuda.is_available())  # engine/precision.py
+                              cpu=not torch.cuda.is_available())  # engine/training/precision.py
     say = reporter.on_log if accelerator.is_main_process else (lambda line: None)
     started = time.time()
     set_seed(t.seed)
@@ -131,7 +131,7 @@ def setup(cfg: TrainConfig, reporter: Reporter) -> Session:
     unwrapped = accelerator.unwrap_model(model)
     loss_of = make_loss(cfg, unwrapped, accelerator, info, say)
     if t.precompute_reference:      # dpo: each pair's reference log-probs once (cached)
-        from engine.reference import precompute
+        from engine.training.reference import precompute
 
         precompute(cfg, loss_of, [train_batches, eval_batches], log=say,
                    main_first=accelerator.main_process_first, device=accelerator.device)
@@ -151,8 +151,8 @@ def setup(cfg: TrainConfig, reporter: Reporter) -> Session:
                       train_batches, eval_batches, loss_of, state, files, reporter, say,
                       total_steps, rng=rng, saved_step=state.step if resume_dir else None,
                       started=started)
-    if session.main:  # generation evaluation (engine/evaluation.py): base answers before step 1
-        from engine.evaluation import GenEval
+    if session.main:  # generation evaluation (engine/evaluation/evaluate.py): base answers before step 1
+        from engine.evaluation.evaluate import GenEval
 
         session.gen = GenEval.prepare(cfg, data, tokenizer, out, say)
         if session.gen is not None:
@@ -275,7 +275,7 @@ def finish(s: Session, status: str) -> RunResult:
 
 def keep_adapter(s: Session) -> None:
     """adapter/: the trained adapter (or model) and its tokenizer."""
-    from engine.model import save_trained
+    from engine.models.load import save_trained
 
     save_trained(s.unwrapped, s.tokenizer, s.out / "adapter")
 
@@ -293,7 +293,7 @@ def save(s: Session, reason: str | None = None) -> None:
 
 
 # --------------------------------------------------------------------------- evaluation
-# (the loss itself, chunked through the lm_head, is engine/loss.py)
+# (the loss itself, chunked through the lm_head, is engine/training/loss.py)
 
 
 @torch.no_grad()
@@ -313,7 +313,7 @@ def evaluate(model, batches: Batches, accelerator, loss_of: TokenLoss | None = N
         totals = torch.zeros(4 if hasattr(loss_of, "eval_metrics") else 3,
                              dtype=torch.float64, device=accelerator.device)
     totals = accelerator.reduce(totals, "sum").tolist()
-    if hasattr(loss_of, "eval_metrics"):   # a preference objective (engine/preference.py)
+    if hasattr(loss_of, "eval_metrics"):   # a preference objective (engine/training/preference.py)
         return loss_of.eval_metrics(totals)
     loss_sum, correct, count = totals
     loss = loss_sum / max(count, 1)
@@ -339,10 +339,10 @@ def evaluate_and_track(s: Session) -> bool:
 
 
 def generate_and_track(s: Session) -> bool:
-    """A generation evaluation on the main process (engine/evaluation.py: answers, scores,
+    """A generation evaluation on the main process (engine/evaluation/evaluate.py: answers, scores,
     eval.json) recorded as gen_* metrics; with a generation early_stopping_metric, True when
     its patience is out. Every process calls it (the others wait)."""
-    from engine.evaluation import flat_metrics
+    from engine.evaluation.evaluate import flat_metrics
 
     state, name = s.state, s.cfg.train.early_stopping_metric
     state.last_gen_step = state.step
@@ -397,16 +397,16 @@ def restore_kept(model, folder: Path, say) -> None:
 
 
 def make_loss(cfg: TrainConfig, model, accelerator, info: dict[str, Any], say):
-    """The loss of train.objective: engine.loss's TokenLoss for sft, engine.preference's
+    """The loss of train.objective: engine.training.loss's TokenLoss for sft, engine.training.preference's
     PreferenceLoss otherwise (with a frozen copy of the starting model as the reference for
     dpo and kto after full fine-tuning, where no adapter can be disabled)."""
     t = cfg.train
     if t.objective == "sft":
-        return TokenLoss(model, autocast=accelerator.autocast, log=say,  # engine/loss.py
+        return TokenLoss(model, autocast=accelerator.autocast, log=say,  # engine/training/loss.py
                          fused=liger_fused_loss if info.get("kernels") == "liger" else None)
     import copy
 
-    from engine.preference import PreferenceLoss
+    from engine.training.preference import PreferenceLoss
 
     reference = None
     if cfg.method.kind == "full" and t.objective in ("dpo", "kto") and \
@@ -434,22 +434,22 @@ def check_objective_data(cfg: TrainConfig, data) -> None:
 
 
 def mixed_precision(precision: str) -> str:
-    """Accelerate's mixed_precision for train.precision on this device (engine.precision)."""
-    from engine.precision import mixed_mode, this_device
+    """Accelerate's mixed_precision for train.precision on this device (engine.training.precision)."""
+    from engine.training.precision import mixed_mode, this_device
 
     return mixed_mode(precision, *this_device())
 
 
 def compute_dtype(model, mixed: str) -> torch.dtype:
     """The dtype attention computes in (packed attention masks are built in it): mixed
-    precision's, else the loaded weights' (engine.precision's compute rule)."""
+    precision's, else the loaded weights' (engine.training.precision's compute rule)."""
     return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(
         mixed, model.get_input_embeddings().weight.dtype)
 
 
 def make_batches(cfg: TrainConfig, data, tokenizer, mask_dtype: torch.dtype, accelerator, say,
                  varlen: bool = False) -> tuple[Batches, Batches | None]:
-    """The train and eval batches; varlen: packed batches as flat rows (engine/attention.py)
+    """The train and eval batches; varlen: packed batches as flat rows (engine/models/attention.py)
     for a model loaded with a varlen attention, else packed rows under a 4-D mask."""
     from engine.data import DataError
 
@@ -528,7 +528,7 @@ class Throughput:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m engine.train CONFIG.yaml [--set k=v ...]`: train with log lines on stdout."""
+    """`python -m engine.training.loop CONFIG.yaml [--set k=v ...]`: train with log lines on stdout."""
     import argparse
     import json
 
@@ -536,7 +536,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from engine.config import load_config
 
-    parser = argparse.ArgumentParser(prog="python -m engine.train", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m engine.training.loop", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", metavar="CONFIG.yaml")
     parser.add_argument("--set", dest="overrides", action="append", default=[],

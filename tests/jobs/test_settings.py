@@ -1,4 +1,5 @@
-"""Every FTSTUDIO_* setting is read in engine/settings.py, at call time, with its default."""
+"""Every FTSTUDIO_* setting is read in a settings module (jobs/settings.py, engine/settings.py for
+the engine's own), at call time, with its default; the engine reads only what it uses."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from engine import settings
+from jobs import settings
 from tests_paths import ROOT
 
 
@@ -46,3 +47,14 @@ def test_no_other_module_reads_an_ftstudio_variable():
              for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1)
              if reads.search(line)]
     assert not found, found
+
+
+def test_the_engine_settings_module_holds_only_what_the_engine_reads():
+    import ast
+    tree = ast.parse((ROOT / "engine" / "settings.py").read_text(encoding="utf-8"))
+    readers = [n.name for n in tree.body if isinstance(n, ast.FunctionDef)]
+    engine_code = "\n".join(p.read_text(encoding="utf-8") for p in (ROOT / "engine").rglob("*.py")
+                            if p.name != "settings.py")
+    jobs_only = [name for name in readers
+                 if name not in ("text", "number") and not re.search(rf"\b{name}\(", engine_code)]
+    assert not jobs_only, f"engine/settings.py reads what the engine never uses: {jobs_only}"

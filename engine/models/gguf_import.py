@@ -2,7 +2,7 @@
 folder under FTSTUDIO_HOME/models that every method can fine-tune.
 
 Use from Python (`ftstudio models import FILE.gguf` and the studio's Train tab call this):
-    from engine.gguf_import import import_gguf
+    from engine.models.gguf_import import import_gguf
     m = import_gguf("SmolLM2-135M-Instruct.Q4_1.gguf")     # -> FTSTUDIO_HOME/models/smollm2-...
     print(m.folder, m.model_type, m.quantization, m.params)   # then model.name: <m.folder>
 
@@ -18,7 +18,7 @@ What it does:
   3. writes config.json, model.safetensors, the tokenizer and its chat template (the file's
      `tokenizer.chat_template`), a README.md model card (file name, sha256, quantization types,
      parameter count, date, and that the weights are an approximation of the original model)
-     and ftstudio-source.json (the same facts for programs; engine.catalog reads it to label the
+     and ftstudio-source.json (the same facts for programs; engine.models.catalog reads it to label the
      model "Imported from GGUF") into a hidden temporary folder beside the target, and renames
      it into place: a failed import leaves nothing behind.
 
@@ -51,7 +51,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable
 
-from engine.catalog import SOURCE_FILE, human_count
+from engine.models.catalog import SOURCE_FILE, human_count
 
 Log = Callable[[str], None]
 MAGIC = b"GGUF"
@@ -396,7 +396,7 @@ def import_gguf(path: str | Path, name: str | None = None, *, models_dir: str | 
     """Import one GGUF file as the model folder models_dir/NAME (default: FTSTUDIO_HOME/models
     and the file stem, slugged). An existing NAME is an error unless overwrite, which replaces
     it only once the new folder is complete."""
-    from engine import catalog
+    from engine.models import catalog
 
     started = time.monotonic()
     src = Path(path).expanduser()
@@ -617,7 +617,7 @@ def model_card(info: ImportedModel, header: Header) -> str:
 
 # {info.name}
 
-Imported by ftstudio (engine/gguf_import.py) from the GGUF file `{info.source.name}`.
+Imported by ftstudio (engine/models/gguf_import.py) from the GGUF file `{info.source.name}`.
 
 {table}
 

@@ -1,7 +1,7 @@
 """What a run leaves on disk: resumable checkpoints, metrics.jsonl and run.json.
 
 Use from Python:
-    from engine.checkpoint import TrainState, save_checkpoint, load_checkpoint, find_checkpoint
+    from engine.training.checkpoint import TrainState, save_checkpoint, load_checkpoint, find_checkpoint
     folder = save_checkpoint(out / "checkpoints", model, optimizer, scheduler, state, rng)
     state = load_checkpoint(find_checkpoint("latest", out), model, optimizer, scheduler)
 
@@ -30,7 +30,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from engine.config import ConfigError, Problem, TrainConfig
-from engine.reporter import Reporter
+from engine.training.reporter import Reporter
 
 STEP_PREFIX = "step-"
 

@@ -60,7 +60,7 @@ class ListReporter:
 
 
 class PrintReporter:
-    """Log lines and metrics records on stdout (for `python -m engine.train`)."""
+    """Log lines and metrics records on stdout (for `python -m engine.training.loop`)."""
 
     def on_metrics(self, record: dict[str, Any]) -> None:
         print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"

@@ -1,7 +1,7 @@
 """Preference-tuning objectives (DPO, IPO, hinge, SimPO, ORPO, KTO) from per-sequence log-probs.
 
 Use from Python:
-    from engine.preference import (sequence_logps, answer_tokens, dpo_loss, simpo_loss,
+    from engine.training.preference import (sequence_logps, answer_tokens, dpo_loss, simpo_loss,
                                    orpo_loss, kto_loss, reward_metrics)
     logps = sequence_logps(logits, labels)                 # [batch]: summed answer-token logps
     losses, chosen_r, rejected_r = dpo_loss(pol_c, pol_r, ref_c, ref_r, beta=0.1)
@@ -23,7 +23,7 @@ test_preference_losses.py compares losses and gradients); Δ = (pol_c - ref_c) -
 
   sequence_logps   sum over t with labels[t] != -100 of log_softmax(logits[t-1])[labels[t]]
                    (shifted like the causal-LM loss; only the last labels.shape[1] logits count,
-                   as in engine/loss.py for prompt tuning). average=True divides by the count.
+                   as in engine/training/loss.py for prompt tuning). average=True divides by the count.
   dpo sigmoid      -(1-ε)·logσ(βΔ) - ε·logσ(-βΔ)     (ε = label_smoothing: cDPO)
   dpo ipo          (Δc/nc - Δr/nr - 1/(2β))²          Δc = pol_c - ref_c, nc = answer tokens
   dpo hinge        relu(1 - βΔ)
@@ -97,7 +97,7 @@ def chunked_sequence_logps(hidden: torch.Tensor, labels: torch.Tensor,
     whose previous token belongs to another sequence, and padding, count for none). From the
     final hidden states, only the positions that predict an answer token go through `head`
     (the lm_head), chunk_tokens at a time, each chunk beyond one recomputed in backward, so a
-    batch's full-vocabulary logits never exist at once (engine/loss.py does the same for SFT).
+    batch's full-vocabulary logits never exist at once (engine/training/loss.py does the same for SFT).
     Given logits and an identity head, it is the full-logits path."""
     from contextlib import nullcontext
 
@@ -243,7 +243,7 @@ def reward_metrics(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor
 
 
 class PreferenceLoss:
-    """train.objective's loss of one batch, for engine.train (the SFT one is engine.loss's
+    """train.objective's loss of one batch, for engine.training.loop (the SFT one is engine.training.loss's
     TokenLoss): summed over the batch's pairs (dpo, orpo, simpo: rows 0..B-1 the chosen
     answers, B..2B-1 the rejected ones of the same prompts) or labelled answers (kto:
     batch["desirable"]), so the loop divides by `units` summed over processes.
@@ -281,9 +281,9 @@ class PreferenceLoss:
         return rows if self.objective == "kto" else rows // 2
 
     def _chunker(self, model):
-        """engine.loss's TokenLoss of `model` (the policy, or the frozen reference copy): its
+        """engine.training.loss's TokenLoss of `model` (the policy, or the frozen reference copy): its
         lm_head, chunk size and probe, for chunked_sequence_logps."""
-        from engine.loss import TokenLoss
+        from engine.training.loss import TokenLoss
 
         source = self.reference if model is self.reference else self.model
         if id(source) not in self._chunkers:
@@ -312,7 +312,7 @@ class PreferenceLoss:
 
     @torch.no_grad()
     def _reference(self, batch) -> torch.Tensor:
-        if "ref_logps" in batch:                  # precomputed (engine.reference)
+        if "ref_logps" in batch:                  # precomputed (engine.training.reference)
             return batch["ref_logps"]
         if self.reference is not None:
             return self._logps(self.reference, batch, grad=False)[0]

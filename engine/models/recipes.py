@@ -2,16 +2,16 @@
 from the base model, the method and the data report, each with the reason it was chosen.
 
 Use from Python:
-    from engine.recipes import suggest
+    from engine.models.recipes import suggest
     s = suggest("Qwen/Qwen2.5-0.5B-Instruct", "lora", report)  # report: a DataReport or its dict
     s["train.lr"].value, s["train.lr"].reason   # 0.0002, 'lr 2e-4: LoRA-family default for ...'
 
-Nothing here loads weights or tokenizes; the model's config.json is read (engine.catalog.
+Nothing here loads weights or tokenizes; the model's config.json is read (engine.models.catalog.
 read_config, never downloading) only when `model_config` is not given. The studio's Train form
 takes these values for the fields the user has not edited (app/studio/handlers.py).
 
 The demo model (random weights: its config.json carries `ftstudio_demo`, or it is the folder
-engine.catalog.demo_dir()) gets the settings of static/examples/demo.yaml (DEMO_SETTINGS). Any
+engine.models.catalog.demo_dir()) gets the settings of static/examples/demo.yaml (DEMO_SETTINGS). Any
 other model is taken to be pretrained:
 
 Learning rate (peak, after warmup, AdamW) by method:
@@ -116,9 +116,9 @@ def format_value(key: str, value: Any) -> str:
 
 def is_demo(model_name: str, model_config: dict[str, Any] | None = None) -> bool:
     """Whether `model_name` is the demo model: a config.json marked `ftstudio_demo` (what
-    engine.demo writes, and what engine.catalog.describe labels as the demo), or the studio's
+    engine.models.demo writes, and what engine.models.catalog.describe labels as the demo), or the studio's
     demo folder, built or not."""
-    from engine.catalog import demo_dir, read_config
+    from engine.models.catalog import demo_dir, read_config
 
     if model_config is None:
         model_config = read_config(str(model_name)) if model_name else None
@@ -141,7 +141,7 @@ def _report_dict(report: dict[str, Any] | DataReport | None) -> dict[str, Any] |
 def _params(model_config: dict[str, Any] | None) -> int | None:
     if not model_config:
         return None
-    from engine.estimate import count_params
+    from engine.models.estimate import count_params
 
     try:
         return count_params(model_config).total
@@ -234,9 +234,9 @@ def suggest(model_name: str, method: str, report: dict[str, Any] | DataReport | 
     """{key: Suggestion} for KEYS: the demo settings for the demo model, otherwise the
     learning rate of `method`, epochs by the report's training records and max_seq_len from
     its p99 length under the model's position limit (model_config: its config.json as a dict;
-    read with engine.catalog.read_config when not given)."""
+    read with engine.models.catalog.read_config when not given)."""
     if model_config is None and model_name:
-        from engine.catalog import read_config
+        from engine.models.catalog import read_config
 
         model_config = read_config(str(model_name))
     if is_demo(model_name, model_config or {}):

@@ -4,11 +4,11 @@ A secret is the value of HF_TOKEN, WANDB_API_KEY, MLFLOW_TRACKING_TOKEN,
 MLFLOW_TRACKING_PASSWORD or of any variable whose name ends in _TOKEN, _KEY, _SECRET or
 _PASSWORD, and the password inside any *_URI or *_URL variable (https://user:PASSWORD@host,
 redis://:PASSWORD@host). Values shorter than MIN_LENGTH are left alone: they would blank out
-ordinary words. The engine masks what it sends to trackers (engine/trackers.py); jobs/redact.py
+ordinary words. The engine masks what it sends to trackers (engine/training/trackers.py); jobs/redact.py
 masks everything a job writes for people.
 
 Use from Python:
-    from engine.redact import redact
+    from engine.training.redact import redact
     redact("token hf_abc123 here")       # -> "token *** here" when HF_TOKEN=hf_abc123
 """
 

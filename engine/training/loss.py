@@ -1,7 +1,7 @@
 """The causal-LM loss, computed from the final hidden states in chunks through the lm_head.
 
 Use from Python:
-    from engine.loss import TokenLoss
+    from engine.training.loss import TokenLoss
     loss_of = TokenLoss(model, autocast=accelerator.autocast, log=print)  # model: unwrapped
     loss_sum = loss_of(ddp_model, batch)          # summed next-token CE over trained tokens
     loss_sum, correct, count = loss_of.evaluate(model, batch)   # for eval (no grad)
@@ -13,7 +13,7 @@ lm_head passing the hidden states through; the positions whose (shifted) label i
 selected; and only those go through the lm_head, at most CHUNK_LOGITS logits at a time. Each
 chunk beyond the first is recomputed in backward (torch.utils.checkpoint), so no more than one
 chunk's logits live at once. The loss and the gradients equal the plain path's
-(tests/engine/test_loss.py). With Liger's kernels on (engine/speedups.py, GPUs only), a plain
+(tests/engine/test_loss.py). With Liger's kernels on (engine/training/speedups.py, GPUs only), a plain
 nn.Linear lm_head goes through Liger's fused linear cross-entropy instead (`fused=`).
 
 The model is still called as a whole (through DDP, accelerate's autocast and peft's forward), so

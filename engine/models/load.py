@@ -1,7 +1,7 @@
 """The base model and the fine-tuning method put on it.
 
 Use from Python:
-    from engine.model import load_model, save_trained
+    from engine.models.load import load_model, save_trained
     model, tokenizer, info = load_model(cfg, log=print)   # info: trainable/total params, ...
     save_trained(model, tokenizer, "runs/x/adapter")     # PEFT adapter, or a full model folder
 
@@ -19,9 +19,9 @@ from typing import Any, Callable
 
 import torch
 
-from engine.attention import choose_attention
+from engine.models.attention import choose_attention
 from engine.config import PEFT_METHODS, TrainConfig, packing_applies
-from engine.speedups import apply_liger, use_liger
+from engine.training.speedups import apply_liger, use_liger
 
 # bitsandbytes' CPU backend warns on import that it cannot fetch an optional kernel from the hub;
 # that kernel is never downloaded here, and the warning would open every run's log
@@ -52,8 +52,8 @@ def default_device() -> torch.device:
 
 
 def pick_dtype(name: str, kind: str = "lora", device: torch.device | None = None) -> torch.dtype:
-    """model.dtype as a torch dtype, by engine.precision's policy for this device."""
-    from engine.precision import weight_dtype
+    """model.dtype as a torch dtype, by engine.training.precision's policy for this device."""
+    from engine.training.precision import weight_dtype
 
     device = device or default_device()
     bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()

@@ -1,7 +1,7 @@
 """Score generated answers against references, and compare a base model with a fine-tuned one.
 
 Use from Python:
-    from engine.metrics import score_answers, summarize, METRICS, METRIC_INFO
+    from engine.evaluation.metrics import score_answers, summarize, METRICS, METRIC_INFO
     base = score_answers(base_answers, references)    # one dict per example: exact_match,
     tuned = score_answers(tuned_answers, references)  # token_f1, rouge_l, chrf
     report = summarize(base, tuned, base_answers, tuned_answers, references)

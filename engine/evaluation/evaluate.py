@@ -2,11 +2,11 @@
 base model and by the tuned one, each answer scored against the record's reference.
 
 Use from Python:
-    from engine.evaluation import evaluate_run, card_line
+    from engine.evaluation.evaluate import evaluate_run, card_line
     record = evaluate_run("studio-data/jobs/7", log=print)     # writes jobs/7/eval.json
     print(card_line(record))   # exact match 10% -> 97% (+87 points, 95% CI +80 to +93), 60 ...
 
-    # inside the train loop (engine.train), the same code over the model being trained:
+    # inside the train loop (engine.training.loop), the same code over the model being trained:
     gen = GenEval.prepare(cfg, data, tokenizer, out, log)   # None when there is nothing to score
     gen.base_answers(model)                                   # once, cached in out/eval/
     record = gen.run(model, step)                             # tuned answers, scores, eval.json
@@ -32,12 +32,12 @@ disable_adapter: no second copy in memory); after full fine-tuning, the base loa
 In training they are computed once, before the first step, and kept in out/eval/base.json, so a
 resumed run does not generate them again.
 
-Scores are engine.metrics' (exact match after its normalisation, token F1, ROUGE-L, chrF, corpus
+Scores are engine.evaluation.metrics' (exact match after its normalisation, token F1, ROUGE-L, chrF, corpus
 BLEU), with paired bootstrap 95% intervals. The record (eval.json) holds the summary and one row
 per example: where (file line), prompt, reference, base, tuned and each side's scores.
 
 About 550 lines: the examples, the batched generation, the scoring and the two places it runs
-(in training, as an eval job) are one idea, kept in one file; the metrics are engine/metrics.py.
+(in training, as an eval job) are one idea, kept in one file; the metrics are engine/evaluation/metrics.py.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.metrics import (METRIC_INFO, METRICS, PER_EXAMPLE, normalize_answer, score_answers,
+from engine.evaluation.metrics import (METRIC_INFO, METRICS, PER_EXAMPLE, normalize_answer, score_answers,
                             summarize)
 
 Log = Callable[[str], None]
@@ -503,7 +503,7 @@ def evaluate_run(run_dir: str | Path, data: str | Path | None = None, *,
 
     from engine.config import from_dict
     from engine.export.run import ExportError, read_run
-    from engine.generate import open_model
+    from engine.evaluation.generate import open_model
 
     try:
         run = read_run(run_dir)

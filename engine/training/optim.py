@@ -2,7 +2,7 @@
 NEFTune's noise on the input embeddings.
 
 Use from Python:
-    from engine.optim import build_optimizer, add_neftune_noise
+    from engine.training.optim import build_optimizer, add_neftune_noise
     optimizer = build_optimizer(model, cfg.train)     # train.optimizer, decay groups
     add_neftune_noise(model, 5.0)                     # only while model.training
 """

@@ -1,7 +1,7 @@
 """Attention for packed batches that computes only what isolation allows ("varlen").
 
 Use from Python:
-    from engine.attention import choose_attention
+    from engine.models.attention import choose_attention
     from engine.config import packing_applies
     packing, why_not = packing_applies(cfg)
     name, why = choose_attention(cfg.model.attn_implementation, device, packing)

@@ -1,9 +1,9 @@
 """The offline demo model: a small Llama-architecture model with random weights.
 
-Run as: ftstudio demo-model studio-data/models/demo      (or: python -m engine.demo DIR)
+Run as: ftstudio demo-model studio-data/models/demo      (or: python -m engine.models.demo DIR)
 
 Nothing is downloaded. The tokenizer is a byte-level BPE trained here on the bundled example
-task (engine/examples.py), with a ChatML chat template, so every data format renders and the
+task (engine/data/examples.py), with a ChatML chat template, so every data format renders and the
 demo model can be fine-tuned end to end on a laptop. It is labelled as a demo in its config,
 its README and everywhere the studio lists it: its answers mean nothing until it is trained.
 """
@@ -41,7 +41,7 @@ def build_tokenizer(vocab_size: int = 2048):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from engine.examples import corpus
+    from engine.data.examples import corpus
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

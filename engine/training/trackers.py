@@ -1,15 +1,15 @@
 """train.report_to: the run's metrics and its config sent to TensorBoard, MLflow and W&B.
 
-Use from Python (engine.train.run does this around setup, fit and finish):
-    from engine.trackers import tracked
+Use from Python (engine.training.loop.run does this around setup, fit and finish):
+    from engine.training.trackers import tracked
     with tracked(cfg, reporter) as reporter:  # the same reporter when train.report_to is empty
         ...                                   # each on_metrics record also reaches the trackers
 
 Every record that metrics.jsonl gets (the same records the job page shows: loss, lr, grad_norm,
 throughput, eval_*, gen_*, ...) is logged to each tracker at its `step`, with the config as the
 run's hyperparameters (flat dotted keys: train.lr, method.r, ...; secrets of the environment
-masked, engine/redact.py). Only the main process receives
-records (engine.checkpoint.RunFiles reports there), so a DDP run logs once; the trackers start
+masked, engine/training/redact.py). Only the main process receives
+records (engine.training.checkpoint.RunFiles reports there), so a DDP run logs once; the trackers start
 with the first record.
 
 The trackers are accelerate's (accelerate.tracking); their own clients fill in where accelerate
@@ -40,8 +40,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 from engine import settings
 from engine.config import TrainConfig
-from engine.redact import redact, redact_data
-from engine.reporter import Reporter
+from engine.training.redact import redact, redact_data
+from engine.training.reporter import Reporter
 
 DEFAULT_EXPERIMENT = "ftstudio"
 
@@ -168,7 +168,7 @@ def metric_values(record: dict[str, Any]) -> dict[str, float]:
 
 def hyperparameters(cfg: TrainConfig) -> dict[str, Any]:
     """The config as flat dotted keys, lists joined with commas (what every tracker accepts),
-    with the environment's secrets masked (engine/redact.py: a token in a path stays out)."""
+    with the environment's secrets masked (engine/training/redact.py: a token in a path stays out)."""
     flat: dict[str, Any] = {}
     for section, values in cfg.to_dict().items():
         if not isinstance(values, dict):

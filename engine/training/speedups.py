@@ -1,19 +1,19 @@
 """Optional speed-ups: Liger's Triton kernels and torch.compile (train.kernels, train.compile).
 
-Use from Python (engine/model.py and engine/train.py do this):
-    from engine.speedups import use_liger, apply_liger, compile_body
+Use from Python (engine/models/load.py and engine/training/loop.py do this):
+    from engine.training.speedups import use_liger, apply_liger, compile_body
     on, why = use_liger(cfg.train.kernels, device, model_type)   # ConfigError if asked and impossible
     if on:
         apply_liger(base, log)              # before peft wraps the model
     compile_body(model, log)                # with train.compile: the decoder body, in place
 
 - kernels: "auto" uses Liger (fused RMSNorm, RoPE, SwiGLU/GeGLU, and a fused linear
-  cross-entropy in engine/loss.py) when the run is on a CUDA GPU, the `liger-kernel` package is
+  cross-entropy in engine/training/loss.py) when the run is on a CUDA GPU, the `liger-kernel` package is
   installed (`pip install "ftstudio[gpu]"`) and supports the model type; otherwise it stays off
   and the log says why. "liger" insists: a CPU run or a missing package is a config error with
   the fix. "none" turns it off. Liger's kernels are Triton kernels: they do not run on CPU.
 - compile: torch.compile of the decoder body (the model without its lm_head, which
-  engine/loss.py reroutes), in place, so parameter names, checkpoints and saved adapters are
+  engine/training/loss.py reroutes), in place, so parameter names, checkpoints and saved adapters are
   unchanged. Off by default: the first steps compile for a while (about 40 s for a 2-layer model
   on CPU, more for real ones), and every new sequence length until the shapes turn dynamic.
   It works on CPU as well (with a C compiler), which is how the tests check it.
@@ -77,7 +77,7 @@ def use_liger(kernels: str, device: torch.device | str, model_type: str) -> tupl
 
 def apply_liger(base, log: Callable[[str], None] = print) -> None:
     """Swap Liger's kernels into the loaded model (before peft wraps it). The loss stays
-    engine/loss.py's: Liger's own loss-in-forward patch is not applied."""
+    engine/training/loss.py's: Liger's own loss-in-forward patch is not applied."""
     from liger_kernel.transformers.monkey_patch import _apply_liger_kernel_to_instance
 
     _apply_liger_kernel_to_instance(base, fused_linear_cross_entropy=False, cross_entropy=False)

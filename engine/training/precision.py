@@ -1,10 +1,10 @@
 """The one precision policy: weight dtype, compute dtype and accelerate's mixed-precision mode,
-from model.dtype, train.precision, the method and the device. Training (engine.train,
-engine.model), the memory estimate (engine.estimate) and generation (engine.generate) all ask
+from model.dtype, train.precision, the method and the device. Training (engine.training.loop,
+engine.models.load), the memory estimate (engine.models.estimate) and generation (engine.evaluation.generate) all ask
 here, so they cannot disagree.
 
 Use from Python:
-    from engine.precision import resolve, this_device
+    from engine.training.precision import resolve, this_device
     p = resolve("auto", "auto", "lora", *this_device())   # Precision(weights, compute, mixed)
     p.weights, p.compute, p.mixed, p.weight_bytes          # "bfloat16", "bfloat16", "bf16", 2
 

@@ -13,7 +13,7 @@ with the same data and base loads them instead of computing again. Written to a 
 and renamed, so concurrent jobs never read half an entry.
 
 Use:
-    from engine.reference import precompute
+    from engine.training.reference import precompute
     precompute(cfg, loss, [train_batches, eval_batches], log=print, main_first=acc.main_process_first)
 """
 
