@@ -12,7 +12,9 @@ Run as: ftstudio export JOB --format merged [--out PATH]      (JOB: a job id or 
 Each format is one function of the same shape, `fmt(run, out, log) -> list[Path]`, in a module
 of its own (engine/export/adapter.py, merged.py, bnb.py, gguf.py; the card is card.py, the
 Ollama Modelfile ollama.py, the run folder run.py), listed in FORMATS; `export()` reads the
-run folder, calls it and measures what it wrote:
+run folder, calls it and measures what it wrote. Then verify.py loads each export in the runtime
+it is for (runtimes.py), checks its files (verify_files.py) and the Modelfile's Go template
+(gotemplate.py) against the tuned model:
 
     adapter     the PEFT adapter folder (or, after full fine-tuning, the model folder), a zip of
                 it and a README card (base model, method, data hashes, hyperparameters, metrics)
