@@ -32,83 +32,100 @@ PEFT_METHODS = ("lora", "dora", "qlora", "prompt_tuning", "prefix_tuning", "ia3"
 VIRTUAL_TOKEN_METHODS = ("prompt_tuning", "prefix_tuning")
 
 
-def _f(default: Any, help: str, **kw: Any) -> Any:
-    """A dataclass field whose help text travels in its metadata."""
+def _f(default: Any, help: str, *, label: str, **kw: Any) -> Any:
+    """A dataclass field whose help text and short form label travel in its metadata (the
+    studio's form, `--help` and docs/config.md read them from there: `help_for`, `label_for`)."""
+    meta = {"help": help, "label": label, **kw}
     if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata={"help": help, **kw})
-    return field(default=default, metadata={"help": help, **kw})
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 @dataclass
 class ModelConfig:
     name: str = _f("studio-data/models/demo",
                    "Base model: a Hugging Face hub id (e.g. Qwen/Qwen2.5-0.5B-Instruct) or a local "
-                   "folder with config.json, tokenizer files and *.safetensors weights.")
+                   "folder with config.json, tokenizer files and *.safetensors weights.",
+                   label="Base model")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = _f(
         "auto", "Weight dtype when loading: auto picks bfloat16 on GPUs that support it, "
-                "float16 on older GPUs and float32 on CPU.")
+                "float16 on older GPUs and float32 on CPU.", label="Weight dtype")
     trust_remote_code: bool = _f(False, "Run Python code shipped with the model repository. Off "
-                                        "by default; only enable it for repositories you trust.")
+                                        "by default; only enable it for repositories you trust.",
+                                        label="Trust remote code")
     revision: str | None = _f(None, "Hub revision (branch, tag or commit) to load; ignored for "
-                                    "local folders.")
+                                    "local folders.", label="Hub revision")
     attn_implementation: Literal["auto", "varlen", "sdpa", "eager"] = _f(
         "auto", "Attention kernel. varlen: packed records as one flat row whose attention runs "
                 "per record (flash-attn varlen on CUDA where installed, SDPA per record span "
                 "elsewhere), never over what the packing hides. sdpa / eager: PyTorch SDPA or "
                 "plain attention, packed rows under a dense block-diagonal mask. auto: varlen "
-                "when records are packed, sdpa otherwise; the log says which and why.")
+                "when records are packed, sdpa otherwise; the log says which and why.",
+                label="Attention kernel")
 
 
 @dataclass
 class DataConfig:
     train: str = _f("static/examples/alpaca.json",
                     "Training data file: .json (an array of records), .jsonl (one record per "
-                    "line), .csv or .parquet.")
+                    "line), .csv or .parquet.", label="Training file")
     validation: str | None = _f(None, "Validation file in the same formats. When empty, "
-                                      "val_fraction of the training records is held out.")
+                                      "val_fraction of the training records is held out.",
+                                      label="Validation file")
     val_fraction: float = _f(0.1, "Share of training records held out for evaluation when no "
-                                  "validation file is given (0 turns evaluation off).")
+                                  "validation file is given (0 turns evaluation off).",
+                                  label="Held-out share")
     format: Literal["auto", "alpaca", "chat", "sharegpt", "completion", "text", "preference",
                     "kto"] = _f(
         "auto", "Record format: alpaca (instruction/input/output), chat (messages), sharegpt "
                 "(conversations), completion (prompt/completion), text (raw text for continued "
                 "pre-training), preference (prompt/chosen/rejected, or messages/chosen/"
                 "rejected: pairs for dpo, orpo, simpo), kto (prompt/completion/label), or auto "
-                "to detect it from the fields.")
+                "to detect it from the fields.", label="Record format")
     max_seq_len: int = _f(512, "Longest sequence in tokens; longer records are truncated and "
-                               "counted in the data report.")
+                               "counted in the data report.", label="Max sequence length")
     train_on_prompt: bool = _f(False, "Also compute loss on prompt and template tokens. Off: only "
-                                      "assistant/response tokens are trained.")
+                                      "assistant/response tokens are trained.",
+                                      label="Train on prompt tokens")
     packing: bool = _f(True, "Pack several records into each sequence (attention never crosses "
-                             "records). Turned off automatically for prompt and prefix tuning.")
+                             "records). Turned off automatically for prompt and prefix tuning.",
+                             label="Pack sequences")
     on_bad_record: Literal["error", "skip"] = _f(
         "error", "What a malformed record does: error stops with its file, line and field; skip "
-                 "leaves it out and counts it in the report.")
-    dedupe: bool = _f(False, "Drop records that are exact duplicates of an earlier one.")
-    min_tokens: int = _f(0, "Drop records shorter than this many tokens (0 keeps all).")
+                 "leaves it out and counts it in the report.", label="Malformed records")
+    dedupe: bool = _f(False, "Drop records that are exact duplicates of an earlier one.",
+                             label="Drop duplicates")
+    min_tokens: int = _f(0, "Drop records shorter than this many tokens (0 keeps all).",
+                            label="Min tokens")
     max_tokens: int | None = _f(None, "Drop (rather than truncate) records longer than this many "
-                                      "tokens; empty keeps all.")
+                                      "tokens; empty keeps all.", label="Max tokens (drop longer)")
     order: Literal["shuffle", "shortest_first", "as_is"] = _f(
         "shuffle", "Order of training records: shuffle (by seed, each epoch), shortest_first (a "
-                   "simple curriculum), or as_is (file order).")
-    system_prompt: str | None = _f(None, "System message added to records that have none.")
+                   "simple curriculum), or as_is (file order).", label="Record order")
+    system_prompt: str | None = _f(None, "System message added to records that have none.",
+                                         label="Default system prompt")
 
 
 @dataclass
 class MethodConfig:
     kind: Literal["lora", "dora", "qlora", "prompt_tuning", "prefix_tuning", "ia3", "full"] = _f(
         "lora", "Fine-tuning method: lora, dora (weight-decomposed LoRA), qlora (LoRA over a 4- or "
-                "8-bit quantized base), prompt_tuning, prefix_tuning, ia3, or full (all weights).")
-    r: int = _f(16, "LoRA/DoRA/QLoRA rank: the width of the low-rank update.")
-    alpha: float = _f(32, "LoRA scaling numerator: the update is scaled by alpha / r.")
-    dropout: float = _f(0.05, "Dropout on the LoRA input during training.")
+                "8-bit quantized base), prompt_tuning, prefix_tuning, ia3, or full (all weights).",
+                label="Method")
+    r: int = _f(16, "LoRA/DoRA/QLoRA rank: the width of the low-rank update.", label="Rank r")
+    alpha: float = _f(32, "LoRA scaling numerator: the update is scaled by alpha / r.",
+                          label="Alpha")
+    dropout: float = _f(0.05, "Dropout on the LoRA input during training.", label="Dropout")
     target_modules: str | list[str] = _f(
         "all-linear", "Modules to adapt: all-linear, or a list of module names such as "
-                      "[q_proj, v_proj].")
-    quant_bits: int = _f(4, "QLoRA base quantization: 4 (NF4 with double quantization) or 8.")
-    num_virtual_tokens: int = _f(20, "Prompt and prefix tuning: number of virtual tokens learned.")
+                      "[q_proj, v_proj].", label="Target modules")
+    quant_bits: int = _f(4, "QLoRA base quantization: 4 (NF4 with double quantization) or 8.",
+                            label="Quantization bits")
+    num_virtual_tokens: int = _f(20, "Prompt and prefix tuning: number of virtual tokens learned.",
+                                     label="Virtual tokens")
     prompt_init_text: str | None = _f(None, "Prompt tuning: initialise the virtual tokens from "
-                                            "this text instead of randomly.")
+                                            "this text instead of randomly.",
+                                            label="Initialise from text")
 
 
 #: every method.kind, from its Literal (the one list)
@@ -117,100 +134,123 @@ METHODS: tuple[str, ...] = get_args(get_type_hints(MethodConfig)["kind"])
 
 @dataclass
 class TrainSection:
-    epochs: float = _f(1, "Passes over the training data (ignored when max_steps is set).")
-    max_steps: int | None = _f(None, "Stop after this many optimizer steps; empty: run epochs.")
-    lr: float = _f(2e-4, "Peak learning rate (after warmup).")
-    batch_size: int = _f(4, "Sequences per device per forward pass.")
+    epochs: float = _f(1, "Passes over the training data (ignored when max_steps is set).",
+                          label="Epochs")
+    max_steps: int | None = _f(None, "Stop after this many optimizer steps; empty: run epochs.",
+                                     label="Max steps")
+    lr: float = _f(2e-4, "Peak learning rate (after warmup).", label="Learning rate")
+    batch_size: int = _f(4, "Sequences per device per forward pass.", label="Batch size")
     batch_tokens: int | None = _f(None, "Size batches by tokens instead of rows: each batch "
                                         "holds as many rows as fit in this many (padded) "
-                                        "tokens; empty uses train.batch_size.")
+                                        "tokens; empty uses train.batch_size.",
+                                        label="Batch tokens")
     grad_accum: int = _f(1, "Forward passes accumulated into one optimizer step; the effective "
-                            "batch is batch_size x grad_accum x processes.")
+                            "batch is batch_size x grad_accum x processes.",
+                            label="Gradient accumulation")
     scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = _f(
-        "cosine", "Learning-rate schedule after warmup.")
-    warmup_ratio: float = _f(0.03, "Share of the steps spent warming the learning rate up from 0.")
-    weight_decay: float = _f(0.0, "Decoupled weight decay (not applied to biases and norms).")
+        "cosine", "Learning-rate schedule after warmup.", label="LR schedule")
+    warmup_ratio: float = _f(0.03, "Share of the steps spent warming the learning rate up from 0.",
+                                   label="Warmup share")
+    weight_decay: float = _f(0.0, "Decoupled weight decay (not applied to biases and norms).",
+                                  label="Weight decay")
     optimizer: Literal["adamw", "adamw_8bit", "paged_adamw_8bit", "adafactor", "lion_8bit",
                        "sgd"] = _f("adamw", "Optimizer; the 8-bit and paged ones come from "
-                                            "bitsandbytes and save optimizer memory.")
+                                            "bitsandbytes and save optimizer memory.",
+                                            label="Optimizer")
     precision: Literal["auto", "bf16", "fp16", "fp32"] = _f(
-        "auto", "Mixed precision: auto picks bf16 on GPUs that support it and fp32 on CPU.")
+        "auto", "Mixed precision: auto picks bf16 on GPUs that support it and fp32 on CPU.",
+        label="Precision")
     gradient_checkpointing: bool = _f(False, "Recompute activations in the backward pass: much "
-                                             "less memory for about 30% more time.")
+                                             "less memory for about 30% more time.",
+                                             label="Gradient checkpointing")
     kernels: Literal["auto", "liger", "none"] = _f(
         "auto", "Fused GPU kernels: auto uses Liger's (RMSNorm, RoPE, MLP, fused "
                 "cross-entropy) on CUDA GPUs when liger-kernel is installed (pip install "
-                "\"ftstudio[gpu]\"); liger insists on them; none turns them off.")
+                "\"ftstudio[gpu]\"); liger insists on them; none turns them off.",
+                label="Fused GPU kernels")
     compile: bool = _f(False, "Compile the model body with torch.compile: faster steps after a "
-                              "slow start (the first steps, and new lengths, compile first).")
+                              "slow start (the first steps, and new lengths, compile first).",
+                              label="torch.compile")
     objective: Literal["sft", "dpo", "orpo", "kto", "simpo"] = _f(
         "sft", "Training objective: sft (next-token loss on the answers), or preference tuning "
                "from pairs of a chosen and a rejected answer: dpo (against a reference: the "
                "base, i.e. the same model with its adapter disabled), orpo (odds ratio plus the "
                "chosen answer's loss, no reference), simpo (length-normalised margin, no "
                "reference), or kto (single answers labelled desirable or not, against the "
-               "reference). Pairs need preference data, kto its own format.")
+               "reference). Pairs need preference data, kto its own format.", label="Objective")
     beta: float | None = _f(None, "Preference strength (dpo, kto: how far the tuned model may "
                                   "drift from the reference, 0.1; orpo: the odds-ratio weight, "
                                   "0.1; simpo: the reward scale, 2.0). Empty: the objective's "
-                                  "default.")
+                                  "default.", label="Preference beta")
     label_smoothing: float = _f(0.0, "For dpo (sigmoid) and simpo: the share of pairs "
-                                     "assumed mislabelled (conservative DPO); 0: off.")
+                                     "assumed mislabelled (conservative DPO); 0: off.",
+                                     label="Label smoothing")
     dpo_loss_type: Literal["sigmoid", "ipo", "hinge"] = _f(
         "sigmoid", "For dpo: the loss of the reward margin: sigmoid (DPO), ipo (squared, length-"
-                   "normalised) or hinge.")
-    simpo_gamma: float = _f(0.5, "For simpo: the target margin between the rewards.")
+                   "normalised) or hinge.", label="DPO loss")
+    simpo_gamma: float = _f(0.5, "For simpo: the target margin between the rewards.",
+                                 label="SimPO margin gamma")
     kto_desirable_weight: float = _f(1.0, "For kto: the weight of desirable answers (raise it "
-                                          "when they are fewer).")
-    kto_undesirable_weight: float = _f(1.0, "For kto: the weight of undesirable answers.")
+                                          "when they are fewer).", label="KTO desirable weight")
+    kto_undesirable_weight: float = _f(1.0, "For kto: the weight of undesirable answers.",
+                                            label="KTO undesirable weight")
     precompute_reference: bool = _f(False, "For dpo: compute the reference log-probabilities "
                                            "of every train and eval pair once before training "
                                            "(cached under FTSTUDIO_HOME/cache with the "
                                            "tokenized data), so each step runs the model once "
                                            "instead of twice, and full fine-tuning keeps no "
-                                           "frozen copy in memory.")
+                                           "frozen copy in memory.", label="Precompute reference")
     max_grad_norm: float | None = _f(1.0, "Clip the gradient norm to this value; empty: no "
-                                          "clipping.")
+                                          "clipping.", label="Max grad norm")
     eval_every: int = _f(50, "Evaluate on the validation split every N optimizer steps (and at "
-                             "the end); 0: only at the end.")
+                             "the end); 0: only at the end.", label="Evaluate every (steps)")
     save_every: int = _f(100, "Save a resumable checkpoint every N optimizer steps (and at the "
-                              "end); 0: only at the end.")
-    keep_checkpoints: int = _f(2, "How many of the newest step checkpoints to keep on disk.")
+                              "end); 0: only at the end.", label="Checkpoint every (steps)")
+    keep_checkpoints: int = _f(2, "How many of the newest step checkpoints to keep on disk.",
+                                  label="Checkpoints kept")
     early_stopping_patience: int | None = _f(
         None, "Stop when train.early_stopping_metric has not improved for this many "
-              "evaluations; the best adapter is kept. Empty: off.")
+              "evaluations; the best adapter is kept. Empty: off.", label="Early-stopping patience")
     early_stopping_metric: Literal["eval_loss", "gen_exact_match", "gen_token_f1",
                                    "gen_rouge_l", "gen_chrf", "gen_bleu"] = _f(
         "eval_loss", "What early stopping watches: eval_loss (lower is better, every "
                      "train.eval_every steps) or a generation metric of train.eval_generate "
-                     "every N (higher is better, every N steps).")
+                     "every N (higher is better, every N steps).", label="Early-stopping metric")
     eval_generate: str = _f(
         "end", "Answer held-out prompts greedily with the base and the tuned model and score "
                "the answers against the references (exact match, token F1, ROUGE-L, chrF, "
                "BLEU, with 95% intervals): end (once training ends), every N (also every N "
-               "steps, drawn as live curves), or off. Needs a validation split.")
+               "steps, drawn as live curves), or off. Needs a validation split.",
+               label="Generation eval")
     eval_generate_max: int = _f(100, "The most held-out records train.eval_generate answers "
-                                     "(the first ones of the split).")
+                                     "(the first ones of the split).",
+                                     label="Generation eval records")
     eval_generate_max_new_tokens: int | None = _f(
         None, "The longest answer train.eval_generate lets a model write, in tokens; empty: "
-              "1.25 x the longest reference + 16, at most 256.")
+              "1.25 x the longest reference + 16, at most 256.",
+              label="Generation eval max new tokens")
     neftune_alpha: float | None = _f(None, "NEFTune: add uniform noise of this scale to "
-                                           "embeddings while training (5 is typical). Empty: off.")
-    log_every: int = _f(1, "Report training metrics every N optimizer steps.")
+                                           "embeddings while training (5 is typical). Empty: off.",
+                                           label="NEFTune alpha")
+    log_every: int = _f(1, "Report training metrics every N optimizer steps.",
+                           label="Log every (steps)")
     report_to: list[str] = _f(
         [], "Also send the metrics (every metrics.jsonl record: loss, lr, throughput, eval and "
             "gen_* metrics) and the config as hyperparameters to these trackers: tensorboard "
             "(event files in output_dir/tb), mlflow (MLFLOW_TRACKING_URI, else a SQLite store "
             "in FTSTUDIO_HOME/mlflow), wandb (output_dir/wandb, offline unless WANDB_API_KEY is "
             "set). A list, or names separated by commas; empty: none. Needs pip install "
-            "\"ftstudio[trackers]\"; a tracker that fails is logged once and training goes on.")
+            "\"ftstudio[trackers]\"; a tracker that fails is logged once and training goes on.",
+            label="Send metrics to")
     tracker_experiment: str | None = _f(
         None, "The MLflow experiment and the W&B group the run is logged under (train.report_to); "
-              "empty: ftstudio, or for the jobs of a sweep the sweep's name.")
+              "empty: ftstudio, or for the jobs of a sweep the sweep's name.",
+              label="Experiment / group")
     seed: int = _f(42, "Random seed for data order, the validation split, initialisation and "
-                       "dropout.")
+                       "dropout.", label="Seed")
     resume_from: str | None = _f(None, "Checkpoint folder to continue from exactly, or 'latest' "
-                                       "for the newest under output_dir/checkpoints.")
+                                       "for the newest under output_dir/checkpoints.",
+                                       label="Resume from")
 
 
 @dataclass
@@ -221,7 +261,7 @@ class TrainConfig:
     train: TrainSection = field(default_factory=TrainSection)
     output_dir: str | None = field(default=None, metadata={
         "help": "Folder for checkpoints, adapter/, metrics.jsonl and run.json. Set by the queue; "
-                "required for `ftstudio train`."})
+                "required for `ftstudio train`.", "label": "Output folder"})
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -270,17 +310,26 @@ def all_keys() -> list[str]:
     return keys + ["output_dir"]
 
 
-def help_for(key: str) -> str:
-    """The help text of a dotted key, e.g. help_for('train.lr')."""
+def _field(key: str) -> dataclasses.Field:
     if key == "output_dir":
-        return TrainConfig.__dataclass_fields__["output_dir"].metadata["help"]
+        return TrainConfig.__dataclass_fields__["output_dir"]
     section, _, name = key.partition(".")
     if section not in SECTIONS:
         raise KeyError(key)
     for f in fields_of(section):
         if f.name == name:
-            return f.metadata["help"]
+            return f
     raise KeyError(key)
+
+
+def help_for(key: str) -> str:
+    """The help text of a dotted key, e.g. help_for('train.lr')."""
+    return _field(key).metadata["help"]
+
+
+def label_for(key: str) -> str:
+    """The short form label of a dotted key, e.g. label_for('train.lr') == 'Learning rate'."""
+    return _field(key).metadata["label"]
 
 
 def choices_for(key: str) -> tuple[str, ...] | None:
@@ -674,19 +723,30 @@ PAIR_OBJECTIVES = ("dpo", "orpo", "simpo")
 DEFAULT_BETA = {"dpo": 0.1, "orpo": 0.1, "kto": 0.1, "simpo": 2.0}
 
 
+def objective_format_problem(objective: str, fmt: str) -> Problem | None:
+    """Whether records of data.format `fmt` can train `objective`: the one rule, checked by
+    validate() on the configured format and by the train loop again once data.format auto has
+    been detected (engine/training/loop.py)."""
+    wants = "kto" if objective == "kto" else "preference" if objective in PAIR_OBJECTIVES \
+        else None
+    if wants and fmt not in ("auto", wants):
+        fields = "prompt, completion, label" if wants == "kto" else "prompt, chosen, rejected"
+        return Problem("data.format", f"the records are {fmt}, but train.objective={objective} "
+                                      f"needs {wants} records ({fields})")
+    if objective == "sft" and fmt in ("preference", "kto"):
+        return Problem("train.objective", f"sft cannot learn from {fmt} records (preference "
+                                          "data); set train.objective to "
+                                          f"{'kto' if fmt == 'kto' else 'dpo, orpo or simpo'}")
+    return None
+
+
 def _check_objective(cfg: TrainConfig) -> list[Problem]:
     """Wrong combinations of train.objective with its settings, the data format and the method,
     each naming its key."""
     t, p, obj = cfg.train, [], cfg.train.objective
-    fmt = cfg.data.format
-    wants = "kto" if obj == "kto" else "preference" if obj in PAIR_OBJECTIVES else None
-    if wants and fmt not in ("auto", wants):
-        p.append(Problem("data.format", f"{fmt} records cannot train train.objective={obj}; "
-                                        f"{obj} needs {wants} records (or data.format auto)"))
-    if obj == "sft" and fmt in ("preference", "kto"):
-        p.append(Problem("train.objective", f"sft cannot learn from {fmt} records; set "
-                                            f"train.objective to "
-                                            f"{'kto' if fmt == 'kto' else 'dpo, orpo or simpo'}"))
+    problem = objective_format_problem(obj, cfg.data.format)
+    if problem:
+        p.append(problem)
     if obj != "sft" and cfg.method.kind in VIRTUAL_TOKEN_METHODS:
         p.append(Problem("train.objective", f"{obj} is not supported with {cfg.method.kind} "
                                             "(virtual tokens) yet; use lora, dora, qlora, ia3 "

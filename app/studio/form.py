@@ -1,8 +1,9 @@
-"""The Train form as data: which config keys it shows, their labels, and form <-> TrainConfig.
+"""The Train form as data: which config keys it shows, in which groups, and form <-> TrainConfig.
 
 Widgets are made from the config contract itself: a Literal key becomes a dropdown, a bool a
-checkbox, a number a number box, and every widget's info line is `help_for(key)`. So adding a
-field to engine/config.py is all it takes for the form to offer it (add it to a group below).
+checkbox, a number a number box; every widget's label is `label_for(key)` and its info line
+`help_for(key)`, both from the field's metadata. So adding a field to engine/config.py is all
+it takes for the form to offer it (add it to a group below).
 """
 
 from __future__ import annotations
@@ -11,39 +12,7 @@ from typing import Any
 
 from engine.config import (TRACKERS, ConfigError, Problem, TrainConfig, all_keys, choices_for,
                            default_for, from_dict, help_for, validate)
-
-LABELS = {
-    "model.name": "Base model", "model.dtype": "Weight dtype",
-    "model.trust_remote_code": "Trust remote code", "model.revision": "Hub revision",
-    "model.attn_implementation": "Attention kernel",
-    "data.train": "Training file", "data.validation": "Validation file",
-    "data.val_fraction": "Held-out share", "data.format": "Record format",
-    "data.max_seq_len": "Max sequence length", "data.train_on_prompt": "Train on prompt tokens",
-    "data.packing": "Pack sequences", "data.on_bad_record": "Malformed records",
-    "data.dedupe": "Drop duplicates", "data.min_tokens": "Min tokens",
-    "data.max_tokens": "Max tokens (drop longer)", "data.order": "Record order",
-    "data.system_prompt": "Default system prompt",
-    "method.kind": "Method", "method.r": "Rank r", "method.alpha": "Alpha",
-    "method.dropout": "Dropout", "method.target_modules": "Target modules",
-    "method.quant_bits": "Quantization bits", "method.num_virtual_tokens": "Virtual tokens",
-    "method.prompt_init_text": "Initialise from text",
-    "train.epochs": "Epochs", "train.max_steps": "Max steps", "train.lr": "Learning rate",
-    "train.batch_size": "Batch size", "train.grad_accum": "Gradient accumulation",
-    "train.scheduler": "LR schedule", "train.warmup_ratio": "Warmup share",
-    "train.weight_decay": "Weight decay", "train.optimizer": "Optimizer",
-    "train.precision": "Precision", "train.gradient_checkpointing": "Gradient checkpointing",
-    "train.kernels": "Fused GPU kernels", "train.compile": "torch.compile",
-    "train.max_grad_norm": "Max grad norm", "train.eval_every": "Evaluate every (steps)",
-    "train.save_every": "Checkpoint every (steps)", "train.keep_checkpoints": "Checkpoints kept",
-    "train.early_stopping_patience": "Early-stopping patience",
-    "train.neftune_alpha": "NEFTune alpha", "train.log_every": "Log every (steps)",
-    "train.seed": "Seed", "train.resume_from": "Resume from",
-    "train.objective": "Objective", "train.beta": "Preference beta",
-    "train.dpo_loss_type": "DPO loss", "train.label_smoothing": "Label smoothing",
-    "train.simpo_gamma": "SimPO margin gamma", "train.kto_desirable_weight": "KTO desirable weight",
-    "train.kto_undesirable_weight": "KTO undesirable weight",
-    "train.report_to": "Send metrics to", "train.tracker_experiment": "Experiment / group",
-}
+from engine.config import label_for as config_label_for
 
 METHOD_LABELS = {
     "lora": "LoRA", "dora": "DoRA", "qlora": "QLoRA", "prompt_tuning": "Prompt tuning",
@@ -135,7 +104,12 @@ NUMBER_KEYS = {"train.max_steps", "train.early_stopping_patience", "data.max_tok
 
 
 def label_for(key: str) -> str:
-    return LABELS.get(key, key.rsplit(".", 1)[-1].replace("_", " ").capitalize())
+    """A config key's label from its field's metadata (engine.config.label_for); any other key a
+    problem may name (a sweep's, a file's) reads as its last part."""
+    try:
+        return config_label_for(key)
+    except KeyError:
+        return key.rsplit(".", 1)[-1].replace("_", " ").capitalize()
 
 
 def widget_spec(key: str) -> dict[str, Any]:

@@ -417,20 +417,14 @@ def make_loss(cfg: TrainConfig, model, accelerator, info: dict[str, Any], say):
 
 
 def check_objective_data(cfg: TrainConfig, data) -> None:
-    """The data's format must fit train.objective (data.format auto is only known now)."""
-    from engine.config import PAIR_OBJECTIVES
-    from engine.data import FORMATS, DataError
+    """The detected format must fit train.objective (data.format auto is only known now): the
+    rule of validate(), engine.config.objective_format_problem, raised as the data's error."""
+    from engine.config import objective_format_problem
+    from engine.data import DataError
 
-    kind, obj = FORMATS[data.format].kind, cfg.train.objective
-    wants = "kto" if obj == "kto" else "preference" if obj in PAIR_OBJECTIVES else None
-    if wants and kind != wants:
-        raise DataError(f"{cfg.data.train}: its records are {data.format}, but "
-                        f"train.objective={obj} needs {wants} records "
-                        f"({'prompt, completion, label' if wants == 'kto' else 'prompt, chosen, rejected'})")
-    if obj == "sft" and kind in ("preference", "kto"):
-        raise DataError(f"{cfg.data.train}: its records are {data.format} (preference data); "
-                        "set train.objective to "
-                        f"{'kto' if kind == 'kto' else 'dpo, orpo or simpo'} to train on them")
+    problem = objective_format_problem(cfg.train.objective, data.format)
+    if problem:
+        raise DataError(f"{cfg.data.train}: {problem.message}")
 
 
 def mixed_precision(precision: str) -> str:

@@ -27,12 +27,15 @@ def _good(tiny_model, examples) -> dict:
 
 
 def test_every_form_key_is_a_config_key_with_help():
-    from engine.config import all_keys, help_for
+    from engine.config import all_keys, help_for, label_for
 
     assert set(form.FORM_KEYS) <= set(all_keys())
     for key in form.FORM_KEYS:
         spec = form.widget_spec(key)
-        assert spec["info"] == help_for(key) and spec["label"]
+        assert spec["info"] == help_for(key) and spec["label"] == label_for(key)
+    assert not hasattr(form, "LABELS"), "labels live in the config fields' metadata"
+    assert form.label_for("train.eval_generate") == "Generation eval"
+    assert form.label_for("sweep.grid") == "Grid"   # a key that is not a config key
 
 
 def test_form_round_trip_keeps_the_config(tiny_model, examples):

@@ -7,7 +7,8 @@ import json
 import pytest
 
 from engine.config import (ConfigError, TrainConfig, all_keys, apply_overrides, choices_for,
-                           from_dict, help_for, load_config, save_config, validate)
+                           from_dict, help_for, label_for, load_config, objective_format_problem,
+                           save_config, validate)
 
 CONTRACT = """
 model: {name: studio-data/models/demo, dtype: auto, trust_remote_code: false}
@@ -40,6 +41,42 @@ def test_every_key_has_help_text():
     for key in all_keys():
         text = help_for(key)
         assert len(text) > 20 and text[0].isupper(), key
+
+
+def test_every_key_has_a_short_label_in_its_metadata():
+    labels = {key: label_for(key) for key in all_keys()}
+    for key, label in labels.items():
+        assert 0 < len(label) <= 32 and label[0].isupper() or label.startswith("torch."), key
+    # the six the studio's old label table missed
+    assert labels["train.batch_tokens"] == "Batch tokens"
+    assert labels["train.precompute_reference"] == "Precompute reference"
+    assert labels["train.early_stopping_metric"] == "Early-stopping metric"
+    assert {labels[f"train.eval_generate{s}"] for s in ("", "_max", "_max_new_tokens")} == {
+        "Generation eval", "Generation eval records", "Generation eval max new tokens"}
+    with pytest.raises(KeyError):
+        label_for("train.nope")
+
+
+def test_a_field_without_a_label_cannot_be_declared():
+    from engine.config import _f
+
+    with pytest.raises(TypeError, match="label"):
+        _f(1, "Some help text for a new field.")
+
+
+def test_the_objective_and_format_rule_is_one_function():
+    """validate() and the train loop (after auto-detection) ask the same function."""
+    assert objective_format_problem("dpo", "auto") is None
+    assert objective_format_problem("dpo", "preference") is None
+    assert objective_format_problem("kto", "kto") is None
+    assert objective_format_problem("sft", "alpaca") is None
+    wrong = objective_format_problem("dpo", "kto")
+    assert wrong.key == "data.format" and "train.objective=dpo needs preference records" in \
+        wrong.message
+    assert "set train.objective to kto" in objective_format_problem("sft", "kto").message
+    cfg = TrainConfig()
+    cfg.data.format, cfg.train.objective = "kto", "dpo"
+    assert wrong in validate(cfg, check_files=False)
 
 
 @pytest.mark.parametrize("suffix", [".yaml", ".json"])
