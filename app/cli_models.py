@@ -1,6 +1,6 @@
 """`ftstudio models import|ls`: the base models under FTSTUDIO_HOME/models, each command a thin
-wrapper over one engine function (engine.models.gguf_import, engine.models.catalog); registered on the
-`ftstudio` group in app/cli.py.
+wrapper over one function (jobs.models.import_model: the import rule the studio's upload follows
+too; engine.models.catalog); registered on the `ftstudio` group in app/cli.py.
 
 Run as: ftstudio models import SmolLM2-135M-Instruct.Q4_1.gguf [--name smollm2] [--force]
         ftstudio models ls [--json]
@@ -9,6 +9,7 @@ Run as: ftstudio models import SmolLM2-135M-Instruct.Q4_1.gguf [--name smollm2] 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import click
 
@@ -23,18 +24,25 @@ def models_group() -> None:
 @models_group.command("import")
 @click.argument("file", metavar="FILE.gguf")
 @click.option("--name", default=None,
-              help="Folder name under FTSTUDIO_HOME/models (default: the file name, slugged).")
+              help="Folder name under FTSTUDIO_HOME/models (default: the file name, slugged; "
+                   "NAME-2, NAME-3 ... when another model has it).")
 @click.option("--force", is_flag=True, help="Replace a model of the same name.")
 def models_import(file: str, name: str | None, force: bool) -> None:
     """Dequantize a GGUF file (llama.cpp, Ollama) into a safetensors model folder that every
-    method can fine-tune; its README.md says where it came from."""
-    from engine.models.gguf_import import import_gguf
+    method can fine-tune; its README.md says where it came from. The same file imported before
+    is reused, not imported twice."""
+    from jobs.models import import_model
 
-    with clean_errors():
-        m = import_gguf(file, name, overwrite=force, log=click.echo)
-    click.echo(f"Imported {m.name}: {m.model_type}, {m.params:,} parameters, "
-               f"{'/'.join(m.quantization)} in the file, {m.seconds:.1f} s.\n"
-               f"Train on it with --set model.name={m.folder}")
+    with clean_errors(OSError):
+        done = import_model(file, name, force=force, log=click.echo)
+    m = done.imported
+    if done.reused:
+        click.echo(f"{Path(file).name} was imported before as {done.name}: nothing to do "
+                   "(--force imports it again).")
+    else:
+        click.echo(f"Imported {m.name}: {m.model_type}, {m.params:,} parameters, "
+                   f"{'/'.join(m.quantization)} in the file, {m.seconds:.1f} s.")
+    click.echo(f"Train on it with --set model.name={done.folder}")
 
 
 @models_group.command("ls")

@@ -48,7 +48,7 @@ from jobs.store import ACTIVE, FINISHED, STATUSES, JobError, JobNotFound
 #: parent's base (jobs.runner writes it before training; jobs.continuation)
 START_MODEL = "start_model"
 
-__all__ = ["STATUSES", "ACTIVE", "FINISHED", "submit", "export", "evaluate", "finished_with_adapter", "job_eval", "eval_csv",
+__all__ = ["STATUSES", "ACTIVE", "FINISHED", "submit", "export", "evaluate", "finished_with_adapter", "job_eval",
            "list_jobs", "get", "metrics", "metric_buckets", "measured_throughput",
            "report_for", "kept_report", "time_estimate", "logs", "cancel", "resume", "clone",
            "delete", "artifacts", "artifact_path", "path_in_job", "prepare", "JobError", "JobNotFound",
@@ -228,23 +228,6 @@ def job_eval(job_id: str, eval_id: int | None = None, which: str = "all",
         rows = store.eval_rows(db, chosen["id"], which, limit) if chosen else []
         return {"eval": chosen, "rows": rows, "evals": every,
                 "filters": list(store.EVAL_FILTERS)}
-
-
-def eval_csv(job_id: str, eval_id: int | None = None, which: str = "all",
-             actor: dict | None = None) -> Path:
-    """The evaluation's rows (filtered) as a CSV file in the job's folder, for a download."""
-    from engine.evaluation.evaluate import to_csv
-
-    found = job_eval(job_id, eval_id, which, actor=actor)
-    if found["eval"] is None:
-        raise JobError(f"job {job_id} has no evaluation yet; `ftstudio eval {job_id}` makes one")
-    with store.connect() as db:
-        folder = store.folder_of(_job(db, job_id, actor))
-    slug = which.replace(" ", "-")
-    out = folder / "exports" / f"job-{job_id}-eval-{found['eval']['id']}-{slug}.csv"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(to_csv(found["eval"], found["rows"]), encoding="utf-8")
-    return out
 
 
 def list_jobs(owner: str | None = None, status: str | list[str] | None = None,

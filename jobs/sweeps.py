@@ -28,12 +28,12 @@ from __future__ import annotations
 import itertools
 import math
 import random as random_module
-import zipfile
 from pathlib import Path
 from typing import Any
 
 from engine.config import ConfigError, Problem, TrainConfig, apply_overrides, from_dict
 from jobs import access, api, halving, store
+from jobs.bundles import write_zip
 
 #: metrics where lower is better; every other metric ranks higher first
 LOWER_IS_BETTER = ("loss", "perplexity")
@@ -348,26 +348,23 @@ def resume_failed(sweep_id: str, actor: dict | None = None) -> list[str]:
 
 def tensorboard_zip(sweep_id: str, actor: dict | None = None) -> Path:
     """Every job's TensorBoard folder (tb/, written with train.report_to: [tensorboard]) in one
-    zip, one folder per job named after it, in the FTSTUDIO_HOME/sweeps/ID/ folder. JobError
-    when no job of the group has one yet."""
+    zip, one folder per job named after it, in the FTSTUDIO_HOME/sweeps/ID/ folder, written
+    atomically (jobs.bundles.write_zip). JobError when no job of the group has one yet."""
     sweep = get(sweep_id, actor)
     out = store.home() / "sweeps" / sweep_id / f"sweep-{sweep_id}-tensorboard.zip"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    found = 0
-    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zf:
-        for job in sweep["jobs"]:
-            tb = (store.folder_of(job) / "tb").resolve()
-            if not tb.is_dir() or not tb.is_relative_to(store.folder_of(job).resolve()):
-                continue
-            for f in sorted(p for p in tb.rglob("*") if p.is_file()
-                            and p.resolve().is_relative_to(tb)):
-                zf.write(f, f"{job['name']}/{f.relative_to(tb).as_posix()}")
-                found += 1
-    if not found:
+    entries = []
+    for job in sweep["jobs"]:
+        tb = (store.folder_of(job) / "tb").resolve()
+        if not tb.is_dir() or not tb.is_relative_to(store.folder_of(job).resolve()):
+            continue
+        entries += [(f, f"{job['name']}/{f.relative_to(tb).as_posix()}")
+                    for f in sorted(p for p in tb.rglob("*") if p.is_file()
+                                    and p.resolve().is_relative_to(tb))]
+    if not entries:
         out.unlink(missing_ok=True)
         raise store.JobError(f"no job of sweep {sweep_id} has a TensorBoard folder (tb/) yet; "
                              "set train.report_to: [tensorboard] in the sweep's config")
-    return out
+    return write_zip(out, entries)
 
 
 __all__ = ["parse_values", "parse_grid", "expand", "plan", "submit", "get", "list_sweeps",

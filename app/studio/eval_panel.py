@@ -176,10 +176,12 @@ def rows_frame(job_id: Any, ev: dict[str, Any] | None, which: str = "all", actor
 
 
 def answers_csv(job_id: Any, which: str = "all", actor: Any = None) -> str:
-    """The newest evaluation's rows (filtered) as a CSV file of the job, for a download."""
+    """The newest evaluation's rows (filtered) as a CSV file of the job, for a download
+    (jobs.bundles.eval_csv)."""
+    from jobs import bundles
+
     jobview.visible_job(job_id, actor)
-    return str(jobview._api().eval_csv(jobview.parse_id(job_id), which=which or "all",
-                                       actor=actor))
+    return str(bundles.eval_csv(jobview.parse_id(job_id), which=which or "all", actor=actor))
 
 
 def compare_rows(job_ids: list[Any], actor: Any = None) -> list[dict[str, Any]]:

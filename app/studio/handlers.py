@@ -68,36 +68,27 @@ def model_card(name: str | None) -> str:
 
 def import_gguf_upload(path: str | None, actor: dict[str, Any] | None = None
                        ) -> tuple[str | None, str]:
-    """Import an uploaded .gguf file as a base model (engine.models.gguf_import does the work):
-    (the new folder, to select as model.name, or None; a note saying what happened). With
-    logins on, only admins may: FTSTUDIO_HOME/models is shared by everyone on the server. The
-    name is the file's stem, with -2, -3 ... when taken; the same file again selects the model
-    it made before."""
-    from engine.models.catalog import human_count, imported_from, models_dir
-    from engine.models.gguf_import import GGUFImportError, default_name, import_gguf, sha256_file
+    """Import an uploaded .gguf file as a base model by the rule `ftstudio models import`
+    follows too (jobs.models.import_model: admins only with logins on, the same file again
+    selects the model it made before, a taken name gets -2, -3 ...): (the folder, to select as
+    model.name, or None; a note saying what happened)."""
+    from engine.models.catalog import human_count
+    from engine.models.gguf_import import GGUFImportError
+    from jobs.models import ImportRefused, import_model
 
     if not path:
         return None, ""
-    if actor is not None and not actor.get("is_admin"):
-        return None, render.note("Only an admin can import a model: imported models are shared "
-                                 "by everyone on this server. Ask an admin, or run `ftstudio "
-                                 "models import FILE.gguf` on the server.", "bad")
     src = Path(path)
-    if src.suffix.lower() != ".gguf":
-        return None, render.note(f"{src.name} is not a .gguf file.", "bad")
-    root, base = models_dir(), default_name(src)
-    name, n = base, 2
     try:
-        while (root / name).exists():
-            before = imported_from(root / name)
-            if before and before.get("sha256") == sha256_file(src) and \
-                    (root / name / "config.json").is_file():
-                return str(root / name), render.note(
-                    f"{src.name} was imported before as {name}: selected it.", "good")
-            name, n = f"{base}-{n}", n + 1
-        m = import_gguf(src, name, log=lambda _: None)
+        done = import_model(src, actor=actor)
+    except ImportRefused as exc:
+        return None, render.note(str(exc), "bad")
     except (GGUFImportError, OSError, MemoryError) as exc:
         return None, render.note(str(exc).replace(str(src), src.name), "bad")
+    if done.reused:
+        return str(done.folder), render.note(
+            f"{src.name} was imported before as {done.name}: selected it.", "good")
+    m = done.imported
     return str(m.folder), render.note(
         f"Imported {src.name} as {m.name}: {m.model_type}, {human_count(m.params)} parameters, "
         f"dequantized from {m.quantization[0]} to float32 in {m.seconds:.0f} s. Its README.md "

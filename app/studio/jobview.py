@@ -6,9 +6,9 @@ aggregated in SQL (`jobs.api.metric_buckets`), later polls only the new rows
 neighbouring buckets when it holds too many, so a tick moves only new rows and the web process
 holds O(CHART_POINTS) numbers per curve, whatever the job's length. A bucket of many steps is
 drawn as its min and max, so a one-step loss spike stays visible.
-Downloads are written into and served from the job's own folder, each path checked by
-jobs.api.path_in_job (inside the folder, through no symlink out of it). Job records are the
-plain dicts of jobs.api (jobs.store's rows).
+Downloads are written by jobs.bundles into the job's own folder (each path checked by
+jobs.api.path_in_job: inside the folder, through no symlink out of it) and served as a copy.
+Job records are the plain dicts of jobs.api (jobs.store's rows).
 
 About 460 lines, in four parts marked below (table, live metrics, compare, files): the job
 page's state without gradio, so tests drive it as the page does; the page's sections with
@@ -17,17 +17,16 @@ their own controls (eval_panel, export_panel, continue_panel) live in their own 
 
 from __future__ import annotations
 
-import csv
 import os
 import time
-import zipfile
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from app.studio import render
 from app.studio.curves import CHART_POINTS, Curve, curves
-from jobs.api import path_in_job
+from jobs import bundles
+from jobs.bundles import metric_rows
 
 #: the generation evaluation's curves (engine.evaluation.evaluate: train.eval_generate), drawn in percent
 GEN_CHARTED = {"gen_exact_match": "exact match", "gen_token_f1": "token F1",
@@ -64,22 +63,6 @@ def _api():
 def parse_id(value: Any) -> str:
     """Job ids are text (jobs.store.new_id); dropdowns and API callers may send anything."""
     return str(value).strip()
-
-
-def metric_rows(records: list[dict[str, Any]]) -> list[tuple[int, str, float]]:
-    """(step, name, value) from jobs.api.metrics records, whether one record per step
-    ({step, loss, lr, ...}) or one per value ({step, name, value, time})."""
-    out = []
-    for r in records or []:
-        step = int(r["step"])
-        if "name" in r and "value" in r:
-            out.append((step, str(r["name"]), float(r["value"])))
-            continue
-        for name, value in r.items():
-            if name not in ("step", "time", "job_id", "id") and isinstance(value, (int, float)) \
-                    and not isinstance(value, bool):
-                out.append((step, name, float(value)))
-    return out
 
 
 def _clock(ts: float | None) -> str:
@@ -408,58 +391,17 @@ def remove_old_copies(tmp: Path, max_age_s: float = SERVED_COPY_TTL_S) -> list[P
 
 
 def adapter_zip(job_id: Any, actor: Any = None) -> str:
-    job = visible_job(job_id, actor)
-    src = path_in_job(job, "adapter")
-    if not src.is_dir() or not any(src.iterdir()):
-        raise FileNotFoundError(f"job {job_id} has no adapter yet (it appears when training "
-                                "ends or saves a checkpoint)")
-    return str(_zip(job, "adapter.zip", [f"adapter/{p.relative_to(src).as_posix()}"
-                                         for p in sorted(src.rglob("*")) if p.is_file()]))
+    """The job's adapter as a zip (jobs.bundles.adapter_zip), once the actor may see the job."""
+    return str(bundles.adapter_zip(visible_job(job_id, actor)))
 
 
 def bundle_zip(job_id: Any, actor: Any = None) -> str:
-    job = visible_job(job_id, actor)
-    files = [n for n in ("config.yaml", "run.json", "metrics.jsonl", "log.txt")
-             if path_in_job(job, n).is_file()]
-    if not files:
-        raise FileNotFoundError(f"job {job_id} has no run files yet")
-    return str(_zip(job, f"job-{job['id']}-run.zip", files))
+    """config.yaml, run.json, metrics.jsonl and log.txt as one zip (jobs.bundles.run_zip)."""
+    return str(bundles.run_zip(visible_job(job_id, actor)))
 
 
 def metrics_csv(job_id: Any, actor: Any = None) -> str:
-    """Every metrics row of the job, one line per step, one column per metric."""
+    """Every metrics row of the job, one line per step, one column per metric
+    (jobs.bundles.metrics_csv)."""
     job = visible_job(job_id, actor)
-    rows = metric_rows(_api().metrics(job["id"], since_step=-1, actor=actor))
-    if not rows:
-        raise FileNotFoundError(f"job {job_id} has no metrics yet")
-    by_step: dict[int, dict[str, Any]] = {}
-    names: list[str] = []
-    for step, name, value in rows:
-        by_step.setdefault(step, {"step": step})[name] = value
-        if name not in names:
-            names.append(name)
-    out = path_in_job(job, f"exports/job-{job['id']}-metrics.csv")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=["step", *names])
-        writer.writeheader()
-        writer.writerows(by_step[s] for s in sorted(by_step))
-    return str(out)
-
-
-def _zip(job: dict[str, Any], name: str, files: list[str]) -> Path:
-    """exports/<name> in the job's folder: the files (paths in the folder, kept as their names
-    in the zip), each checked by jobs.api.path_in_job, so a symlink out of the folder is
-    refused (JobError)."""
-    out = path_in_job(job, f"exports/{name}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".part")
-    try:
-        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
-            for rel in files:
-                zf.write(path_in_job(job, rel), rel)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    tmp.replace(out)
-    return out
+    return str(bundles.metrics_csv(job, _api().metrics(job["id"], since_step=-1, actor=actor)))

@@ -27,10 +27,21 @@ def test_import_then_list(tiny_gguf, home):
     assert row["gguf"]["file"] == tiny_gguf.name and row["params"] == row["gguf"]["params"]
 
 
+def _other_file_imported_as(folder):
+    """Make the model in `folder` look imported from another file (its recorded sha256)."""
+    from engine.models.catalog import SOURCE_FILE
+
+    record = folder / SOURCE_FILE
+    record.write_text(record.read_text().replace('"sha256": "', '"sha256": "0'))
+
+
 def test_name_taken_then_force_and_a_new_name(tiny_gguf, home):
     runner = CliRunner()
     assert runner.invoke(cli, ["models", "import", str(tiny_gguf), "--name", "mine"]
                          ).exit_code == 0
+    same = runner.invoke(cli, ["models", "import", str(tiny_gguf), "--name", "mine"])
+    assert same.exit_code == 0 and "imported before as mine: nothing to do" in same.output
+    _other_file_imported_as(home / "models" / "mine")
     again = runner.invoke(cli, ["models", "import", str(tiny_gguf), "--name", "mine"])
     assert again.exit_code == 1
     assert "already exists" in again.output and "--force" in again.output
@@ -42,6 +53,22 @@ def test_name_taken_then_force_and_a_new_name(tiny_gguf, home):
     assert sorted(p.name for p in (home / "models").iterdir()) == ["mine", "mine-2"]
 
 
+def test_the_cli_follows_the_studios_rule_same_file_reused_other_file_gets_a_new_name(
+        tiny_gguf, home):
+    """jobs.models.import_model: what the studio's upload does, from the command line."""
+    runner = CliRunner()
+    first = runner.invoke(cli, ["models", "import", str(tiny_gguf)])
+    assert first.exit_code == 0, first.output
+    again = runner.invoke(cli, ["models", "import", str(tiny_gguf)])
+    assert again.exit_code == 0 and "imported before as tiny-model-q8_0" in again.output
+    assert f"--set model.name={home / 'models' / 'tiny-model-q8_0'}" in again.output
+    _other_file_imported_as(home / "models" / "tiny-model-q8_0")
+    other = runner.invoke(cli, ["models", "import", str(tiny_gguf)])
+    assert other.exit_code == 0 and "Imported tiny-model-q8_0-2" in other.output
+    assert sorted(p.name for p in (home / "models").iterdir()) == [
+        "tiny-model-q8_0", "tiny-model-q8_0-2"]
+
+
 def test_not_a_gguf_is_a_clean_error(tmp_path, home):
     bad = tmp_path / "notes.gguf"
     bad.write_text("hello")
@@ -50,6 +77,8 @@ def test_not_a_gguf_is_a_clean_error(tmp_path, home):
     assert "Traceback" not in result.output
     missing = CliRunner().invoke(cli, ["models", "import", str(tmp_path / "nope.gguf")])
     assert missing.exit_code == 1 and "no such file" in missing.output
+    other = CliRunner().invoke(cli, ["models", "import", str(tmp_path / "x.safetensors")])
+    assert other.exit_code == 1 and "not a .gguf file" in other.output
 
 
 def test_ls_with_no_models(home):

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from app.cli import cli
 from eval_data import LEARNS, yes_data
-from jobs import api, store
+from jobs import api, bundles, store
 from queue_helpers import Workers, fake_config, train_config, wait_for
 
 DONE = ("completed", "failed", "cancelled", "interrupted")
@@ -89,7 +89,7 @@ def test_an_eval_job_over_another_file_and_the_cli(trained):
     assert (store.job_dir(ev["id"]) / "eval.json").is_file()
     assert [j["id"] for j in api.list_jobs(kind="train")] == [trained.id]
 
-    csv_path = api.eval_csv(trained.id, which="all")
+    csv_path = bundles.eval_csv(trained.id, which="all")
     text = csv_path.read_text(encoding="utf-8").splitlines()
     assert text[0].startswith("where,prompt,reference,base,tuned,change") and len(text) == 4
     assert csv_path.is_relative_to(store.job_dir(trained.id))
