@@ -16,6 +16,7 @@ import click
 from app.cli_common import clean_errors
 
 from jobs.api import FINISHED, STATUSES  # noqa: E402 - the job statuses, defined once
+from jobs.bundles import KINDS as BUNDLES  # the job page's downloads, by name
 
 
 def _echo_json(value) -> None:
@@ -145,6 +146,22 @@ def jobs_show(job_id: str, as_json: bool) -> None:
     for rec in last:
         click.echo("  " + "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                     for k, v in rec.items()))
+
+
+@jobs_group.command("bundle")
+@click.argument("job_id")
+@click.argument("kind", type=click.Choice(list(BUNDLES)))
+@click.option("--which", default="all", show_default=True,
+              help="answers: which rows of the newest evaluation (all, changed, still wrong, "
+                   "got worse).")
+def jobs_bundle(job_id: str, kind: str, which: str) -> None:
+    """Write one of the job page's downloads into the job's exports/ folder and print its path:
+    adapter (zip), run (config, run.json, metrics, log as a zip), metrics (CSV), answers (the
+    newest evaluation as CSV). The studio's download buttons write the same files."""
+    from jobs import bundles
+
+    with clean_errors(FileNotFoundError):
+        click.echo(bundles.make(job_id, kind, which=which))
 
 
 @jobs_group.command("logs")

@@ -9,6 +9,7 @@ Use from Python:
     bundles.run_zip(job)                         # -> JOB/exports/job-ID-run.zip
     bundles.metrics_csv(job, api.metrics(job_id, actor=user))
     bundles.eval_csv(job_id, which="got worse", actor=user)
+    bundles.make(job_id, "run", actor=user)      # any of KINDS by name (`ftstudio jobs bundle`)
 
 Every file is written next to where it ends up under a unique temporary name and moved into
 place with os.replace, so a download never reads half a file and two people fetching the same
@@ -26,11 +27,29 @@ import zipfile
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from jobs.api import job_eval, get, path_in_job
+from jobs.api import get, job_eval, metrics, path_in_job
 from jobs.store import JobError
 
 #: the run bundle's files, when the job has them
 RUN_FILES = ("config.yaml", "run.json", "metrics.jsonl", "log.txt")
+#: the bundles make() writes, by the name `ftstudio jobs bundle` takes
+KINDS = {"adapter": "the adapter folder as a zip", "run": "config, run.json, metrics, log as a zip",
+         "metrics": "every metric, one line per step, as CSV",
+         "answers": "the newest evaluation's answers as CSV"}
+
+
+def make(job_id: str, kind: str, actor: dict | None = None, which: str = "all") -> Path:
+    """Write the job's bundle `kind` (one of KINDS) and return its path; the actor must be
+    allowed to see the job (JobNotFound otherwise, as for a missing id). `which` filters the
+    answers (all, changed, still wrong, got worse)."""
+    if kind not in KINDS:
+        raise JobError(f"no bundle {kind!r}; choose one of {', '.join(KINDS)}")
+    if kind == "answers":
+        return eval_csv(job_id, which=which, actor=actor)
+    job = get(job_id, actor=actor)
+    if kind == "metrics":
+        return metrics_csv(job, metrics(job_id, since_step=-1, actor=actor))
+    return adapter_zip(job) if kind == "adapter" else run_zip(job)
 
 
 def write_atomic(out: Path, write: Callable[[Path], None]) -> Path:

@@ -45,6 +45,30 @@ def test_submit_then_ls_show_logs_cancel_resume_delete(home, tmp_path):
     assert result.exit_code == 0 and api.list_jobs() == []
 
 
+def test_bundle_writes_the_job_pages_downloads(home, tmp_path):
+    """`ftstudio jobs bundle` calls jobs.bundles, as the studio's download buttons do."""
+    import zipfile
+
+    from jobs import store
+
+    run = CliRunner().invoke
+    jid = json.loads(run(cli, ["submit", _config_file(tmp_path), "--json"]).output)["id"]
+    result = run(cli, ["jobs", "bundle", jid, "run"])
+    assert result.exit_code == 1 and f"job {jid} has no run files yet" in result.output
+    assert "Traceback" not in result.output
+    folder = store.job_dir(jid)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.yaml").write_text("model: {}\n")
+    result = run(cli, ["jobs", "bundle", jid, "run"])
+    assert result.exit_code == 0, result.output
+    with zipfile.ZipFile(result.output.strip()) as zf:
+        assert zf.namelist() == ["config.yaml"]
+    result = run(cli, ["jobs", "bundle", jid, "answers"])
+    assert result.exit_code == 1 and "has no evaluation yet" in result.output
+    result = run(cli, ["jobs", "bundle", jid, "weights"])
+    assert result.exit_code == 2 and "adapter" in result.output
+
+
 def test_errors_are_one_clear_line(home, tmp_path):
     run = CliRunner().invoke
     result = run(cli, ["jobs", "show", "nope"])
