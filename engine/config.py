@@ -5,8 +5,9 @@ Use from Python:
     cfg = load_config("run.yaml", overrides=["train.lr=1e-4", "method.kind=qlora"])
     problems = validate(cfg)          # every problem at once, each naming its key and the fix
 
-The UI's tooltips, `ftstudio config --keys` and the README table all read `help_for(key)`,
-so the text below is the only place a setting is explained.
+The UI's labels and tooltips, `ftstudio config --keys` and docs/config.md (`python -m
+engine.config`) all read `label_for(key)` and `help_for(key)`, so the text below is the only
+place a setting is named and explained.
 
 About 800 lines: the four typed sections with the help text of every field, their coercion and
 their validation are the config contract, and live together so a field and its checks are
@@ -871,20 +872,47 @@ def _has(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-def reference_markdown() -> str:
-    """The README's config reference, generated from the field docs (tests keep it in sync).
+#: what each section of the config is for (the headings of docs/config.md)
+SECTION_DOCS = {
+    "model": "The base model and how it is loaded.",
+    "data": "The training and validation files, their format, and what is kept of them.",
+    "method": "The fine-tuning method and its settings.",
+    "train": "The optimisation, the objective, evaluation, checkpoints and trackers.",
+    "output_dir": "Where the run writes its files.",
+}
 
-    Regenerate with: python -m engine.config
+
+def reference_markdown() -> str:
+    """docs/config.md: every key with its label, default, help text and choices, generated from
+    the fields' metadata (tests/test_docs.py fails when the file is stale).
+
+    Regenerate with: python -m engine.config > docs/config.md   (or python -m app.docs)
     """
-    rows = ["| key | default | what it does |", "| --- | --- | --- |"]
-    for key in all_keys():
+    def shown(key: str) -> str:
         default = default_for(key)
-        shown = "null" if default is None else json.dumps(default) if not isinstance(
-            default, str) else default
-        choices = choices_for(key)
-        extra = f" One of: {', '.join(choices)}." if choices else ""
-        rows.append(f"| `{key}` | `{shown}` | {help_for(key)}{extra} |")
-    return "\n".join(rows) + "\n"
+        if default is None:
+            return "null"
+        return default if isinstance(default, str) else json.dumps(default)
+
+    out = ["# Config reference", "",
+           "<!-- Generated from the config fields' metadata (engine/config.py) by "
+           "`python -m app.docs`: do not edit by hand. -->", "",
+           "One config with four sections, the same in YAML files, `--set key=value` overrides, "
+           "the studio's Train form and the queue; `static/examples/demo.yaml` is a complete "
+           "example. `validate()` reports every problem at once, each naming its key and the "
+           "fix. Each key below shows its label in the studio's form, its default and, for "
+           "keys with a fixed set of values, the values it takes.", "",
+           "| key | label | default |", "| --- | --- | --- |"]
+    out += [f"| [`{k}`](#{k.replace('.', '')}) | {label_for(k)} | `{shown(k)}` |"
+            for k in all_keys()]
+    for section, what in SECTION_DOCS.items():
+        out += ["", f"## {section}", "", what]
+        for key in (k for k in all_keys() if k.split(".")[0] == section):
+            choices = choices_for(key)
+            out += ["", f"### {key}", "", f"**{label_for(key)}** · default `{shown(key)}`"
+                    + (f" · one of: {', '.join(f'`{c}`' for c in choices)}" if choices else ""),
+                    "", help_for(key)]
+    return "\n".join(out) + "\n"
 
 
 if __name__ == "__main__":
