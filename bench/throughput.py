@@ -285,7 +285,7 @@ def format_summary(report: dict) -> str:
 
 
 def markdown_table(report: dict) -> str:
-    """The README's table: one line per length and side, ratios against HF Trainer."""
+    """The table in docs/performance.md: one line per length and side, ratios against HF Trainer."""
     heads = {"ours": "ftstudio", "theirs": "HF Trainer (padding)",
              "theirs_flat": "HF padding-free + FA2"}
     lines = ["| max_seq_len | side | useful tokens/s | per CPU-s | computed tokens/s | padding "

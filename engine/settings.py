@@ -7,7 +7,7 @@ Use from Python:
     settings.wandb_mode()        # offline unless WANDB_API_KEY or WANDB_MODE say otherwise
 
 Each function reads the environment when called, so a test or a command-line flag that sets a
-variable takes effect at once. The README's Settings table documents each one; the flags of
+variable takes effect at once. docs/settings.md documents each one; the flags of
 `ftstudio serve` (--host, --port, --home) read FTSTUDIO_HOST, FTSTUDIO_PORT and FTSTUDIO_HOME
 through click's envvar and set FTSTUDIO_HOME for the rest of the process.
 

@@ -43,7 +43,7 @@ from engine.export.run import Log, Run
 from engine.export.verify_files import PROBES, Check, check_modelfile, check_template
 
 #: the most held-out prompts an export is checked on (capped so a 7B export's check stays
-#: within a minute on a GPU worker: see the README's "Verified exports")
+#: within a minute on a GPU worker: see docs/exports.md, "Verified exports")
 VERIFY_PROMPTS = 16
 #: the most new tokens of each greedy answer compared
 VERIFY_MAX_NEW_TOKENS = 32
@@ -53,7 +53,7 @@ VERSION = 1
 @dataclass(frozen=True)
 class Tolerance:
     """How close an export must come to the tuned model. The numbers are set from measurements
-    on the test models (README, "Verified exports"): each bound sits below the worst value a
+    on the test models (docs/exports.md, "Verified exports"): each bound sits below the worst value a
     good export gave, and far above what the planted faults give."""
 
     min_r: float            # Pearson correlation of all next-token logits

@@ -6,7 +6,7 @@ the base, by the job's own evaluation. Slow tier: about 2-3 minutes on 2 cores.
 The task: "Write this date in ISO 8601 form: March 5, 2021" -> "2021-03-05". The base model
 knows dates but answers in sentences (and often with the wrong year), so its exact match is
 near 0; twelve LoRA steps teach the format. Measured numbers land in
-test-artifacts/real-model.json (the README's table is from there).
+test-artifacts/real-model.json (the table in docs/evaluation.md is from there).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ pytestmark = pytest.mark.slow
 MONTHS = ("January February March April May June July August September October November "
           "December").split()
 #: what the tuned model must reach on the held-out dates, and the base stay under: set from
-#: runs that gave base 0-5% and tuned 95-100% (see the README's table)
+#: runs that gave base 0-5% and tuned 95-100% (see the table in docs/evaluation.md)
 TUNED_AT_LEAST, BASE_AT_MOST = 0.8, 0.2
 
 
