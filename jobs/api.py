@@ -225,9 +225,24 @@ def job_eval(job_id: str, eval_id: int | None = None, which: str = "all",
         if eval_id is not None and chosen is None:
             raise JobNotFound(f"job {job_id} has no evaluation {eval_id}; job_eval(job_id) "
                               "lists its evaluations under 'evals'")
-        rows = store.eval_rows(db, chosen["id"], which, limit) if chosen else []
-        return {"eval": chosen, "rows": rows, "evals": every,
-                "filters": list(store.EVAL_FILTERS)}
+        rows = store.eval_rows(db, chosen["id"], eval_filter(which), limit) if chosen else []
+        return {"eval": chosen, "rows": rows, "evals": every, "filters": list(EVAL_FILTERS)}
+
+
+#: the evaluation table's filters, as the job page words them -> the store's row conditions
+EVAL_FILTERS = {
+    "all": (),
+    "changed": ("changed",),
+    "still wrong": ("both_wrong",),
+    "got worse": ("worse",),
+}
+
+
+def eval_filter(which: str) -> tuple[str, ...]:
+    """The store's row conditions (store.ROW_CONDITIONS) of the filter named `which`."""
+    if which not in EVAL_FILTERS:
+        raise ValueError(f"unknown filter {which!r}; use one of: {', '.join(EVAL_FILTERS)}")
+    return EVAL_FILTERS[which]
 
 
 def list_jobs(owner: str | None = None, status: str | list[str] | None = None,
@@ -326,7 +341,7 @@ def resume(job_id: str, actor: dict | None = None) -> dict[str, Any]:
             raise JobError(f"job {job_id} is {job['status']}; only interrupted, failed or "
                            "cancelled jobs can be resumed")
         store.truncate_metrics(db, job_id, step or 0)  # steps continue with no duplicate
-        _enqueue_or_fail(db, job_id, store.queue_priority(db, job))
+        _enqueue_or_fail(db, job_id, halving.queue_priority(db, job))
         return _public(store.get_job(db, job_id))
 
 

@@ -1,10 +1,13 @@
 """Successive halving of a sweep group: at each of its halving steps, the worse half of the
-jobs still in the race (by eval loss at that step) is cut, the better half continues.
+jobs still in the race (by eval loss at that step) is cut, the better half continues. And the
+queue order of a sweep's jobs (queue_priority), which the worker, the api and the sweeps use
+alike (here, not in jobs/sweeps.py, which imports jobs/api.py).
 
 Use from Python (the runner and jobs.api call these; nothing else needs to):
     halving.next_rung(db, job_id, after_step)    # the step this job pauses at next, or None
     halving.paused(db, job_id, step)             # it paused there: decide the rung if all have
     halving.job_left(db, job_id)                 # it ended otherwise: the rung may be decidable
+    halving.queue_priority(db, job)              # where a (sweep's) job stands on the queue
 
 How it runs on the queue, with any number of workers: a job of a halving sweep evaluates at the
 halving step (the step is a multiple of train.eval_every, checked when the sweep is queued),
@@ -101,6 +104,17 @@ def _cut(db, reached: list[dict[str, Any]], step: int) -> dict[str, Any]:
             "cut": [m["id"] for m in ranked[keep:]]}
 
 
+def queue_priority(db, job: dict[str, Any]) -> float:
+    """The priority a job's task is queued at: its priority, and for the k-th job of a sweep
+    (k from 0) that minus k/(k+1). A sweep's first job ties with a single job of the same
+    priority, each later one ranks lower but above the next priority down, so a single job
+    waits for at most one job of each sweep ahead of it, and sweeps of several people take
+    turns (SQLite and Redis both run the highest priority first, FIFO within one)."""
+    member = store.sweep_of(db, job["id"])
+    k = member["idx"] if member else 0
+    return float(job["priority"] or 0) - k / (k + 1)
+
+
 def _continue(db, job: dict[str, Any], step: int) -> None:
     """Queue a paused job again; it resumes from the checkpoint it saved at `step`."""
     config = dict(job["config"])
@@ -109,4 +123,4 @@ def _continue(db, job: dict[str, Any], step: int) -> None:
     if store.transition(db, job["id"], "queued", frm=("interrupted",), config=config,
                         error=None, hint=None, finished_at=None, cancel_requested=0,
                         resume_on_start=0, note=f"kept by successive halving at step {step}"):
-        tasks.enqueue(job["id"], store.queue_priority(db, job))
+        tasks.enqueue(job["id"], queue_priority(db, job))

@@ -97,14 +97,10 @@ def login_max_failures_per_minute(default: int) -> int:
     return int(number("FTSTUDIO_LOGIN_MAX_FAILURES_PER_MINUTE", default, int, strict=True))
 
 
-# --------------------------------------------------------------------------- test hooks
+# --------------------------------------------------------------------------- the runner
 
 
-def test_fail() -> str:
-    """FTSTUDIO_TEST_FAIL (jobs/runner.py documents it): jobs that fail on purpose."""
-    return text("FTSTUDIO_TEST_FAIL")
-
-
-def test_fake_train() -> str:
-    """FTSTUDIO_TEST_FAKE_TRAIN (jobs/runner.py documents it): fake steps instead of training."""
-    return text("FTSTUDIO_TEST_FAKE_TRAIN")
+def train_entry() -> str:
+    """FTSTUDIO_TRAIN_ENTRY=module:function: what a training job calls instead of
+    engine.training.loop.run (same shape: (config, reporter) -> result; jobs/kinds/train.py)."""
+    return text("FTSTUDIO_TRAIN_ENTRY")

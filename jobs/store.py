@@ -88,18 +88,43 @@ def new_id() -> str:
 
 
 def connect(path: str | os.PathLike | None = None) -> Database:
-    """A new connection (one per call; cheap). Use as a context manager to close it."""
+    """A new connection (one per call; cheap). Use as a context manager to close it. A data
+    folder this process may not write is a JobError naming the folder and the chown to run."""
     path = Path(path) if path is not None else db_path()
     fresh = not path.exists()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_S, check_same_thread=False)
-    db = Database(conn)
-    db.execute("PRAGMA synchronous=NORMAL")
-    key = str(path)
-    if fresh or key not in _READY:
-        migrate(db)
-        _READY.add(key)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_S, check_same_thread=False)
+        db = Database(conn)
+        db.execute("PRAGMA synchronous=NORMAL")
+        key = str(path)
+        if fresh or key not in _READY:
+            migrate(db)
+            _READY.add(key)
+    except (sqlite3.OperationalError, PermissionError) as exc:
+        problem = not_writable(path)
+        if problem:
+            raise JobError(problem) from exc
+        raise
     return db
+
+
+def not_writable(path: Path) -> str | None:
+    """Why this process cannot write the database at `path` or its folder (which folder, its
+    owner, ours, and the chown that fixes it), or None when it can."""
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    for p in ([path] if path.exists() else []) + [folder]:
+        if not os.access(p, os.W_OK):
+            st = p.stat()
+            me = f"{os.getuid()}:{os.getgid()}" if hasattr(os, "getuid") else "this user"
+            return (f"cannot write {p} (FTSTUDIO_HOME is {home()}): it belongs to uid "
+                    f"{st.st_uid} (gid {st.st_gid}) and this process runs as uid {me}. Give the "
+                    f"folder to this user: `sudo chown -R {me} {folder}` (the Docker image runs "
+                    f"as uid 10001: on the host, `sudo chown -R 10001:10001` the folder you "
+                    f"mount at /data)")
+    return None
 
 
 def migrate(db: Database) -> list[str]:
@@ -368,9 +393,11 @@ def _decode(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def add_metrics(db: Database, job_id: str, record: dict[str, Any], *, attempt: int,
-                total_steps: int | None = None) -> bool:
+                total_steps: int | None = None, replace: bool = False) -> bool:
     """Write one engine metrics record (one row per numeric value) and the job's progress,
-    only while `attempt` still owns the job. False: this run has been superseded."""
+    only while `attempt` still owns the job. False: this run has been superseded. replace:
+    first delete the job's rows of this step and these names (a record delivered twice, as
+    jobs/owner.py may after a crash, is written once)."""
     step = int(record["step"])
     total_steps = total_steps or record.get("total_steps")
     t = now()
@@ -382,6 +409,10 @@ def add_metrics(db: Database, job_id: str, record: dict[str, Any], *, attempt: i
                            "'running'", [job_id, attempt]).fetchone()
         if not owned:
             return False
+        if replace and rows:
+            names = [r[2] for r in rows]
+            db.execute(f"DELETE FROM metrics WHERE job_id = ? AND step = ? AND name IN "
+                       f"({', '.join('?' * len(names))})", [job_id, step, *names])
         db.conn.executemany("INSERT INTO metrics (job_id, step, name, value, time) "
                             "VALUES (?, ?, ?, ?, ?)", rows)
         progress = {"step": step, "updated_at": t}
@@ -594,12 +625,12 @@ def artifacts(db: Database, job_id: str) -> list[dict[str, Any]]:
 
 # --------------------------------------------------------------------------- evaluations
 
-#: eval_rows filters of the job page: SQL over the columns add_eval fills
-EVAL_FILTERS = {
-    "all": "1=1",
+#: conditions eval_rows can filter on, over the columns add_eval fills (the job page's
+#: filters, by their names, are jobs.api.EVAL_FILTERS)
+ROW_CONDITIONS = {
     "changed": "changed = 1",
-    "still wrong": "tuned_exact_match = 0 AND COALESCE(base_exact_match, 0) = 0",
-    "got worse": "change = 'worse'",
+    "both_wrong": "tuned_exact_match = 0 AND COALESCE(base_exact_match, 0) = 0",
+    "worse": "change = 'worse'",
 }
 
 
@@ -607,9 +638,8 @@ def add_eval(db: Database, job_id: str, record: dict[str, Any], *, kind: str,
              path: str | os.PathLike, eval_job: str | None = None) -> int:
     """Store one engine.evaluation.evaluate record of training job `job_id` (kind "end": at the end of
     training, "job": an eval job `eval_job`); returns its id. A job's newest evaluation of a
-    kind replaces nothing: every one is kept, newest first in evals()."""
-    from engine.evaluation.evaluate import changed
-
+    kind replaces nothing: every one is kept, newest first in evals(). Each row's "changed"
+    is the engine's (engine.evaluation.evaluate.changed, written into every record)."""
     with transaction(db):
         cur = db.execute(
             "INSERT INTO evals (job_id, eval_job, kind, step, n, source, summary, seconds, path, "
@@ -623,7 +653,7 @@ def add_eval(db: Database, job_id: str, record: dict[str, Any], *, kind: str,
             base, bs, ts = r.get("base"), r.get("base_scores") or {}, r["tuned_scores"]
             rows.append((eval_id, r["index"], r["where"], r["prompt"], r["reference"], base,
                          r["tuned"], r["change"],
-                         int(changed(r)),
+                         int(bool(r.get("changed"))),
                          bs.get("exact_match"), ts["exact_match"], bs.get("token_f1"),
                          ts["token_f1"], json.dumps({k: r.get(k) for k in (
                              "base_scores", "tuned_scores", "base_stopped", "tuned_stopped",
@@ -647,15 +677,18 @@ def evals(db: Database, job_id: str) -> list[dict[str, Any]]:
     return out
 
 
-def eval_rows(db: Database, eval_id: int, which: str = "all", limit: int | None = None
-              ) -> list[dict[str, Any]]:
-    """One evaluation's examples in order, filtered (EVAL_FILTERS: all, changed, still wrong,
-    got worse): [{index, where, prompt, reference, base, tuned, change, base_scores,
+def eval_rows(db: Database, eval_id: int, where: tuple[str, ...] = (),
+              limit: int | None = None) -> list[dict[str, Any]]:
+    """One evaluation's examples in order, those meeting every condition in `where` (names
+    of ROW_CONDITIONS): [{index, where, prompt, reference, base, tuned, change, base_scores,
     tuned_scores, base_stopped, tuned_stopped, conversation}]."""
-    if which not in EVAL_FILTERS:
-        raise ValueError(f"unknown filter {which!r}; use one of: {', '.join(EVAL_FILTERS)}")
+    unknown = [w for w in where if w not in ROW_CONDITIONS]
+    if unknown:
+        raise ValueError(f"unknown row condition {unknown[0]!r}; use any of: "
+                         f"{', '.join(ROW_CONDITIONS)}")
+    conditions = " AND ".join(ROW_CONDITIONS[w] for w in where) or "1=1"
     sql = (f"SELECT idx, location, prompt, reference, base, tuned, change, detail FROM eval_rows "
-           f"WHERE eval_id = ? AND {EVAL_FILTERS[which]} ORDER BY idx")
+           f"WHERE eval_id = ? AND {conditions} ORDER BY idx")
     if limit:
         sql += f" LIMIT {int(limit)}"
     out = []
@@ -767,17 +800,6 @@ def claim_rung(db: Database, sweep_id: str, step: int, ready) -> list[dict[str, 
             return None
         db.execute("UPDATE sweeps SET rung_done = ? WHERE id = ?", [step, sweep_id])
     return members
-
-
-def queue_priority(db: Database, job: dict[str, Any]) -> float:
-    """The priority a job's task is queued at: its priority, and for the k-th job of a sweep
-    (k from 0) that minus k/(k+1). A sweep's first job ties with a single job of the same
-    priority, each later one ranks lower but above the next priority down, so a single job
-    waits for at most one job of each sweep ahead of it, and sweeps of several people take
-    turns (SQLite and Redis both run the highest priority first, FIFO within one)."""
-    member = sweep_of(db, job["id"])
-    k = member["idx"] if member else 0
-    return float(job["priority"] or 0) - k / (k + 1)
 
 
 def metric_at(db: Database, job_ids: list[str], name: str, step: int | None = None

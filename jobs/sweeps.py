@@ -17,9 +17,9 @@ goes through the same coercion as `--set` (engine.config.apply_overrides), and e
 config through submit()'s checks (jobs.api.prepare) before any job is queued: every problem of
 every point comes back at once, a problem all points share only once.
 
-Priorities (store.queue_priority): the k-th job of a sweep is queued at priority - k/(k+1), so
-someone's single job waits behind at most one job of each sweep, and sweeps of different people
-interleave. Per-user queue limits (FTSTUDIO_MAX_QUEUED_PER_USER) count every job of a sweep.
+Priorities (halving.queue_priority): the k-th job of a sweep is queued at priority - k/(k+1),
+so someone's single job waits behind at most one job of each sweep, and sweeps of different
+people interleave. Per-user queue limits (FTSTUDIO_MAX_QUEUED_PER_USER) count every job of a sweep.
 A sweep has an owner; another user sees neither it nor its jobs (jobs.access).
 """
 
@@ -239,7 +239,7 @@ def submit(config: TrainConfig | dict, grid: dict[str, list[str]] | list[str], *
                            halving=list(halving_steps or []), priority=int(priority),
                            jobs=jobs)
         for job in jobs:
-            api._enqueue_or_fail(db, job["id"], store.queue_priority(
+            api._enqueue_or_fail(db, job["id"], halving.queue_priority(
                 db, {"id": job["id"], "priority": priority}))
     return get(sweep_id, actor=actor)
 

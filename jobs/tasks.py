@@ -30,7 +30,7 @@ from huey import Huey
 
 from jobs import settings
 from jobs import store
-from jobs.errors import explain_exit
+from jobs.endings import job_end
 from jobs.queue import get_huey
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,13 +80,13 @@ def task_for(huey: Huey):
     with _lock:
         wrapper = _wrappers.get(id(huey))
         if wrapper is None:
-            wrapper = _wrappers[id(huey)] = huey.task(name=TASK_NAME)(run_job)
+            wrapper = _wrappers[id(huey)] = huey.task(name=TASK_NAME, context=True)(run_job)
     return wrapper
 
 
 def enqueue(job_id: str, priority: float = 0) -> None:
     """Put a job's task on the queue; higher priority starts first (FIFO within one). A float:
-    the jobs of a sweep queue between whole priorities (store.queue_priority)."""
+    the jobs of a sweep queue between whole priorities (halving.queue_priority)."""
     task_for(get_huey())(job_id, priority=float(priority))
 
 
@@ -100,13 +100,13 @@ def queued_job_ids(huey: Huey | None = None) -> set[str]:
 # --------------------------------------------------------------------------- the task
 
 
-def run_job(job_id: str) -> None:
+def run_job(job_id: str, task=None) -> None:
     ctx = _context
     if ctx.stopping.is_set():  # taken while shutting down: leave it for the next worker
         with store.connect() as db:
             job = next(iter(store.list_jobs(db, status="queued", ids=[job_id])), None)
-            if job:
-                enqueue(job_id, store.queue_priority(db, job))
+        if job:
+            enqueue(job_id, getattr(task, "priority", None) or 0)
         return
     with store.connect() as db:
         claimed = store.transition(
@@ -184,30 +184,17 @@ def _wait(job: dict, proc: subprocess.Popen, ctx: WorkerContext) -> None:
 
 
 def _record_end(job: dict, returncode: int, ctx: WorkerContext, log_path: Path) -> None:
-    """Record the end of a child that did not record it itself."""
+    """Record the end of a child that did not record it itself (jobs.endings.job_end)."""
     with store.connect() as db:
         row = store.get_job(db, job["id"])
         if row["status"] != "running" or row["attempt"] != job["attempt"]:
             log.info("job %s ended: %s", job["id"], row["status"])
             return
-        common = dict(frm=("running",), expect={"attempt": job["attempt"]},
-                      finished_at=store.now())
-        resume = f"`ftstudio jobs resume {job['id']}` " + (
-            "runs it again" if job["kind"] in ("export", "eval")
-            else "continues from the last checkpoint")
-        if row["cancel_requested"]:
-            store.transition(db, job["id"], "cancelled", **common,
-                             hint=f"stopped by force after the cancel grace period; {resume}")
-        elif ctx.stopping.is_set():
-            store.transition(db, job["id"], "interrupted", **common, resume_on_start=1,
-                             hint=f"the worker shut down; it resumes when a worker starts, or "
-                                  f"{resume}")
-        else:
-            error, hint = explain_exit(returncode, log_path, job["id"],
-                                       what={"export": "the export process",
-                                             "eval": "the evaluation process"}.get(
-                                           job["kind"], "the training process"))
-            store.transition(db, job["id"], "failed", **common, error=error, hint=hint)
+        end = job_end(job, "exited", code=returncode, cancel=bool(row["cancel_requested"]),
+                      stopping=ctx.stopping.is_set(), log_path=log_path)
+        store.transition(db, job["id"], end.status, frm=("running",),
+                         expect={"attempt": job["attempt"]}, finished_at=store.now(),
+                         **end.fields())
         log.info("job %s ended: %s", job["id"], store.get_job(db, job["id"])["status"])
 
 

@@ -27,9 +27,10 @@ from pathlib import Path
 from huey.consumer import Consumer
 
 from jobs import settings
-from jobs import api, store, tasks
+from jobs import api, halving, store, tasks
+from jobs.endings import job_end
 from jobs.queue import describe, get_huey
-from jobs.runner import pid_alive
+from jobs.reporting import pid_alive
 from jobs.tasks import HOST, WorkerContext, gpu_groups
 
 log = logging.getLogger("ftstudio.worker")
@@ -57,17 +58,11 @@ def recover(auto_resume: bool = True) -> dict[str, list[str]]:
         if not reason:
             continue
         _stop_orphan(job)
+        end = job_end(job, "lost", cancel=bool(job["cancel_requested"]), reason=reason)
         with store.connect() as db:
-            if job["cancel_requested"] and store.transition(
-                    db, job["id"], "cancelled", frm=("running",), note=reason,
-                    expect={"attempt": job["attempt"]}, finished_at=store.now(),
-                    hint=f"{reason} after the cancel request"):
-                continue
-            if store.transition(db, job["id"], "interrupted", frm=("running",),
+            if store.transition(db, job["id"], end.status, frm=("running",), note=reason,
                                 expect={"attempt": job["attempt"]}, finished_at=store.now(),
-                                resume_on_start=1, note=reason,
-                                hint=f"{reason}; it resumes from its last checkpoint when a "
-                                     f"worker starts, or `ftstudio jobs resume {job['id']}`"):
+                                **end.fields()) and end.status == "interrupted":
                 done["interrupted"].append(job["id"])
     if auto_resume_enabled(auto_resume):
         with store.connect() as db:
@@ -88,7 +83,7 @@ def recover(auto_resume: bool = True) -> dict[str, list[str]]:
         queued = store.list_jobs(db, status="queued")
         for job in reversed(queued):
             if job["id"] not in in_queue:
-                tasks.enqueue(job["id"], store.queue_priority(db, job))
+                tasks.enqueue(job["id"], halving.queue_priority(db, job))
                 done["requeued"].append(job["id"])
     for key, ids in done.items():
         if ids:

@@ -26,6 +26,10 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+# every runner child trains through the suite's entry: the real engine unless a test sets
+# FTSTUDIO_TEST_FAKE_TRAIN or FTSTUDIO_TEST_FAIL (tests/jobs/fake_engine.py)
+FAKE_ENGINE = "tests.jobs.fake_engine:train"
+os.environ.setdefault("FTSTUDIO_TRAIN_ENTRY", FAKE_ENGINE)
 
 
 @pytest.fixture(scope="session")

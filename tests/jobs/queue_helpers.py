@@ -1,7 +1,7 @@
 """Helpers for the queue tests (tests/jobs/conftest.py provides the `workers` fixture): a fresh FTSTUDIO_HOME, real worker processes, tiny configs.
 
 Workers are real `python -m jobs.worker` processes (a Huey consumer) on SqliteHuey in the test's
-home (or a real redis-server). FTSTUDIO_TEST_FAKE_TRAIN=N[:SECONDS] (jobs/runner.py) lets queue
+home (or a real redis-server). FTSTUDIO_TEST_FAKE_TRAIN=N[:SECONDS] (tests/jobs/fake_engine.py) lets queue
 tests that are about the queue, not training, run many jobs through the real worker and runner in
 well under a second each; tests about training use the tiny model and the real engine.
 """
@@ -31,7 +31,7 @@ def train_config(model: Path | str, **train) -> dict:
 
 
 def fake_config(**train) -> dict:
-    """A valid config for the fake engine (FTSTUDIO_TEST_FAKE_TRAIN): a stand-in model folder
+    """A valid config for the fake engine (FTSTUDIO_TEST_FAKE_TRAIN, tests/jobs/fake_engine.py): a stand-in model folder
     under FTSTUDIO_HOME passes validation; nothing loads it."""
     from jobs import store
 
@@ -92,7 +92,7 @@ def _kill_runners(home: Path) -> None:
     if not (home / "studio.db").exists():
         return
     from jobs import store
-    from jobs.runner import pid_alive
+    from jobs.reporting import pid_alive
 
     with store.connect(home / "studio.db") as db:
         pids = [r["pid"] for r in db.query("SELECT pid FROM jobs WHERE pid IS NOT NULL")]

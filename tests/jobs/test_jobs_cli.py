@@ -4,6 +4,7 @@ with a real `ftstudio worker` process."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -104,7 +105,8 @@ def test_a_real_ftstudio_worker_runs_a_submitted_job_and_logs_follow_ends(home, 
     result = CliRunner().invoke(cli, ["submit", _config_file(tmp_path, max_steps=3)])
     assert result.exit_code == 0, result.output
     jid = result.output.split()[2]
-    env = {"FTSTUDIO_HOME": str(home), "FTSTUDIO_TEST_FAKE_TRAIN": "3", "PATH": "/usr/bin:/bin"}
+    env = {"FTSTUDIO_HOME": str(home), "FTSTUDIO_TEST_FAKE_TRAIN": "3", "PATH": "/usr/bin:/bin",
+           "FTSTUDIO_TRAIN_ENTRY": os.environ["FTSTUDIO_TRAIN_ENTRY"]}
     proc = subprocess.Popen([sys.executable, "-m", "app.cli", "worker"], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from app.cli import cli
 from engine.config import ConfigError
-from jobs import api, store, sweeps, users
+from jobs import api, halving, store, sweeps, users
 from queue_helpers import fake_config, wait_for
 from test_redis import redis_url  # noqa: F401 - the fixture: a real redis-server
 
@@ -86,7 +86,7 @@ def test_a_sweep_queues_its_jobs_linked_to_the_group(home):
     assert {j["status"] for j in jobs} == {"queued"} and {j["priority"] for j in jobs} == {2}
     assert all(j["output_dir"] == str(store.job_dir(j["id"])) for j in jobs)
     with store.connect() as db:
-        assert [store.queue_priority(db, j) for j in jobs] == [2, 1.5, 2 - 2 / 3, 1.25]
+        assert [halving.queue_priority(db, j) for j in jobs] == [2, 1.5, 2 - 2 / 3, 1.25]
     assert [s["id"] for s in sweeps.list_sweeps()] == [sw["id"]]
     api.delete(jobs[0]["id"])
     assert len(sweeps.get(sw["id"])["jobs"]) == 3
