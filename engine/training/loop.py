@@ -108,8 +108,8 @@ def setup(cfg: TrainConfig, reporter: Reporter) -> Session:
 
     from engine.data import prepare
     from engine.models.load import load_model
-    from engine.training.parallel import (check_sharded, choose_strategy, launched_processes,
-                                         make_accelerator)
+    from engine.training.parallel import (check_sharded, choose_strategy, keep_quant_state,
+                                         launched_processes, make_accelerator)
 
     check(cfg, require_output_dir=True)
     t, out = cfg.train, Path(cfg.output_dir)
@@ -135,6 +135,7 @@ def setup(cfg: TrainConfig, reporter: Reporter) -> Session:
     model, optimizer = accelerator.prepare(model, optimizer)
     if strategy == "fsdp":
         say(check_sharded(model))            # every weight a shard, or a clear error
+        keep_quant_state(model)              # qlora: bitsandbytes' 4-bit state per gather
     unwrapped = accelerator.unwrap_model(model)
     loss_of = make_loss(cfg, unwrapped, accelerator, info, say)
     if t.precompute_reference:      # dpo: each pair's reference log-probs once (cached)
