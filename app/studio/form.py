@@ -7,6 +7,8 @@ field to engine/config.py is all it takes for the form to offer it (add it to a 
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 from typing import Any
 
 from engine.config import (TRACKERS, ConfigError, Problem, TrainConfig, all_keys, choices_for,
@@ -96,17 +98,21 @@ OBJECTIVE_KEYS = {
     "train.kto_undesirable_weight": ("kto",),
 }
 TRAIN_OBJECTIVE = ["train.objective", *OBJECTIVE_KEYS]
+#: the Parallelism section (shown where the workers have GPUs; engine/training/parallel.py)
+PARALLEL_KEYS = ["parallel.gpus", "parallel.strategy", "parallel.cpu_offload",
+                 "parallel.reshard_after_forward"]
 #: TensorBoard, MLflow, W&B (engine/training/trackers.py)
 TRAIN_TRACKERS = ["train.report_to", "train.tracker_experiment"]
 #: every key in the form, in the order handlers receive their values
 FORM_KEYS = (["model.name", "data.train", "method.kind"] + MODEL_ADVANCED + DATA_MAIN +
              DATA_ADVANCED + list(METHOD_KEYS) + TRAIN_MAIN + TRAIN_ADVANCED + TRAIN_OBJECTIVE +
-             TRAIN_TRACKERS)
+             TRAIN_TRACKERS + PARALLEL_KEYS)
 #: keys that change the memory estimate
 ESTIMATE_KEYS = {"model.name", "model.dtype", "model.attn_implementation", "data.max_seq_len",
                  "method.kind", "method.r", "method.target_modules", "method.quant_bits",
                  "method.num_virtual_tokens", "method.dropout", "train.batch_size",
-                 "train.optimizer", "train.precision", "train.gradient_checkpointing"}
+                 "train.optimizer", "train.precision", "train.gradient_checkpointing",
+                 *PARALLEL_KEYS}
 #: keys that change the data report and preview
 DATA_KEYS = {"model.name", "data.train", "data.format", "data.max_seq_len",
              "data.train_on_prompt", "data.system_prompt", "data.dedupe", "data.min_tokens",
@@ -135,7 +141,12 @@ NUMBER_KEYS = {"train.max_steps", "train.early_stopping_patience", "data.max_tok
 
 
 def label_for(key: str) -> str:
-    return LABELS.get(key, key.rsplit(".", 1)[-1].replace("_", " ").capitalize())
+    from engine.config import SECTIONS
+
+    section, _, name = key.partition(".")
+    meta = {f.name: f.metadata for f in fields(SECTIONS[section])}.get(name, {}) \
+        if section in SECTIONS else {}
+    return meta.get("label") or LABELS.get(key, name.replace("_", " ").capitalize())
 
 
 def widget_spec(key: str) -> dict[str, Any]:
