@@ -199,7 +199,7 @@ def device():
 def worker_gpus():
     """(how many GPUs a job can get, the estimate's Device for one of them), or None where the
     workers have none: FTSTUDIO_WORKER_GPUS (COUNTxGiB) when set, else this machine's GPUs."""
-    from engine.models.estimate import GiB, Device
+    from engine.models.estimate import GiB, Device, gpu_count
     from jobs import settings
 
     declared = settings.worker_gpus()
@@ -209,9 +209,7 @@ def worker_gpus():
     here = device()
     if here.kind != "cuda":
         return None
-    import torch
-
-    return torch.cuda.device_count(), here
+    return gpu_count(), here
 
 
 def estimate_panel(values: dict[str, Any], actor: Any = None) -> str:

@@ -195,6 +195,16 @@ def detect_device() -> Device:
     return Device("cpu", "CPU RAM", total, available)
 
 
+def gpu_count() -> int:
+    """CUDA GPUs this machine has (0 without CUDA)."""
+    try:
+        import torch
+
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except Exception:  # noqa: BLE001 - a broken CUDA install: no GPUs
+        return 0
+
+
 def _ram() -> tuple[int, int]:
     try:
         import psutil
