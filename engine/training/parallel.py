@@ -107,11 +107,15 @@ def fsdp_plugin(cfg: TrainConfig):
     """accelerate's FSDP2 plugin for parallel.*: every transformer layer (the classes the model
     names in _no_split_modules) sharded on its own, then the rest with the root."""
     from accelerate.utils import FullyShardedDataParallelPlugin
+    from torch.distributed.fsdp import CPUOffloadPolicy
 
     par = cfg.parallel
+    # offloaded states in pinned memory where a GPU copies from them (pinning needs CUDA)
+    offload = CPUOffloadPolicy(pin_memory=torch.cuda.is_available()) if par.cpu_offload \
+        else False
     return FullyShardedDataParallelPlugin(
         fsdp_version=2, reshard_after_forward=par.reshard_after_forward,
-        cpu_offload=par.cpu_offload, auto_wrap_policy="transformer_based_wrap",
+        cpu_offload=offload, auto_wrap_policy="transformer_based_wrap",
         state_dict_type="SHARDED_STATE_DICT", cpu_ram_efficient_loading=False,
         activation_checkpointing=False)   # train.gradient_checkpointing is the model's own
 
