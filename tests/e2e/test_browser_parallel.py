@@ -83,7 +83,10 @@ def test_parallelism_section_advice_and_the_gpus_a_job_holds(studio, browser):
     box.press("Enter")
     _estimate_says(page, "Fits on 1 GPU")               # LoRA of an 8B model on 24 GB
     page.get_by_role("radio", name="Full fine-tuning").click()
-    _estimate_says(page, "GPUs with FSDP")              # a whole copy is far over 24 GB
+    _estimate_says(page, "per GPU with 1 GPU")
+    page.locator("#f-train-batch-size input").fill("1")   # a typed value keeps over defaults
+    page.locator("#f-train-batch-size input").press("Tab")
+    _estimate_says(page, "Needs offload")   # 4 x 24 GB: even sharded 4 ways it is over
     advice = page.locator("#parallel-advice").inner_text()
     assert "per GPU with 1 GPU: DDP" in advice and "FSDP + offload" in advice
     page.locator("#f-parallel-gpus input").fill("4")
@@ -116,7 +119,8 @@ def test_parallelism_section_advice_and_the_gpus_a_job_holds(studio, browser):
                                ".includes('0,1')", timeout=90_000)
     finally:
         _shot(page, "jobs-parallel")
-    page.get_by_text("two-gpus").first.click()
+    page.locator("#job-picker input").click()
+    page.get_by_role("option").filter(has_text="two-gpus").first.click()
     page.wait_for_function("() => (document.querySelector('#job-header')?.innerText || '')"
                            ".includes('on GPU 0,1')", timeout=60_000)
     _shot(page, "jobs-parallel")
