@@ -83,7 +83,10 @@ def choose_strategy(cfg: TrainConfig, processes: int, estimate_of: Callable | No
         return "ddp", f"parallel.strategy ddp over {processes} processes"
     from engine.models.estimate import estimate_for, plan_for
 
-    est = (estimate_of or estimate_for)(cfg)
+    try:
+        est = (estimate_of or estimate_for)(cfg)
+    except Exception as exc:  # noqa: BLE001 - an odd config.json: no estimate, plain ddp
+        return "ddp", f"parallel.strategy auto: ddp (no memory estimate: {exc})"
     if est is None:
         return "ddp", ("parallel.strategy auto: ddp (the model's shape is unknown, so the "
                        "estimate cannot say it needs sharding)")
