@@ -129,8 +129,22 @@ def make_accelerator(cfg: TrainConfig, strategy: str, mixed_precision: str):
     from accelerate import Accelerator
 
     plugin = fsdp_plugin(cfg) if strategy == "fsdp" else None
-    accelerator = Accelerator(mixed_precision=mixed_precision,
-                              cpu=not torch.cuda.is_available(), fsdp_plugin=plugin)
+    # accelerate reads ACCELERATE_USE_FSDP (an FSDP1 plugin of its own when set) and sets it
+    # when given a plugin: parallel.strategy decides, and the mark does not outlive the
+    # Accelerator's construction. With offload, FSDP_OFFLOAD_PARAMS makes it start NCCL with
+    # gloo beside it for the collectives over CPU tensors (clipping offloaded gradients).
+    flags = {"ACCELERATE_USE_FSDP": None,
+             "FSDP_OFFLOAD_PARAMS": "true" if plugin and cfg.parallel.cpu_offload else None}
+    saved = {k: os.environ.pop(k, None) for k in flags}
+    os.environ.update({k: v for k, v in flags.items() if v is not None})
+    try:
+        accelerator = Accelerator(mixed_precision=mixed_precision,
+                                  cpu=not torch.cuda.is_available(), fsdp_plugin=plugin)
+    finally:
+        for key, value in saved.items():
+            os.environ.pop(key, None)
+            if value is not None:
+                os.environ[key] = value
     if plugin is not None and not accelerator.is_fsdp2:
         layout = accelerator.distributed_type.value
         where = ("it shards only on GPUs; on CPU it falls back to DDP"

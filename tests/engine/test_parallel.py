@@ -3,6 +3,7 @@ the refusal to train unsharded under an FSDP label (fast; tests/engine/test_fsdp
 
 from __future__ import annotations
 
+import os
 import sys
 
 import pytest
@@ -108,3 +109,4 @@ def test_fsdp_in_one_plain_process_is_refused_before_anything_loads(tiny_model, 
     assert "parallel.strategy: fsdp was asked for, but accelerate prepared this run as" in text
     assert "would train unsharded under an FSDP label" in text
     assert not (tmp_path / "out" / "checkpoints").exists()
+    assert "ACCELERATE_USE_FSDP" not in os.environ   # accelerate's mark does not outlive it
