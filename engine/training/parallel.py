@@ -92,7 +92,8 @@ def choose_strategy(cfg: TrainConfig, processes: int, estimate_of: Callable | No
                        "estimate cannot say it needs sharding)")
     if est.device.kind != "cuda":
         return "ddp", "parallel.strategy auto: ddp (processes on CPU: nothing to shard for)"
-    plan = plan_for(est, processes, cpu_offload=par.cpu_offload)
+    plan = plan_for(est, processes, cpu_offload=par.cpu_offload,
+                    reshard=par.reshard_after_forward)
     if plan.fits_one:
         return "ddp", (f"parallel.strategy auto: ddp (the estimate, {plan.peak_gib('ddp'):.1f} "
                        f"GiB per GPU, fits one {est.device.name})")
