@@ -131,6 +131,10 @@ def jobs_show(job_id: str, as_json: bool) -> None:
     click.echo(f"{'progress:':12} {_progress(job)}")
     for key in ("created_at", "started_at", "finished_at"):
         click.echo(f"{key.removesuffix('_at') + ':':12} {_when(job[key])}")
+    parallel = (job.get("config") or {}).get("parallel") or {}
+    if job["kind"] == "train" and (job.get("gpus") or int(parallel.get("gpus") or 1) > 1):
+        click.echo(f"{'gpus:':12} {job.get('gpus') or 'waits for ' + str(parallel['gpus'])} "
+                   f"({parallel.get('strategy', 'auto')})")
     if job.get("parent") and job["kind"] == "train":
         click.echo(f"{'continues:':12} job {job['parent']} (its adapter merged into the start)")
     for key in ("error", "hint", "output_dir", "adapter_dir"):

@@ -255,11 +255,36 @@ class TrainSection:
 
 
 @dataclass
+class ParallelConfig:
+    strategy: Literal["auto", "ddp", "fsdp"] = _f(
+        "auto", "How a job on several GPUs splits the work. ddp: every GPU holds the whole "
+                "model, its gradients and optimizer state, and trains on its share of each "
+                "batch. fsdp: FSDP2 shards parameters, gradients and optimizer state across "
+                "the GPUs (each transformer layer gathered only while it computes), so a model "
+                "bigger than one GPU trains. auto: fsdp only when the memory estimate says the "
+                "model does not fit one GPU and sharding makes it fit, else ddp; the log says "
+                "why.", label="Strategy")
+    reshard_after_forward: bool = _f(
+        True, "With fsdp, free each layer's gathered parameters after its forward and gather them "
+              "again for backward (ZeRO-3-like, least memory). Off: keep them until backward "
+              "(ZeRO-2-like: one all-gather fewer per layer, more memory).",
+        label="Reshard after forward")
+    cpu_offload: bool = _f(
+        False, "With fsdp, keep the sharded parameters, gradients and optimizer state in CPU memory "
+               "and bring each layer to the GPU only to compute (much less GPU memory, slower "
+               "steps; the optimizer steps on the CPU).", label="CPU offload")
+    gpus: int = _f(1, "GPUs this job needs. The worker hands it this many free GPUs of its pool "
+                      "(the job waits while they are busy) and starts one process per GPU.",
+                   label="GPUs")
+
+
+@dataclass
 class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
     train: TrainSection = field(default_factory=TrainSection)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
     output_dir: str | None = field(default=None, metadata={
         "help": "Folder for checkpoints, adapter/, metrics.jsonl and run.json. Set by the queue; "
                 "required for `ftstudio train`.", "label": "Output folder"})
@@ -272,7 +297,7 @@ class TrainConfig:
 
 
 SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "method": MethodConfig,
-                             "train": TrainSection}
+                             "train": TrainSection, "parallel": ParallelConfig}
 
 
 # --------------------------------------------------------------------------- errors
@@ -383,8 +408,8 @@ def from_dict(data: dict[str, Any] | None, *, source: str = "config") -> TrainCo
         sections[section] = cls(**values)
     output_dir = data.pop("output_dir", None)
     for k in data:
-        problems.append(Problem(k, f"unknown top-level key in {source}; expected model, data, "
-                                   "method, train or output_dir"))
+        problems.append(Problem(k, f"unknown top-level key in {source}; expected "
+                                   f"{', '.join(SECTIONS)} or output_dir"))
     if problems:
         raise ConfigError(problems)
     return TrainConfig(**sections, output_dir=None if output_dir is None else str(output_dir))
@@ -439,7 +464,7 @@ def apply_overrides(cfg: TrainConfig, overrides: list[str]) -> TrainConfig:
         if key not in all_keys():
             section = key.partition(".")[0]
             hint = (f"{section} has: {', '.join(f.name for f in fields_of(section))}"
-                    if section in SECTIONS else "sections are model, data, method, train")
+                    if section in SECTIONS else f"sections are {', '.join(SECTIONS)}")
             problems.append(Problem(key, f"unknown setting; {hint}"))
             continue
         try:
@@ -670,6 +695,7 @@ def validate(cfg: TrainConfig, *, check_files: bool = True, require_output_dir: 
                                                         "only with train.eval_generate 'every "
                                                         "N'; set that, or watch eval_loss"))
     p.extend(_check_trackers(t))
+    p.extend(_check_parallel(cfg))
     if t.neftune_alpha is not None and t.neftune_alpha <= 0:
         p.append(Problem("train.neftune_alpha", "must be positive (5 is typical), or empty"))
     if t.optimizer in ("adamw_8bit", "paged_adamw_8bit", "lion_8bit") and not _has("bitsandbytes"):
@@ -777,6 +803,54 @@ def _check_objective(cfg: TrainConfig) -> list[Problem]:
     return p
 
 
+#: what FSDP (parallel.strategy=fsdp) trains: methods whose weights shard layer by layer
+FSDP_METHODS = ("lora", "dora", "qlora", "full")
+
+
+def _check_parallel(cfg: TrainConfig) -> list[Problem]:
+    """parallel.*: GPU count, and the combinations FSDP cannot train (PEFT's FSDP guide)."""
+    par, meth, t = cfg.parallel, cfg.method, cfg.train
+    p: list[Problem] = []
+    if not isinstance(par.gpus, int) or par.gpus < 1:
+        p.append(Problem("parallel.gpus", f"{par.gpus} must be at least 1 (1: one GPU, or the "
+                                          "CPU on a machine without GPUs)"))
+    if par.strategy != "fsdp":
+        for key in ("cpu_offload",):
+            if getattr(par, key):
+                p.append(Problem(f"parallel.{key}", f"only applies to parallel.strategy=fsdp "
+                                                    f"(now {par.strategy}); set the strategy to "
+                                                    "fsdp or turn it off"))
+        return p
+    if meth.kind not in FSDP_METHODS:
+        p.append(Problem("parallel.strategy", f"fsdp trains method.kind {', '.join(FSDP_METHODS)}; "
+                                              f"{meth.kind} is not sharded (its few weights fit "
+                                              "every GPU): use ddp"))
+    if meth.kind == "qlora" and meth.quant_bits != 4:
+        p.append(Problem("method.quant_bits", "fsdp shards QLoRA's 4-bit base only (8-bit "
+                                              "bitsandbytes weights cannot be sharded); use "
+                                              "quant_bits 4, or parallel.strategy ddp"))
+    if t.optimizer in ("adamw_8bit", "paged_adamw_8bit", "lion_8bit"):
+        p.append(Problem("train.optimizer", f"{t.optimizer} keeps bitsandbytes' 8-bit (and "
+                                            "paged) state that FSDP cannot shard or checkpoint "
+                                            "(PEFT documents it as broken with FSDP); use adamw "
+                                            "(with parallel.cpu_offload for less GPU memory)"))
+    if t.objective != "sft":
+        p.append(Problem("train.objective", f"{t.objective} under fsdp is not supported yet "
+                                            "(its reference forward would run on one process); "
+                                            "use objective sft, or parallel.strategy ddp"))
+    if eval_generate_every(t.eval_generate):
+        p.append(Problem("train.eval_generate", f"{t.eval_generate!r}: generating answers while "
+                                                "training needs the whole model in one "
+                                                "process, which fsdp never holds; use off (or "
+                                                "end, which fsdp skips: score the job "
+                                                "afterwards with `ftstudio eval JOB`), or "
+                                                "parallel.strategy ddp"))
+    if t.compile:
+        p.append(Problem("train.compile", "torch.compile over FSDP-sharded layers is not "
+                                          "supported here; turn it off under fsdp"))
+    return p
+
+
 def packing_applies(cfg) -> tuple[bool, str]:
     """(whether batches are packed for this config, why not when they are not)."""
     if not cfg.data.packing:
@@ -878,6 +952,8 @@ SECTION_DOCS = {
     "data": "The training and validation files, their format, and what is kept of them.",
     "method": "The fine-tuning method and its settings.",
     "train": "The optimisation, the objective, evaluation, checkpoints and trackers.",
+    "parallel": "How a job spreads over GPUs: how many it asks for, DDP or FSDP sharding, "
+                "CPU offload (docs/sharding.md).",
     "output_dir": "Where the run writes its files.",
 }
 
@@ -897,7 +973,7 @@ def reference_markdown() -> str:
     out = ["# Config reference", "",
            "<!-- Generated from the config fields' metadata (engine/config.py) by "
            "`python -m app.docs`: do not edit by hand. -->", "",
-           "One config with four sections, the same in YAML files, `--set key=value` overrides, "
+           "One config in sections, the same in YAML files, `--set key=value` overrides, "
            "the studio's Train form and the queue; `static/examples/demo.yaml` is a complete "
            "example. `validate()` reports every problem at once, each naming its key and the "
            "fix. Each key below shows its label in the studio's form, its default and, for "
@@ -905,6 +981,8 @@ def reference_markdown() -> str:
            "| key | label | default |", "| --- | --- | --- |"]
     out += [f"| [`{k}`](#{k.replace('.', '')}) | {label_for(k)} | `{shown(k)}` |"
             for k in all_keys()]
+    undocumented = {k.split(".")[0] for k in all_keys()} - set(SECTION_DOCS)
+    assert not undocumented, f"SECTION_DOCS has no text for the section(s) {undocumented}"
     for section, what in SECTION_DOCS.items():
         out += ["", f"## {section}", "", what]
         for key in (k for k in all_keys() if k.split(".")[0] == section):

@@ -38,6 +38,18 @@ def stale_after_s() -> float:
     return number("FTSTUDIO_STALE_AFTER", 120.0)
 
 
+def worker_gpus() -> tuple[int, float] | None:
+    """FTSTUDIO_WORKER_GPUS: the GPUs of the studio's workers as COUNTxGiB (e.g. 4x24), for a
+    web server that sees none itself (a team server with GPU workers elsewhere); the Train form
+    then shows its Parallelism section and plans per-GPU memory for them. Empty: what this
+    machine has (its CUDA GPUs, or none)."""
+    count, _, gib = text("FTSTUDIO_WORKER_GPUS").lower().partition("x")
+    try:
+        return (int(count), float(gib)) if int(count) > 0 and float(gib) > 0 else None
+    except ValueError:
+        return None
+
+
 def cancel_grace_s() -> float:
     """FTSTUDIO_CANCEL_GRACE: seconds a cancelled job has to stop before it is terminated."""
     return number("FTSTUDIO_CANCEL_GRACE", 30.0)

@@ -265,6 +265,12 @@ def m005_sweeps(db: Database) -> None:
     db["sweep_jobs"].create_index(["sweep_id", "idx"])
 
 
+@MIGRATIONS()
+def m006_job_gpus(db: Database) -> None:
+    """The GPUs a running job holds (jobs/tasks.py's GpuPool), shown on the queue page."""
+    db["jobs"].add_column("gpus", str)
+
+
 # --------------------------------------------------------------------------- jobs
 
 

@@ -1,10 +1,12 @@
 """The queue's one task: claim a job, run it in a child process, record how it ended.
 
 The task carries only the job id, of a training, an export or an eval job alike (the runner
-dispatches on the job's kind). It claims the job with the atomic queued -> running transition (a cancelled
-job, or a duplicate task, does nothing), starts `python -m jobs.runner JOB_ID` (or `accelerate
-launch ... -m jobs.runner JOB_ID` when this worker thread owns several GPUs and the job trains;
-an export or an eval gets one of them) in its own session, and waits: it escalates a cancel the child ignores
+dispatches on the job's kind). On a worker with GPUs it first takes the GPUs the job asks for
+(parallel.gpus; an export or an eval one) from the worker's GpuPool, waiting its turn while they
+are busy. It claims the job with the atomic queued -> running transition (a cancelled
+job, or a duplicate task, does nothing), records the GPUs it holds, starts `python -m
+jobs.runner JOB_ID` (or `accelerate launch ... -m jobs.runner JOB_ID`, one process per GPU, when
+the job trains on several GPUs or under FSDP) in its own session, and waits: it escalates a cancel the child ignores
 (SIGTERM after the grace period, SIGKILL later) and, when the worker shuts down, asks the child to
 checkpoint and stop. A child that dies without recording its end (a signal, an OOM kill, a crash
 before Python could report) becomes a failed job with an error and a hint.
@@ -16,13 +18,13 @@ from __future__ import annotations
 
 import logging
 import os
-import queue
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,20 +47,64 @@ class WorkerContext:
     """What the task needs from the worker that runs it (set by jobs.worker)."""
 
     worker_id: str = field(default_factory=lambda: f"{HOST}:{os.getpid()}:{os.urandom(3).hex()}")
-    #: GPU groups handed to tasks, one group per concurrent job; None: leave devices alone
-    gpu_groups: "queue.Queue[list[str]] | None" = None
+    #: the worker's GPUs, handed to each job as many as it asks for; None: leave devices alone
+    gpu_pool: "GpuPool | None" = None
     stopping: threading.Event = field(default_factory=threading.Event)
     #: seconds a running job has to stop by itself after a cancel before SIGTERM
     cancel_grace_s: float = field(default_factory=settings.cancel_grace_s)
     #: seconds after SIGTERM before SIGKILL (cancel and worker shutdown)
     kill_after_s: float = field(default_factory=settings.kill_after_s)
 
-    def take_gpus(self) -> list[str] | None:
-        return None if self.gpu_groups is None else self.gpu_groups.get()
-
     def put_gpus(self, gpus: list[str] | None) -> None:
-        if self.gpu_groups is not None and gpus is not None:
-            self.gpu_groups.put(gpus)
+        if self.gpu_pool is not None and gpus:
+            self.gpu_pool.put(gpus)
+
+
+class GpuPool:
+    """A worker's GPUs, handed to jobs N at a time. A job asking for N waits until N are free;
+    jobs are served in the order they asked (a 4-GPU job at the head is not overtaken by 1-GPU
+    jobs behind it, so it never starves), while jobs already running keep what they hold. No GPU
+    is ever in two hands: take() and put() change the free list under one lock."""
+
+    def __init__(self, gpus: list[str]):
+        self.gpus = list(gpus)
+        self.free = list(gpus)
+        self.waiting: deque[object] = deque()
+        self.cond = threading.Condition()
+
+    def take(self, n: int, give_up=lambda: False, poll_s: float = POLL_S) -> list[str] | None:
+        """n free GPUs, waiting for them in turn; None when give_up() says so first (the job
+        was cancelled, the worker is stopping). ValueError: this worker has fewer than n."""
+        if n > len(self.gpus):
+            raise ValueError(f"the job asks for {n} GPUs (parallel.gpus) but this worker has "
+                             f"{len(self.gpus)} ({','.join(self.gpus)}); lower parallel.gpus, "
+                             f"or start a worker with more: ftstudio worker --gpus ...")
+        ticket = object()
+        with self.cond:
+            self.waiting.append(ticket)
+            try:
+                while self.waiting[0] is not ticket or len(self.free) < n:
+                    if give_up():
+                        return None
+                    self.cond.wait(poll_s)
+                taken, self.free = self.free[:n], self.free[n:]
+                return taken
+            finally:
+                self.waiting.remove(ticket)
+                self.cond.notify_all()
+
+    def put(self, gpus: list[str]) -> None:
+        with self.cond:
+            doubled = set(gpus) & set(self.free)
+            if doubled:
+                raise RuntimeError(f"GPU(s) {','.join(sorted(doubled))} returned twice")
+            self.free = [g for g in self.gpus if g in self.free or g in gpus]
+            self.cond.notify_all()
+
+    def describe(self) -> str:
+        with self.cond:
+            return (f"{len(self.free)} of {len(self.gpus)} GPUs free"
+                    f"{f', {len(self.waiting)} job(s) waiting' if self.waiting else ''}")
 
 
 _context = WorkerContext()
@@ -108,6 +154,11 @@ def run_job(job_id: str, task=None) -> None:
         if job:
             enqueue(job_id, getattr(task, "priority", None) or 0)
         return
+    gpus = None
+    if ctx.gpu_pool is not None:
+        gpus = _take_gpus(job_id, ctx)
+        if gpus is None:
+            return
     with store.connect() as db:
         claimed = store.transition(
             db, job_id, "running", frm=("queued",), started_at=store.now(), finished_at=None,
@@ -115,12 +166,14 @@ def run_job(job_id: str, task=None) -> None:
             attempt=store.Expr("attempt + 1"), cancel_requested=0, cancel_requested_at=None,
             error=None, hint=None, resume_on_start=0)
         if not claimed:
+            ctx.put_gpus(gpus)
             log.info("job %s is no longer queued; nothing to do", job_id)
             return
         job = store.get_job(db, job_id)
-    log.info("job %s (%s) started, attempt %d", job_id, job["name"], job["attempt"])
+    log.info("job %s (%s) started, attempt %d%s", job_id, job["name"], job["attempt"],
+             f", on GPU(s) {','.join(gpus)}" if gpus else "")
     try:
-        _supervise(job, ctx)
+        _supervise(job, ctx, gpus)
     except Exception as exc:  # the worker must survive anything one job does
         log.exception("job %s: worker error", job_id)
         with store.connect() as db:
@@ -131,19 +184,56 @@ def run_job(job_id: str, task=None) -> None:
                                   f"{job_id}` tries again")
 
 
-def _supervise(job: dict, ctx: WorkerContext) -> None:
+def gpus_wanted(job: dict) -> int:
+    """GPUs a job asks for: parallel.gpus for training, one for an export or an eval."""
+    if job["kind"] in ("export", "eval"):
+        return 1
+    return int(((job.get("config") or {}).get("parallel") or {}).get("gpus") or 1)
+
+
+def _take_gpus(job_id: str, ctx: WorkerContext) -> list[str] | None:
+    """The GPUs of a queued job from the worker's pool, waiting its turn; None when the job is
+    no longer queued or the worker stops (a job no worker can serve fails here, clearly)."""
+    with store.connect() as db:
+        job = store.get_job(db, job_id)
+    checked = [0.0]
+
+    def give_up() -> bool:
+        if ctx.stopping.is_set():
+            return True
+        if time.monotonic() - checked[0] < 2:
+            return False
+        checked[0] = time.monotonic()
+        with store.connect() as db:
+            return store.get_job(db, job_id)["status"] != "queued"
+
+    try:
+        gpus = ctx.gpu_pool.take(gpus_wanted(job), give_up)
+    except ValueError as exc:
+        with store.connect() as db:
+            store.transition(db, job_id, "failed", frm=("queued",), finished_at=store.now(),
+                             error=str(exc), hint="resubmit it with fewer parallel.gpus")
+        return None
+    if gpus is None and ctx.stopping.is_set():
+        with store.connect() as db:  # leave it for the next worker
+            row = store.get_job(db, job_id)
+            if row["status"] == "queued":
+                enqueue(job_id, store.queue_priority(db, row))
+    return gpus
+
+
+def _supervise(job: dict, ctx: WorkerContext, gpus: list[str] | None = None) -> None:
     out = Path(job["output_dir"])
     out.mkdir(parents=True, exist_ok=True)
-    gpus = ctx.take_gpus()
-    # an export or an eval is one process: on one GPU of the group, never under accelerate
-    child_gpus = gpus[:1] if gpus and job["kind"] in ("export", "eval") else gpus
     try:
         with open(out / "log.txt", "ab") as logfile:
-            proc = subprocess.Popen(child_command(job["id"], child_gpus), stdout=logfile,
-                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    env=child_env(job, child_gpus), start_new_session=True)
+            proc = subprocess.Popen(child_command(job["id"], gpus, distributed=launched(job)),
+                                    stdout=logfile, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, env=child_env(job, gpus),
+                                    start_new_session=True)
         with store.connect() as db:
-            store.update(db, job["id"], pid=proc.pid, expect={"attempt": job["attempt"]})
+            store.update(db, job["id"], pid=proc.pid, gpus=",".join(gpus) if gpus else None,
+                         expect={"attempt": job["attempt"]})
         _wait(job, proc, ctx)
     finally:
         ctx.put_gpus(gpus)
@@ -208,11 +298,22 @@ def _signal_group(proc: subprocess.Popen, sig: int) -> None:
 # --------------------------------------------------------------------------- the child
 
 
-def child_command(job_id: str, gpus: list[str] | None = None) -> list[str]:
-    if gpus and len(gpus) > 1:
-        return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
-                "--num_processes", str(len(gpus)), "--main_process_port", str(free_port()),
-                "-m", "jobs.runner", job_id]
+def launched(job: dict) -> bool:
+    """Whether a training job runs under `accelerate launch` even on one GPU: FSDP needs the
+    distributed launch to shard (and to offload) at all."""
+    return job["kind"] not in ("export", "eval") and \
+        ((job.get("config") or {}).get("parallel") or {}).get("strategy") == "fsdp"
+
+
+def child_command(job_id: str, gpus: list[str] | None = None, distributed: bool = False
+                  ) -> list[str]:
+    """`python -m jobs.runner JOB_ID`, or under `accelerate launch` (one process per GPU; the
+    command engine.training.parallel.launch_command builds) on several GPUs, or when
+    `distributed` (FSDP on one GPU)."""
+    if gpus and (len(gpus) > 1 or distributed):
+        from engine.training.parallel import launch_command
+
+        return launch_command(len(gpus), ["-m", "jobs.runner", job_id], port=free_port())
     return [sys.executable, "-m", "jobs.runner", job_id]
 
 
@@ -232,15 +333,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def gpu_groups(gpus: list[str] | None, workers: int) -> "queue.Queue[list[str]] | None":
-    """Split the worker's GPUs evenly between its `workers` concurrent jobs."""
-    if not gpus:
-        return None
-    if len(gpus) < workers:
-        raise ValueError(f"{workers} concurrent jobs need at least {workers} GPUs; got "
-                         f"{','.join(gpus)}; lower --workers or add --gpus")
-    size = len(gpus) // workers
-    groups: "queue.Queue[list[str]]" = queue.Queue()
-    for i in range(workers):
-        groups.put(list(gpus[i * size:(i + 1) * size]))
-    return groups
+def gpu_pool(gpus: list[str] | None) -> GpuPool | None:
+    """The worker's pool of GPUs (None on a worker that leaves devices alone)."""
+    return GpuPool(gpus) if gpus else None

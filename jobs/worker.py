@@ -31,7 +31,7 @@ from jobs import api, halving, store, tasks
 from jobs.endings import job_end
 from jobs.queue import describe, get_huey
 from jobs.reporting import pid_alive
-from jobs.tasks import HOST, WorkerContext, gpu_groups
+from jobs.tasks import HOST, WorkerContext, gpu_pool
 
 log = logging.getLogger("ftstudio.worker")
 _live_ids: set[str] = set()  # worker ids running in this process
@@ -153,7 +153,7 @@ class WorkerHandle:
 
     def __init__(self, gpus: list[str] | None = None, workers: int = 1,
                  auto_resume: bool = True):
-        self.ctx = WorkerContext(gpu_groups=gpu_groups(gpus, workers))
+        self.ctx = WorkerContext(gpu_pool=gpu_pool(gpus))  # each job takes parallel.gpus
         self.auto_resume = auto_resume
         self.gpus, self.workers = gpus, workers
         tasks.set_context(self.ctx)
@@ -247,8 +247,10 @@ def parse_gpus(text: str | None) -> list[str] | None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m jobs.worker", description=__doc__.split(
         "\n")[0])
-    parser.add_argument("--gpus", default=None, help="GPUs this worker owns, e.g. 0,1")
-    parser.add_argument("--workers", type=int, default=1, help="jobs run at once")
+    parser.add_argument("--gpus", default=None, help="GPUs this worker owns, e.g. 0,1; each "
+                        "job takes as many as it asks for (parallel.gpus)")
+    parser.add_argument("--workers", type=int, default=1, help="jobs run at once (with "
+                        "--gpus: jobs share the GPUs, each waiting for its count)")
     parser.add_argument("--no-resume", action="store_true",
                         help="do not resume interrupted jobs on start")
     args = parser.parse_args(argv)

@@ -8,6 +8,8 @@ it takes for the form to offer it (add it to a group below).
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 from typing import Any
 
 from engine.config import (TRACKERS, ConfigError, Problem, TrainConfig, all_keys, choices_for,
@@ -65,17 +67,21 @@ OBJECTIVE_KEYS = {
     "train.kto_undesirable_weight": ("kto",),
 }
 TRAIN_OBJECTIVE = ["train.objective", *OBJECTIVE_KEYS]
+#: the Parallelism section (shown where the workers have GPUs; engine/training/parallel.py)
+PARALLEL_KEYS = ["parallel.gpus", "parallel.strategy", "parallel.cpu_offload",
+                 "parallel.reshard_after_forward"]
 #: TensorBoard, MLflow, W&B (engine/training/trackers.py)
 TRAIN_TRACKERS = ["train.report_to", "train.tracker_experiment"]
 #: every key in the form, in the order handlers receive their values
 FORM_KEYS = (["model.name", "data.train", "method.kind"] + MODEL_ADVANCED + DATA_MAIN +
              DATA_ADVANCED + list(METHOD_KEYS) + TRAIN_MAIN + TRAIN_ADVANCED + TRAIN_OBJECTIVE +
-             TRAIN_TRACKERS)
+             TRAIN_TRACKERS + PARALLEL_KEYS)
 #: keys that change the memory estimate
 ESTIMATE_KEYS = {"model.name", "model.dtype", "model.attn_implementation", "data.max_seq_len",
                  "method.kind", "method.r", "method.target_modules", "method.quant_bits",
                  "method.num_virtual_tokens", "method.dropout", "train.batch_size",
-                 "train.optimizer", "train.precision", "train.gradient_checkpointing"}
+                 "train.optimizer", "train.precision", "train.gradient_checkpointing",
+                 *PARALLEL_KEYS}
 #: keys that change the data report and preview
 DATA_KEYS = {"model.name", "data.train", "data.format", "data.max_seq_len",
              "data.train_on_prompt", "data.system_prompt", "data.dedupe", "data.min_tokens",

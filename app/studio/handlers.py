@@ -187,18 +187,42 @@ def device():
     return _device[1]
 
 
+def worker_gpus():
+    """(how many GPUs a job can get, the estimate's Device for one of them), or None where the
+    workers have none: FTSTUDIO_WORKER_GPUS (COUNTxGiB) when set, else this machine's GPUs."""
+    from engine.models.estimate import GiB, Device, gpu_count
+    from jobs import settings
+
+    declared = settings.worker_gpus()
+    if declared:
+        count, gib = declared
+        return count, Device("cuda", f"{gib:g} GB GPU", int(gib * GiB), int(gib * GiB), True)
+    here = device()
+    if here.kind != "cuda":
+        return None
+    return gpu_count(), here
+
+
 def estimate_panel(values: dict[str, Any], actor: Any = None) -> str:
-    """The memory estimate, and the time per epoch when a finished run measured the speed."""
-    from engine.models.estimate import estimate_for
+    """The memory estimate, and the time per epoch when a finished run measured the speed;
+    where the workers have GPUs, per GPU: fits on 1 GPU / needs N GPUs with FSDP / needs
+    offload (engine.models.estimate.plan_for)."""
+    from engine.models.estimate import estimate_for, plan_for
     from jobs import api
 
     cfg, _ = form.build_config(values)
     timing = api.time_estimate(cfg, actor)
+    gpus = worker_gpus()
     try:
-        est = estimate_for(cfg, device=device())
+        est = estimate_for(cfg, device=gpus[1] if gpus else device())
     except Exception as exc:  # noqa: BLE001 - odd config.json files: say so, keep going
         return render.estimate_card(None, f"No estimate: {exc}", timing=timing)
-    return render.estimate_card(est, timing=timing)
+    plan = None
+    if gpus and est is not None:
+        p = cfg.parallel
+        plan = plan_for(est, p.gpus, cpu_offload=p.cpu_offload,
+                        reshard=p.reshard_after_forward, max_gpus=gpus[0])
+    return render.estimate_card(est, timing=timing, plan=plan)
 
 
 def report_for(cfg: TrainConfig, tokenizer: Any = None) -> dict[str, Any]:

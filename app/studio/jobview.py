@@ -51,7 +51,7 @@ COMPARED = {"training loss": ("loss", "eval_loss", 1.0),
 LOG_LINES = 300
 SERVED_COPY_TTL_S = 3600       # served_copy folders older than this go when a new one is made
 TABLE_COLUMNS = ["ID", "Name", "Status", "Progress", "ETA", "Started", "Duration", "Owner",
-                 "Model", "Method"]
+                 "Model", "Method", "GPUs"]
 
 
 def _api():
@@ -105,7 +105,38 @@ def table_row(job: dict[str, Any]) -> list[Any]:
             render.duration(eta_of(job)), _clock(job.get("started_at") or job["created_at"]),
             render.duration(took), job["owner"],
             model.rstrip("/").rsplit("/", 1)[-1] if "/" in model and Path(model).is_absolute()
-            else model, (cfg.get("method") or {}).get("kind", "")]
+            else model, (cfg.get("method") or {}).get("kind", ""), gpus_cell(job)]
+
+
+def gpus_cell(job: dict[str, Any]) -> str:
+    """The GPUs a job holds (or held), or how many a queued job waits for."""
+    parallel = (job["config"].get("parallel") or {})
+    if job.get("gpus"):
+        return f"{job['gpus']}" + (" (fsdp)" if parallel.get("strategy") == "fsdp" else "")
+    wanted = int(parallel.get("gpus") or 1)
+    return f"waits for {wanted}" if job["status"] == "queued" and wanted > 1 else ""
+
+
+def parallel_text(job: dict[str, Any]) -> str:
+    """How the job splits its work and on which GPUs: run.json's resolved strategy (auto
+    becomes ddp or fsdp) and the jobs row's GPUs."""
+    import json
+
+    parallel = job["config"].get("parallel") or {}
+    strategy = parallel.get("strategy", "auto")
+    try:
+        run = json.loads((Path(job["output_dir"]) / "run.json").read_text())
+        strategy = run.get("parallel") or strategy
+        processes = run.get("processes")
+    except (OSError, ValueError, TypeError):
+        processes = None
+    if strategy == "none":
+        strategy = "one process"
+    gpus = job.get("gpus")
+    where = f"GPU {gpus}" if gpus else (f"{processes} processes" if processes and processes > 1
+                                        else "")
+    offload = " + CPU offload" if parallel.get("cpu_offload") and strategy == "fsdp" else ""
+    return f"{strategy}{offload}" + (f" on {where}" if where else "")
 
 
 def list_jobs(status: str | None = None, kind: str = "train", actor: Any = None
@@ -302,7 +333,8 @@ def header_html(job: dict[str, Any] | None) -> str:
     data = (cfg.get("data") or {}).get("train", "")
     meta = " · ".join([f"owner {job['owner']}"] + [
         f"{key.removesuffix('_at')} {_clock(job[key])}"
-        for key in ("created_at", "started_at", "finished_at") if job.get(key)])
+        for key in ("created_at", "started_at", "finished_at") if job.get(key)]
+        + [f"parallel {parallel_text(job)}"])
     error, hint = job.get("error"), job.get("hint")
     notes = (render.note(str(error), "bad") if error else "") + \
         (render.note(str(hint), "info") if hint else "")

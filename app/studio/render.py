@@ -91,7 +91,7 @@ def timing_line(timing: dict[str, Any] | None) -> str:
 
 
 def estimate_card(est: Estimate | None, reason: str = "",
-                  timing: dict[str, Any] | None = None) -> str:
+                  timing: dict[str, Any] | None = None, plan: Any = None) -> str:
     if est is None:
         return (f'<div class="fs-card fs-estimate"><div class="fs-card-h">Memory estimate</div>'
                 f'{note(reason or "No estimate: the model shape is unknown offline.", "warn")}'
@@ -121,9 +121,25 @@ def estimate_card(est: Estimate | None, reason: str = "",
           f'style="width:{width}%"></div></div>'
         f'<div class="fs-verdict fs-{verdict}"><b>{VERDICT_TEXT[verdict]}</b> · '
         f'{share:.0%} of {esc(where)}</div>'
-        f'{timing_line(timing)}'
+        f'{timing_line(timing)}{parallel_lines(plan)}'
         f'<details class="fs-breakdown"><summary>Breakdown</summary>{legend}</details>'
         f'{notes}</div>')
+
+
+def parallel_lines(plan: Any) -> str:
+    """engine.models.estimate.ParallelPlan: the advice (fits on 1 GPU / needs N GPUs with FSDP /
+    needs offload) and the per-GPU peak under each strategy for the job's GPU count."""
+    if plan is None:
+        return ""
+    kind = "good" if plan.advice.startswith("fits") else \
+        "bad" if plan.advice.startswith("does not fit") else "warn"
+    per = " · ".join(f"{name} {human_bytes(plan.per_gpu[key])}" for key, name in
+                     (("ddp", "DDP"), ("fsdp", "FSDP"), ("fsdp_offload", "FSDP + offload")))
+    return (f'<div class="fs-parallel" id="parallel-advice">'
+            f'<div class="fs-verdict fs-{"fits" if kind == "good" else "tight" if kind == "warn" else "exceeds"}">'
+            f'<b>{esc(plan.advice[:1].upper() + plan.advice[1:])}</b></div>'
+            f'<div class="fs-muted">per GPU with {plan.gpus} GPU{"s" if plan.gpus > 1 else ""}: '
+            f'{esc(per)}</div></div>')
 
 
 def data_report(rep: dict[str, Any]) -> str:

@@ -174,6 +174,17 @@ def build() -> TrainTab:
                         add("train.objective")
                         for key, objectives in form.OBJECTIVE_KEYS.items():
                             add(key, visible=start_values["train.objective"] in objectives)
+            # 5 -- parallelism: only where the workers have GPUs (handlers.worker_gpus)
+            gpus = handlers.worker_gpus()
+            with gr.Column(elem_classes=["fs-section"], visible=gpus is not None,
+                           elem_id="parallel-box"):
+                _step(5, "Parallelism", f"{gpus[0] if gpus else 0} GPU(s) of "
+                      f"{gpus[1].name if gpus else '?'} per worker. One GPU is enough for most "
+                      "runs; the estimate says when a model needs several with FSDP, or "
+                      "offload.")
+                with gr.Row():
+                    for key in form.PARALLEL_KEYS:
+                        add(key)
         # -- the summary column
         with gr.Column(scale=2, elem_id="train-side", elem_classes=["fs-sticky"]):
             estimate = gr.HTML(elem_id="estimate")

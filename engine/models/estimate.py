@@ -195,6 +195,16 @@ def detect_device() -> Device:
     return Device("cpu", "CPU RAM", total, available)
 
 
+def gpu_count() -> int:
+    """CUDA GPUs this machine has (0 without CUDA)."""
+    try:
+        import torch
+
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except Exception:  # noqa: BLE001 - a broken CUDA install: no GPUs
+        return 0
+
+
 def _ram() -> tuple[int, int]:
     try:
         import psutil
@@ -221,6 +231,7 @@ class Estimate:
     parts: dict[str, int]            # weights, adapter, gradients, optimizer, activations, ...
     device: Device
     notes: list[str] = field(default_factory=list)
+    layers: int = 1                  # decoder layers: FSDP gathers one (or two) at a time
 
     @property
     def peak_bytes(self) -> int:
@@ -330,7 +341,91 @@ def estimate(cfg: TrainConfig, model_config: dict[str, Any] | None,
         notes.append("QLoRA needs a CUDA GPU (bitsandbytes); on this machine it cannot run")
     if s.experts > 1:
         notes.append(f"mixture of {s.experts} experts: activations assume every expert runs")
-    return Estimate(counts.total, trainable, parts, device, notes)
+    return Estimate(counts.total, trainable, parts, device, notes, layers=max(s.layers, 1))
+
+
+#: what FSDP splits across GPUs: the model's states
+MODEL_STATES = ("weights", "adapter", "gradients", "optimizer", "reference")
+
+
+def per_gpu_bytes(est: Estimate, strategy: str, gpus: int, reshard: bool = True) -> int:
+    """Peak memory of one GPU of `gpus` under ddp (every GPU a whole copy), fsdp (the model's
+    weights, gradients and optimizer state split `gpus` ways, plus the layers gathered at
+    once: two with resharding after forward, all of them without) or fsdp_offload (the
+    sharded states live in CPU memory: a GPU holds the gathered layers and the activations)."""
+    states = sum(est.parts.get(k, 0) for k in MODEL_STATES)
+    rest = est.peak_bytes - states - est.parts.get("slack", 0)
+    if strategy == "ddp" or gpus < 1:
+        return est.peak_bytes
+    layer = (est.parts["weights"] + est.parts.get("adapter", 0)) / est.layers
+    gathered = layer * (2 if reshard else est.layers)
+    if strategy == "fsdp":
+        held = states / gpus + gathered
+    elif strategy == "fsdp_offload":
+        held = gathered * 2   # the layers' weights and their gradients before they leave
+    else:
+        raise ValueError(f"unknown strategy {strategy!r}: ddp, fsdp or fsdp_offload")
+    return int((held + rest) * 1.05)
+
+
+@dataclass
+class ParallelPlan:
+    """Per-GPU peaks of one config under ddp, fsdp and fsdp_offload on `gpus` GPUs of the
+    estimate's device, and what a person should do (advice)."""
+
+    est: Estimate
+    gpus: int
+    per_gpu: dict[str, int]
+    advice: str
+
+    @property
+    def capacity(self) -> int:
+        return self.est.device.capacity_bytes
+
+    def fits(self, strategy: str) -> bool:
+        return self.per_gpu[strategy] <= self.capacity
+
+    @property
+    def fits_one(self) -> bool:
+        return self.est.peak_bytes <= self.capacity
+
+    def peak_gib(self, strategy: str) -> float:
+        return self.per_gpu[strategy] / GiB
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"gpus": self.gpus, "per_gpu": dict(self.per_gpu), "advice": self.advice,
+                "capacity_bytes": self.capacity}
+
+
+def plan_for(est: Estimate, gpus: int, cpu_offload: bool = False, reshard: bool = True,
+             max_gpus: int | None = None) -> ParallelPlan:
+    """The per-GPU peaks for `gpus` GPUs and the advice: "fits on 1 GPU", "needs N GPUs with
+    FSDP" (the fewest of up to max_gpus, default 8, that fit), "needs offload" (FSDP with
+    parallel.cpu_offload) or "does not fit"."""
+    per = {k: per_gpu_bytes(est, k, gpus, reshard) for k in ("ddp", "fsdp", "fsdp_offload")}
+    cap, name = est.device.capacity_bytes, est.device.name
+    most = max(max_gpus or 8, gpus)
+    if est.peak_bytes <= cap:
+        advice = f"fits on 1 GPU ({human_bytes(est.peak_bytes)} of {human_bytes(cap)})"
+    else:
+        need = next((n for n in range(2, most + 1)
+                     if per_gpu_bytes(est, "fsdp", n, reshard) <= cap), None)
+        if need is not None:
+            advice = (f"needs {need} GPUs with FSDP (about "
+                      f"{human_bytes(per_gpu_bytes(est, 'fsdp', need, reshard))} per GPU; one "
+                      f"copy needs {human_bytes(est.peak_bytes)})")
+        elif per_gpu_bytes(est, "fsdp_offload", gpus, reshard) <= cap:
+            advice = (f"needs offload: FSDP with parallel.cpu_offload (about "
+                      f"{human_bytes(per['fsdp_offload'])} per GPU; "
+                      f"{human_bytes(per_gpu_bytes(est, 'fsdp', most, reshard))} each even "
+                      f"over {most} GPUs without it)")
+        else:
+            advice = (f"does not fit: {human_bytes(per['fsdp_offload'])} per GPU even with "
+                      f"FSDP and offload; use a smaller batch, max_seq_len or model, or "
+                      f"gradient checkpointing")
+    if cpu_offload and "offload" not in advice and not est.peak_bytes <= cap:
+        advice += "; with parallel.cpu_offload on"
+    return ParallelPlan(est, gpus, per, f"{advice} on {name}")
 
 
 def estimate_time(tokens_per_epoch: int, tokens_per_s: float | None, epochs: float = 1

@@ -60,8 +60,10 @@ def pick_dtype(name: str, kind: str = "lora", device: torch.device | None = None
     return getattr(torch, weight_dtype(name, kind, device.type, bf16))
 
 
-def quantization_for(cfg: TrainConfig, compute_dtype: torch.dtype):
-    """The BitsAndBytesConfig for qlora (NF4 + double quantization, or 8-bit), else None."""
+def quantization_for(cfg: TrainConfig, compute_dtype: torch.dtype, sharded: bool = False):
+    """The BitsAndBytesConfig for qlora (NF4 + double quantization, or 8-bit), else None.
+    sharded (FSDP, engine/training/parallel.py): the 4-bit weights are stored in the compute
+    dtype, as PEFT's FSDP+QLoRA guide requires (fully_shard shards floating tensors only)."""
     if cfg.method.kind != "qlora":
         return None
     from transformers import BitsAndBytesConfig
@@ -70,19 +72,23 @@ def quantization_for(cfg: TrainConfig, compute_dtype: torch.dtype):
         return BitsAndBytesConfig(load_in_8bit=True)
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
                               bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=compute_dtype)
+                              bnb_4bit_compute_dtype=compute_dtype,
+                              **({"bnb_4bit_quant_storage": compute_dtype} if sharded else {}))
 
 
 def load_model(cfg: TrainConfig, log: Callable[[str], None] = print,
-               device: torch.device | str | None = None) -> tuple[Any, Any, dict[str, Any]]:
-    """(model ready to train, tokenizer, info) for cfg.model and cfg.method."""
+               device: torch.device | str | None = None, sharded: bool = False
+               ) -> tuple[Any, Any, dict[str, Any]]:
+    """(model ready to train, tokenizer, info) for cfg.model and cfg.method. sharded: for FSDP
+    (engine/training/parallel.py): QLoRA's 4-bit weights stored in the compute dtype; the others
+    stay on the CPU until fully_shard moves each process's shards to the device."""
     from transformers import AutoModelForCausalLM
 
     m, kind = cfg.model, cfg.method.kind
     device = torch.device(device) if device is not None else default_device()
     tokenizer = load_tokenizer(m.name, m.revision, m.trust_remote_code)
     dtype = pick_dtype(m.dtype, kind, device)
-    quantization = quantization_for(cfg, dtype)
+    quantization = quantization_for(cfg, dtype, sharded)
     attention, why = choose_attention(m.attn_implementation, device, packing_applies(cfg)[0])
     log(why)
     extra: dict[str, Any] = {"attn_implementation": attention}
@@ -240,12 +246,14 @@ def ia3_targets(base, target_modules: str | list[str]) -> list[str]:
 # --------------------------------------------------------------------------- saving
 
 
-def save_trained(model, tokenizer, folder: str | Path) -> Path:
+def save_trained(model, tokenizer, folder: str | Path,
+                 state_dict: dict[str, torch.Tensor] | None = None) -> Path:
     """A PEFT adapter folder (PeftModel.from_pretrained(base, folder)), or for full fine-tuning
     a whole model folder (AutoModelForCausalLM.from_pretrained(folder)); the tokenizer beside
-    it. Safetensors only."""
+    it. Safetensors only. state_dict: the weights to write instead of the model's own (FSDP
+    gathers them from their shards: engine.training.parallel.gathered_state_dict)."""
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
+    model.save_pretrained(out, **({"state_dict": state_dict} if state_dict is not None else {}))
     tokenizer.save_pretrained(out)
     return out

@@ -8,6 +8,7 @@
     engine.training.precision    weight dtype, compute dtype, accelerate's mixed precision
     engine.training.speedups     Liger kernels and torch.compile (train.kernels, train.compile)
     engine.training.checkpoint   resumable checkpoints, metrics.jsonl and run.json
+    engine.training.parallel     DDP or FSDP2 sharding (parallel.*), sharded checkpoints, launch
     engine.training.trackers     TensorBoard, MLflow and W&B (train.report_to)
     engine.training.redact       which environment values are secrets, and masking them
     engine.training.reporter     the callback interface a run reports through (Reporter)

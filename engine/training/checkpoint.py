@@ -8,6 +8,8 @@ Use from Python:
 A checkpoint is output_dir/checkpoints/step-N/ holding:
     trainable.safetensors   the trainable weights only (the frozen base comes from model.name)
     optimizer.pt            optimizer state (torch.save; loaded with weights_only=True)
+    sharded/                instead of those two under FSDP: every process's shards of both
+                            (torch.distributed.checkpoint; engine/training/parallel.py)
     scheduler.pt            learning-rate scheduler state (same)
     rng-rank{R}.json        RNG states of process R: torch, python random, numpy, cuda (lists)
     state.json              TrainState: step, data position, early-stopping counters
@@ -133,16 +135,28 @@ def load_trainable_state(model, tensors: dict[str, torch.Tensor]) -> None:
 
 
 def save_checkpoint(root: Path, model, optimizer, scheduler, state: TrainState,
-                    rng: dict[str, Any], *, rank: int = 0, barrier=lambda: None) -> Path:
+                    rng: dict[str, Any], *, rank: int = 0, barrier=lambda: None,
+                    sharded: bool = False) -> Path:
     """Write checkpoints/step-N: rank 0 writes everything, then every other rank its RNG file.
-    `barrier` is the processes' wait_for_everyone (a no-op in one process or on interrupt)."""
+    `barrier` is the processes' wait_for_everyone (a no-op in one process or on interrupt).
+    sharded (FSDP): every rank first writes its shards of the weights and optimizer state."""
     final = Path(root) / f"{STEP_PREFIX}{state.step}"
+    tmp = final.with_name(final.name + ".tmp")
+    if sharded:
+        from engine.training.parallel import SHARDED, save_sharded
+
+        if rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        barrier()
+        save_sharded(tmp / SHARDED, model, optimizer)   # collective: every rank writes
+        barrier()
     if rank == 0:
-        tmp = final.with_name(final.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        save_file(trainable_state_dict(model), str(tmp / "trainable.safetensors"))
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        if not sharded:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            save_file(trainable_state_dict(model), str(tmp / "trainable.safetensors"))
+            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         _write_json(tmp / "rng-rank0.json", _lists(rng))
         _write_json(tmp / "state.json", {**state.to_dict(), "saved_at": stamp(time.time())})
@@ -161,9 +175,14 @@ def load_checkpoint(folder: Path, model, optimizer, scheduler, *, rank: int = 0
     states (None when the checkpoint has none for this rank). Restore the RNG last, just
     before training continues, with restore_rng."""
     folder = Path(folder)
-    load_trainable_state(model, load_file(str(folder / "trainable.safetensors")))
-    optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True,
-                                         map_location="cpu"))
+    from engine.training.parallel import SHARDED, load_sharded
+
+    if (folder / SHARDED).is_dir():   # written under FSDP: loads on any number of processes
+        load_sharded(folder / SHARDED, model, optimizer)
+    else:
+        load_trainable_state(model, load_file(str(folder / "trainable.safetensors")))
+        optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True,
+                                             map_location="cpu"))
     scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
     state = TrainState.from_dict(json.loads((folder / "state.json").read_text()))
     rng_file = folder / f"rng-rank{rank}.json"

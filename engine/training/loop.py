@@ -2,7 +2,8 @@
 
 Run as: python -m engine.training.loop CONFIG.yaml [--set key=value ...]
     or: accelerate launch --multi_gpu --num_processes 2 --num_machines 1 -m engine.training.loop CONFIG.yaml
-(two DDP processes; on a machine without GPUs they use gloo on CPU; add --mixed_precision no
+(two processes, DDP or FSDP2 by parallel.strategy (engine/training/parallel.py); on a machine
+without GPUs they use gloo on CPU, where accelerate cannot shard; add --mixed_precision no
 --dynamo_backend no to silence accelerate's defaults warning; --cpu would start ONE process.)
 From Python: `result = engine.training.loop.run(cfg, reporter)` (what `ftstudio train` and the job
 runner call).
@@ -59,7 +60,7 @@ class Session:
 
     cfg: TrainConfig
     accelerator: Any
-    model: Any                       # as prepared by accelerate (DDP-wrapped on several GPUs)
+    model: Any                       # as prepared by accelerate (DDP-wrapped or FSDP-sharded)
     unwrapped: Any                   # the model itself: saved, evaluated, generated with
     tokenizer: Any
     optimizer: torch.optim.Optimizer
@@ -78,6 +79,7 @@ class Session:
     interrupted: bool = False        # Ctrl-C: other processes may be gone, wait for none
     started: float = field(default_factory=time.time)
     throughput: "Throughput | None" = None
+    sharded: bool = False            # FSDP: weights are shards, every forward is collective
 
     @property
     def out(self) -> Path:
@@ -101,22 +103,25 @@ def run(cfg: TrainConfig, reporter: Reporter | None = None) -> RunResult:
 
 def setup(cfg: TrainConfig, reporter: Reporter) -> Session:
     """Model, data, batches, optimizer and schedule, the checkpoint to resume, the run files."""
-    from accelerate import Accelerator
     from accelerate.utils import set_seed
     from transformers import get_scheduler
 
     from engine.data import prepare
     from engine.models.load import load_model
+    from engine.training.parallel import (check_sharded, choose_strategy, keep_quant_state,
+                                         launched_processes, make_accelerator)
 
     check(cfg, require_output_dir=True)
     t, out = cfg.train, Path(cfg.output_dir)
-    accelerator = Accelerator(mixed_precision=mixed_precision(t.precision),
-                              cpu=not torch.cuda.is_available())  # engine/training/precision.py
+    strategy, why = choose_strategy(cfg, launched_processes())  # engine/training/parallel.py
+    accelerator = make_accelerator(cfg, strategy, mixed_precision(t.precision))  # precision.py
     say = reporter.on_log if accelerator.is_main_process else (lambda line: None)
+    say(f"parallel: {why}")
     started = time.time()
     set_seed(t.seed)
     resume_dir = find_checkpoint(t.resume_from, out) if t.resume_from else None
-    model, tokenizer, info = load_model(cfg, log=say, device=accelerator.device)
+    model, tokenizer, info = load_model(cfg, log=say, device=accelerator.device,
+                                        sharded=strategy == "fsdp")
     with accelerator.main_process_first():
         data = prepare(cfg, tokenizer, log=say)
     check_objective_data(cfg, data)
@@ -128,6 +133,9 @@ def setup(cfg: TrainConfig, reporter: Reporter) -> Session:
     scheduler = get_scheduler(t.scheduler, optimizer, num_training_steps=total_steps,
                               num_warmup_steps=math.ceil(t.warmup_ratio * total_steps))
     model, optimizer = accelerator.prepare(model, optimizer)
+    if strategy == "fsdp":
+        say(check_sharded(model))            # every weight a shard, or a clear error
+        keep_quant_state(model)              # qlora: bitsandbytes' 4-bit state per gather
     unwrapped = accelerator.unwrap_model(model)
     loss_of = make_loss(cfg, unwrapped, accelerator, info, say)
     if t.precompute_reference:      # dpo: each pair's reference log-probs once (cached)
@@ -150,8 +158,11 @@ def setup(cfg: TrainConfig, reporter: Reporter) -> Session:
     session = Session(cfg, accelerator, model, unwrapped, tokenizer, optimizer, scheduler,
                       train_batches, eval_batches, loss_of, state, files, reporter, say,
                       total_steps, rng=rng, saved_step=state.step if resume_dir else None,
-                      started=started)
-    if session.main:  # generation evaluation (engine/evaluation/evaluate.py): base answers before step 1
+                      started=started, sharded=strategy == "fsdp")
+    if session.sharded and t.eval_generate != "off":
+        say("eval generate: skipped under fsdp (no process holds the whole model); score the "
+            "trained model afterwards with `ftstudio eval JOB`")
+    elif session.main:  # generation evaluation (engine/evaluation/evaluate.py): base answers before step 1
         from engine.evaluation.evaluate import GenEval
 
         session.gen = GenEval.prepare(cfg, data, tokenizer, out, say)
@@ -161,6 +172,7 @@ def setup(cfg: TrainConfig, reporter: Reporter) -> Session:
     session.barrier()
     files.update(status="running", **run_facts(cfg, info, data.report.to_dict()),
                  total_steps=total_steps, processes=accelerator.num_processes,
+                 parallel=strategy,
                  precision=accelerator.mixed_precision, batching=train_batches.summary(),
                  resumed_from=str(resume_dir or "") or None, timings={"start": stamp(started)})
     return session
@@ -244,7 +256,7 @@ def finish(s: Session, status: str) -> RunResult:
     keeps_best = t.early_stopping_patience is not None and (
         state.best_metric if t.early_stopping_metric.startswith("gen_")
         else state.best_eval_loss) is not None
-    if s.main and not keeps_best:
+    if not keeps_best:
         keep_adapter(s)
     s.barrier()
     if status != "cancelled" and t.eval_generate != "off":
@@ -274,18 +286,29 @@ def finish(s: Session, status: str) -> RunResult:
 
 
 def keep_adapter(s: Session) -> None:
-    """adapter/: the trained adapter (or model) and its tokenizer."""
+    """adapter/: the trained adapter (or model) and its tokenizer, written by the main process;
+    under FSDP every process calls it (the weights are gathered from their shards first)."""
     from engine.models.load import save_trained
+    from engine.training.parallel import gathered_state_dict
 
-    save_trained(s.unwrapped, s.tokenizer, s.out / "adapter")
+    if s.sharded and s.interrupted:   # gathering needs every process
+        s.say("adapter: not gathered after the interrupt (fsdp); resume to finish the run")
+        return
+    tensors = gathered_state_dict(s.model, trainable_only=s.cfg.method.kind != "full") \
+        if s.sharded else None
+    if s.main:
+        save_trained(s.unwrapped, s.tokenizer, s.out / "adapter", state_dict=tensors)
 
 
 def save(s: Session, reason: str | None = None) -> None:
     """A resumable checkpoint of this step (every process takes part), and the old ones pruned."""
     t = s.cfg.train
+    if s.sharded and s.interrupted:   # shards are written together: a missing process hangs it
+        s.say("checkpoint: not saved after the interrupt (fsdp); the last one stays")
+        return
     folder = save_checkpoint(s.out / "checkpoints", s.unwrapped, s.optimizer, s.scheduler,
                              s.state, s.rng, rank=s.accelerator.process_index,
-                             barrier=s.barrier)
+                             barrier=s.barrier, sharded=s.sharded)
     s.saved_step = s.state.step
     gone = prune_checkpoints(s.out, t.keep_checkpoints) if s.main else []
     s.say(f"checkpoint: saved {folder} ({reason or f'every {t.save_every} steps'})"
@@ -297,18 +320,24 @@ def save(s: Session, reason: str | None = None) -> None:
 
 
 @torch.no_grad()
-def evaluate(model, batches: Batches, accelerator, loss_of: TokenLoss | None = None
-             ) -> dict[str, float]:
+def evaluate(model, batches: Batches, accelerator, loss_of: TokenLoss | None = None,
+             lockstep: bool = False) -> dict[str, float]:
     """eval_loss (mean over trained tokens), eval_perplexity and eval_token_accuracy (share of
-    trained tokens predicted exactly), over the validation split shared across processes."""
+    trained tokens predicted exactly), over the validation split shared across processes.
+    lockstep (FSDP: every forward gathers weights from all processes): each process runs as
+    many batches as the busiest one, the spare ones repeating a batch whose result is dropped."""
     model = accelerator.unwrap_model(model)  # no DDP collectives: processes may run unequal counts
     model.eval()
     loss_of = loss_of or TokenLoss(model, autocast=accelerator.autocast, log=lambda line: None)
+    plan, world = batches.plan(0), accelerator.num_processes
+    mine = plan[accelerator.process_index::world]
+    spare = math.ceil(len(plan) / world) - len(mine) if lockstep else 0
     totals = None
-    for rows in batches.plan(0)[accelerator.process_index::accelerator.num_processes]:
+    for i, rows in enumerate(mine + plan[:1] * spare):
         batch = to_device(batches.collate(rows), accelerator.device)
         part = torch.stack(loss_of.evaluate(model, batch))
-        totals = part if totals is None else totals + part
+        if i < len(mine):
+            totals = part if totals is None else totals + part
     if totals is None:  # this process had no batch: zeros of the loss's shape
         totals = torch.zeros(4 if hasattr(loss_of, "eval_metrics") else 3,
                              dtype=torch.float64, device=accelerator.device)
@@ -324,7 +353,7 @@ def evaluate(model, batches: Batches, accelerator, loss_of: TokenLoss | None = N
 def evaluate_and_track(s: Session) -> bool:
     """Evaluate, record, keep the best adapter (with early stopping); True: patience is out."""
     state = s.state
-    metrics = evaluate(s.model, s.eval_batches, s.accelerator, s.loss_of)
+    metrics = evaluate(s.model, s.eval_batches, s.accelerator, s.loss_of, lockstep=s.sharded)
     state.last_eval_step = state.step
     s.files.metrics({"step": state.step, "epoch": s.files.last_epoch, **metrics})
     improved = state.best_eval_loss is None or metrics["eval_loss"] < state.best_eval_loss
@@ -370,7 +399,7 @@ def patience_is_out(s: Session, improved: bool, what: str) -> bool:
     patience = s.cfg.train.early_stopping_patience
     if patience is None:
         return False
-    if improved and s.main:
+    if improved:
         keep_adapter(s)
     if state.evals_without_improvement >= patience:
         s.say(f"early stopping: {what} has not improved for {patience} evaluation(s); the best "

@@ -173,17 +173,31 @@ def test_recovery_stops_an_orphaned_runner_before_anything_else_runs_the_job(hom
         orphan.kill()
 
 
-def test_child_commands_and_gpu_groups():
+def test_child_commands_and_the_gpu_pool():
     assert tasks.child_command("abc")[1:] == ["-m", "jobs.runner", "abc"]
+    assert tasks.child_command("abc", ["3"])[1:] == ["-m", "jobs.runner", "abc"]
     cmd = tasks.child_command("abc", ["0", "1"])
     assert cmd[1:3] == ["-m", "accelerate.commands.launch"]
     assert cmd[cmd.index("--num_processes") + 1] == "2"
     assert cmd[-3:] == ["-m", "jobs.runner", "abc"]
-    groups = tasks.gpu_groups(["0", "1", "2", "3"], 2)
-    assert [groups.get(), groups.get()] == [["0", "1"], ["2", "3"]]
-    assert tasks.gpu_groups(None, 3) is None
-    with pytest.raises(ValueError, match="need at least 2 GPUs"):
-        tasks.gpu_groups(["0"], 2)
+    fsdp = tasks.child_command("abc", ["3"], distributed=True)  # FSDP needs the launch on 1 GPU
+    assert fsdp[1:3] == ["-m", "accelerate.commands.launch"] and "--multi_gpu" in fsdp
+    assert fsdp[fsdp.index("--num_processes") + 1] == "1"
+    assert tasks.launched({"kind": "train", "config": {"parallel": {"strategy": "fsdp"}}})
+    assert not tasks.launched({"kind": "export", "config": {"parallel": {"strategy": "fsdp"}}})
+    assert tasks.gpus_wanted({"kind": "train", "config": {"parallel": {"gpus": 2}}}) == 2
+    assert tasks.gpus_wanted({"kind": "train", "config": {}}) == 1
+    assert tasks.gpus_wanted({"kind": "eval", "config": {"parallel": {"gpus": 4}}}) == 1
+    pool = tasks.gpu_pool(["0", "1", "2", "3"])
+    assert pool.take(2) == ["0", "1"] and pool.take(1) == ["2"]
+    pool.put(["0", "1"])
+    assert pool.take(3) == ["0", "1", "3"]
+    pool.put(["2"])
+    with pytest.raises(RuntimeError, match="returned twice"):
+        pool.put(["2"])
+    assert tasks.gpu_pool(None) is None
+    with pytest.raises(ValueError, match="asks for 5 GPUs .* this worker has 4"):
+        pool.take(5)
     env = tasks.child_env({"attempt": 3}, ["1"])
     assert env["CUDA_VISIBLE_DEVICES"] == "1" and env["FTSTUDIO_JOB_ATTEMPT"] == "3"
     assert worker.parse_gpus("0, 1") == ["0", "1"] and worker.parse_gpus("") is None
@@ -227,3 +241,45 @@ def test_embedded_worker_runs_jobs_and_its_stop_interrupts_them_for_later(home, 
     assert api.get(job["id"])["attempt"] == 2
     assert [r["step"] for r in api.metrics(job["id"])] == list(range(1, 201))
     assert time.time() - api.get(job["id"])["finished_at"] < 60
+
+
+def test_the_gpu_pool_serves_jobs_in_turn_and_never_hands_a_gpu_twice():
+    """A 2-GPU job waits while one GPU is busy; a 1-GPU job asking after it waits behind it
+    (no starvation), though a GPU is free; no GPU is ever held twice."""
+    import threading
+
+    pool, held, got, lock = tasks.gpu_pool(["0", "1"]), set(), {}, threading.Lock()
+
+    def job(name: str, n: int, release: threading.Event) -> None:
+        gpus = pool.take(n, poll_s=0.01)
+        with lock:
+            assert not held & set(gpus), f"{name} got {gpus} while {held} are held"
+            held.update(gpus)
+            got[name] = gpus
+        release.wait(10)
+        with lock:
+            held.difference_update(gpus)
+        pool.put(gpus)
+
+    done = {name: threading.Event() for name in "abc"}
+    threads = {name: threading.Thread(target=job, args=(name, n, done[name]))
+               for name, n in (("a", 1), ("b", 2), ("c", 1))}
+    threads["a"].start()
+    wait = lambda cond: [time.sleep(0.01) for _ in range(500) if not cond()]  # noqa: E731
+    wait(lambda: "a" in got)
+    threads["b"].start()
+    wait(lambda: len(pool.waiting) == 1)
+    threads["c"].start()
+    wait(lambda: len(pool.waiting) == 2)
+    time.sleep(0.1)
+    assert got == {"a": ["0"]} and pool.free == ["1"]   # b waits; c waits behind b
+    assert "1 of 2 GPUs free, 2 job(s) waiting" == pool.describe()
+    done["a"].set()
+    wait(lambda: "b" in got)
+    assert got["b"] == ["0", "1"] and "c" not in got
+    done["b"].set()
+    wait(lambda: "c" in got)
+    done["c"].set()
+    for t in threads.values():
+        t.join(5)
+    assert got["c"] == ["0"] and pool.free == ["0", "1"]
