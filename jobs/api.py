@@ -40,7 +40,7 @@ from typing import Any
 
 from engine.config import ConfigError, Problem, TrainConfig, apply_overrides, from_dict, \
     is_local_model, validate
-from jobs import access, halving, store, tasks
+from jobs import access, halving, settings, store, tasks
 from jobs.reports import kept_report, measured_throughput, report_for, time_estimate
 from jobs.store import ACTIVE, FINISHED, STATUSES, JobError, JobNotFound
 
@@ -93,7 +93,55 @@ def prepare(config: TrainConfig | dict, job_id: str, actor: dict | None = None
         problems.append(Problem("train.resume_from", "latest: a new job has no checkpoints; "
                                 "to continue a job use `ftstudio jobs resume ID`, or name a "
                                 "checkpoint folder (output_dir/checkpoints/step-N)"))
+    if not problems:
+        problems.extend(check_fits(cfg))
     return cfg, problems
+
+
+def check_fits(cfg: TrainConfig) -> list[Problem]:
+    """A job whose memory estimate (engine.models.estimate) exceeds the largest device the
+    workers have (jobs.settings.worker_memory_gb: FTSTUDIO_WORKER_MEMORY_GB, else this
+    machine's GPU or RAM) could only fail in a worker: refuse it, naming what to change."""
+    from engine.models.estimate import GiB, estimate_for, human_bytes
+
+    gb = settings.worker_memory_gb()
+    if gb == 0:
+        return []
+    device = _local_device()
+    capacity = int(gb * GiB) if gb is not None else device.total_bytes
+    try:
+        est = estimate_for(cfg, device=device)
+    except Exception:  # noqa: BLE001 - an odd config.json: the worker's load says what is wrong
+        return []
+    if est is None or capacity <= 0 or est.peak_bytes <= capacity:
+        return []
+    part, size = max(est.parts.items(), key=lambda kv: kv[1])
+    key = {"weights": "model.name", "activations": "train.batch_size",
+           "logits": "data.max_seq_len"}.get(part, "method.r" if cfg.method.kind in
+                                             ("lora", "dora", "qlora") else "method.kind")
+    where = (f"FTSTUDIO_WORKER_MEMORY_GB={gb:g}" if gb is not None else
+             f"{device.name} on this machine; set FTSTUDIO_WORKER_MEMORY_GB when the workers "
+             "run elsewhere")
+    return [Problem(key, f"the job needs about {human_bytes(est.peak_bytes)} at its peak "
+                         f"({part} {human_bytes(size)}) but the largest device a worker has "
+                         f"holds {human_bytes(capacity)} ({where}); lower method.r, "
+                         "train.batch_size or data.max_seq_len, or choose qlora or a smaller "
+                         "model")]
+
+
+_device_seen: tuple[float, Any] | None = None
+
+
+def _local_device() -> Any:
+    """This machine's device (engine.models.estimate.detect_device), looked up once a minute."""
+    global _device_seen
+    import time
+
+    from engine.models.estimate import detect_device
+
+    if _device_seen is None or time.monotonic() - _device_seen[0] > 60:
+        _device_seen = (time.monotonic(), detect_device())
+    return _device_seen[1]
 
 
 def export(job_id: str, fmt: str, owner: str | None = None, actor: dict | None = None,

@@ -26,10 +26,10 @@ from collections.abc import Callable
 from typing import Any
 
 import gradio as gr
-import yaml
 
 from app.studio.session import actor as actor_of
-from engine.config import ConfigError, Problem, TrainConfig, from_dict, validate
+from engine.config import ConfigError, Problem, TrainConfig, from_dict, parse_config_text, \
+    validate
 
 ENDPOINTS = ("submit_job", "job_status", "job_metrics", "job_logs", "list_jobs", "cancel_job",
              "export_job", "job_artifacts", "eval_job", "job_eval", "validate_config",
@@ -57,15 +57,12 @@ def _no_paths(value: Any) -> Any:
 
 
 def _parse(config_yaml: str) -> tuple[TrainConfig | None, list[Problem]]:
+    """The config a YAML text holds, or its problems: engine.config.parse_config_text refuses
+    config bombs (aliases, nesting, size) and keys set twice before anything is built."""
+    source = "the submitted config"
     try:
-        data = yaml.safe_load(config_yaml or "") or {}
-    except yaml.YAMLError as exc:
-        return None, [Problem("config", f"not valid YAML: {exc}")]
-    if not isinstance(data, dict):
-        return None, [Problem("config", "must be a mapping with model, data, method and "
-                                        "train sections")]
-    try:
-        return from_dict(data, source="the submitted config"), []
+        data = parse_config_text(config_yaml if isinstance(config_yaml, str) else "", source)
+        return from_dict(data, source=source), []
     except ConfigError as exc:
         return None, exc.problems
 
