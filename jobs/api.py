@@ -41,7 +41,8 @@ from typing import Any
 from engine.config import ConfigError, Problem, TrainConfig, apply_overrides, from_dict, \
     is_local_model, validate
 from jobs import access, halving, settings, store, tasks
-from jobs.reports import kept_report, measured_throughput, report_for, time_estimate
+from jobs.reports import kept_report, measured_throughput, preview_for, report_for, \
+    time_estimate
 from jobs.store import ACTIVE, FINISHED, STATUSES, JobError, JobNotFound
 
 #: a continued job's starting point, in its own folder: its parent's adapter merged into the
@@ -50,7 +51,7 @@ START_MODEL = "start_model"
 
 __all__ = ["STATUSES", "ACTIVE", "FINISHED", "submit", "export", "evaluate", "finished_with_adapter", "job_eval", "eval_csv",
            "list_jobs", "get", "metrics", "metric_buckets", "measured_throughput",
-           "report_for", "kept_report", "time_estimate", "logs", "cancel", "resume", "clone",
+           "report_for", "preview_for", "kept_report", "time_estimate", "logs", "cancel", "resume", "clone",
            "delete", "artifacts", "artifact_path", "path_in_job", "prepare", "JobError", "JobNotFound",
            "ConfigError"]
 
@@ -391,7 +392,7 @@ def resume(job_id: str, actor: dict | None = None) -> dict[str, Any]:
             raise JobError(f"job {job_id} is {job['status']}; only interrupted, failed or "
                            "cancelled jobs can be resumed")
         store.truncate_metrics(db, job_id, step or 0)  # steps continue with no duplicate
-        _enqueue_or_fail(db, job_id, store.queue_priority(db, job))
+        _enqueue_or_fail(db, job_id, store.queue_priority(db, job), job.get("created_at"))
         return _public(store.get_job(db, job_id))
 
 
@@ -500,9 +501,11 @@ def _job(db, job_id: str, actor: dict | None) -> dict[str, Any]:
     return access.check_visible(store.get_job(db, job_id), actor)
 
 
-def _enqueue_or_fail(db, job_id: str, priority: float) -> None:
+def _enqueue_or_fail(db, job_id: str, priority: float, since: float | None = None) -> None:
+    """Enqueue (in line as of `since`, the job's created_at when queued again), or mark the
+    job failed saying the queue cannot be reached."""
     try:
-        tasks.enqueue(job_id, priority)
+        tasks.enqueue(job_id, priority, since)
     except Exception as exc:  # the queue (Redis) is unreachable: say so, keep nothing queued
         store.transition(db, job_id, "failed", frm=("queued",), finished_at=store.now(),
                          error=f"could not reach the queue: {exc}",

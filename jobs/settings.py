@@ -91,6 +91,12 @@ def worker_memory_gb() -> float | None:
     return None if value < 0 else value
 
 
+def apart_workers() -> int:
+    """FTSTUDIO_APART_WORKERS (default 1): child processes that read uploads and tokenize data
+    reports for the web process (jobs/apart.py)."""
+    return max(1, int(number("FTSTUDIO_APART_WORKERS", 1, int)))
+
+
 def login_max_failures(default: int) -> int:
     """FTSTUDIO_LOGIN_MAX_FAILURES: wrong logins of one username before it is locked."""
     return int(number("FTSTUDIO_LOGIN_MAX_FAILURES", default, int, strict=True))

@@ -31,7 +31,7 @@ from huey import Huey
 from jobs import settings
 from jobs import store
 from jobs.errors import explain_exit
-from jobs.queue import get_huey
+from jobs.queue import get_huey, queued_since
 
 ROOT = Path(__file__).resolve().parents[1]
 TASK_NAME = "ftstudio.run_job"
@@ -84,10 +84,13 @@ def task_for(huey: Huey):
     return wrapper
 
 
-def enqueue(job_id: str, priority: float = 0) -> None:
-    """Put a job's task on the queue; higher priority starts first (FIFO within one). A float:
-    the jobs of a sweep queue between whole priorities (store.queue_priority)."""
-    task_for(get_huey())(job_id, priority=float(priority))
+def enqueue(job_id: str, priority: float = 0, since: float | None = None) -> None:
+    """Put a job's task on the queue; higher priority starts first, then the oldest job. A
+    float priority: the jobs of a sweep queue between whole priorities (store.queue_priority).
+    since: when the job was first submitted (its created_at), so a job queued again (resumed,
+    recovered) keeps its place ahead of later ones (jobs.queue); None: now."""
+    with queued_since(since):
+        task_for(get_huey())(job_id, priority=float(priority))
 
 
 def queued_job_ids(huey: Huey | None = None) -> set[str]:
@@ -106,7 +109,7 @@ def run_job(job_id: str) -> None:
         with store.connect() as db:
             job = next(iter(store.list_jobs(db, status="queued", ids=[job_id])), None)
             if job:
-                enqueue(job_id, store.queue_priority(db, job))
+                enqueue(job_id, store.queue_priority(db, job), job.get("created_at"))
         return
     with store.connect() as db:
         claimed = store.transition(

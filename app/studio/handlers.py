@@ -139,7 +139,8 @@ def store_upload(path: str | None, owner: str | None = None,
 def data_panel(values: dict[str, Any]) -> tuple[str, Any, list[list[tuple[str, str | None]]]]:
     """(report HTML, histogram frame, preview records) for the form's data settings."""
     from app.studio.jobview import frame
-    from engine.data import DataError, preview
+    from engine.data import DataError
+    from jobs import api
 
     columns = {"length": "str", "start": "int64", "records": "int64"}
     cfg, _ = form.build_config(values)
@@ -149,7 +150,7 @@ def data_panel(values: dict[str, Any]) -> tuple[str, Any, list[list[tuple[str, s
                            ".parquet file.", "info"), None, []
     tok = tokenizer_for(cfg.model.name)
     try:
-        rep = report_for(cfg, tok)
+        rep = report_for(cfg)     # tokenized apart from the web process (jobs.apart)
     except (DataError, ConfigError, OSError) as exc:
         return render.note(str(exc), "bad"), None, []
     bins = rep.get("histogram") or []
@@ -161,7 +162,7 @@ def data_panel(values: dict[str, Any]) -> tuple[str, Any, list[list[tuple[str, s
     records: list[list[tuple[str, str | None]]] = []
     if tok is not None and rep.get("used"):
         try:
-            shown = preview(path, tok, cfg.data, n=PREVIEW_RECORDS)
+            shown = api.preview_for(cfg, PREVIEW_RECORDS)   # apart, as the report
         except (DataError, ConfigError, ValueError) as exc:
             rep.setdefault("notes", []).append(f"preview unavailable: {exc}")
             shown = []
@@ -212,11 +213,13 @@ def estimate_panel(values: dict[str, Any], actor: Any = None) -> str:
 
 def report_for(cfg: TrainConfig, tokenizer: Any = None) -> dict[str, Any]:
     """The data report of cfg.data.train (jobs.api.report_for: made once per file, model and
-    settings, and kept), counted with the model's tokenizer when none is given."""
+    settings, and kept), counted with the model's tokenizer when none is given: then made in
+    jobs.apart's child process, so tokenizing a big upload never holds up other requests."""
     from jobs import api
 
-    return api.report_for(cfg, tokenizer if tokenizer is not None
-                          else tokenizer_for(cfg.model.name))
+    if tokenizer is None:
+        return api.report_for(cfg, apart=True)
+    return api.report_for(cfg, tokenizer)
 
 
 # --------------------------------------------------------------------------- defaults
