@@ -1,7 +1,9 @@
 """A team's load on a real studio: N people watching a training job, M submitting jobs.
 
 Run as: python -m bench.serve_load [--pollers 20] [--submitters 2] [--seconds 60]
-        [--interval 1.5] [--steps 400] [--upload-mb 0] [--code DIR] [--out bench/results]
+        [--interval 1.5] [--steps 400] [--upload-mb 0] [--code DIR] [--client gradio]
+        [--client-nice 0]
+        [--out bench/results]
 
 Starts `ftstudio serve` (embedded worker) in a fresh FTSTUDIO_HOME, submits one training job
 of the demo model and waits until it runs. Then, for --seconds, each of N pollers (one
@@ -12,7 +14,14 @@ and with --upload-mb a client uploads a generated dataset of that size to the Tr
 report once. Every call's latency is measured in the client.
 
 Prints one JSON object: per endpoint {calls, errors, p50_s, p95_s, max_s}, the job's steps
-during the run, and the machine; also written to bench/results/serve_load-<time>.json.
+during the run, the CPU seconds the server process and the clients used, the machine and its
+load average; also written to bench/results/serve_load-<time>.json.
+
+--client gradio (default) calls through gradio_client, as scripts do; --client http calls
+Gradio's REST route (POST /gradio_api/call/NAME, then read the event's answer) with one httpx
+connection per client, which costs the clients far less CPU: on a small shared machine the
+clients' own work otherwise counts as the server's slowness. --client-nice lowers this
+process's priority once the server is up.
 --code runs the server of another checkout (an older commit, for a before/after figure).
 """
 
@@ -74,6 +83,42 @@ def job_yaml(home: Path, steps: int, name: str = "") -> str:
             "  save_every: 0\n  eval_generate: \"off\"\n")
 
 
+class HttpClient:
+    """predict(*args, api_name=...) over Gradio's REST route, like gradio_client's."""
+
+    def __init__(self, url: str) -> None:
+        import httpx
+
+        self.url, self.http = url.rstrip("/"), httpx.Client(timeout=120)
+        # one session for all of this client's calls, as gradio_client (and a browser page)
+        # keeps: without one, Gradio builds a new session state (the whole UI's config) per call
+        self.session = os.urandom(8).hex()
+
+    def predict(self, *args, api_name: str):
+        name = api_name.strip("/")
+        event = self.http.post(f"{self.url}/gradio_api/call/{name}",
+                               json={"data": list(args), "session_hash": self.session})
+        event.raise_for_status()
+        answer = self.http.get(f"{self.url}/gradio_api/call/{name}/{event.json()['event_id']}")
+        kind, data = None, None
+        for line in answer.text.splitlines():
+            if line.startswith("event:"):
+                kind = line.split(":", 1)[1].strip()
+            elif line.startswith("data:"):
+                data = line.split(":", 1)[1].strip()
+        if kind != "complete":
+            raise RuntimeError(f"{api_name}: {kind}: {data}"[:200])
+        return json.loads(data)[0]
+
+
+def make_client(url: str, kind: str):
+    if kind == "http":
+        return HttpClient(url)
+    from gradio_client import Client
+
+    return Client(url, verbose=False)
+
+
 class Recorder:
     """Latencies and errors per endpoint, from many threads."""
 
@@ -109,10 +154,8 @@ class Recorder:
 
 
 def poller(url: str, job_id: str, stop: threading.Event, rec: Recorder, interval: float,
-           offset: float) -> None:
-    from gradio_client import Client
-
-    client = Client(url, verbose=False)
+           offset: float, kind: str) -> None:
+    client = make_client(url, kind)
     since = -1
     time.sleep(offset)
     while not stop.is_set():
@@ -125,10 +168,8 @@ def poller(url: str, job_id: str, stop: threading.Event, rec: Recorder, interval
 
 
 def submitter(url: str, home: Path, stop: threading.Event, rec: Recorder, every: float,
-              submitted: list[str]) -> None:
-    from gradio_client import Client
-
-    client = Client(url, verbose=False)
+              submitted: list[str], kind: str) -> None:
+    client = make_client(url, kind)
     while not stop.is_set():
         began = time.monotonic()
         text = job_yaml(home, 5)
@@ -154,13 +195,28 @@ def uploader(url: str, work: Path, mb: float, rec: Recorder) -> None:
     rec.call("/data_report", client.predict, handle_file(str(path)), api_name="/data_report")
 
 
+def _cpu_s(pid: int) -> float:
+    """user + system CPU seconds of one process (not its children), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_cpu_s() -> float:
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def run(pollers: int, submitters: int, seconds: float, interval: float, steps: int,
-        upload_mb: float, code: Path = ROOT) -> dict:
+        upload_mb: float, code: Path = ROOT, client_nice: int = 0, kind: str = "gradio"
+        ) -> dict:
     from gradio_client import Client
 
     work = Path(tempfile.mkdtemp(prefix="ftstudio-serve-load-"))
     home = work / "home"
     proc, url = start_server(home, code)
+    os.nice(client_nice)
     try:
         client = Client(url, verbose=False)
         job = client.predict(job_yaml(home, steps), "watched", 0, api_name="/submit_job")
@@ -175,25 +231,30 @@ def run(pollers: int, submitters: int, seconds: float, interval: float, steps: i
         step_before = client.predict(job_id, api_name="/job_status").get("step") or 0
         rec, stop, submitted = Recorder(), threading.Event(), []
         threads = [threading.Thread(target=poller, args=(url, job_id, stop, rec, interval,
-                                                          interval * i / max(pollers, 1)))
+                                                          interval * i / max(pollers, 1),
+                                                          kind))
                    for i in range(pollers)]
         threads += [threading.Thread(target=submitter, args=(url, home, stop, rec, 3.0,
-                                                             submitted))
+                                                             submitted, kind))
                     for _ in range(submitters)]
         if upload_mb:
             threads.append(threading.Thread(target=uploader, args=(url, work, upload_mb, rec)))
+        load, cpu = os.getloadavg()[0], (_cpu_s(proc.pid), _own_cpu_s())
         for t in threads:
             t.start()
         time.sleep(seconds)
         stop.set()
         for t in threads:
             t.join(timeout=120)
+        cpu = (round(_cpu_s(proc.pid) - cpu[0], 1), round(_own_cpu_s() - cpu[1], 1))
         status = client.predict(job_id, api_name="/job_status")
-        return {"code": str(code), "pollers": pollers, "submitters": submitters, "seconds": seconds,
+        return {"code": str(code), "client": kind, "pollers": pollers, "submitters": submitters, "seconds": seconds,
                 "interval_s": interval, "upload_mb": upload_mb,
                 "job": {"status": status["status"], "steps_during_run":
                         (status.get("step") or 0) - step_before},
                 "submitted_jobs": len(submitted), "endpoints": rec.summary(),
+                "cpu_s": {"server": cpu[0], "clients": cpu[1]}, "client_nice": client_nice,
+                "load_average": {"start": round(load, 1), "end": round(os.getloadavg()[0], 1)},
                 "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                             "python": platform.python_version()}}
     finally:
@@ -214,10 +275,12 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=400)
     ap.add_argument("--upload-mb", type=float, default=0)
     ap.add_argument("--code", default=str(ROOT), help="the checkout whose server runs")
+    ap.add_argument("--client-nice", type=int, default=0)
+    ap.add_argument("--client", choices=("gradio", "http"), default="gradio")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     a = ap.parse_args()
     result = run(a.pollers, a.submitters, a.seconds, a.interval, a.steps, a.upload_mb,
-                 Path(a.code).resolve())
+                 Path(a.code).resolve(), a.client_nice, a.client)
     text = json.dumps(result, indent=2)
     print(text)
     out = Path(a.out)
