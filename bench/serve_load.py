@@ -180,10 +180,8 @@ def submitter(url: str, home: Path, stop: threading.Event, rec: Recorder, every:
         stop.wait(max(0.0, every - (time.monotonic() - began)))
 
 
-def uploader(url: str, work: Path, mb: float, rec: Recorder) -> None:
-    """One upload of a generated alpaca file of `mb` MB to the data report (the Train tab's)."""
-    from gradio_client import Client, handle_file
-
+def big_file(work: Path, mb: float) -> Path:
+    """A generated alpaca .jsonl file of about `mb` MB."""
     path = work / "big.jsonl"
     record = {"instruction": "Repeat the words of this sentence backwards, one by one, please.",
               "input": "the quick brown fox jumps over the lazy dog " * 4,
@@ -191,8 +189,16 @@ def uploader(url: str, work: Path, mb: float, rec: Recorder) -> None:
     line = json.dumps(record) + "\n"
     with open(path, "w") as fh:
         fh.write(line * int(mb * 1024 * 1024 / len(line)))
+    return path
+
+
+def uploader(url: str, path: Path, model: str, rec: Recorder) -> None:
+    """One upload of `path` to /data_report (stored, checked and tokenized by the server)."""
+    from gradio_client import Client, handle_file
+
     client = Client(url, verbose=False)
-    rec.call("/data_report", client.predict, handle_file(str(path)), api_name="/data_report")
+    rec.call("/data_report", client.predict, handle_file(str(path)), model,
+             api_name="/data_report")
 
 
 def _cpu_s(pid: int) -> float:
@@ -238,7 +244,8 @@ def run(pollers: int, submitters: int, seconds: float, interval: float, steps: i
                                                              submitted, kind))
                     for _ in range(submitters)]
         if upload_mb:
-            threads.append(threading.Thread(target=uploader, args=(url, work, upload_mb, rec)))
+            threads.append(threading.Thread(target=uploader, args=(
+                url, big_file(work, upload_mb), str(home / "models" / "demo"), rec)))
         load, cpu = os.getloadavg()[0], (_cpu_s(proc.pid), _own_cpu_s())
         for t in threads:
             t.start()
