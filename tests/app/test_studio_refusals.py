@@ -194,3 +194,23 @@ def test_data_report_says_why_no_record_is_used(server, tiny_model, tmp_path):
     assert "lost every trained token to truncation at data.max_seq_len 512" in \
         report["why_none_used"]
     assert "/datasets/" in out["location"] and out["location"].endswith("long-prompts.jsonl")
+
+
+def test_reads_never_wait_in_line_and_writes_share_small_pools():
+    """Gradio runs an event one call at a time unless told otherwise: the read endpoints (and
+    the job page's timers) have no limit, the checks and the writes a small pool each."""
+    from app.studio import api, build_app
+
+    app = build_app(worker="external")
+    by_name = {fn.api_name: fn for fn in app.fns.values() if fn.api_name}
+    for name in api.READS:
+        assert by_name[name].concurrency_limit is None, name
+    for name, (pool, limit) in api.POOLS.items():
+        assert (by_name[name].concurrency_id, by_name[name].concurrency_limit) == (pool, limit)
+    assert set(api.READS) | set(api.POOLS) == set(api.ENDPOINTS)
+    assert by_name["data_report"].concurrency_limit == 2
+    ticks = [fn for fn in app.fns.values()
+             if any(event == "tick" and type(app.blocks.get(block)).__name__ == "Timer"
+                    for block, event in fn.targets)]
+    job_page = [fn for fn in ticks if fn.name in ("tick", "table_tick")]
+    assert len(job_page) == 2 and all(fn.concurrency_limit is None for fn in job_page)
