@@ -101,15 +101,20 @@ def prepare(config: TrainConfig | dict, job_id: str, actor: dict | None = None
 
 def check_fits(cfg: TrainConfig) -> list[Problem]:
     """A job whose memory estimate (engine.models.estimate) exceeds the largest device the
-    workers have (jobs.settings.worker_memory_gb: FTSTUDIO_WORKER_MEMORY_GB, else this
-    machine's GPU or RAM) could only fail in a worker: refuse it, naming what to change."""
-    from engine.models.estimate import GiB, estimate_for, human_bytes
+    workers have could only fail in a worker: refuse it, naming what to change. The device:
+    a GPU of FTSTUDIO_WORKER_MEMORY_GB (jobs.settings.worker_memory_gb) when set, else this
+    machine's GPU or RAM when the queue is local (SQLite: the workers run here); with a Redis
+    queue and no setting there is no check (the workers may be anywhere)."""
+    from engine.models.estimate import Device, GiB, estimate_for, human_bytes
 
     gb = settings.worker_memory_gb()
-    if gb == 0:
-        return []
-    device = _local_device()
-    capacity = int(gb * GiB) if gb is not None else device.total_bytes
+    if gb == 0 or (gb is None and settings.redis_url()):
+        return []   # workers elsewhere, their memory not given: they say it when loading
+    if gb is not None:   # the workers' GPU: estimated as one (bf16 weights, not the CPU's fp32)
+        device = Device("cuda", f"a worker GPU of {gb:g} GB", int(gb * GiB), int(gb * GiB))
+    else:
+        device = _local_device()
+    capacity = device.total_bytes
     try:
         est = estimate_for(cfg, device=device)
     except Exception:  # noqa: BLE001 - an odd config.json: the worker's load says what is wrong

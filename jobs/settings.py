@@ -84,9 +84,9 @@ def max_upload_mb(default: float = 200.0) -> float:
 def worker_memory_gb() -> float | None:
     """FTSTUDIO_WORKER_MEMORY_GB: the memory, in GB, of the largest device a worker runs jobs
     on (a GPU's memory; RAM for CPU workers). A job whose memory estimate exceeds it is refused
-    at submit. Empty: this machine's device (its first GPU, else its RAM), right when the
-    workers run here; set it on a web server whose workers are elsewhere (80 for H100
-    workers); 0 turns the check off."""
+    at submit. Empty: this machine's device (its first GPU, else its RAM) when the queue is
+    local (SQLite), no check with a Redis queue; set it on a web server whose workers are
+    elsewhere (80 for H100 workers); 0 turns the check off."""
     value = number("FTSTUDIO_WORKER_MEMORY_GB", -1.0, float, strict=True)
     return None if value < 0 else value
 
