@@ -17,6 +17,7 @@ changed in one place.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -310,6 +311,10 @@ class Problem:
     key: str
     message: str
 
+    def __post_init__(self) -> None:  # never an unbounded value in a message (a hostile config)
+        object.__setattr__(self, "key", _cut(str(self.key), 100))
+        object.__setattr__(self, "message", _cut(str(self.message), MAX_PROBLEM_CHARS))
+
     def __str__(self) -> str:
         return f"{self.key}: {self.message}"
 
@@ -377,7 +382,192 @@ def _type_of(key: str) -> Any:
     if key == "output_dir":
         return str | None
     section, _, name = key.partition(".")
-    return get_type_hints(SECTIONS[section], include_extras=False)[name]
+    return _hints(SECTIONS[section])[name]
+
+
+@functools.lru_cache(maxsize=None)
+def _hints(cls: type) -> dict[str, Any]:
+    """get_type_hints of a section, once (it evaluates every annotation, ~2 ms a call)."""
+    return get_type_hints(cls, include_extras=False)
+
+
+# --------------------------------------------------------------------------- reading config text
+#
+# Config text comes from people, some of them hostile (a team server's /submit_job). It is read
+# in two passes: a streaming pass over PyYAML's events (no recursion, no objects built) that
+# refuses a file too big, nested too deep, whose aliases expand past a small budget ("billion
+# laughs"), or that sets a key twice; then the ordinary safe load of what passed.
+
+#: the largest config text read, in characters (a real config is a few hundred)
+MAX_CONFIG_CHARS = 256 * 1024
+#: the most nesting a config may have (model: {name: ...} is 2; a list value 3)
+MAX_CONFIG_DEPTH = 16
+#: the most values a config may expand to, each alias counted as everything it repeats
+MAX_CONFIG_VALUES = 10_000
+#: the most characters of text a config may expand to, aliases counted the same way
+MAX_CONFIG_TEXT = 1_000_000
+#: the longest a problem's message or key may be; a quoted value is cut shorter (_quote)
+MAX_PROBLEM_CHARS = 400
+
+
+def _quote(value: Any, limit: int = 80) -> str:
+    """repr(value), cut to `limit` characters without ever building the whole of a big value."""
+    import reprlib
+
+    r = reprlib.Repr()
+    r.maxlevel, r.maxdict, r.maxlist, r.maxtuple, r.maxset = 3, 6, 6, 6, 6
+    r.maxstring, r.maxother, r.maxlong = limit, limit, 40
+    text = r.repr(value)
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else \
+        f"{text[:limit - 40]}… ({len(text) - limit + 40} more characters cut)"
+
+
+def parse_config_text(text: str, source: str = "config", *, as_json: bool = False
+                      ) -> dict[str, Any]:
+    """The mapping a YAML (or JSON) config text holds, or ConfigError naming every refusal:
+    too long, nested deeper than MAX_CONFIG_DEPTH (the key named), aliases that expand past
+    MAX_CONFIG_VALUES values or MAX_CONFIG_TEXT characters, a section or key set twice (both
+    lines named), not valid YAML/JSON, or not a mapping. Cheap on any input: nothing is built
+    until the text has passed."""
+    data = _load_text(text, source, as_json=as_json)
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError([Problem("config", f"{source} must hold a mapping with model, data, "
+                                             f"method and train sections, not "
+                                             f"{_quote(data, 60)}")])
+    return data
+
+
+def _load_text(text: str, source: str, *, as_json: bool = False) -> Any:
+    """What a YAML or JSON text holds, after the checks of parse_config_text."""
+    text = text or ""
+    if len(text) > MAX_CONFIG_CHARS:
+        raise ConfigError([Problem("config", f"{source} is {len(text):,} characters; a config "
+                                             f"may have at most {MAX_CONFIG_CHARS:,}")])
+    kind = "JSON" if as_json else "YAML"
+    try:
+        if as_json:
+            data = json.loads(text or "{}", object_pairs_hook=_json_pairs(source))
+        else:
+            _scan_yaml(text, source)
+            data = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError([Problem("config", f"{source} is not valid {kind}: "
+                                             f"{_cut(str(exc), 300)}")]) from None
+    except RecursionError:
+        raise ConfigError([Problem("config", f"{source} is nested too deeply; a config has "
+                                             "sections of settings, a few levels "
+                                             "deep")]) from None
+    return data
+
+
+def _json_pairs(source: str):
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in items:
+            if k in out:
+                raise ConfigError([Problem(_cut(str(k), 100), f"is set twice in {source}; "
+                                                               "the second would silently "
+                                                               "replace the first: keep one")])
+            out[k] = v
+        return out
+    return pairs
+
+
+@dataclass
+class _Level:
+    """One open mapping or sequence in _scan_yaml."""
+    path: str
+    is_map: bool
+    anchor: str | None
+    values_at_start: int
+    text_at_start: int
+    keys: dict[str, int] = field(default_factory=dict)   # key -> line, in a mapping
+    key: Any = None              # the key whose value comes next (a mapping), None: a key next
+    index: int = 0               # the next item's index (a sequence)
+
+
+def _scan_yaml(text: str, source: str) -> None:
+    """Walk the YAML's events once and raise ConfigError at the first refusal (see
+    parse_config_text). Aliases are counted as the values they stand for."""
+    stack: list[_Level] = []
+    anchors: dict[str, tuple[int, int]] = {}   # anchor -> (values, characters) it stands for
+    values = chars = 0
+
+    def child_path() -> str:
+        if not stack:
+            return ""
+        top = stack[-1]
+        if top.is_map:
+            if top.key is None:
+                return top.path
+            return f"{top.path}.{top.key}" if top.path else str(top.key)
+        return f"{top.path}[{top.index}]"
+
+    def after_value() -> None:
+        if stack:
+            if stack[-1].is_map:
+                stack[-1].key = None
+            else:
+                stack[-1].index += 1
+
+    def refuse(path: str, message: str) -> None:  # the key named, without list positions
+        raise ConfigError([Problem(path.split("[")[0] or "config", message)])
+
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        top = stack[-1] if stack else None
+        wants_key = top is not None and top.is_map and top.key is None
+        line = event.start_mark.line + 1 if event.start_mark else 0
+        if isinstance(event, yaml.AliasEvent):
+            n, c = anchors.get(event.anchor, (1, 0))
+            values, chars = values + n, chars + c
+            if wants_key:
+                top.key = f"*{event.anchor}"
+            else:
+                after_value()
+        elif isinstance(event, yaml.ScalarEvent):
+            values, chars = values + 1, chars + len(event.value)
+            if event.anchor:
+                anchors[event.anchor] = (1, len(event.value))
+            if wants_key:
+                name = event.value
+                if name in top.keys and name != "<<":
+                    where = f"{top.path}.{name}" if top.path else name
+                    what = "section" if not top.path else "key"
+                    refuse(where, f"this {what} appears twice in {source} (lines "
+                                  f"{top.keys[name]} and {line}); the second would silently "
+                                  f"replace the first: merge them into one")
+                top.keys[name] = line
+                top.key = name
+            else:
+                after_value()
+        elif isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+            if wants_key:
+                refuse(top.path, f"line {line}: a key must be a plain name, not a "
+                                 f"{'mapping' if isinstance(event, yaml.MappingStartEvent) else 'list'}")
+            values += 1
+            path = child_path()
+            if len(stack) + 1 > MAX_CONFIG_DEPTH:
+                refuse(path, f"is nested more than {MAX_CONFIG_DEPTH} levels deep (line "
+                             f"{line}); a config's values are plain values or short lists")
+            stack.append(_Level(path, isinstance(event, yaml.MappingStartEvent), event.anchor,
+                                values - 1, chars))
+        elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+            done = stack.pop()
+            if done.anchor:
+                anchors[done.anchor] = (values - done.values_at_start, chars - done.text_at_start)
+            after_value()
+        if values > MAX_CONFIG_VALUES or chars > MAX_CONFIG_TEXT:
+            refuse(child_path() or "config",
+                   f"{source} holds more than {MAX_CONFIG_VALUES:,} values or "
+                   f"{MAX_CONFIG_TEXT:,} characters by line {line}, counting each alias as "
+                   "all it repeats; a config needs far fewer: write the values out, without "
+                   "nested anchors and aliases")
 
 
 # --------------------------------------------------------------------------- load / save / override
@@ -391,13 +581,17 @@ def from_dict(data: dict[str, Any] | None, *, source: str = "config") -> TrainCo
     for section, cls in SECTIONS.items():
         raw = data.pop(section, None) or {}
         if not isinstance(raw, dict):
-            problems.append(Problem(section, f"must be a mapping of settings, got {raw!r}"))
+            problems.append(Problem(section, f"must be a mapping of settings, got "
+                                             f"{_quote(raw)}"))
             raw = {}
         known = {f.name for f in dataclasses.fields(cls)}
-        for k in raw:
-            if k not in known:
-                problems.append(Problem(f"{section}.{k}", f"unknown setting in {source}; "
-                                        f"{section} has: {', '.join(sorted(known))}"))
+        unknown = [k for k in raw if k not in known]
+        for k in unknown[:10]:
+            problems.append(Problem(f"{section}.{k}", f"unknown setting in {source}; "
+                                    f"{section} has: {', '.join(sorted(known))}"))
+        if len(unknown) > 10:
+            problems.append(Problem(section, f"{len(unknown) - 10} more unknown settings in "
+                                             f"{source}"))
         values = {}
         for k, v in raw.items():
             if k in known:
@@ -407,7 +601,7 @@ def from_dict(data: dict[str, Any] | None, *, source: str = "config") -> TrainCo
                     problems.append(Problem(f"{section}.{k}", str(exc)))
         sections[section] = cls(**values)
     output_dir = data.pop("output_dir", None)
-    for k in data:
+    for k in list(data)[:10]:
         problems.append(Problem(k, f"unknown top-level key in {source}; expected "
                                    f"{', '.join(SECTIONS)} or output_dir"))
     if problems:
@@ -423,15 +617,11 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
         p = Path(path)
         if not p.is_file():
             raise ConfigError([Problem("config", f"file {p} does not exist")])
-        text = p.read_text(encoding="utf-8")
-        try:
-            data = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
-        except (json.JSONDecodeError, yaml.YAMLError) as exc:
-            raise ConfigError([Problem("config", f"{p} is not valid "
-                                       f"{'JSON' if p.suffix == '.json' else 'YAML'}: {exc}")])
-        if data is not None and not isinstance(data, dict):
-            raise ConfigError([Problem("config", f"{p} must hold a mapping with model, data, "
-                                                 "method and train sections")])
+        if p.stat().st_size > 4 * MAX_CONFIG_CHARS:   # never read a huge file whole
+            raise ConfigError([Problem("config", f"{p} is {p.stat().st_size:,} bytes; a config "
+                                                 f"may have at most {MAX_CONFIG_CHARS:,}")])
+        data = parse_config_text(p.read_text(encoding="utf-8"), str(p),
+                                 as_json=p.suffix == ".json")
     cfg = from_dict(data, source=str(path or "config"))
     return apply_overrides(cfg, overrides or [])
 
@@ -468,7 +658,7 @@ def apply_overrides(cfg: TrainConfig, overrides: list[str]) -> TrainConfig:
             problems.append(Problem(key, f"unknown setting; {hint}"))
             continue
         try:
-            value = _coerce(key, yaml.safe_load(text) if text.strip() else None)
+            value = _coerce(key, _override_value(key, text))
         except (ValueError, yaml.YAMLError) as exc:
             problems.append(Problem(key, str(exc)))
             continue
@@ -482,6 +672,13 @@ def apply_overrides(cfg: TrainConfig, overrides: list[str]) -> TrainConfig:
     return from_dict(data)
 
 
+def _override_value(key: str, text: str) -> Any:
+    """The YAML value of one `key=value` override, read as safely as a config file."""
+    if not text.strip():
+        return None
+    return _load_text(text, f"the value of {key}")
+
+
 def _coerce(key: str, value: Any) -> Any:
     """Convert a YAML/CLI value to the field's type, or raise ValueError saying what fits."""
     if key == "train.report_to":  # a list, "tensorboard,mlflow", or none / empty
@@ -490,7 +687,8 @@ def _coerce(key: str, value: Any) -> Any:
                 value.split(",")
         if isinstance(value, list) and all(isinstance(v, str) for v in value):
             return [v.strip() for v in value if v.strip()]
-        raise ValueError(f"{value!r} is not a list of tracker names ({', '.join(TRACKERS)})")
+        raise ValueError(f"{_quote(value)} is not a list of tracker names "
+                         f"({', '.join(TRACKERS)})")
     tp = _type_of(key)
     args = get_args(tp)
     optional = type(None) in args
@@ -551,9 +749,9 @@ def _coerce(key: str, value: Any) -> Any:
             continue
     choices = choices_for(key)
     if choices:
-        raise ValueError(f"{value!r} is not one of: {', '.join(choices)}")
+        raise ValueError(f"{_quote(value)} is not one of: {', '.join(choices)}")
     want = " or ".join(_type_name(t) for t in inner) + (" or null" if optional else "")
-    raise ValueError(f"{value!r} is not a valid {want}")
+    raise ValueError(f"{_quote(value)} is not a valid {want}")
 
 
 def _type_name(t: Any) -> str:
@@ -570,6 +768,8 @@ def validate(cfg: TrainConfig, *, check_files: bool = True, require_output_dir: 
     """Every problem with `cfg`, each naming its key and the fix. Empty list: good to go."""
     p: list[Problem] = []
     m, d, meth, t = cfg.model, cfg.data, cfg.method, cfg.train
+    bounds = _check_bounds(cfg)     # ranges and lengths; a too-long path is never looked up
+    too_long = {q.key for q in bounds if "characters long" in q.message}
 
     # enumerations (from_dict checks these too, but configs can be built in code)
     for key in all_keys():
@@ -585,14 +785,16 @@ def validate(cfg: TrainConfig, *, check_files: bool = True, require_output_dir: 
         p.append(Problem("model.name", "is empty; give a hub id or a local model folder (run "
                                        "`ftstudio demo-model studio-data/models/demo` for an "
                                        "offline demo)"))
-    elif check_files:
+    elif check_files and "model.name" not in too_long:
         p.extend(_check_model_source(m.name))
-    model_cfg = _read_model_config(m.name) if check_files else None
+    model_cfg = _read_model_config(m.name) if check_files and not too_long else None
 
     # data
-    p.extend(_check_data_file("data.train", d.train, check_files, required=True))
+    p.extend(_check_data_file("data.train", d.train, check_files and not too_long,
+                              required=True))
     if d.validation:
-        p.extend(_check_data_file("data.validation", d.validation, check_files, required=False))
+        p.extend(_check_data_file("data.validation", d.validation,
+                                  check_files and not too_long, required=False))
     if not 0 <= d.val_fraction < 1:
         p.append(Problem("data.val_fraction", f"{d.val_fraction} must be at least 0 and below 1 "
                                               "(0.1 holds out a tenth)"))
@@ -713,7 +915,90 @@ def validate(cfg: TrainConfig, *, check_files: bool = True, require_output_dir: 
 
     if require_output_dir and not cfg.output_dir:
         p.append(Problem("output_dir", "is required; e.g. --set output_dir=runs/my-run"))
+    named = {q.key for q in p} - too_long  # a key's own message first, the range where none
+    return [q for q in p if q.key not in too_long] + [q for q in bounds if q.key not in named]
+
+
+#: the sane range of each numeric key, (lowest, highest, what is typical): validate() refuses a
+#: value outside it naming the key, so nothing absurd (train.max_steps: 10**30, method.r: 1e9)
+#: reaches the queue. A numeric key missing here must still be finite and within NUMERIC_LIMIT.
+BOUNDS: dict[str, tuple[float, float, str]] = {
+    "data.val_fraction": (0, 0.99, "0.1 holds out a tenth"),
+    "data.max_seq_len": (16, 1 << 20, "512 to 8192 is typical"),
+    "data.min_tokens": (0, 1 << 20, "0 keeps all"),
+    "data.max_tokens": (1, 1 << 20, "empty keeps all"),
+    "method.r": (1, 4096, "8 to 64 is typical"),
+    "method.alpha": (1e-6, 1e5, "often 2 x r"),
+    "method.dropout": (0, 0.99, "0.05 is typical"),
+    "method.num_virtual_tokens": (1, 4096, "20 is typical"),
+    "method.quant_bits": (4, 8, "4 or 8"),
+    "train.epochs": (1e-6, 10_000, "1 to 5 is typical"),
+    "train.max_steps": (1, 100_000_000, "empty runs train.epochs"),
+    "train.lr": (1e-12, 1, "2e-4 is typical for LoRA, 2e-5 for full fine-tuning"),
+    "train.batch_size": (1, 65_536, "1 to 64 is typical"),
+    "train.batch_tokens": (1, 100_000_000, "empty uses train.batch_size"),
+    "train.grad_accum": (1, 65_536, "1 to 64 is typical"),
+    "train.warmup_ratio": (0, 0.99, "0.03 is typical"),
+    "train.weight_decay": (0, 10, "0 to 0.1 is typical"),
+    "train.beta": (1e-9, 1000, "0.1 is typical"),
+    "train.label_smoothing": (0, 0.49, "0 is typical"),
+    "train.simpo_gamma": (0, 100, "0.5 is typical"),
+    "train.kto_desirable_weight": (1e-9, 1000, "1 is typical"),
+    "train.kto_undesirable_weight": (1e-9, 1000, "1 is typical"),
+    "train.max_grad_norm": (1e-9, 1e6, "1.0 is typical; empty: no clipping"),
+    "train.eval_every": (0, 100_000_000, "0: only at the end"),
+    "train.save_every": (0, 100_000_000, "0: only at the end"),
+    "train.keep_checkpoints": (1, 10_000, "2 is typical"),
+    "train.early_stopping_patience": (1, 1_000_000, "3 to 10 is typical"),
+    "train.eval_generate_max": (1, 1_000_000, "100 is typical"),
+    "train.eval_generate_max_new_tokens": (1, 65_536, "empty: from the references"),
+    "train.neftune_alpha": (1e-9, 1000, "5 is typical"),
+    "train.log_every": (1, 100_000_000, "1 is typical"),
+    "train.seed": (0, (1 << 32) - 1, "42"),
+    "parallel.gpus": (1, 1024, "1; 2 to 8 to shard with FSDP"),
+}
+#: the bound of a numeric key without its own entry in BOUNDS
+NUMERIC_LIMIT = 1e12
+#: the longest text setting, in characters (paths, names); the prompts may be longer
+MAX_TEXT_SETTING = 4096
+LONG_TEXT_KEYS = {"data.system_prompt": 65_536, "method.prompt_init_text": 65_536}
+
+
+def _numeric(key: str) -> bool:
+    tp = _type_of(key)
+    kinds = [a for a in get_args(tp) if a is not type(None)] or [tp]
+    return any(k in (int, float) for k in kinds)
+
+
+def _check_bounds(cfg: TrainConfig) -> list[Problem]:
+    """Every numeric key outside its BOUNDS (or not finite), and every text key too long, each
+    naming the key, its range and what is typical."""
+    p: list[Problem] = []
+    for key in all_keys():
+        if key == "output_dir":
+            value = cfg.output_dir
+        else:
+            section, _, name = key.partition(".")
+            value = getattr(getattr(cfg, section), name)
+        if isinstance(value, str):
+            limit = LONG_TEXT_KEYS.get(key, MAX_TEXT_SETTING)
+            if len(value) > limit:
+                p.append(Problem(key, f"is {len(value):,} characters long; at most {limit:,}"))
+            continue
+        if value is None or isinstance(value, bool) or not _numeric(key) or \
+                not isinstance(value, (int, float)):
+            continue
+        lo, hi, typical = BOUNDS.get(key, (-NUMERIC_LIMIT, NUMERIC_LIMIT, ""))
+        finite = not isinstance(value, float) or math.isfinite(value)
+        if not finite or not lo <= value <= hi:
+            shown = _quote(value, 40) if finite else str(value)
+            p.append(Problem(key, f"{shown} is out of range: use {_g(lo)} to {_g(hi)}"
+                                  f"{f' ({typical})' if typical else ''}"))
     return p
+
+
+def _g(x: float) -> str:
+    return f"{x:,}" if float(x).is_integer() and abs(x) < 1e15 else f"{x:g}"
 
 
 #: train.report_to's trackers, and the modules each needs (pip install "ftstudio[trackers]";
@@ -888,8 +1173,8 @@ def _check_model_source(name: str) -> list[Problem]:
     path = Path(name).expanduser()
     looks_local = path.is_absolute() or name.startswith((".", "~")) or path.exists() or \
         name.count("/") != 1
-    if not looks_local:
-        return []  # a hub id: resolved at load time where a network exists
+    if not looks_local:  # a hub id: resolved at load time where a network exists
+        return _check_hub_id(name)
     if not path.is_dir():
         return [Problem("model.name", f"{name} is neither a local folder nor a hub id "
                                       "(owner/name); run `ftstudio demo-model "
@@ -904,6 +1189,21 @@ def _check_model_source(name: str) -> list[Problem]:
                                               f"{', '.join(found) or 'nothing'}); only "
                                               "safetensors are loaded, convert .bin files first"))
     return problems
+
+
+def _check_hub_id(name: str) -> list[Problem]:
+    """A hub id that can never name a repository (huggingface_hub's rules: letters, digits,
+    - _ . only, no -- or .., at most 96 characters a part) is refused here, not by a worker."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return [Problem("model.name", f"{_quote(name)} is not a valid hub id: use owner/name "
+                                      "with letters, digits, '-', '_' or '.' (no '--' or '..', "
+                                      "at most 96 characters each), e.g. "
+                                      "Qwen/Qwen2.5-0.5B-Instruct, or a local model folder")]
+    return []
 
 
 def _read_model_config(name: str) -> dict | None:

@@ -40,8 +40,9 @@ from typing import Any
 
 from engine.config import ConfigError, Problem, TrainConfig, apply_overrides, from_dict, \
     is_local_model, validate
-from jobs import access, halving, store, tasks
-from jobs.reports import kept_report, measured_throughput, report_for, time_estimate
+from jobs import access, halving, settings, store, tasks
+from jobs.reports import kept_report, measured_throughput, preview_for, report_for, \
+    time_estimate
 from jobs.store import ACTIVE, FINISHED, STATUSES, JobError, JobNotFound
 
 #: a continued job's starting point, in its own folder: its parent's adapter merged into the
@@ -50,7 +51,7 @@ START_MODEL = "start_model"
 
 __all__ = ["STATUSES", "ACTIVE", "FINISHED", "submit", "export", "evaluate", "finished_with_adapter", "job_eval",
            "list_jobs", "get", "metrics", "metric_buckets", "measured_throughput",
-           "report_for", "kept_report", "time_estimate", "logs", "cancel", "resume", "clone",
+           "report_for", "preview_for", "kept_report", "time_estimate", "logs", "cancel", "resume", "clone",
            "delete", "artifacts", "artifact_path", "path_in_job", "prepare", "JobError", "JobNotFound",
            "ConfigError"]
 
@@ -93,7 +94,88 @@ def prepare(config: TrainConfig | dict, job_id: str, actor: dict | None = None
         problems.append(Problem("train.resume_from", "latest: a new job has no checkpoints; "
                                 "to continue a job use `ftstudio jobs resume ID`, or name a "
                                 "checkpoint folder (output_dir/checkpoints/step-N)"))
+    if not problems:
+        problems.extend(check_fits(cfg))
     return cfg, problems
+
+
+def worker_devices() -> tuple[int, Any] | None:
+    """(how many GPUs a job can get, the estimate's Device for one of them) of the studio's
+    workers: FTSTUDIO_WORKER_GPUS (COUNTxGiB) when set, else this machine's CUDA GPUs; None
+    where the workers have no GPU (or the setting says "off")."""
+    from engine.models.estimate import Device, GiB, gpu_count
+
+    declared = settings.worker_gpus()
+    if declared == "off":
+        return None
+    if declared:
+        count, gib = declared
+        return count, Device("cuda", f"{gib:g} GB GPU", int(gib * GiB), int(gib * GiB), True)
+    here = _local_device()
+    return (gpu_count(), here) if here.kind == "cuda" else None
+
+
+def check_fits(cfg: TrainConfig) -> list[Problem]:
+    """A job that cannot fit the workers' devices could only fail in a worker: refuse it,
+    naming what to change. The devices: FTSTUDIO_WORKER_GPUS (COUNTxGiB) when set, else this
+    machine's GPUs or RAM when the queue is local (SQLite: the workers run here); with a Redis
+    queue and no setting (or "off") there is no check (the workers may be anywhere). The need
+    is per GPU under the job's own parallel settings (engine.models.estimate.per_gpu_bytes):
+    a model that fits only sharded over parallel.gpus GPUs passes."""
+    from engine.models.estimate import estimate_for, human_bytes, per_gpu_bytes
+
+    declared = settings.worker_gpus()
+    if declared == "off" or (declared is None and settings.redis_url()):
+        return []   # workers elsewhere, their devices not given: they say it when loading
+    gpus = worker_devices()
+    count, device = gpus if gpus else (1, _local_device())
+    where = (f"FTSTUDIO_WORKER_GPUS={settings.text('FTSTUDIO_WORKER_GPUS')}" if declared else
+             f"{device.name} on this machine; set FTSTUDIO_WORKER_GPUS when the workers run "
+             "elsewhere")
+    p = cfg.parallel
+    if gpus and p.gpus > count:
+        return [Problem("parallel.gpus", f"the job asks for {p.gpus} GPUs but a worker has "
+                                         f"{count} ({where}); ask for {count} or fewer")]
+    try:
+        est = estimate_for(cfg, device=device)
+    except Exception:  # noqa: BLE001 - an odd config.json: the worker's load says what is wrong
+        return []
+    capacity = device.total_bytes
+    if est is None or capacity <= 0:
+        return []
+    need = est.peak_bytes
+    if gpus and p.strategy != "ddp":
+        sharded = per_gpu_bytes(est, "fsdp_offload" if p.cpu_offload else "fsdp", p.gpus,
+                                p.reshard_after_forward)
+        need = min(need, sharded) if p.strategy == "auto" else sharded
+    if need <= capacity:
+        return []
+    part, size = max(est.parts.items(), key=lambda kv: kv[1])
+    key = {"weights": "model.name", "activations": "train.batch_size",
+           "logits": "data.max_seq_len"}.get(part, "method.r" if cfg.method.kind in
+                                             ("lora", "dora", "qlora") else "method.kind")
+    shard = " (per GPU, as parallel.* asks)" if need != est.peak_bytes else ""
+    more = ", or ask for more GPUs with parallel.strategy fsdp" if gpus and count > 1 else ""
+    return [Problem(key, f"the job needs about {human_bytes(need)}{shard} at its peak "
+                         f"({part} {human_bytes(size)}) but the largest device a worker has "
+                         f"holds {human_bytes(capacity)} ({where}); lower method.r, "
+                         "train.batch_size or data.max_seq_len, or choose qlora or a smaller "
+                         f"model{more}")]
+
+
+_device_seen: tuple[float, Any] | None = None
+
+
+def _local_device() -> Any:
+    """This machine's device (engine.models.estimate.detect_device), looked up once a minute."""
+    global _device_seen
+    import time
+
+    from engine.models.estimate import detect_device
+
+    if _device_seen is None or time.monotonic() - _device_seen[0] > 60:
+        _device_seen = (time.monotonic(), detect_device())
+    return _device_seen[1]
 
 
 def export(job_id: str, fmt: str, owner: str | None = None, actor: dict | None = None,
@@ -341,7 +423,7 @@ def resume(job_id: str, actor: dict | None = None) -> dict[str, Any]:
             raise JobError(f"job {job_id} is {job['status']}; only interrupted, failed or "
                            "cancelled jobs can be resumed")
         store.truncate_metrics(db, job_id, step or 0)  # steps continue with no duplicate
-        _enqueue_or_fail(db, job_id, halving.queue_priority(db, job))
+        _enqueue_or_fail(db, job_id, halving.queue_priority(db, job), job.get("created_at"))
         return _public(store.get_job(db, job_id))
 
 
@@ -450,9 +532,11 @@ def _job(db, job_id: str, actor: dict | None) -> dict[str, Any]:
     return access.check_visible(store.get_job(db, job_id), actor)
 
 
-def _enqueue_or_fail(db, job_id: str, priority: float) -> None:
+def _enqueue_or_fail(db, job_id: str, priority: float, since: float | None = None) -> None:
+    """Enqueue (in line as of `since`, the job's created_at when queued again), or mark the
+    job failed saying the queue cannot be reached."""
     try:
-        tasks.enqueue(job_id, priority)
+        tasks.enqueue(job_id, priority, since)
     except Exception as exc:  # the queue (Redis) is unreachable: say so, keep nothing queued
         store.transition(db, job_id, "failed", frm=("queued",), finished_at=store.now(),
                          error=f"could not reach the queue: {exc}",

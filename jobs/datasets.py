@@ -38,6 +38,7 @@ def store_upload(path: str | os.PathLike, owner: str = "local") -> str:
     that engine.data can read it and finds usable records): a refused file raises DataError,
     named as uploaded, and leaves nothing behind (no file under datasets/, no row)."""
     from engine.data import DataError, check_file
+    from jobs.apart import run_apart
 
     src = Path(path)
     name = _safe_name(src.name)
@@ -49,8 +50,8 @@ def store_upload(path: str | os.PathLike, owner: str = "local") -> str:
         raise DataError(f"{name} is {size / 2**20:.1f} MB, over the upload limit of "
                         f"{limit / 2**20:.0f} MB (FTSTUDIO_MAX_UPLOAD_MB); split it, or ask "
                         "the admin to raise the limit")
-    try:
-        info = check_file(src)
+    try:   # parsed in jobs.apart's child: a big file never holds up the server's requests
+        info = run_apart(check_file, str(src))
     except DataError as exc:  # name the file as the person knows it, not the temp path
         raise DataError(str(exc).replace(str(src), name)) from None
     except (RecursionError, MemoryError) as exc:

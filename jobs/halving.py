@@ -123,4 +123,4 @@ def _continue(db, job: dict[str, Any], step: int) -> None:
     if store.transition(db, job["id"], "queued", frm=("interrupted",), config=config,
                         error=None, hint=None, finished_at=None, cancel_requested=0,
                         resume_on_start=0, note=f"kept by successive halving at step {step}"):
-        tasks.enqueue(job["id"], queue_priority(db, job))
+        tasks.enqueue(job["id"], queue_priority(db, job), job.get("created_at"))

@@ -82,17 +82,61 @@ def report_key(cfg: TrainConfig) -> tuple | None:
             data)
 
 
-def report_for(cfg: TrainConfig, tokenizer: Any = None) -> dict[str, Any]:
+def report_for(cfg: TrainConfig, tokenizer: Any = None, *, apart: bool = False
+               ) -> dict[str, Any]:
     """The data report (DataReport.to_dict()) of cfg.data.train with cfg's data settings,
     counted with `tokenizer` (None: words): the kept one when this file, model and settings
-    were reported already, else made and kept. Raises what engine.data.data_report raises."""
+    were reported already, else made and kept. Raises what engine.data.data_report raises.
+
+    apart: made in jobs.apart's child process (the web server: tokenizing a big file never
+    holds up its requests), counted with cfg.model.name's tokenizer when one loads (words
+    otherwise), as the studio's tokenizer_for does; `tokenizer` is then unused."""
     from engine.data import data_report
 
     def make() -> dict[str, Any]:
+        if apart:
+            from jobs.apart import run_apart
+
+            return run_apart(report_in_child, cfg.data.train, cfg.model.name,
+                             dataclasses.asdict(cfg.data))
         return data_report(cfg.data.train, tokenizer, cfg.data).to_dict()
 
     key = report_key(cfg)
     return make() if key is None else _reports.get_or_make(key, make)
+
+
+def report_in_child(path: str, model: str, data: dict[str, Any]) -> dict[str, Any]:
+    """report_for's work in jobs.apart's child: the tokenizer of `model` (words when none
+    loads), then the report."""
+    from engine.config import DataConfig
+    from engine.data import data_report
+    from engine.models.catalog import tokenizer_if_available
+
+    try:
+        tok = tokenizer_if_available(model)
+    except Exception:  # noqa: BLE001 - offline hub ids, broken folders: count words instead
+        tok = None
+    return data_report(path, tok, DataConfig(**data)).to_dict()
+
+
+def preview_for(cfg: TrainConfig, n: int) -> list[Any]:
+    """engine.data.preview of cfg.data.train's first n usable records, with cfg.model.name's
+    tokenizer, made in jobs.apart's child (it reads the whole file)."""
+    from jobs.apart import run_apart
+
+    return run_apart(preview_in_child, cfg.data.train, cfg.model.name,
+                     dataclasses.asdict(cfg.data), n)
+
+
+def preview_in_child(path: str, model: str, data: dict[str, Any], n: int) -> list[Any]:
+    from engine.config import ConfigError, DataConfig
+    from engine.data import DataError, preview
+    from engine.models.catalog import tokenizer_if_available
+
+    try:
+        return preview(path, tokenizer_if_available(model), DataConfig(**data), n=n)
+    except ConfigError as exc:   # its problems do not cross a process: its message does
+        raise DataError(str(exc)) from None
 
 
 def kept_report(cfg: TrainConfig) -> dict[str, Any] | None:

@@ -38,12 +38,16 @@ def stale_after_s() -> float:
     return number("FTSTUDIO_STALE_AFTER", 120.0)
 
 
-def worker_gpus() -> tuple[int, float] | None:
+def worker_gpus() -> tuple[int, float] | str | None:
     """FTSTUDIO_WORKER_GPUS: the GPUs of the studio's workers as COUNTxGiB (e.g. 4x24), for a
-    web server that sees none itself (a team server with GPU workers elsewhere); the Train form
-    then shows its Parallelism section and plans per-GPU memory for them. Empty: what this
-    machine has (its CUDA GPUs, or none)."""
-    count, _, gib = text("FTSTUDIO_WORKER_GPUS").lower().partition("x")
+    web server that sees none itself (a team server with GPU workers elsewhere): the Train form
+    then shows its Parallelism section and plans per-GPU memory for them, and a job that cannot
+    fit them is refused at submit. "off": no such check. Empty: what this machine has (its CUDA
+    GPUs, else its RAM) with the local queue, and no check with a Redis queue."""
+    raw = text("FTSTUDIO_WORKER_GPUS").lower()
+    if raw == "off":
+        return "off"
+    count, _, gib = raw.partition("x")
     try:
         return (int(count), float(gib)) if int(count) > 0 and float(gib) > 0 else None
     except ValueError:
@@ -91,6 +95,12 @@ def max_queued_per_user(default: int = 20) -> int:
 def max_upload_mb(default: float = 200.0) -> float:
     """FTSTUDIO_MAX_UPLOAD_MB: the largest dataset or model upload the studio accepts."""
     return number("FTSTUDIO_MAX_UPLOAD_MB", default)
+
+
+def apart_workers() -> int:
+    """FTSTUDIO_APART_WORKERS (default 1): child processes that read uploads and tokenize data
+    reports for the web process (jobs/apart.py)."""
+    return max(1, int(number("FTSTUDIO_APART_WORKERS", 1, int)))
 
 
 def login_max_failures(default: int) -> int:

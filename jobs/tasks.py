@@ -33,7 +33,7 @@ from huey import Huey
 from jobs import settings
 from jobs import store
 from jobs.endings import job_end
-from jobs.queue import get_huey
+from jobs.queue import get_huey, queued_since
 
 ROOT = Path(__file__).resolve().parents[1]
 TASK_NAME = "ftstudio.run_job"
@@ -130,10 +130,13 @@ def task_for(huey: Huey):
     return wrapper
 
 
-def enqueue(job_id: str, priority: float = 0) -> None:
-    """Put a job's task on the queue; higher priority starts first (FIFO within one). A float:
-    the jobs of a sweep queue between whole priorities (halving.queue_priority)."""
-    task_for(get_huey())(job_id, priority=float(priority))
+def enqueue(job_id: str, priority: float = 0, since: float | None = None) -> None:
+    """Put a job's task on the queue; higher priority starts first, then the oldest job. A
+    float priority: the jobs of a sweep queue between whole priorities (halving.queue_priority).
+    since: when the job was first submitted (its created_at), so a job queued again (resumed,
+    recovered) keeps its place ahead of later ones (jobs.queue); None: now."""
+    with queued_since(since):
+        task_for(get_huey())(job_id, priority=float(priority))
 
 
 def queued_job_ids(huey: Huey | None = None) -> set[str]:
@@ -151,12 +154,12 @@ def run_job(job_id: str, task=None) -> None:
     if ctx.stopping.is_set():  # taken while shutting down: leave it for the next worker
         with store.connect() as db:
             job = next(iter(store.list_jobs(db, status="queued", ids=[job_id])), None)
-        if job:
-            enqueue(job_id, getattr(task, "priority", None) or 0)
+            if job:
+                enqueue(job_id, getattr(task, "priority", None) or 0, job.get("created_at"))
         return
     gpus = None
     if ctx.gpu_pool is not None:
-        gpus = _take_gpus(job_id, ctx)
+        gpus = _take_gpus(job_id, ctx, getattr(task, "priority", None) or 0)
         if gpus is None:
             return
     with store.connect() as db:
@@ -191,9 +194,10 @@ def gpus_wanted(job: dict) -> int:
     return int(((job.get("config") or {}).get("parallel") or {}).get("gpus") or 1)
 
 
-def _take_gpus(job_id: str, ctx: WorkerContext) -> list[str] | None:
+def _take_gpus(job_id: str, ctx: WorkerContext, priority: float = 0) -> list[str] | None:
     """The GPUs of a queued job from the worker's pool, waiting its turn; None when the job is
-    no longer queued or the worker stops (a job no worker can serve fails here, clearly)."""
+    no longer queued or the worker stops (then it is queued again at its task's `priority`; a
+    job no worker can serve fails here, clearly)."""
     with store.connect() as db:
         job = store.get_job(db, job_id)
     checked = [0.0]
@@ -218,7 +222,7 @@ def _take_gpus(job_id: str, ctx: WorkerContext) -> list[str] | None:
         with store.connect() as db:  # leave it for the next worker
             row = store.get_job(db, job_id)
             if row["status"] == "queued":
-                enqueue(job_id, store.queue_priority(db, row))
+                enqueue(job_id, priority, row.get("created_at"))
     return gpus
 
 

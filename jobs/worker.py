@@ -83,7 +83,7 @@ def recover(auto_resume: bool = True) -> dict[str, list[str]]:
         queued = store.list_jobs(db, status="queued")
         for job in reversed(queued):
             if job["id"] not in in_queue:
-                tasks.enqueue(job["id"], halving.queue_priority(db, job))
+                tasks.enqueue(job["id"], halving.queue_priority(db, job), job.get("created_at"))
                 done["requeued"].append(job["id"])
     for key, ids in done.items():
         if ids:

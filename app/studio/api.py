@@ -26,14 +26,15 @@ from collections.abc import Callable
 from typing import Any
 
 import gradio as gr
-import yaml
 
 from app.studio.session import actor as actor_of
-from engine.config import ConfigError, Problem, TrainConfig, from_dict, validate
+from engine.config import ConfigError, Problem, TrainConfig, from_dict, parse_config_text, \
+    validate
 
 ENDPOINTS = ("submit_job", "job_status", "job_metrics", "job_logs", "list_jobs", "cancel_job",
              "export_job", "job_artifacts", "eval_job", "job_eval", "validate_config",
              "estimate_memory", "submit_sweep", "sweep_leaderboard")
+#: and /data_report (a file upload: a Gradio event of its own, see register)
 
 
 def _jsonable(value: Any) -> Any:
@@ -57,15 +58,12 @@ def _no_paths(value: Any) -> Any:
 
 
 def _parse(config_yaml: str) -> tuple[TrainConfig | None, list[Problem]]:
+    """The config a YAML text holds, or its problems: engine.config.parse_config_text refuses
+    config bombs (aliases, nesting, size) and keys set twice before anything is built."""
+    source = "the submitted config"
     try:
-        data = yaml.safe_load(config_yaml or "") or {}
-    except yaml.YAMLError as exc:
-        return None, [Problem("config", f"not valid YAML: {exc}")]
-    if not isinstance(data, dict):
-        return None, [Problem("config", "must be a mapping with model, data, method and "
-                                        "train sections")]
-    try:
-        return from_dict(data, source="the submitted config"), []
+        data = parse_config_text(config_yaml if isinstance(config_yaml, str) else "", source)
+        return from_dict(data, source=source), []
     except ConfigError as exc:
         return None, exc.problems
 
@@ -262,8 +260,54 @@ def estimate_memory(config_yaml: str) -> dict:
     return {} if est is None else _jsonable(est.to_dict())
 
 
+def data_report(file: str, model: str = "", request: gr.Request = None) -> dict:
+    """Upload a data file and read its report: {"location" (where it is kept on the server:
+    the data.train of a config), "report" (format, records used, truncated, left out, token
+    lengths, and why_none_used: why, when no record is usable)}, counted with `model`'s
+    tokenizer (empty: the default model's). The file is checked and tokenized in a child process
+    (jobs.apart): a big upload never holds up the server's other answers."""
+    from app.studio.handlers import store_upload
+    from engine.data import DataError
+    from jobs import api
+
+    try:
+        path = store_upload(file, actor=actor_of(request))
+        cfg = TrainConfig()
+        cfg.data.train = path
+        if (model or "").strip():
+            cfg.model.name = model.strip()
+        report = api.report_for(cfg, apart=True)
+    except (DataError, OSError) as exc:
+        raise gr.Error(str(exc)) from None
+    from engine.data import why_none_used
+
+    report["why_none_used"] = why_none_used(report)
+    return _jsonable({"path": path, "report": report})
+
+
+#: how many calls of each kind run at once. Gradio runs each event one call at a time unless
+#: told otherwise, so 20 open job pages polling /job_status would wait in one line. Reads take
+#: milliseconds and touch only SQLite (WAL: readers never wait for the writer): no limit, each
+#: answered at once. Checks (validate, estimate) and writes (submit, cancel, export, eval) each
+#: share a small pool, so a burst of submits cannot starve the readers of threads; a data
+#: report waits on its child process (jobs.apart) in a pool of its own.
+READS = ("job_status", "job_metrics", "job_logs", "list_jobs", "job_artifacts", "job_eval",
+         "sweep_leaderboard")
+POOLS = {"validate_config": ("checks", 4), "estimate_memory": ("checks", 4),
+         "submit_job": ("writes", 4), "submit_sweep": ("writes", 4),
+         "cancel_job": ("writes", 4), "export_job": ("writes", 4), "eval_job": ("writes", 4)}
+
+
 def register() -> None:
     """Add the endpoints to the Blocks being built (call inside `with gr.Blocks()`)."""
     for name in ENDPOINTS:
         fn = globals()[name]
-        gr.api(fn, api_name=name, api_description=(fn.__doc__ or "").strip())
+        pool = {"concurrency_limit": None} if name in READS else \
+            dict(zip(("concurrency_id", "concurrency_limit"), POOLS[name]))
+        gr.api(fn, api_name=name, api_description=(fn.__doc__ or "").strip(), **pool)
+    upload = gr.File(visible=False, file_types=[".json", ".jsonl", ".csv", ".parquet"])
+    model, report = gr.Textbox(visible=False), gr.JSON(visible=False)
+    gr.Button(visible=False).click(data_report, [upload, model], report,
+                                   api_name="data_report", concurrency_id="data",
+                                   concurrency_limit=2,
+                                   api_description=(data_report.__doc__ or "").strip())

@@ -130,7 +130,8 @@ def store_upload(path: str | None, owner: str | None = None,
 def data_panel(values: dict[str, Any]) -> tuple[str, Any, list[list[tuple[str, str | None]]]]:
     """(report HTML, histogram frame, preview records) for the form's data settings."""
     from app.studio.jobview import frame
-    from engine.data import DataError, preview
+    from engine.data import DataError
+    from jobs import api
 
     columns = {"length": "str", "start": "int64", "records": "int64"}
     cfg, _ = form.build_config(values)
@@ -140,7 +141,7 @@ def data_panel(values: dict[str, Any]) -> tuple[str, Any, list[list[tuple[str, s
                            ".parquet file.", "info"), None, []
     tok = tokenizer_for(cfg.model.name)
     try:
-        rep = report_for(cfg, tok)
+        rep = report_for(cfg)     # tokenized apart from the web process (jobs.apart)
     except (DataError, ConfigError, OSError) as exc:
         return render.note(str(exc), "bad"), None, []
     bins = rep.get("histogram") or []
@@ -152,7 +153,7 @@ def data_panel(values: dict[str, Any]) -> tuple[str, Any, list[list[tuple[str, s
     records: list[list[tuple[str, str | None]]] = []
     if tok is not None and rep.get("used"):
         try:
-            shown = preview(path, tok, cfg.data, n=PREVIEW_RECORDS)
+            shown = api.preview_for(cfg, PREVIEW_RECORDS)   # apart, as the report
         except (DataError, ConfigError, ValueError) as exc:
             rep.setdefault("notes", []).append(f"preview unavailable: {exc}")
             shown = []
@@ -188,19 +189,10 @@ def device():
 
 
 def worker_gpus():
-    """(how many GPUs a job can get, the estimate's Device for one of them), or None where the
-    workers have none: FTSTUDIO_WORKER_GPUS (COUNTxGiB) when set, else this machine's GPUs."""
-    from engine.models.estimate import GiB, Device, gpu_count
-    from jobs import settings
+    """jobs.api.worker_devices: (GPUs a job can get, a Device for one) or None."""
+    from jobs import api
 
-    declared = settings.worker_gpus()
-    if declared:
-        count, gib = declared
-        return count, Device("cuda", f"{gib:g} GB GPU", int(gib * GiB), int(gib * GiB), True)
-    here = device()
-    if here.kind != "cuda":
-        return None
-    return gpu_count(), here
+    return api.worker_devices()
 
 
 def estimate_panel(values: dict[str, Any], actor: Any = None) -> str:
@@ -227,11 +219,13 @@ def estimate_panel(values: dict[str, Any], actor: Any = None) -> str:
 
 def report_for(cfg: TrainConfig, tokenizer: Any = None) -> dict[str, Any]:
     """The data report of cfg.data.train (jobs.api.report_for: made once per file, model and
-    settings, and kept), counted with the model's tokenizer when none is given."""
+    settings, and kept), counted with the model's tokenizer when none is given: then made in
+    jobs.apart's child process, so tokenizing a big upload never holds up other requests."""
     from jobs import api
 
-    return api.report_for(cfg, tokenizer if tokenizer is not None
-                          else tokenizer_for(cfg.model.name))
+    if tokenizer is None:
+        return api.report_for(cfg, apart=True)
+    return api.report_for(cfg, tokenizer)
 
 
 # --------------------------------------------------------------------------- defaults

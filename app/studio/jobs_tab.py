@@ -133,15 +133,16 @@ def build() -> JobsTab:
     tab = JobsTab(table, status_filter, job_picker, session, remembered, clone, compare_picker,
                   export, evaluation, outputs, timer, table_timer)
 
+    # the ticks only read: never in line behind each other or behind slow work (app/studio/api.py)
     timer.tick(tick, [session, job_picker], outputs, show_progress="hidden",
-               api_visibility="private")
+               concurrency_limit=None, api_visibility="private")
     job_picker.change(select_job, [job_picker, session],
                       outputs + [remembered, export.message, export.download,
                                  evaluation.message, evaluation.download, evaluation.data,
                                  evaluation.which],
                       show_progress="hidden", api_visibility="private")
     table_timer.tick(table_tick, [status_filter, table], [table, job_picker, compare_picker],
-                     show_progress="hidden", api_visibility="private")
+                     show_progress="hidden", concurrency_limit=None, api_visibility="private")
     gr.on([refresh.click, status_filter.change], refresh_table, [status_filter],
           [table, job_picker, compare_picker], api_visibility="private")
     table.select(row_selected, None, job_picker, api_visibility="private")

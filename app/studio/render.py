@@ -11,6 +11,7 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
+from engine.data.report import why_none_used
 from engine.models.catalog import ModelInfo, human_count
 from engine.config import Problem
 from engine.models.estimate import Estimate, human_bytes
@@ -142,6 +143,12 @@ def parallel_lines(plan: Any) -> str:
             f'{esc(per)}</div></div>')
 
 
+#: the report's counts of records left out, and what each means (as `ftstudio data check`)
+LEFT_OUT = (("skipped_bad", "bad"), ("dropped_duplicates", "duplicates"),
+            ("too_short", "too short"), ("too_long", "too long"),
+            ("no_trained_tokens", "without a trained token after truncation"))
+
+
 def data_report(rep: dict[str, Any]) -> str:
     """The dataset report (DataReport.to_dict()) as tiles, notes and problems."""
     unit = rep.get("length_unit", "tokens")
@@ -157,6 +164,13 @@ def data_report(rep: dict[str, Any]) -> str:
         ("Errors", bad, "bad" if bad else ""),
     ])
     lines = [f'<div class="fs-muted">{esc(rep.get("format_reason", ""))}</div>']
+    left = [(rep.get(k, 0), what) for k, what in LEFT_OUT if rep.get(k, 0)]
+    if left:
+        lines.append('<div class="fs-muted">Left out: ' + ", ".join(
+            f"{n:,} {what}" for n, what in left) + "</div>")
+    why = why_none_used(rep)
+    if why:
+        lines.append(note(f"No record to train on: {why}.", "bad"))
     if rep.get("used"):
         p99 = f', p99 {rep["length_p99"]}' if rep.get("length_p99") else ""  # older reports lack it
         lines.append(

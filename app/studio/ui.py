@@ -127,7 +127,13 @@ def _wire_sweeps(demo, tabs, train, sweeps, sweeps_item) -> None:
         event(sweep_tab.refresh_choices, sweeps.picker, sweeps.picker, **quiet)
 
 
+#: the most sessions whose state Gradio keeps (the oldest dropped first). Each holds a copy of
+#: the whole studio's config (~0.7 MB), and a REST call made without a session_hash opens a
+#: session of its own: Gradio's 10,000 would let a script grow the server by ~7 GB.
+SESSIONS_KEPT = 1000
+
+
 def launch_kwargs() -> dict[str, Any]:
     """What Blocks.launch needs besides host and port (Gradio 6 takes theme and css there)."""
     return dict(theme=theme(), css=css(), favicon_path=str(STATIC / "logo.svg"),
-                footer_links=["api"], show_error=True)
+                footer_links=["api"], show_error=True, state_session_capacity=SESSIONS_KEPT)

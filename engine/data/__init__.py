@@ -30,7 +30,7 @@ from engine.data.pipeline import (MAX_BAD_EXAMPLES, FormatNotDetected, PreparedD
 from engine.data.readers import (MAX_LINE_CHARS, DataError, RawRecord, check_path, file_sha256,
                                  read_records)
 from engine.data.report import (DataReport, fill_lengths, fill_side_lengths, format_report,
-                                summary_line)
+                                summary_line, why_none_used)
 from engine.data.template import DEFAULT_CHAT_TEMPLATE, ensure_chat_template
 
 __all__ = ["Batches", "best_fit_decreasing", "block_causal_mask", "collate_packed",
@@ -42,7 +42,7 @@ __all__ = ["Batches", "best_fit_decreasing", "block_causal_mask", "collate_packe
            "check_file", "data_report", "normalized_examples", "prepare", "preview",
            "split_indices", "MAX_LINE_CHARS", "DataError", "RawRecord", "check_path",
            "file_sha256", "read_records", "DataReport", "fill_lengths", "format_report",
-           "summary_line", "DEFAULT_CHAT_TEMPLATE", "ensure_chat_template",
+           "summary_line", "why_none_used", "DEFAULT_CHAT_TEMPLATE", "ensure_chat_template",
            # preference tuning (DPO/IPO/SimPO/ORPO pairs, KTO)
            "collate_kto", "collate_pairs", "data_kind", "kto_mismatched", "CHAT_KINDS",
            "PREFERENCE_KINDS", "EmptyAnswer", "dataset_columns", "fill_side_lengths"]

@@ -158,6 +158,8 @@ def format_report(report: DataReport) -> str:
     if r.duplicates and not r.dropped_duplicates:
         lines.append(f"Duplicates: {r.duplicates} found and kept (data.dedupe drops them)")
     lines.append(f"Truncated: {r.truncated} record(s) longer than {r.max_seq_len} {unit}")
+    if why_none_used(r):
+        lines.append(f"Unusable: {why_none_used(r)}")
     if r.truncated_answers:
         side = " on the chosen or rejected side" if r.kind == "preference" else ""
         lines.append(f"Answers cut: {r.truncated_answers} record(s) lost trained {unit} to "
@@ -202,6 +204,37 @@ def format_report(report: DataReport) -> str:
         lines.append("Validation file:")
         lines += ["  " + line for line in format_report(r.validation).splitlines()]
     return "\n".join(lines)
+
+
+def why_none_used(report: DataReport | dict[str, Any]) -> str | None:
+    """Why a report with no usable record has none, with the fix: every record left out and
+    where each went (`ftstudio data check` and the studio say the same). None when some are
+    used."""
+    r = report.to_dict() if isinstance(report, DataReport) else report
+    if r.get("used"):
+        return None
+    read, unit = r.get("records", 0), r.get("length_unit", "tokens")
+    if not read:
+        return "the file holds no records"
+    reasons = []
+    if r.get("no_trained_tokens"):
+        reasons.append(f"{r['no_trained_tokens']} lost every trained {unit[:-1]} to truncation "
+                       f"at data.max_seq_len {r.get('max_seq_len')}: the prompt fills the whole "
+                       "length, so no answer is left to learn from; raise data.max_seq_len or "
+                       "shorten the prompts")
+    if r.get("skipped_bad"):
+        reasons.append(f"{r['skipped_bad']} could not be used (malformed: see the problems "
+                       "listed)")
+    if r.get("too_short"):
+        reasons.append(f"{r['too_short']} are shorter than data.min_tokens; lower it")
+    if r.get("too_long"):
+        reasons.append(f"{r['too_long']} are longer than data.max_tokens; raise it or leave it "
+                       "empty to truncate instead")
+    if r.get("dropped_duplicates"):
+        reasons.append(f"{r['dropped_duplicates']} are duplicates dropped by data.dedupe")
+    every = "every one" if read > 1 else "the only one"
+    return (f"none of the {read} record(s) is usable ({every} was left out): "
+            + "; ".join(reasons or ["no record has an answer to train on"]))
 
 
 def summary_line(report: DataReport) -> str:
