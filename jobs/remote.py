@@ -64,6 +64,18 @@ def client(url: str | None = None):
     return redis.Redis.from_url(url, decode_responses=True, health_check_interval=30)
 
 
+def state(r, job_id: str) -> dict[str, str]:
+    """The owner's view of a job (job:<id>: status, attempt, cancel, cancel_at); empty when
+    Redis is away for a moment (a restart) or the owner has said nothing yet: no news, so the
+    job goes on."""
+    import redis
+
+    try:
+        return r.hgetall(job_key(job_id)) or {}
+    except (redis.ConnectionError, redis.TimeoutError):
+        return {}
+
+
 def job_key(job_id: str) -> str:
     return f"{PREFIX}job:{job_id}"
 
@@ -178,9 +190,9 @@ class RemoteLink:
                     f"{job['id']}` tries again"})
 
     def cancel_state(self, job: dict[str, Any]) -> tuple[bool, float | None]:
-        state = self.r.hgetall(job_key(job["id"])) or {}
-        at = state.get("cancel_at")
-        return state.get("cancel") == "1", float(at) if at else None
+        now = state(self.r, job["id"])
+        at = now.get("cancel_at")
+        return now.get("cancel") == "1", float(at) if at else None
 
     def exited(self, job: dict[str, Any], code: int, stopping: bool, log_path: Path) -> None:
         """The child ended: the owner records the end if the child did not (jobs.endings)."""
@@ -243,11 +255,11 @@ class RedisReporter:
         now = time.monotonic()
         if self.stop_reason is None and now - self._checked >= CHECK_EVERY_S:
             self._checked = now
-            state = self.r.hgetall(job_key(self.job_id)) or {}
-            if state and (state.get("status") != "running"
-                          or int(state.get("attempt") or 0) != self.attempt):
+            now_known = state(self.r, self.job_id)
+            if now_known and (now_known.get("status") != "running"
+                              or int(now_known.get("attempt") or 0) != self.attempt):
                 self.stop_reason = "superseded"
-            elif state.get("cancel") == "1":
+            elif now_known.get("cancel") == "1":
                 self.stop_reason = "cancel"
             elif self.worker_pid and not pid_alive(self.worker_pid):
                 self.stop_reason = "orphaned"
@@ -260,7 +272,7 @@ class RedisReporter:
         return self.main and self.stop_reason != "superseded"
 
     def cancel_requested(self) -> bool:
-        return (self.r.hgetall(job_key(self.job_id)) or {}).get("cancel") == "1"
+        return state(self.r, self.job_id).get("cancel") == "1"
 
     def stage_done(self) -> None:
         self._send("stage")

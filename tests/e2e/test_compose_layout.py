@@ -145,8 +145,8 @@ def _local(command: list[str], port: int) -> list[str]:
         args[args.index("--host") + 1] = "127.0.0.1"
     if args[0] == "serve":
         args += ["--port", str(port)]
-    exe = Path(sys.executable).parent / "ftstudio"
-    return ([str(exe)] if exe.exists() else [sys.executable, "-m", "app.cli"]) + args
+    # `python -m app.cli` from the checkout (the `ftstudio` script may run another install)
+    return [sys.executable, "-m", "app.cli"] + args
 
 
 @pytest.mark.e2e

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -254,3 +255,60 @@ def test_a_cancel_and_a_successive_halving_reach_remote_jobs(machines):
     assert jobs[3e-3]["status"] == "completed" and jobs[3e-3]["step"] == 8
     assert jobs[1e-3]["status"] == "cancelled"
     assert "cut by successive halving at step 4" in jobs[1e-3]["hint"]
+
+
+def _redis(server: str, port: int, folder: Path) -> subprocess.Popen:
+    import redis
+
+    proc = subprocess.Popen([server, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "yes", "--dir", str(folder)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    client = redis.Redis(port=port)
+    wait_for(lambda: _pings(client), 10, what="redis-server")
+    return proc
+
+
+def _pings(client) -> bool:
+    import redis
+
+    try:
+        return bool(client.ping())
+    except redis.ConnectionError:
+        return False
+
+
+@pytest.mark.e2e
+def test_a_redis_restart_with_its_append_only_file_loses_nothing(home, tmp_path, monkeypatch):
+    from test_redis import _free_port
+
+    server = shutil.which("redis-server")
+    if server is None:
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    port, folder = _free_port(), tmp_path / "redis"
+    folder.mkdir()
+    redis_proc = _redis(server, port, folder)
+    url = f"redis://127.0.0.1:{port}/0"
+    monkeypatch.setenv("FTSTUDIO_REDIS_URL", url)
+    home.mkdir(parents=True, exist_ok=True)
+    machines = Machines(home, tmp_path, url)
+    try:
+        job = api.submit(fake_config(max_steps=30), name="through-a-restart")
+        machines.owner()
+        machines.remote_worker(machines.remote_home("box"), FTSTUDIO_TEST_FAKE_TRAIN="30:0.2")
+        wait_for(lambda: api.get(job["id"])["step"] >= 5, 90,
+                 what=f"the first steps\n{machines.output()}")
+        redis_proc.terminate()  # writes its append-only file and stops
+        redis_proc.wait(timeout=30)
+        time.sleep(2)  # the job goes on meanwhile, holding its events until Redis is back
+        redis_proc = _redis(server, port, folder)
+        done = _done(job["id"], 120, machines)
+        assert done["status"] == "completed", (done, machines.output())
+        assert [r["step"] for r in api.metrics(job["id"]) if "loss" in r] == list(range(1, 31))
+        with store.connect() as db:
+            rows = db.execute("SELECT COUNT(*) FROM metrics WHERE job_id = ? AND name = 'loss'",
+                              [job["id"]]).fetchone()[0]
+        assert rows == 30
+    finally:
+        machines.stop_all()
+        redis_proc.terminate()
+        redis_proc.wait(timeout=30)
