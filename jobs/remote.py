@@ -107,11 +107,13 @@ def relative(path: str | os.PathLike | None) -> str | None:
     """A path under FTSTUDIO_HOME as it travels (relative to it); other paths as they are."""
     if path is None:
         return None
-    p = Path(path)
-    home = store.home().resolve()
-    resolved = p.resolve() if p.is_absolute() else p
-    if p.is_absolute() and resolved.is_relative_to(home):
-        return resolved.relative_to(home).as_posix()
+    p = Path(os.path.normpath(path))
+    if not p.is_absolute():
+        return str(path)
+    home = Path(os.path.normpath(store.home().absolute()))
+    for inside, top in ((p, home), (p.resolve(), home.resolve())):  # as named, then real
+        if inside.is_relative_to(top):
+            return inside.relative_to(top).as_posix()
     return str(path)
 
 
