@@ -38,8 +38,10 @@ RUN pip install -e ".[redis,gpu,trackers]" \
  && python -c "import torch, engine.training.loop, jobs.worker, app.cli"
 
 # A non-root user owns the data volume; the code stays root-owned and read-only to it.
+# /app/studio-data points at it, so the examples' paths (studio-data/models/demo in demo.yaml)
+# work as written from /app: `ftstudio submit /app/static/examples/demo.yaml`.
 RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin ftstudio \
- && mkdir -p /data && chown ftstudio:ftstudio /data
+ && mkdir -p /data && chown ftstudio:ftstudio /data && ln -s /data /app/studio-data
 ENV FTSTUDIO_HOME=/data \
     HF_HOME=/data/hf-cache \
     FTSTUDIO_HOST=0.0.0.0 \

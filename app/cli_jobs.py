@@ -45,13 +45,17 @@ def _progress(job: dict) -> str:
 @click.option("--no-resume", is_flag=True,
               help="Do not resume jobs that a crash or shutdown interrupted (also: "
                    "FTSTUDIO_AUTO_RESUME=0).")
-def worker(gpus: str | None, workers: int, no_resume: bool) -> None:
+@click.option("--remote", is_flag=True,
+              help="A worker on another machine than the studio's: needs only "
+                   "FTSTUDIO_REDIS_URL and the shared files (FTSTUDIO_HOME), reports through "
+                   "Redis and never opens studio.db (docs/deploy.md, Several machines).")
+def worker(gpus: str | None, workers: int, no_resume: bool, remote: bool) -> None:
     """Run a worker for the job queue (SQLite under FTSTUDIO_HOME, or FTSTUDIO_REDIS_URL).
     Ctrl-C lets running jobs checkpoint; they resume when a worker starts again."""
     from jobs.worker import parse_gpus, run_worker
 
     with clean_errors():
-        run_worker(parse_gpus(gpus), workers, auto_resume=not no_resume)
+        run_worker(parse_gpus(gpus), workers, auto_resume=not no_resume, remote=remote)
 
 
 @click.command()

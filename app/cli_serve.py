@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import signal
 from pathlib import Path
 
 import click
@@ -95,6 +96,11 @@ def serve(host: str, port: int, home: str, no_worker: bool, auth_flag: bool,
     """Open the studio in the browser: train, watch jobs live, chat with the results."""
     home_path = Path(home).expanduser().resolve()
     os.environ["FTSTUDIO_HOME"] = str(home_path)
+    from jobs.store import not_writable
+
+    problem = not_writable(home_path / "studio.db")
+    if problem:  # e.g. a bind-mounted /data owned by someone else than the image's user
+        raise click.ClickException(problem)
     auth = auth_enabled(auth_flag)
     try:
         warning = check_binding(host, auth, insecure_no_auth)
@@ -120,17 +126,24 @@ def serve(host: str, port: int, home: str, no_worker: bool, auth_flag: bool,
     from app.studio import build_app, launch_kwargs
     from jobs.datasets import max_upload_bytes
 
-    worker = None
+    worker = owner = None
     if not no_worker:
         from jobs.worker import start_embedded_worker
 
         worker = start_embedded_worker()
+    elif redis_url():  # remote workers report through Redis: this process persists it
+        from jobs.owner import Owner
+
+        owner = Owner().start()
     app = build_app(worker="embedded" if worker else "external")
     click.echo(f"ftstudio: http://{host}:{port}/  (home {home_path}; "
                f"{'embedded worker' if worker else 'no worker: run `ftstudio worker`'}; "
                f"{'logins required' if auth else 'no logins'})")
     extra = dict(auth=gradio_auth, auth_message="ftstudio: log in with your account") \
         if auth else {}
+    # `docker stop` sends SIGTERM (PID 1 has no default handler): stop as Ctrl-C does, so
+    # the embedded worker lets running jobs checkpoint
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         app.queue(default_concurrency_limit=8).launch(
             # no allowed_paths: nothing under FTSTUDIO_HOME/jobs is served by path; downloads
@@ -141,3 +154,16 @@ def serve(host: str, port: int, home: str, no_worker: bool, auth_flag: bool,
     finally:
         if worker is not None:
             worker.stop()
+        if owner is not None:
+            owner.stop()
+
+
+def _interrupt(signum, frame) -> None:
+    signal.signal(signum, signal.SIG_DFL)  # a second SIGTERM ends the process at once
+    raise KeyboardInterrupt(f"{signal.Signals(signum).name} received")
+
+
+def redis_url() -> str:
+    from jobs import settings
+
+    return settings.redis_url()

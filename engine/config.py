@@ -658,7 +658,10 @@ def apply_overrides(cfg: TrainConfig, overrides: list[str]) -> TrainConfig:
             problems.append(Problem(key, f"unknown setting; {hint}"))
             continue
         try:
-            value = _coerce(key, _override_value(key, text))
+            value = _override_value(key, text)
+            if isinstance(value, bool) and _takes_words(key):  # YAML reads off/on/yes/no as
+                value = text.strip()                            # booleans: keep the word
+            value = _coerce(key, value)
         except (ValueError, yaml.YAMLError) as exc:
             problems.append(Problem(key, str(exc)))
             continue
@@ -677,6 +680,14 @@ def _override_value(key: str, text: str) -> Any:
     if not text.strip():
         return None
     return _load_text(text, f"the value of {key}")
+
+
+def _takes_words(key: str) -> bool:
+    """Whether the field holds text rather than a boolean (train.eval_generate: off, end,
+    every N), so a YAML boolean word typed for it means the word."""
+    tp = _type_of(key)
+    kinds = [a for a in get_args(tp) if a is not type(None)] or [tp]
+    return bool not in kinds and any(k is str or get_origin(k) is Literal for k in kinds)
 
 
 def _coerce(key: str, value: Any) -> Any:
@@ -740,7 +751,9 @@ def _coerce(key: str, value: Any) -> Any:
                     continue
             continue
         if t is str:
-            if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            if isinstance(value, bool):  # `eval_generate: off` in a YAML file reads as False
+                return "on" if value else "off"
+            if isinstance(value, (str, int, float)):
                 return str(value)
             continue
         if get_origin(t) is list:

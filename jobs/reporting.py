@@ -84,6 +84,13 @@ class StoreReporter:
                 store.publish_metrics(self.db, self.job_id, self.last_step, attempt=self.attempt)
         return self.stop_reason is not None
 
+    def cancel_requested(self) -> bool:
+        """Whether a person asked the job to stop (read now: a SIGTERM may have come first)."""
+        try:
+            return bool(store.get_job(self.db, self.job_id)["cancel_requested"])
+        except store.JobNotFound:
+            return False
+
     # ----------------------------------------------------------------- what a job kind records
 
     @property

@@ -69,6 +69,12 @@ def job_attempt() -> int | None:
     return int(number("FTSTUDIO_JOB_ATTEMPT", 0, int)) or None
 
 
+def remote_job() -> str:
+    """FTSTUDIO_REMOTE_JOB, set by a remote worker for a job's child: the job as claimed (JSON),
+    so the child needs no database (jobs/remote.py)."""
+    return text("FTSTUDIO_REMOTE_JOB")
+
+
 def worker_pid() -> int | None:
     """FTSTUDIO_WORKER_PID, set by the worker for a job's child process."""
     return int(number("FTSTUDIO_WORKER_PID", 0, int)) or None

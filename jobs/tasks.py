@@ -11,6 +11,10 @@ the job trains on several GPUs or under FSDP) in its own session, and waits: it 
 checkpoint and stop. A child that dies without recording its end (a signal, an OOM kill, a crash
 before Python could report) becomes a failed job with an error and a hint.
 
+What the task asks of the studio's database goes through the worker's link: LocalLink (here:
+jobs.store, on the machine that owns studio.db) or RemoteLink (jobs/remote.py: the same
+questions through Redis, for `ftstudio worker --remote`, which never opens the database).
+
 Enqueue from Python:  from jobs.tasks import enqueue; enqueue(job_id, priority=0)
 """
 
@@ -27,6 +31,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from huey import Huey
 
@@ -38,15 +43,114 @@ from jobs.queue import get_huey, queued_since
 ROOT = Path(__file__).resolve().parents[1]
 TASK_NAME = "ftstudio.run_job"
 HOST = socket.gethostname()
+
+
+def _pid_namespace() -> str:
+    """This process's pid namespace (containers on one host, host networking included, share
+    a hostname but not their pids); empty where /proc does not say."""
+    try:
+        return os.readlink("/proc/self/ns/pid").removeprefix("pid:").strip("[]")
+    except OSError:
+        return ""
+
+
+#: where a pid means this process's pids: the host and the pid namespace
+PIDNS = _pid_namespace()
 POLL_S = 0.5
 log = logging.getLogger("ftstudio.worker")
+
+
+class LocalLink:
+    """The task's questions to studio.db, answered here (a worker on the studio's machine)."""
+
+    remote = False
+
+    def still_queued(self, job_id: str) -> bool:
+        with store.connect() as db:
+            return bool(store.list_jobs(db, status="queued", ids=[job_id]))
+
+    def claim(self, job_id: str, worker_id: str, stopping: threading.Event | None = None
+              ) -> dict | None:
+        with store.connect() as db:
+            if not store.transition(db, job_id, "running", frm=("queued",),
+                                    **claim_fields(worker_id, HOST, os.getpid())):
+                return None
+            return store.get_job(db, job_id)
+
+    def queued_since(self, job_id: str) -> float | None:
+        with store.connect() as db:
+            return store.get_job(db, job_id).get("created_at")
+
+    def started(self, job: dict, pid: int, gpus: list[str] | None = None) -> None:
+        with store.connect() as db:
+            store.update(db, job["id"], pid=pid, gpus=",".join(gpus) if gpus else None,
+                         expect={"attempt": job["attempt"]})
+
+    def cancel_state(self, job: dict) -> tuple[bool, float | None]:
+        with store.connect() as db:
+            row = store.get_job(db, job["id"])
+        return bool(row["cancel_requested"]), row["cancel_requested_at"]
+
+    def exited(self, job: dict, code: int, stopping: bool, log_path: Path) -> None:
+        """Record the end of a child that did not record it itself (jobs.endings.job_end)."""
+        with store.connect() as db:
+            row = store.get_job(db, job["id"])
+            if row["status"] != "running" or row["attempt"] != job["attempt"]:
+                log.info("job %s ended: %s", job["id"], row["status"])
+                return
+            end = job_end(job, "exited", code=code, cancel=bool(row["cancel_requested"]),
+                          stopping=stopping, log_path=log_path)
+            store.transition(db, job["id"], end.status, frm=("running",),
+                             expect={"attempt": job["attempt"]}, finished_at=store.now(),
+                             **end.fields())
+            log.info("job %s ended: %s", job["id"], store.get_job(db, job["id"])["status"])
+
+    def worker_error(self, job: dict, exc: Exception) -> None:
+        with store.connect() as db:
+            store.transition(db, job["id"], "failed", frm=("running",),
+                             expect={"attempt": job["attempt"]}, finished_at=store.now(),
+                             **_worker_error(job, exc))
+
+    def child_env(self, job: dict) -> dict[str, str]:
+        return {}
+
+
+def claim_fields(worker_id: str, hostname: str, worker_pid: int | None) -> dict:
+    """The fields of a queued -> running claim by worker `worker_id` (local or remote)."""
+    return dict(started_at=store.now(), finished_at=None, worker=worker_id, hostname=hostname,
+                worker_pid=worker_pid, pid=None, attempt=store.Expr("attempt + 1"),
+                cancel_requested=0, cancel_requested_at=None, error=None, hint=None,
+                resume_on_start=0)
+
+
+def _worker_error(job: dict, exc: Exception) -> dict:
+    return {"error": f"worker error: {type(exc).__name__}: {exc}",
+            "hint": f"see the worker's output; `ftstudio jobs resume {job['id']}` tries again"}
+
+
+def new_worker_id(remote: bool = False) -> str:
+    """Unique per worker process (not the hostname alone: containers with host networking
+    share one): host, pid, a random tag and the pid namespace; recorded with each claim (the
+    jobs.worker column), so recovery checks a pid only where it means the same process."""
+    return ("remote:" if remote else "") + \
+        f"{HOST}:{os.getpid()}:{os.urandom(3).hex()}" + (f"@{PIDNS}" if PIDNS else "")
+
+
+def same_pids(job: dict) -> bool:
+    """Whether the job's worker ran where this process's pids mean the same processes: this
+    host and pid namespace (a worker id without a namespace: this host)."""
+    worker = str(job.get("worker") or "")
+    if job.get("hostname") != HOST or worker.startswith("remote:"):
+        return False
+    _, at, ns = worker.rpartition("@")
+    return not at or ns == PIDNS
 
 
 @dataclass
 class WorkerContext:
     """What the task needs from the worker that runs it (set by jobs.worker)."""
 
-    worker_id: str = field(default_factory=lambda: f"{HOST}:{os.getpid()}:{os.urandom(3).hex()}")
+    worker_id: str = field(default_factory=new_worker_id)
     #: the worker's GPUs, handed to each job as many as it asks for; None: leave devices alone
     gpu_pool: "GpuPool | None" = None
     stopping: threading.Event = field(default_factory=threading.Event)
@@ -54,6 +158,8 @@ class WorkerContext:
     cancel_grace_s: float = field(default_factory=settings.cancel_grace_s)
     #: seconds after SIGTERM before SIGKILL (cancel and worker shutdown)
     kill_after_s: float = field(default_factory=settings.kill_after_s)
+    #: where the task's questions about jobs go: studio.db here, or Redis (jobs/remote.py)
+    link: Any = field(default_factory=LocalLink)
 
     def put_gpus(self, gpus: list[str] | None) -> None:
         if self.gpu_pool is not None and gpus:
@@ -151,40 +257,43 @@ def queued_job_ids(huey: Huey | None = None) -> set[str]:
 
 def run_job(job_id: str, task=None) -> None:
     ctx = _context
+    priority = getattr(task, "priority", None) or 0
     if ctx.stopping.is_set():  # taken while shutting down: leave it for the next worker
-        with store.connect() as db:
-            job = next(iter(store.list_jobs(db, status="queued", ids=[job_id])), None)
-            if job:
-                enqueue(job_id, getattr(task, "priority", None) or 0, job.get("created_at"))
+        if ctx.link.still_queued(job_id):
+            enqueue(job_id, priority, ctx.link.queued_since(job_id))
         return
     gpus = None
-    if ctx.gpu_pool is not None:
-        gpus = _take_gpus(job_id, ctx, getattr(task, "priority", None) or 0)
+    if ctx.gpu_pool is not None and not ctx.link.remote:  # wait for GPUs, then claim
+        gpus = _take_gpus(job_id, ctx, priority)
         if gpus is None:
             return
-    with store.connect() as db:
-        claimed = store.transition(
-            db, job_id, "running", frm=("queued",), started_at=store.now(), finished_at=None,
-            worker=ctx.worker_id, hostname=HOST, worker_pid=os.getpid(), pid=None,
-            attempt=store.Expr("attempt + 1"), cancel_requested=0, cancel_requested_at=None,
-            error=None, hint=None, resume_on_start=0)
-        if not claimed:
-            ctx.put_gpus(gpus)
-            log.info("job %s is no longer queued; nothing to do", job_id)
+    try:
+        job = ctx.link.claim(job_id, ctx.worker_id, ctx.stopping)
+    except TimeoutError as exc:  # no owner to answer (jobs/remote.py): leave it queued
+        ctx.put_gpus(gpus)
+        log.warning("job %s: %s; it goes back on the queue", job_id, exc)
+        enqueue(job_id, priority)
+        ctx.stopping.wait(5.0)
+        return
+    if job is None:
+        ctx.put_gpus(gpus)
+        log.info("job %s is no longer queued; nothing to do", job_id)
+        return
+    if ctx.gpu_pool is not None and ctx.link.remote:  # a remote worker's own pool, once claimed
+        try:
+            gpus = ctx.gpu_pool.take(gpus_wanted(job), ctx.stopping.is_set)
+        except ValueError as exc:
+            ctx.link.worker_error(job, exc)
             return
-        job = store.get_job(db, job_id)
+        if gpus is None:  # the worker stops: the owner finds the job interrupted and resumes it
+            return
     log.info("job %s (%s) started, attempt %d%s", job_id, job["name"], job["attempt"],
              f", on GPU(s) {','.join(gpus)}" if gpus else "")
     try:
         _supervise(job, ctx, gpus)
     except Exception as exc:  # the worker must survive anything one job does
         log.exception("job %s: worker error", job_id)
-        with store.connect() as db:
-            store.transition(db, job_id, "failed", frm=("running",),
-                             expect={"attempt": job["attempt"]}, finished_at=store.now(),
-                             error=f"worker error: {type(exc).__name__}: {exc}",
-                             hint="see the worker's output; `ftstudio jobs resume "
-                                  f"{job_id}` tries again")
+        ctx.link.worker_error(job, exc)
 
 
 def gpus_wanted(job: dict) -> int:
@@ -233,18 +342,17 @@ def _supervise(job: dict, ctx: WorkerContext, gpus: list[str] | None = None) -> 
         with open(out / "log.txt", "ab") as logfile:
             proc = subprocess.Popen(child_command(job["id"], gpus, distributed=launched(job)),
                                     stdout=logfile, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, env=child_env(job, gpus),
+                                    stdin=subprocess.DEVNULL,
+                                    env={**child_env(job, gpus), **ctx.link.child_env(job)},
                                     start_new_session=True)
-        with store.connect() as db:
-            store.update(db, job["id"], pid=proc.pid, gpus=",".join(gpus) if gpus else None,
-                         expect={"attempt": job["attempt"]})
+        ctx.link.started(job, proc.pid, gpus)
         _wait(job, proc, ctx)
     finally:
         ctx.put_gpus(gpus)
     from jobs.redact import scrub_run_folder
 
     scrub_run_folder(out)  # a child killed before it could (jobs/redact.py)
-    _record_end(job, proc.returncode, ctx, out / "log.txt")
+    ctx.link.exited(job, proc.returncode, ctx.stopping.is_set(), out / "log.txt")
 
 
 def _wait(job: dict, proc: subprocess.Popen, ctx: WorkerContext) -> None:
@@ -267,29 +375,12 @@ def _wait(job: dict, proc: subprocess.Popen, ctx: WorkerContext) -> None:
             _signal_group(proc, signal.SIGTERM)
             term_at = time.monotonic()
             continue
-        with store.connect() as db:
-            row = store.get_job(db, job["id"])
-        if row["cancel_requested"] and row["cancel_requested_at"] and \
-                store.now() - row["cancel_requested_at"] > ctx.cancel_grace_s:
+        cancel, cancel_at = ctx.link.cancel_state(job)
+        if cancel and cancel_at and store.now() - cancel_at > ctx.cancel_grace_s:
             log.warning("job %s ignored its cancel for %.0fs; sending SIGTERM", job["id"],
                         ctx.cancel_grace_s)
             _signal_group(proc, signal.SIGTERM)
             term_at = time.monotonic()
-
-
-def _record_end(job: dict, returncode: int, ctx: WorkerContext, log_path: Path) -> None:
-    """Record the end of a child that did not record it itself (jobs.endings.job_end)."""
-    with store.connect() as db:
-        row = store.get_job(db, job["id"])
-        if row["status"] != "running" or row["attempt"] != job["attempt"]:
-            log.info("job %s ended: %s", job["id"], row["status"])
-            return
-        end = job_end(job, "exited", code=returncode, cancel=bool(row["cancel_requested"]),
-                      stopping=ctx.stopping.is_set(), log_path=log_path)
-        store.transition(db, job["id"], end.status, frm=("running",),
-                         expect={"attempt": job["attempt"]}, finished_at=store.now(),
-                         **end.fields())
-        log.info("job %s ended: %s", job["id"], store.get_job(db, job["id"])["status"])
 
 
 def _signal_group(proc: subprocess.Popen, sig: int) -> None:

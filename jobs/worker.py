@@ -1,7 +1,7 @@
 """A worker: recover what a crash left behind, then run a Huey consumer over the job queue.
 
-Run as: ftstudio worker [--gpus 0,1] [--workers N] [--no-resume]
-    or: python -m jobs.worker [--gpus 0,1] [--workers N] [--no-resume]
+Run as: ftstudio worker [--gpus 0,1] [--workers N] [--no-resume] [--remote]
+    or: python -m jobs.worker [--gpus 0,1] [--workers N] [--no-resume] [--remote]
 
 On start it (1) marks `interrupted` every job that says running but whose worker is gone (a dead
 pid on this host, or no heartbeat for FTSTUDIO_STALE_AFTER seconds from another host), stopping
@@ -10,6 +10,11 @@ interrupted jobs to continue from their last checkpoint, unless auto_resume is o
 (FTSTUDIO_AUTO_RESUME=0 or --no-resume); (3) re-enqueues queued jobs that have no task in the
 queue (claiming is atomic, so a duplicate task is harmless). Ctrl-C / SIGTERM asks running jobs to
 checkpoint and stop; they resume when a worker starts again.
+
+With FTSTUDIO_REDIS_URL, a worker on the studio's machine also runs the owner loop
+(jobs/owner.py): it persists what remote workers report. `--remote` makes a worker for another
+machine: it needs only FTSTUDIO_REDIS_URL and the shared files folder (FTSTUDIO_HOME), never opens
+studio.db or queue.db, and leaves recovery to the studio's machine (jobs/remote.py).
 
 `ftstudio serve` embeds one: handle = start_embedded_worker(); ...; handle.stop().
 """
@@ -27,9 +32,10 @@ from pathlib import Path
 from huey.consumer import Consumer
 
 from jobs import settings
-from jobs import api, halving, store, tasks
+from jobs import api, halving, owner, store, tasks
 from jobs.endings import job_end
 from jobs.queue import describe, get_huey
+from jobs.remote import RemoteLink
 from jobs.reporting import pid_alive
 from jobs.tasks import HOST, WorkerContext, gpu_pool
 
@@ -93,7 +99,10 @@ def recover(auto_resume: bool = True) -> dict[str, list[str]]:
 
 def _gone(job: dict) -> str | None:
     """Why a running job's worker is gone, or None while it may still be alive."""
-    if job["hostname"] == HOST:
+    if owner.is_remote(job) and settings.redis_url():  # its runner's heartbeat is in Redis
+        return None if owner.alive(job) else \
+            f"no heartbeat from remote worker {job['worker']} for {_stale_after_s():.0f}s"
+    if tasks.same_pids(job):  # else: the same hostname is another container or machine
         pid = job["worker_pid"]
         if pid == os.getpid():
             return None if job["worker"] in _live_ids else "its worker in this process stopped"
@@ -109,7 +118,7 @@ def _gone(job: dict) -> str | None:
 def _stop_orphan(job: dict) -> None:
     """SIGTERM (then SIGKILL) a runner child that outlived its worker on this host."""
     pid = job["pid"]
-    if job["hostname"] != HOST or not pid or not pid_alive(pid) or _zombie(pid):
+    if not tasks.same_pids(job) or not pid or not pid_alive(pid) or _zombie(pid):
         return
     cmdline = Path(f"/proc/{pid}/cmdline")
     if cmdline.exists():
@@ -152,8 +161,17 @@ class WorkerHandle:
     time in a child process. stop() asks running jobs to checkpoint and waits for them."""
 
     def __init__(self, gpus: list[str] | None = None, workers: int = 1,
-                 auto_resume: bool = True):
-        self.ctx = WorkerContext(gpu_pool=gpu_pool(gpus))  # each job takes parallel.gpus
+                 auto_resume: bool = True, remote: bool = False):
+        if remote and not settings.redis_url():
+            raise ValueError("`ftstudio worker --remote` needs FTSTUDIO_REDIS_URL "
+                             "(redis://host:6379/0, the studio's Redis): a remote worker "
+                             "takes jobs from that queue and reports through it")
+        self.remote = remote
+        self.ctx = WorkerContext(gpu_pool=gpu_pool(gpus),  # each job takes parallel.gpus
+                                 worker_id=tasks.new_worker_id(remote),
+                                 link=RemoteLink() if remote else tasks.LocalLink())
+        #: the owner loop of a worker on the studio's machine with a Redis queue
+        self.owner: owner.Owner | None = None
         self.auto_resume = auto_resume
         self.gpus, self.workers = gpus, workers
         tasks.set_context(self.ctx)
@@ -167,7 +185,10 @@ class WorkerHandle:
 
     def start(self) -> "WorkerHandle":
         _live_ids.add(self.ctx.worker_id)
-        self.recovered = recover(self.auto_resume)
+        if not self.remote and settings.redis_url():
+            self.owner = owner.Owner().start()
+        # a remote worker reads no job rows: the studio's machine recovers (jobs/owner.py)
+        self.recovered = None if self.remote else recover(self.auto_resume)
         if not self.ctx.stopping.is_set():
             self.consumer.start()
             log.info("worker %s: %d job thread(s), gpus %s, queue %s", self.ctx.worker_id,
@@ -184,6 +205,8 @@ class WorkerHandle:
         self.ctx.stopping.set()
         self.started.wait()
         self.consumer.stop(graceful=True)
+        if self.owner is not None:
+            self.owner.stop()
         _live_ids.discard(self.ctx.worker_id)
         log.info("worker %s stopped", self.ctx.worker_id)
 
@@ -192,8 +215,8 @@ class WorkerHandle:
         return self.started.is_set() and not self.ctx.stopping.is_set()
 
 
-def run_worker(gpus: list[str] | None = None, workers: int = 1, auto_resume: bool = True
-               ) -> None:
+def run_worker(gpus: list[str] | None = None, workers: int = 1, auto_resume: bool = True,
+               remote: bool = False) -> None:
     """Recover, then consume the queue in this process until SIGINT or SIGTERM."""
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO,
@@ -208,7 +231,7 @@ def run_worker(gpus: list[str] | None = None, workers: int = 1, auto_resume: boo
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, on_signal)
-    handle = WorkerHandle(gpus, workers, auto_resume).start()
+    handle = WorkerHandle(gpus, workers, auto_resume, remote).start()
     last_check = time.monotonic()
     while not stop.wait(0.5):
         if time.monotonic() - last_check > 10:
@@ -253,8 +276,12 @@ def main(argv: list[str] | None = None) -> None:
                         "--gpus: jobs share the GPUs, each waiting for its count)")
     parser.add_argument("--no-resume", action="store_true",
                         help="do not resume interrupted jobs on start")
+    parser.add_argument("--remote", action="store_true",
+                        help="a worker on another machine: needs only FTSTUDIO_REDIS_URL and "
+                             "the shared files; never opens studio.db")
     args = parser.parse_args(argv)
-    run_worker(parse_gpus(args.gpus), args.workers, auto_resume=not args.no_resume)
+    run_worker(parse_gpus(args.gpus), args.workers, auto_resume=not args.no_resume,
+               remote=args.remote)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,8 @@ def run_stages(job: dict, reporter, work: Callable, what: str, known: type[Excep
     try:
         return work(log), 0
     except Stopped:
-        reporter.end(job_end(job, "stopped", stop_reason=reporter.stop_reason, stage=what))
+        reporter.end(job_end(job, "stopped", stop_reason=reporter.stop_reason, stage=what,
+                             cancel=reporter.cancel_requested()))
         return None, 0
     except known as exc:
         reporter.on_log(f"{what} failed: {exc}")

@@ -49,7 +49,8 @@ def run(job: dict, reporter) -> int:
     if getattr(result, "cancelled", False):
         paused = reporter.stop_reason == "rung"
         reporter.end(job_end(job, "paused" if paused else "stopped", step=steps,
-                             stop_reason=reporter.stop_reason))
+                             stop_reason=reporter.stop_reason,
+                             cancel=not paused and reporter.cancel_requested()))
         reporter.left_race(reporter.last_step if paused else None)
         return 0
     adapter = getattr(result, "adapter_dir", None)

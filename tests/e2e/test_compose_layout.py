@@ -105,6 +105,30 @@ def test_the_build_context_has_what_the_dockerfile_copies():
         assert needle in docs, needle
 
 
+def test_a_worker_only_machine_needs_redis_and_the_shared_files_only():
+    """docker-compose.worker.yml (docs/deploy.md, Several machines): a remote worker, no
+    database; every service stops on SIGTERM through an init process."""
+    other = yaml.safe_load((ROOT / "docker-compose.worker.yml").read_text())
+    (name, worker), = other["services"].items()
+    assert worker["command"] == ["worker", "--remote"]
+    ctx = cli.commands["worker"].make_context("worker", worker["command"][1:])
+    assert ctx.params["remote"] is True
+    env = worker["environment"]
+    assert env["FTSTUDIO_HOME"] == "/data" and "FTSTUDIO_REDIS_URL" in env
+    assert worker["init"] is True and worker["volumes"][0].endswith(":/data")
+    assert worker["image"] == COMPOSE["services"]["worker"]["image"]
+    for service in ("web", "worker"):
+        assert COMPOSE["services"][service]["init"] is True
+    docs = (ROOT / "docs" / "deploy.md").read_text()
+    for needle in ("## Several machines", "docker-compose.worker.yml", "ftstudio worker --remote",
+                   "never opened"):
+        assert needle in docs, needle
+    # `ftstudio submit /app/static/examples/demo.yaml` in the image: its model path resolves
+    assert "ln -s /data /app/studio-data" in re.sub(r"\\\n\s*", "", DOCKERFILE)
+    demo = yaml.safe_load((EXAMPLES / "demo.yaml").read_text())
+    assert demo["model"]["name"].startswith("studio-data/")
+
+
 # --------------------------------------------------------------------------- as processes
 
 
@@ -121,8 +145,8 @@ def _local(command: list[str], port: int) -> list[str]:
         args[args.index("--host") + 1] = "127.0.0.1"
     if args[0] == "serve":
         args += ["--port", str(port)]
-    exe = Path(sys.executable).parent / "ftstudio"
-    return ([str(exe)] if exe.exists() else [sys.executable, "-m", "app.cli"]) + args
+    # `python -m app.cli` from the checkout (the `ftstudio` script may run another install)
+    return [sys.executable, "-m", "app.cli"] + args
 
 
 @pytest.mark.e2e
@@ -143,9 +167,9 @@ def test_the_compose_commands_run_a_job_as_processes(tmp_path, tiny_model, monke
                PYTHONUNBUFFERED="1", GRADIO_ANALYTICS_ENABLED="False")
     procs: list[subprocess.Popen] = []
 
-    def start(name: str, cmd: list[str]) -> subprocess.Popen:
+    def start(name: str, cmd: list[str], **more: str) -> subprocess.Popen:
         out = open(tmp_path / f"{name}.log", "wb")
-        procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out,
+        procs.append(subprocess.Popen(cmd, cwd=ROOT, env={**env, **more}, stdout=out,
                                       stderr=subprocess.STDOUT, start_new_session=True))
         return procs[-1]
 
@@ -175,6 +199,34 @@ def test_the_compose_commands_run_a_job_as_processes(tmp_path, tiny_model, monke
         assert not (home / "queue.db").exists()  # the queue was Redis
         assert list(tmp_path.glob("appendonly*")), "redis ran without --appendonly yes"
         assert _wait_http(f"http://127.0.0.1:{web_port}/", web, tmp_path / "web.log")
+
+        # a worker-only machine (docker-compose.worker.yml): its /data holds the shared files
+        # only; the web process persists what it reports
+        os.killpg(procs[-1].pid, signal.SIGTERM)
+        assert procs[-1].wait(timeout=90) == 0
+        elsewhere = tmp_path / "elsewhere"
+        for sub in ("jobs", "models", "datasets", "cache"):
+            (home / sub).mkdir(exist_ok=True)
+            (elsewhere / sub).parent.mkdir(exist_ok=True)
+            (elsewhere / sub).symlink_to(home / sub)
+        other = yaml.safe_load((ROOT / "docker-compose.worker.yml").read_text())
+        start("remote", _local(other["services"]["worker"]["command"], web_port),
+              FTSTUDIO_HOME=str(elsewhere))
+        again = {k: v for k, v in api.get(job["id"])["config"].items() if k != "output_dir"}
+        job = api.submit(again, name="remote")
+        end = time.monotonic() + 300
+        while api.get(job["id"])["status"] in ("queued", "running"):
+            assert time.monotonic() < end, (tmp_path / "remote.log").read_text()[-3000:]
+            time.sleep(1)
+        done = api.get(job["id"])
+        assert done["status"] == "completed", (done, (tmp_path / "remote.log").read_text())
+        assert done["worker"].startswith("remote:")
+        assert [r["step"] for r in api.metrics(job["id"]) if "loss" in r] == [1, 2, 3]
+        assert not (elsewhere / "studio.db").exists()
+
+        # `docker stop` sends SIGTERM: the web stops cleanly, at once
+        os.killpg(web.pid, signal.SIGTERM)
+        assert web.wait(timeout=30) == 0, (tmp_path / "web.log").read_text()[-3000:]
     finally:
         for proc in reversed(procs):
             if proc.poll() is None:

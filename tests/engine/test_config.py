@@ -183,3 +183,14 @@ def test_choices_come_from_the_types():
     assert choices_for("method.kind") == ("lora", "dora", "qlora", "prompt_tuning",
                                           "prefix_tuning", "ia3", "full")
     assert choices_for("train.lr") is None
+
+
+def test_word_valued_keys_keep_the_word_yaml_would_read_as_a_boolean():
+    """`--set train.eval_generate=off` was refused ("False is not a valid text"): YAML reads
+    off/on/yes/no as booleans. A text field keeps the word typed; in a YAML file, the value."""
+    assert apply_overrides(TrainConfig(), ["train.eval_generate=off"]).train.eval_generate == "off"
+    assert apply_overrides(TrainConfig(), ["train.eval_generate=end"]).train.eval_generate == "end"
+    assert from_dict({"train": {"eval_generate": False}}).train.eval_generate == "off"
+    # a boolean field still reads the words as booleans
+    assert apply_overrides(TrainConfig(), ["train.gradient_checkpointing=off"]
+                           ).train.gradient_checkpointing is False

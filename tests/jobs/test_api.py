@@ -144,6 +144,28 @@ def test_recovery_leaves_live_workers_alone_and_interrupts_stale_remote_jobs(hom
     assert api.get(live["id"])["status"] == api.get(remote["id"])["status"] == "running"
 
 
+def test_recovery_checks_pids_only_in_the_worker_s_own_pid_namespace(home, monkeypatch):
+    """Containers with host networking share the hostname, not their pids: a job claimed by a
+    worker in another pid namespace is judged by its heartbeat, never by a pid here."""
+    beating = api.submit(fake_config(), name="beating")
+    silent = api.submit(fake_config(), name="silent")
+    here = api.submit(fake_config(), name="here")
+    elsewhere = f"{tasks.HOST}:{_dead_pid()}:abc123@4026000000"
+    assert tasks.new_worker_id().endswith(f"@{tasks.PIDNS}") and tasks.PIDNS
+    _fake_running(beating["id"], worker=elsewhere, worker_pid=_dead_pid())
+    _fake_running(silent["id"], worker=elsewhere, worker_pid=_dead_pid())
+    _fake_running(here["id"], worker=f"{tasks.HOST}:1:abc@{tasks.PIDNS}",
+                  worker_pid=_dead_pid())
+    with store.connect() as db:
+        store.update(db, silent["id"], updated_at=store.now() - 600)
+    monkeypatch.setenv("FTSTUDIO_STALE_AFTER", "120")
+    assert sorted(worker.recover(auto_resume=False)["interrupted"]) == \
+        sorted([silent["id"], here["id"]])
+    assert api.get(beating["id"])["status"] == "running"
+    assert "no heartbeat" in api.get(silent["id"])["hint"]
+    assert "is gone" in api.get(here["id"])["hint"]
+
+
 def test_recovery_does_not_resume_a_job_whose_cancel_was_pending(home):
     job = api.submit(fake_config())
     _fake_running(job["id"], worker="gone", worker_pid=_dead_pid())

@@ -154,3 +154,35 @@ def test_deleting_a_running_job_deletes_nothing_and_a_finished_one_everything(ho
         store.transition(db, job_id, "completed")
         assert store.delete_job(db, job_id)
         assert _counts(db) == dict.fromkeys(TABLES, 0)
+
+
+def test_a_data_folder_this_user_cannot_write_is_named_with_the_chown():
+    """A bind-mounted /data not owned by the image's user ended in a raw sqlite3 traceback."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from tests_paths import ROOT
+
+    import tempfile
+    from pathlib import Path
+
+    folder = Path(tempfile.mkdtemp(prefix="ftstudio-ro-"))  # /tmp: every user reaches it
+    folder.chmod(0o555)
+    env = {**os.environ, "FTSTUDIO_HOME": str(folder)}
+    cmd = [sys.executable, "-m", "app.cli", "jobs", "ls"]
+    if os.geteuid() == 0:  # root writes anywhere: try as nobody
+        if not shutil.which("setpriv"):
+            pytest.skip("running as root without setpriv")
+        cmd = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] + cmd
+    try:
+        done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
+                              timeout=120)
+    finally:
+        folder.chmod(0o755)
+        shutil.rmtree(folder, ignore_errors=True)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+    assert f"cannot write {folder}" in done.stderr and "sudo chown -R" in done.stderr
+    assert "10001:10001" in done.stderr
