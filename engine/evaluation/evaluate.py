@@ -355,17 +355,23 @@ def flat_metrics(record: dict[str, Any]) -> dict[str, float]:
             if m.get("tuned") is not None}
 
 
-def card_line(record: dict[str, Any], metric: str = "exact_match") -> str:
-    """"exact match 10% -> 97% (+87 points, 95% CI +80 to +93), 60 held-out records"."""
+def card_line(record: dict[str, Any], metric: str | None = None) -> str:
+    """"exact match 10% -> 97% (+87 points, 95% CI +80 to +93), 60 held-out records"; a GRPO
+    run's record (scored with its reward functions) leads with the mean reward."""
+    from engine.evaluation.metrics import metric_info
+
+    metric = metric or ("exact_match" if "exact_match" in record["metrics"] else
+                        "reward" if "reward" in record["metrics"] else next(iter(record["metrics"])))
     m = record["metrics"][metric]
-    info = METRIC_INFO[metric]
+    info = metric_info(metric)
     share = info["scale"] == "share"
+    digits = 2 if metric.startswith("reward") else 1
 
     def val(x: float) -> str:
-        return f"{x * 100:.0f}%" if share else f"{x:.1f}"
+        return f"{x * 100:.0f}%" if share else f"{x:.{digits}f}"
 
     def pts(x: float) -> str:
-        return f"{x * 100:+.0f}" if share else f"{x:+.1f}"
+        return f"{x * 100:+.0f}" if share else f"{x:+.{digits}f}"
 
     unit = " points" if share else ""
     n = f"{record['n']} held-out record{'s' if record['n'] != 1 else ''}"
