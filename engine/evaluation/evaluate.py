@@ -50,7 +50,7 @@ import math
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +93,8 @@ class Answer:
     text: str
     stopped: bool                  # ended with a stop token (False: ran out of new tokens)
     new_tokens: int
+    #: the answer's token ids (the stop token left out), for GRPO's reward functions
+    ids: list[int] | None = field(default=None, compare=False, repr=False)
 
 
 def metric_names() -> list[str]:
@@ -277,7 +279,7 @@ def _answer(tokenizer, new_ids: list[int], stops: set[int]) -> Answer:
     cut = next((k for k, t in enumerate(new_ids) if t in stops), None)
     kept = new_ids if cut is None else new_ids[:cut]
     text = tokenizer.decode(kept, skip_special_tokens=True).strip()
-    return Answer(text, cut is not None, len(kept) + (cut is not None))
+    return Answer(text, cut is not None, len(kept) + (cut is not None), list(kept))
 
 
 # --------------------------------------------------------------------------- scoring

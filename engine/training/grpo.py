@@ -669,7 +669,7 @@ def make_reward_eval(cfg, data: GrpoData, tokenizer, out: Path, log):
                                      max_new_tokens=self.max_new_tokens)
             took = round(time.time() - started, 2)
             record = score_rewards(self.examples, held, funcs, self.base, tuned,
-                                   source=self.source, step=step,
+                                   tokenizer=self.tokenizer, source=self.source, step=step,
                                    max_new_tokens=self.max_new_tokens, seed=self.seed,
                                    seconds={"base": self.base_seconds, "tuned": took}, **facts)
             write_record(record, self.out / "eval.json")
@@ -680,8 +680,8 @@ def make_reward_eval(cfg, data: GrpoData, tokenizer, out: Path, log):
     return RewardEval(examples, data.source, tokenizer, out, budget, t.seed, log)
 
 
-def score_rewards(examples, held: list, funcs, base, tuned, *, source: str, step: int | None,
-                  max_new_tokens: int, seed: int = 0, seconds: dict | None = None,
+def score_rewards(examples, held: list, funcs, base, tuned, *, tokenizer, source: str,
+                  step: int | None, max_new_tokens: int, seed: int = 0, seconds: dict | None = None,
                   **facts: Any) -> dict[str, Any]:
     """The eval record (eval.json's layout) of greedy answers scored with the reward functions:
     metrics "reward" (the weighted total) and "reward_<function>", base vs tuned with paired
@@ -695,8 +695,9 @@ def score_rewards(examples, held: list, funcs, base, tuned, *, source: str, step
         shown = [[{"role": "assistant", "content": a.text}] if r.conversational else a.text
                  for r, a in zip(held, answers)]
         columns = {k: [r.columns.get(k) for r in held] for k in held[0].columns}
-        return score(funcs, prompts, shown, columns, completion_ids=[[0] * a.new_tokens
-                                                                     for a in answers],
+        ids = [a.ids if a.ids is not None else tokenizer(a.text, add_special_tokens=False)
+               ["input_ids"] for a in answers]
+        return score(funcs, prompts, shown, columns, completion_ids=ids,
                      wheres=[r.where for r in held])
 
     tuned_s = scored(tuned)

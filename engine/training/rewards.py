@@ -314,7 +314,7 @@ def load_custom(name: str, folder: Path | None = None) -> Callable:
         module = importlib.util.module_from_spec(spec)
         try:
             spec.loader.exec_module(module)
-        except Exception as exc:  # noqa: BLE001 - the admin's file: say what broke
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 - the admin's file: say what broke
             raise RewardError(f"reward file {path} failed to import: {_last_line(exc)}") from None
         sys.modules[key] = module
     target = getattr(module, func, None)
@@ -465,7 +465,7 @@ def _call(f: RewardFunc, prompts, completions, columns, wheres) -> list:
         values = f.func(prompts=prompts, completions=completions, **columns, **f.args)
     except RewardError:
         raise
-    except Exception as exc:  # noqa: BLE001 - find the record, then fail the run naming it
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - find the record, fail naming it
         where = _failing_record(f, prompts, completions, columns, wheres)
         raise RewardError(f"reward function {f.name} raised on {where}: {_last_line(exc)}"
                           ) from None
@@ -506,7 +506,7 @@ def _failing_record(f, prompts, completions, columns, wheres) -> str:
         one = {k: v[i:i + 1] if isinstance(v, list) else v for k, v in columns.items()}
         try:
             f.func(prompts=prompts[i:i + 1], completions=completions[i:i + 1], **one, **f.args)
-        except Exception:  # noqa: BLE001
+        except (Exception, SystemExit):  # noqa: BLE001
             return wheres[i]
     return f"the batch of records {_span(wheres)}"
 
