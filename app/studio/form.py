@@ -85,10 +85,21 @@ TRAIN_ADVANCED = ["train.warmup_ratio", "train.optimizer", "train.precision",
                   "train.eval_every", "train.save_every", "train.keep_checkpoints",
                   "train.early_stopping_patience", "train.neftune_alpha", "train.log_every",
                   "train.seed"]
-#: the preference objectives' settings (engine/training/preference.py), and the objectives each one
-#: applies to (the form shows only the chosen objective's)
+#: the objectives' own settings (preference: engine/training/preference.py; grpo:
+#: engine/training/grpo.py), and the objectives each one applies to (the form shows only the
+#: chosen objective's)
 OBJECTIVE_KEYS = {
-    "train.beta": ("dpo", "orpo", "simpo", "kto"),
+    "train.rewards": ("grpo",),
+    "train.num_generations": ("grpo",),
+    "train.max_completion_len": ("grpo",),
+    "train.grpo_loss_type": ("grpo",),
+    "train.temperature": ("grpo",),
+    "train.top_p": ("grpo",),
+    "train.epsilon": ("grpo",),
+    "train.epsilon_high": ("grpo",),
+    "train.num_iterations": ("grpo",),
+    "train.scale_rewards": ("grpo",),
+    "train.beta": ("dpo", "orpo", "simpo", "kto", "grpo"),
     "train.dpo_loss_type": ("dpo",),
     "train.label_smoothing": ("dpo", "simpo"),
     "train.simpo_gamma": ("simpo",),
@@ -106,7 +117,9 @@ FORM_KEYS = (["model.name", "data.train", "method.kind"] + MODEL_ADVANCED + DATA
 ESTIMATE_KEYS = {"model.name", "model.dtype", "model.attn_implementation", "data.max_seq_len",
                  "method.kind", "method.r", "method.target_modules", "method.quant_bits",
                  "method.num_virtual_tokens", "method.dropout", "train.batch_size",
-                 "train.optimizer", "train.precision", "train.gradient_checkpointing"}
+                 "train.optimizer", "train.precision", "train.gradient_checkpointing",
+                 "train.objective", "train.num_generations", "train.max_completion_len",
+                 "train.grad_accum"}
 #: keys that change the data report and preview
 DATA_KEYS = {"model.name", "data.train", "data.format", "data.max_seq_len",
              "data.train_on_prompt", "data.system_prompt", "data.dedupe", "data.min_tokens",
@@ -131,11 +144,21 @@ def _int_keys() -> set[str]:
 INT_KEYS = _int_keys()
 #: keys whose value may be empty (None) and take a number when given
 NUMBER_KEYS = {"train.max_steps", "train.early_stopping_patience", "data.max_tokens",
-               "train.neftune_alpha", "train.max_grad_norm"}
+               "train.neftune_alpha", "train.max_grad_norm", "train.epsilon_high"}
 
 
 def label_for(key: str) -> str:
-    return LABELS.get(key, key.rsplit(".", 1)[-1].replace("_", " ").capitalize())
+    """The form's label: LABELS, else the field's label= metadata, else its name."""
+    if key in LABELS:
+        return LABELS[key]
+    import dataclasses
+
+    from engine.config import SECTIONS
+
+    section, _, name = key.partition(".")
+    meta = {f.name: f.metadata for f in dataclasses.fields(SECTIONS[section])}.get(name, {}) \
+        if section in SECTIONS else {}
+    return meta.get("label") or key.rsplit(".", 1)[-1].replace("_", " ").capitalize()
 
 
 def widget_spec(key: str) -> dict[str, Any]:
@@ -161,6 +184,9 @@ def widget_spec(key: str) -> dict[str, Any]:
     if key == "method.target_modules":
         return {**spec, "type": "text", "value": "all-linear",
                 "placeholder": "all-linear, or q_proj, v_proj"}
+    if key == "train.rewards":
+        return {**spec, "type": "text", "value": "",
+                "placeholder": "[{name: numeric_match, args: {column: answer}}]"}
     return {**spec, "type": "text", "value": "" if default is None else str(default)}
 
 
@@ -172,6 +198,8 @@ def form_to_values(values: list[Any] | tuple[Any, ...]) -> dict[str, Any]:
             value = value.strip()
             if value == "" or (value.lower() in ("none", "null") and default_for(key) is None):
                 value = None
+        if key == "train.rewards" and value is None:
+            value = []
         if isinstance(value, float) and key in INT_KEYS and value.is_integer():
             value = int(value)
         out[key] = value
@@ -215,6 +243,10 @@ def config_to_form(cfg: TrainConfig) -> list[Any]:
         value = getattr(getattr(cfg, section), name)
         if key == "method.target_modules" and isinstance(value, list):
             value = ", ".join(value)
+        elif key == "train.rewards":
+            import json
+
+            value = json.dumps(value) if value else ""
         elif widget_spec(key)["type"] == "text":
             value = "" if value is None else str(value)
         out.append(value)
@@ -233,7 +265,11 @@ def overrides(cfg: TrainConfig) -> list[str]:
         section, _, name = key.partition(".")
         value = now[section][name]
         if value != default[section][name]:
-            if isinstance(value, list):
+            if key == "train.rewards":
+                import json
+
+                text = json.dumps(value)
+            elif isinstance(value, list):
                 text = ",".join(value)
             elif value is None:
                 text = "null"

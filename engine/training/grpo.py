@@ -396,7 +396,7 @@ class GRPO:
                    "reward_seconds": round(time.time() - sampled, 3)}
         for j, name in enumerate(scores.names):
             col = scores.per_func[:, j]
-            metrics[f"reward_{name}"] = float(torch.nanmean(col)) if not torch.isnan(
+            metrics[f"rewards/{name}"] = float(torch.nanmean(col)) if not torch.isnan(
                 col).all() else float("nan")
         metrics = {k: v for k, v in metrics.items() if not math.isnan(v)}
         if self.main and self.out is not None:

@@ -82,7 +82,7 @@ def test_the_reward_rises_in_training_and_on_held_out_prompts(tiny_model, reward
     assert len(rewards) == 20
     first, last = sum(rewards[:4]) / 4, sum(rewards[-4:]) / 4
     assert last > first + 0.15, rewards
-    for key in ("reward_toy_odd_share", "reward_std", "completion_length", "clip_ratio",
+    for key in ("rewards/toy_odd_share", "reward_std", "completion_length", "clip_ratio",
                 "sample_seconds", "train_seconds", "loss", "grad_norm"):
         assert key in reporter.records[0], key
     record = json.loads((out / "eval.json").read_text())
