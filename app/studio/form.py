@@ -123,7 +123,7 @@ ESTIMATE_KEYS = {"model.name", "model.dtype", "model.attn_implementation", "data
 #: keys that change the data report and preview
 DATA_KEYS = {"model.name", "data.train", "data.format", "data.max_seq_len",
              "data.train_on_prompt", "data.system_prompt", "data.dedupe", "data.min_tokens",
-             "data.max_tokens", "data.val_fraction", "data.validation"}
+             "data.max_tokens", "data.val_fraction", "data.validation", "train.objective"}
 
 
 

@@ -31,3 +31,20 @@ def test_add_then_list_and_a_bad_file(home, tmp_path):
     refused = runner.invoke(cli, ["rewards", "add", str(bad)])
     assert refused.exit_code == 1 and "bad.py line 1: not valid Python" in refused.output
     assert not (home / "rewards" / "bad.py").exists()
+
+
+def test_the_studio_upload_installs_for_admins_only(home, tmp_path):
+    from app.studio.handlers import install_reward_upload
+
+    source = tmp_path / "fmt.py"
+    source.write_text("def short(prompts, completions, **kw):\n"
+                      "    return [float(len(str(c)) < 20) for c in completions]\n")
+    refused = install_reward_upload(str(source), {"username": "bob", "is_admin": False})
+    assert "Only an admin can install a reward function" in refused
+    assert not (home / "rewards" / "fmt.py").exists()
+    done = install_reward_upload(str(source), {"username": "root", "is_admin": True})
+    assert "Installed fmt.py: fmt.short" in done and (home / "rewards" / "fmt.py").is_file()
+    assert "Installed" in install_reward_upload(str(source), None)     # local mode: no logins
+    bad = tmp_path / "x.txt"
+    bad.write_text("hi")
+    assert "must be NAME.py" in install_reward_upload(str(bad), None)

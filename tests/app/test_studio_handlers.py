@@ -273,6 +273,8 @@ def test_the_form_takes_grpo_and_shows_only_its_settings(tiny_model, examples, t
     assert {"train.rewards", "train.num_generations", "train.scale_rewards",
             "train.beta"} <= grpo and "train.dpo_loss_type" not in grpo
     assert form.label_for("train.num_generations") == "Completions per prompt"
+    html, hist, _ = handlers.data_panel(values)          # prompts and their reward columns
+    assert "prompts (grpo)" in html and "answer" in html and "2+2?" in html and hist is None
     _, problems = form.check_form({**values, "train.rewards": "", "train.num_generations": 3})
     keys = {p.key for p in problems}
     assert {"train.rewards", "train.num_generations"} <= keys
