@@ -518,7 +518,8 @@ def prepare(cfg, tokenizer, log=print) -> GrpoData:
         raise DataError(f"{cfg.data.train}: {len(train)} training prompts make no generation "
                         f"batch of {need} prompts (train.batch_size x train.grad_accum / "
                         "train.num_generations); use more prompts or smaller batches")
-    log(f"data: {len(train)} {fmt} prompts to train on, {len(held)} held out ({source})")
+    log(f"data: {len(train)} prompts ({fmt} records) to train on, {len(held)} held out "
+        f"({source})")
     return GrpoData(train, held, source, fmt)
 
 

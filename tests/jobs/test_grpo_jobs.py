@@ -86,7 +86,7 @@ def test_a_finished_sft_job_continues_with_grpo(workers, tiny_model, tmp_path):
         continue_with_preference(sft, str(data), objective="grpo")
     job = continue_with_preference(sft, str(data), objective="grpo", overrides=[
         "train.rewards=[{name: length_penalty, args: {target: 2}}]", "train.max_steps=2",
-        "train.max_completion_len=8", "train.eval_generate=off"])
+        "train.max_completion_len=8", "train.eval_generate='off'"])
     assert job["parent"] == sft and job["name"] == "sft-grpo"
     assert job["config"]["train"]["objective"] == "grpo"
     done = _done(job["id"])

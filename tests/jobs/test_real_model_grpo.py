@@ -3,9 +3,10 @@ smollm2_model) trained with LoRA GRPO through the real queue on a small verifiab
 own, and the job's own end-of-training evaluation shows the held-out mean reward rising.
 
 The task: "What is 17 + 25? Reply with only the number." The rewards: numeric_match against the
-record's answer (the last number of the reply) and a format reward (regex: the reply is only
-digits) at half weight, so a perfect answer scores 1.5. The base model adds well enough but
-tends to answer in a sentence; a few GRPO steps teach it to answer with the number alone.
+record's answer (the last number of the reply), a format reward (regex: the reply is only
+digits) at half weight, and a length penalty past 8 tokens at half weight (a signal in every
+group, since sampled answers differ in length), so a perfect answer scores 1.5. The base model
+answers "17 + 22 = 38" or rambles (and adds badly); GRPO teaches it to answer short.
 Measured numbers land in test-artifacts/real-model-grpo.json (docs/grpo.md's table is from
 there). Slow tier: a few minutes on 2 cores.
 """
@@ -26,9 +27,10 @@ from tests_paths import ROOT
 pytestmark = pytest.mark.slow
 
 #: the held-out mean reward must rise by at least this much (base -> tuned, the job's own
-#: evaluation), and the paired interval of the change must lie above 0; measured runs: see
-#: docs/grpo.md
-RISE_AT_LEAST = 0.2
+#: evaluation), and the paired interval of the change must lie above 0. PROVISIONAL: no run of
+#: this test finished on the shared 2-core machine it was written on (load ~20: one sampling
+#: step took 3 minutes); set it from the first measured runs (docs/grpo.md)
+RISE_AT_LEAST = 0.1
 STEPS = 16
 
 
@@ -52,11 +54,14 @@ def test_smollm2_grpo_raises_the_held_out_reward_through_the_queue(smollm2_model
                     "max_seq_len": 128, "val_fraction": 0.16},
            "method": {"kind": "lora", "r": 16, "alpha": 32},
            "train": {"objective": "grpo", "max_steps": STEPS, "lr": 2e-4, "batch_size": 8,
-                     "num_generations": 4, "max_completion_len": 16, "scheduler": "constant",
-                     "warmup_ratio": 0.0, "save_every": 0, "eval_generate": "end",
+                     "num_generations": 4, "max_completion_len": 24, "temperature": 0.8,
+                     "scheduler": "constant", "warmup_ratio": 0.0, "save_every": 0,
+                     "eval_generate": "end",
                      "rewards": [{"name": "numeric_match", "args": {"column": "answer"}},
                                  {"name": "regex", "weight": 0.5,
-                                  "args": {"pattern": r"^\d+$", "full": True}}]}}
+                                  "args": {"pattern": r"^\d+$", "full": True}},
+                                 {"name": "length_penalty", "weight": 0.5,
+                                  "args": {"target": 8}}]}}
     job = api.submit(cfg, name="smollm2-grpo-sums")
     workers = Workers(home, tmp_path)
     workers.start(OMP_NUM_THREADS="2")      # the real model: both cores (tests default to one)
