@@ -103,8 +103,8 @@ def build() -> JobsTab:
         with gr.Column(visible=False, elem_id="grpo-section") as grpo_section:  # grpo jobs
             with gr.Row():
                 grpo_reward = gr.LinePlot(x="step", y="value", color="series",
-                                          title="Reward of the sampled completions (total and "
-                                                "per function)", x_title="step",
+                                          title="Reward (total, per function, held out)",
+                                          x_title="step",
                                           y_title="reward", height=250,
                                           elem_id="grpo-reward-plot", tooltip="all")
                 grpo_stats = gr.LinePlot(x="step", y="value", color="series",

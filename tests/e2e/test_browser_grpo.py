@@ -29,14 +29,14 @@ def test_a_grpo_job_started_from_the_form_charts_its_reward(studio, browser, tmp
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     page.goto(studio["url"])
-    page.wait_for_selector("#start-btn", timeout=60_000)
+    page.wait_for_selector("#start-btn", timeout=120_000)
     pick_model(page, studio["model"])
     upload_data(page, data, "alpaca")
 
     page.locator("#objective-box").get_by_text("Objective: SFT").click()
     assert not _visible(page, "#f-train-rewards")
     _pick(page, "#f-train-objective", "grpo")
-    page.wait_for_selector("#f-train-rewards", state="visible", timeout=15_000)
+    page.wait_for_selector("#f-train-rewards", state="visible", timeout=90_000)
     assert _visible(page, "#f-train-num-generations") and _visible(page, "#f-train-beta")
     assert not _visible(page, "#f-train-dpo-loss-type")
     page.locator("#f-train-rewards input").fill(
@@ -48,11 +48,11 @@ def test_a_grpo_job_started_from_the_form_charts_its_reward(studio, browser, tmp
     page.locator("#job-name input").fill("e2e-grpo")
     page.wait_for_timeout(500)
     page.locator("#start-btn").click()
-    page.wait_for_selector("#job-header .fs-job-name", timeout=30_000)
+    page.wait_for_selector("#job-header .fs-job-name", timeout=120_000)
     assert "e2e-grpo" in page.locator("#job-header").inner_text()
-    status = _wait_status(page)
+    status = _wait_status(page, 900)
     assert status == "completed", page.locator("#log-tail textarea").input_value()[-3000:]
-    page.wait_for_selector("#grpo-section", state="visible", timeout=30_000)
+    page.wait_for_selector("#grpo-section", state="visible", timeout=120_000)
     page.wait_for_timeout(2500)
     assert _line_points(page, "#grpo-reward-plot") >= 6
     assert _line_points(page, "#grpo-stats-plot") >= 6
