@@ -182,6 +182,8 @@ from app.cli_users import user_group  # noqa: E402
 cli.add_command(user_group)
 from app.cli_models import models_group  # noqa: E402
 cli.add_command(models_group)
+from app.cli_rewards import rewards_group  # noqa: E402
+cli.add_command(rewards_group)
 
 
 def main() -> None:

@@ -81,12 +81,12 @@ def _wait(job_id: str, every_s: float = 1.0) -> dict:
 def table(record: dict) -> str:
     """The evaluation as a few lines: the card, then each metric base -> tuned with intervals."""
     from engine.evaluation.evaluate import card_line
-    from engine.evaluation.metrics import METRIC_INFO
+    from engine.evaluation.metrics import METRIC_INFO, metric_info  # noqa: F401
 
     def show(name: str, value) -> str:
         if value is None:
             return "-"
-        return f"{value * 100:.1f}%" if METRIC_INFO[name]["scale"] == "share" else f"{value:.1f}"
+        return f"{value * 100:.1f}%" if metric_info(name)["scale"] == "share" else f"{value:.1f}"
 
     def span(name: str, ci) -> str:
         return f"[{show(name, ci[0])}, {show(name, ci[1])}]" if ci else ""
@@ -95,9 +95,9 @@ def table(record: dict) -> str:
              f"{'metric':<12} {'base':>8} {'tuned':>8} {'change':>8}  95% CI of the change"]
     for name, m in record["metrics"].items():
         delta = m.get("delta")
-        change = "-" if delta is None else (f"{delta * 100:+.1f}" if METRIC_INFO[name][
+        change = "-" if delta is None else (f"{delta * 100:+.1f}" if metric_info(name)[
             "scale"] == "share" else f"{delta:+.1f}")
-        lines.append(f"{METRIC_INFO[name]['label']:<12} {show(name, m.get('base')):>8} "
+        lines.append(f"{metric_info(name)['label']:<12} {show(name, m.get('base')):>8} "
                      f"{show(name, m['tuned']):>8} {change:>8}  "
                      f"{span(name, m.get('delta_ci')) if delta is not None else ''}")
     return "\n".join(lines)

@@ -256,9 +256,10 @@ def jobs_delete(job_id: str, yes: bool) -> None:
 @click.argument("job_id")
 @click.option("--data", required=True, type=click.Path(dir_okay=False),
               help="Preference data: prompt/chosen/rejected records (prompt/completion/label "
-                   "for kto).")
+                   "for kto; prompts for grpo).")
 @click.option("--objective", default="dpo", show_default=True,
-              type=click.Choice(["dpo", "orpo", "simpo", "kto"]), help="train.objective.")
+              type=click.Choice(["dpo", "orpo", "simpo", "kto", "grpo"]),
+              help="train.objective (grpo needs --set train.rewards=[...]).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a config key of the new job, e.g. --set train.beta=0.2.")
 @click.option("--name", default=None, help="The new job's name (default: SFT name-objective).")

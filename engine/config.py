@@ -173,17 +173,20 @@ class TrainSection:
     compile: bool = _f(False, "Compile the model body with torch.compile: faster steps after a "
                               "slow start (the first steps, and new lengths, compile first).",
                               label="torch.compile")
-    objective: Literal["sft", "dpo", "orpo", "kto", "simpo"] = _f(
+    objective: Literal["sft", "dpo", "orpo", "kto", "simpo", "grpo"] = _f(
         "sft", "Training objective: sft (next-token loss on the answers), or preference tuning "
                "from pairs of a chosen and a rejected answer: dpo (against a reference: the "
                "base, i.e. the same model with its adapter disabled), orpo (odds ratio plus the "
                "chosen answer's loss, no reference), simpo (length-normalised margin, no "
                "reference), or kto (single answers labelled desirable or not, against the "
-               "reference). Pairs need preference data, kto its own format.", label="Objective")
+               "reference). Pairs need preference data, kto its own format. grpo: "
+               "reinforcement learning from train.rewards on sampled answers to prompts "
+               "(prompt, chat or alpaca records; see docs/grpo.md).", label="Objective")
     beta: float | None = _f(None, "Preference strength (dpo, kto: how far the tuned model may "
                                   "drift from the reference, 0.1; orpo: the odds-ratio weight, "
-                                  "0.1; simpo: the reward scale, 2.0). Empty: the objective's "
-                                  "default.", label="Preference beta")
+                                  "0.1; simpo: the reward scale, 2.0; grpo: the KL penalty "
+                                  "against the reference, 0 = none, 0.04 is a common choice). "
+                                  "Empty: the objective's default.", label="Preference beta")
     label_smoothing: float = _f(0.0, "For dpo (sigmoid) and simpo: the share of pairs "
                                      "assumed mislabelled (conservative DPO); 0: off.",
                                      label="Label smoothing")
@@ -202,6 +205,41 @@ class TrainSection:
                                            "tokenized data), so each step runs the model once "
                                            "instead of twice, and full fine-tuning keeps no "
                                            "frozen copy in memory.", label="Precompute reference")
+    rewards: list[dict] = _f(
+        [], "For grpo: the reward functions, a weighted list; each {name, weight (default 1), "
+            "args}. Built-ins: exact_match, contains, regex, json_valid, numeric_match, "
+            "length_penalty; custom ones FILE.FUNCTION, installed by an admin (`ftstudio "
+            "rewards ls`). E.g. [{name: numeric_match, args: {column: answer}}, {name: regex, "
+            "weight: 0.2, args: {pattern: '^\\d+$', full: true}}]. Other record fields reach "
+            "the functions by name, as in TRL.", label="Reward functions")
+    num_generations: int = _f(4, "For grpo: completions sampled per prompt (a group; "
+                                 "advantages compare within it). train.batch_size x "
+                                 "train.grad_accum must be a multiple of it.",
+                              label="Completions per prompt")
+    max_completion_len: int = _f(256, "For grpo: the most new tokens a sampled completion may "
+                                      "have.", label="Max completion tokens")
+    temperature: float = _f(1.0, "For grpo: sampling temperature (the log-probs are taken at "
+                                 "it too, as TRL does).", label="Temperature")
+    top_p: float = _f(1.0, "For grpo: nucleus sampling; 1.0 samples from the whole "
+                           "distribution.", label="Top-p")
+    grpo_loss_type: Literal["dapo", "grpo", "dr_grpo", "bnpo"] = _f(
+        "dapo", "For grpo: how token losses are averaged: dapo (over every completion token of "
+                "the generation batch, TRL's default), grpo (per completion, then over "
+                "completions: favours short right answers), dr_grpo (by a constant, "
+                "completions x max_completion_len), bnpo (over the tokens of each "
+                "micro-batch).", label="GRPO loss")
+    epsilon: float = _f(0.2, "For grpo: the clip range below 1 of the probability ratio (and "
+                             "above 1 when epsilon_high is empty).", label="Clip epsilon")
+    epsilon_high: float | None = _f(None, "For grpo: the clip range above 1 (DAPO's clip-higher "
+                                          "uses 0.28); empty: train.epsilon.",
+                                    label="Clip epsilon (high)")
+    num_iterations: int = _f(1, "For grpo: optimizer steps taken on each generation batch "
+                                "(PPO's epochs; above 1 the ratio to the sampling policy is "
+                                "clipped).", label="Passes per generation batch")
+    scale_rewards: Literal["group", "batch", "none"] = _f(
+        "group", "For grpo: divide advantages by the rewards' standard deviation in each group "
+                 "(group), over the batch (batch), or not at all (none: Dr. GRPO's advice).",
+        label="Scale rewards")
     max_grad_norm: float | None = _f(1.0, "Clip the gradient norm to this value; empty: no "
                                           "clipping.", label="Max grad norm")
     eval_every: int = _f(50, "Evaluate on the validation split every N optimizer steps (and at "
@@ -214,10 +252,11 @@ class TrainSection:
         None, "Stop when train.early_stopping_metric has not improved for this many "
               "evaluations; the best adapter is kept. Empty: off.", label="Early-stopping patience")
     early_stopping_metric: Literal["eval_loss", "gen_exact_match", "gen_token_f1",
-                                   "gen_rouge_l", "gen_chrf", "gen_bleu"] = _f(
+                                   "gen_rouge_l", "gen_chrf", "gen_bleu", "gen_reward"] = _f(
         "eval_loss", "What early stopping watches: eval_loss (lower is better, every "
                      "train.eval_every steps) or a generation metric of train.eval_generate "
-                     "every N (higher is better, every N steps).", label="Early-stopping metric")
+                     "every N (higher is better, every N steps; gen_reward: a grpo run's mean "
+                     "held-out reward).", label="Early-stopping metric")
     eval_generate: str = _f(
         "end", "Answer held-out prompts greedily with the base and the tuned model and score "
                "the answers against the references (exact match, token F1, ROUGE-L, chrF, "
@@ -692,6 +731,18 @@ def _takes_words(key: str) -> bool:
 
 def _coerce(key: str, value: Any) -> Any:
     """Convert a YAML/CLI value to the field's type, or raise ValueError saying what fits."""
+    if key == "train.rewards":   # a list of {name, weight, args}, names, or YAML text of one
+        if isinstance(value, str):
+            value = [] if not value.strip() or value.strip().lower() in ("none", "null") \
+                else yaml.safe_load(value)
+        if value is None:
+            return []
+        if isinstance(value, dict):
+            value = [value]
+        if isinstance(value, list):
+            return [{"name": v} if isinstance(v, str) else v for v in value]
+        raise ValueError(f"{value!r} is not a list of reward functions, e.g. "
+                         "[{name: exact_match, args: {column: answer}}]")
     if key == "train.report_to":  # a list, "tensorboard,mlflow", or none / empty
         if value is None or isinstance(value, str):
             value = [] if value is None or value.strip().lower() in ("", "none", "null") else \
@@ -969,6 +1020,13 @@ BOUNDS: dict[str, tuple[float, float, str]] = {
     "train.log_every": (1, 100_000_000, "1 is typical"),
     "train.seed": (0, (1 << 32) - 1, "42"),
     "parallel.gpus": (1, 1024, "1; 2 to 8 to shard with FSDP"),
+    "train.num_generations": (2, 1024, "4 to 16 is typical"),
+    "train.max_completion_len": (1, 1 << 20, "64 to 1024 is typical"),
+    "train.temperature": (1e-6, 100, "1.0 is typical"),
+    "train.top_p": (1e-6, 1, "1.0 is typical"),
+    "train.epsilon": (1e-6, 0.99, "0.2 is typical"),
+    "train.epsilon_high": (1e-6, 10, "0.28 in DAPO; empty: train.epsilon"),
+    "train.num_iterations": (1, 1000, "1 is typical"),
 }
 #: the bound of a numeric key without its own entry in BOUNDS
 NUMERIC_LIMIT = 1e12
@@ -1076,7 +1134,10 @@ def _check_objective(cfg: TrainConfig) -> list[Problem]:
         p.append(Problem("train.objective", f"{obj} is not supported with {cfg.method.kind} "
                                             "(virtual tokens) yet; use lora, dora, qlora, ia3 "
                                             "or full"))
-    if t.beta is not None and not (math.isfinite(t.beta) and t.beta > 0):
+    if t.beta is not None and obj == "grpo" and not (math.isfinite(t.beta) and t.beta >= 0):
+        p.append(Problem("train.beta", f"{t.beta} must be 0 or more for grpo (0.04 is a "
+                                       "common choice), or empty for 0"))
+    elif t.beta is not None and obj != "grpo" and not (math.isfinite(t.beta) and t.beta > 0):
         p.append(Problem("train.beta", f"{t.beta} must be positive (0.1 is typical), or empty"))
     if not 0 <= t.label_smoothing < 0.5:
         p.append(Problem("train.label_smoothing", f"{t.label_smoothing} must be at least 0 and "
@@ -1093,6 +1154,7 @@ def _check_objective(cfg: TrainConfig) -> list[Problem]:
     for key in ("kto_desirable_weight", "kto_undesirable_weight"):
         if getattr(t, key) <= 0:
             p.append(Problem(f"train.{key}", f"{getattr(t, key)} must be positive"))
+    p.extend(_check_grpo(cfg))
     if t.precompute_reference and obj != "dpo":
         why = ("kto's reference point is measured on each batch's mismatched rows, so it "
                "cannot be computed ahead" if obj == "kto" else f"{obj} has no reference model")
@@ -1146,6 +1208,64 @@ def _check_parallel(cfg: TrainConfig) -> list[Problem]:
     if t.compile:
         p.append(Problem("train.compile", "torch.compile over FSDP-sharded layers is not "
                                           "supported here; turn it off under fsdp"))
+    return p
+
+
+#: data formats GRPO reads prompts from (engine/data/prompts.py)
+GRPO_FORMATS = ("auto", "completion", "chat", "alpaca")
+
+
+def _check_grpo(cfg: TrainConfig) -> list[Problem]:
+    """GRPO's settings (train.rewards and the sampling and loss settings), each naming its key."""
+    t, p, fmt = cfg.train, [], cfg.data.format
+    if t.objective != "grpo":
+        if t.rewards:
+            p.append(Problem("train.rewards", f"applies to train.objective grpo, not "
+                                              f"{t.objective}; clear it or set the objective "
+                                              "to grpo"))
+        return p
+    from engine.training.rewards import spec_problems
+
+    if not t.rewards:
+        p.append(Problem("train.rewards", "grpo needs at least one reward function, e.g. "
+                                          "[{name: exact_match, args: {column: answer}}]"))
+    p.extend(Problem("train.rewards", m) for m in spec_problems(t.rewards))
+    if fmt not in GRPO_FORMATS:
+        p.append(Problem("data.format", f"{fmt} records hold no prompts for grpo; use auto, "
+                                        "completion (prompt records), chat or alpaca"))
+    if t.num_generations < 2:
+        p.append(Problem("train.num_generations", f"{t.num_generations}: grpo compares "
+                                                  "completions of the same prompt, so it needs "
+                                                  "at least 2 (4 to 16 is typical)"))
+    elif (t.batch_size * t.grad_accum) % t.num_generations:
+        p.append(Problem("train.num_generations", f"train.batch_size x train.grad_accum = "
+                                                  f"{t.batch_size * t.grad_accum} completions "
+                                                  f"is not a multiple of {t.num_generations}; "
+                                                  "each generation batch holds whole groups"))
+    if t.max_completion_len < 1:
+        p.append(Problem("train.max_completion_len", "must be at least 1 token"))
+    elif t.max_completion_len > cfg.data.max_seq_len - 8:
+        p.append(Problem("train.max_completion_len", f"{t.max_completion_len} leaves no room "
+                                                     f"for the prompt in data.max_seq_len "
+                                                     f"{cfg.data.max_seq_len}; raise that or "
+                                                     "lower this"))
+    if not (math.isfinite(t.temperature) and t.temperature > 0):
+        p.append(Problem("train.temperature", f"{t.temperature} must be above 0 (1.0 samples "
+                                              "the model's own distribution)"))
+    if not 0 < t.top_p <= 1:
+        p.append(Problem("train.top_p", f"{t.top_p} must be above 0 and at most 1"))
+    if not 0 < t.epsilon < 1:
+        p.append(Problem("train.epsilon", f"{t.epsilon} must be above 0 and below 1 (0.2 is "
+                                          "typical)"))
+    if t.epsilon_high is not None and not 0 < t.epsilon_high < 10:
+        p.append(Problem("train.epsilon_high", f"{t.epsilon_high} must be positive (0.28 in "
+                                               "DAPO), or empty"))
+    if t.num_iterations < 1:
+        p.append(Problem("train.num_iterations", f"{t.num_iterations} must be at least 1"))
+    if t.early_stopping_patience is not None and t.early_stopping_metric == "eval_loss":
+        p.append(Problem("train.early_stopping_metric", "grpo has no eval loss; watch "
+                                                        "gen_reward (with train.eval_generate "
+                                                        "'every N')"))
     return p
 
 

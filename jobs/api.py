@@ -372,6 +372,21 @@ def metric_buckets(job_id: str, points: int, names: list[str] | tuple[str, ...] 
         return store.metric_buckets(db, job_id, points, names)
 
 
+def samples(job_id: str, actor: dict | None = None) -> dict[str, Any]:
+    """A GRPO job's newest sampled completions (its samples.json, rewritten every generation
+    batch): {"step", "functions": [reward names], "rows": [{step, prompt, where, completion,
+    rewards: {function: value}, reward, advantage}]}; empty rows before the first batch."""
+    import json
+
+    with store.connect() as db:
+        job = _job(db, job_id, actor)
+    path = path_in_job(job, "samples.json")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {"step": None, "functions": [], "rows": []}
+
+
 def logs(job_id: str, since: int = 0, actor: dict | None = None) -> list[dict[str, Any]]:
     """Log lines and status changes after event id `since`: [{id, time, level, line}]."""
     with store.connect() as db:

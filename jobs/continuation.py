@@ -1,11 +1,14 @@
-"""Continue a finished SFT job with preference tuning: the two-stage recipe (supervised
-fine-tuning, then DPO, ORPO, SimPO or KTO on preference data) as one action.
+"""Continue a finished SFT job with preference tuning or RL: the two-stage recipe (supervised
+fine-tuning, then DPO, ORPO, SimPO or KTO on preference data, or GRPO with reward functions on
+prompts) as one action.
 
 Use from Python:
     from jobs.continuation import continue_with_preference
     job = continue_with_preference(sft_id, "pairs.jsonl", objective="dpo", actor=user)
 
 Run as: ftstudio jobs continue JOB --data pairs.jsonl [--objective dpo] [--set train.beta=0.2]
+        ftstudio jobs continue JOB --data prompts.jsonl --objective grpo \
+            --set 'train.rewards=[{name: numeric_match, args: {column: answer}}]'
 
 The new job starts from the SFT model with the SFT adapter **merged** into the base (not
 stacked): the worker's runner first writes that merged model into the new job's own folder
@@ -24,7 +27,7 @@ from engine.config import (PAIR_OBJECTIVES, VIRTUAL_TOKEN_METHODS, ConfigError, 
                            apply_overrides, from_dict)
 from jobs.api import JobError, _check_finished, _yaml_value, get, submit
 
-OBJECTIVES = (*PAIR_OBJECTIVES, "kto")
+OBJECTIVES = (*PAIR_OBJECTIVES, "kto", "grpo")
 #: preference tuning moves the model less than SFT: its lr is the SFT job's divided by this
 #: (TRL's DPO examples with LoRA train at 5e-6 .. 5e-5; the studio's LoRA SFT default is 2e-4)
 LR_DIVISOR = 10
@@ -58,10 +61,15 @@ def continue_with_preference(job_id: str, data: str, objective: str = "dpo", *,
     if not data:
         raise ConfigError([Problem("data.train", "name the preference data to continue with "
                                    "(records with prompt, chosen and rejected; or prompt, "
-                                   "completion and label for kto)")])
+                                   "completion and label for kto; prompts for grpo)")])
     lr = train.get("lr")
     train.update(objective=objective, resume_from=None,
                  lr=lr / LR_DIVISOR if isinstance(lr, (int, float)) else lr)
+    if objective == "grpo":   # whole groups per generation batch (engine.config._check_grpo)
+        group = int(train.get("num_generations") or 4)
+        rows = int(train.get("batch_size") or 4) * int(train.get("grad_accum") or 1)
+        if rows % group:
+            train["batch_size"] = group
     cfg["train"] = train
     cfg["data"] = {**(cfg.get("data") or {}), "train": str(data), "validation": None,
                    "format": "auto"}

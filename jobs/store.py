@@ -660,8 +660,8 @@ def add_eval(db: Database, job_id: str, record: dict[str, Any], *, kind: str,
             rows.append((eval_id, r["index"], r["where"], r["prompt"], r["reference"], base,
                          r["tuned"], r["change"],
                          int(bool(r.get("changed"))),
-                         bs.get("exact_match"), ts["exact_match"], bs.get("token_f1"),
-                         ts["token_f1"], json.dumps({k: r.get(k) for k in (
+                         bs.get("exact_match"), ts.get("exact_match"), bs.get("token_f1"),
+                         ts.get("token_f1"), json.dumps({k: r.get(k) for k in (
                              "base_scores", "tuned_scores", "base_stopped", "tuned_stopped",
                              "conversation")}, ensure_ascii=False)))
         db.conn.executemany(

@@ -1,7 +1,8 @@
-"""The "Continue with preference tuning" section of a finished SFT job's page: pick preference
-data and an objective, and a new job trains a fresh adapter on the SFT model (the SFT adapter
-merged into its base, also the reference; jobs.continuation says how). Shown only for a job that
-can continue: a finished SFT training job with an adapter whose method can be merged."""
+"""The "Continue with preference tuning or RL" section of a finished SFT job's page: pick
+data and an objective (and for GRPO its reward functions), and a new job trains a fresh adapter
+on the SFT model (the SFT adapter merged into its base, also the reference; jobs.continuation
+says how). Shown only for a job that can continue: a finished SFT training job with an adapter
+whose method can be merged."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from app.studio import jobview, render
 from app.studio.session import actor as actor_of
 
 OBJECTIVES = [("DPO (pairs)", "dpo"), ("ORPO (pairs, no reference)", "orpo"),
-              ("SimPO (pairs, no reference)", "simpo"), ("KTO (labelled answers)", "kto")]
+              ("SimPO (pairs, no reference)", "simpo"), ("KTO (labelled answers)", "kto"),
+              ("GRPO (RL: prompts + reward functions)", "grpo")]
 BUNDLED = ("preference", "kto")      # static/examples/<name>.jsonl
 
 
@@ -37,16 +39,21 @@ def data_choices(actor: Any = None) -> list[tuple[str, str]]:
     return bundled + [(f"{d['name']} (uploaded)", d["path"]) for d in list_datasets(actor)]
 
 
-def start(job_id: Any, data: str | None, objective: str = "dpo", actor: Any = None) -> str:
-    """Queue the continued job: a note saying so, or why it was refused."""
+def start(job_id: Any, data: str | None, objective: str = "dpo", actor: Any = None,
+          rewards: str | None = None) -> str:
+    """Queue the continued job: a note saying so, or why it was refused. rewards: GRPO's
+    train.rewards as typed (YAML or JSON)."""
     from engine.config import ConfigError
     from jobs.continuation import continue_with_preference
 
     if not job_id:
         return render.note("Pick a job first.", "warn")
     jid = jobview.parse_id(job_id)
+    extra = [f"train.rewards={rewards.strip()}"] if objective == "grpo" and rewards and \
+        rewards.strip() else []
     try:
-        job = continue_with_preference(jid, data or "", objective or "dpo", actor=actor)
+        job = continue_with_preference(jid, data or "", objective or "dpo", actor=actor,
+                                       overrides=extra)
     except ConfigError as exc:
         return render.note(f"Cannot continue job {jid}: " + "; ".join(
             str(p) for p in exc.problems), "bad")
@@ -61,10 +68,11 @@ def start(job_id: Any, data: str | None, objective: str = "dpo", actor: Any = No
 def build(job_picker: Any) -> Any:
     """The section (inside the job's page), hidden until a job that can continue is shown (the
     job page's outputs set its visibility from can_continue); returns its box."""
-    with gr.Accordion("Continue with preference tuning", open=False, visible=False,
+    with gr.Accordion("Continue with preference tuning or RL", open=False, visible=False,
                       elem_id="continue-panel") as box:
         gr.HTML('<div class="fs-muted">The usual second stage after supervised fine-tuning: '
-                "teach the model which of two answers to prefer. A new job trains a fresh "
+                "teach the model which of two answers to prefer, or reinforce the answers "
+                "your reward functions score well (GRPO). A new job trains a fresh "
                 "adapter on this job's model (its adapter merged into the base), which is "
                 "also the reference the rewards are measured against.</div>")
         with gr.Row(equal_height=False, elem_classes=["fs-toolbar"]):
@@ -74,8 +82,15 @@ def build(job_picker: Any) -> Any:
                                     scale=1, min_width=200, elem_id="continue-objective")
             button = gr.Button("▶ Continue", size="sm", scale=0, min_width=130,
                                variant="primary", elem_id="continue-start")
+        rewards = gr.Textbox(label="Reward functions (GRPO)", max_lines=1, visible=False,
+                             placeholder="[{name: numeric_match, args: {column: answer}}]",
+                             info="train.rewards: built-ins and admin-installed functions "
+                                  "(ftstudio rewards ls)", elem_id="continue-rewards")
         message = gr.HTML(elem_id="continue-message", elem_classes=["fs-slot"])
-    button.click(_start, [job_picker, data, objective], message, api_visibility="private")
+    objective.change(lambda o: gr.update(visible=o == "grpo"), objective, rewards,
+                     api_visibility="private", show_progress="hidden")
+    button.click(_start, [job_picker, data, objective, rewards], message,
+                 api_visibility="private")
     job_picker.change(_opened, None, [data, message], api_visibility="private",
                       show_progress="hidden")
     return box
@@ -87,5 +102,5 @@ def _opened(request: gr.Request = None):
     return gr.update(choices=choices, value=choices[0][1] if choices else None), ""
 
 
-def _start(job_id, data, objective, request: gr.Request = None):
-    return start(job_id, data, objective, actor_of(request))
+def _start(job_id, data, objective, rewards, request: gr.Request = None):
+    return start(job_id, data, objective, actor_of(request), rewards)

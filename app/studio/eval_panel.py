@@ -118,11 +118,11 @@ def card_html(ev: dict[str, Any] | None, evals: list[dict[str, Any]] | None = No
                 "answer the held-out prompts, or those of any data file, with the base and the "
                 "tuned model.</div>")
     from engine.evaluation.evaluate import card_line
-    from engine.evaluation.metrics import METRIC_INFO
+    from engine.evaluation.metrics import METRIC_INFO, metric_info  # noqa: F401
 
     tiles = []
     for name, m in ev["metrics"].items():
-        info, share = METRIC_INFO[name], METRIC_INFO[name]["scale"] == "share"
+        info, share = metric_info(name), metric_info(name)["scale"] == "share"
 
         def show(x: float | None) -> str:
             if x is None:
@@ -186,7 +186,7 @@ def answers_csv(job_id: Any, which: str = "all", actor: Any = None) -> str:
 
 def compare_rows(job_ids: list[Any], actor: Any = None) -> list[dict[str, Any]]:
     """Each job's newest evaluation side by side: one row per job, base -> tuned per metric."""
-    from engine.evaluation.metrics import METRIC_INFO
+    from engine.evaluation.metrics import METRIC_INFO, metric_info  # noqa: F401
 
     out = []
     for jid in job_ids or []:
@@ -209,7 +209,7 @@ def compare_rows(job_ids: list[Any], actor: Any = None) -> list[dict[str, Any]]:
 
 
 def compare_frame(job_ids: list[Any], actor: Any = None):
-    from engine.evaluation.metrics import METRIC_INFO
+    from engine.evaluation.metrics import METRIC_INFO, metric_info  # noqa: F401
 
     columns = ["Job", "Records", *(i["label"] for i in METRIC_INFO.values())]
     return jobview.frame(compare_rows(job_ids, actor),

@@ -56,10 +56,21 @@ TRAIN_ADVANCED = ["train.warmup_ratio", "train.optimizer", "train.precision",
                   "train.eval_every", "train.save_every", "train.keep_checkpoints",
                   "train.early_stopping_patience", "train.neftune_alpha", "train.log_every",
                   "train.seed"]
-#: the preference objectives' settings (engine/training/preference.py), and the objectives each one
-#: applies to (the form shows only the chosen objective's)
+#: the objectives' own settings (preference: engine/training/preference.py; grpo:
+#: engine/training/grpo.py), and the objectives each one applies to (the form shows only the
+#: chosen objective's)
 OBJECTIVE_KEYS = {
-    "train.beta": ("dpo", "orpo", "simpo", "kto"),
+    "train.rewards": ("grpo",),
+    "train.num_generations": ("grpo",),
+    "train.max_completion_len": ("grpo",),
+    "train.grpo_loss_type": ("grpo",),
+    "train.temperature": ("grpo",),
+    "train.top_p": ("grpo",),
+    "train.epsilon": ("grpo",),
+    "train.epsilon_high": ("grpo",),
+    "train.num_iterations": ("grpo",),
+    "train.scale_rewards": ("grpo",),
+    "train.beta": ("dpo", "orpo", "simpo", "kto", "grpo"),
     "train.dpo_loss_type": ("dpo",),
     "train.label_smoothing": ("dpo", "simpo"),
     "train.simpo_gamma": ("simpo",),
@@ -81,11 +92,12 @@ ESTIMATE_KEYS = {"model.name", "model.dtype", "model.attn_implementation", "data
                  "method.kind", "method.r", "method.target_modules", "method.quant_bits",
                  "method.num_virtual_tokens", "method.dropout", "train.batch_size",
                  "train.optimizer", "train.precision", "train.gradient_checkpointing",
-                 *PARALLEL_KEYS}
+                 "train.objective", "train.num_generations", "train.max_completion_len",
+                 "train.grad_accum", *PARALLEL_KEYS}
 #: keys that change the data report and preview
 DATA_KEYS = {"model.name", "data.train", "data.format", "data.max_seq_len",
              "data.train_on_prompt", "data.system_prompt", "data.dedupe", "data.min_tokens",
-             "data.max_tokens", "data.val_fraction", "data.validation"}
+             "data.max_tokens", "data.val_fraction", "data.validation", "train.objective"}
 
 
 
@@ -106,7 +118,7 @@ def _int_keys() -> set[str]:
 INT_KEYS = _int_keys()
 #: keys whose value may be empty (None) and take a number when given
 NUMBER_KEYS = {"train.max_steps", "train.early_stopping_patience", "data.max_tokens",
-               "train.neftune_alpha", "train.max_grad_norm"}
+               "train.neftune_alpha", "train.max_grad_norm", "train.epsilon_high"}
 
 
 def label_for(key: str) -> str:
@@ -141,6 +153,9 @@ def widget_spec(key: str) -> dict[str, Any]:
     if key == "method.target_modules":
         return {**spec, "type": "text", "value": "all-linear",
                 "placeholder": "all-linear, or q_proj, v_proj"}
+    if key == "train.rewards":
+        return {**spec, "type": "text", "value": "",
+                "placeholder": "[{name: numeric_match, args: {column: answer}}]"}
     return {**spec, "type": "text", "value": "" if default is None else str(default)}
 
 
@@ -152,6 +167,8 @@ def form_to_values(values: list[Any] | tuple[Any, ...]) -> dict[str, Any]:
             value = value.strip()
             if value == "" or (value.lower() in ("none", "null") and default_for(key) is None):
                 value = None
+        if key == "train.rewards" and value is None:
+            value = []
         if isinstance(value, float) and key in INT_KEYS and value.is_integer():
             value = int(value)
         out[key] = value
@@ -195,6 +212,10 @@ def config_to_form(cfg: TrainConfig) -> list[Any]:
         value = getattr(getattr(cfg, section), name)
         if key == "method.target_modules" and isinstance(value, list):
             value = ", ".join(value)
+        elif key == "train.rewards":
+            import json
+
+            value = json.dumps(value) if value else ""
         elif widget_spec(key)["type"] == "text":
             value = "" if value is None else str(value)
         out.append(value)
@@ -213,7 +234,11 @@ def overrides(cfg: TrainConfig) -> list[str]:
         section, _, name = key.partition(".")
         value = now[section][name]
         if value != default[section][name]:
-            if isinstance(value, list):
+            if key == "train.rewards":
+                import json
+
+                text = json.dumps(value)
+            elif isinstance(value, list):
                 text = ",".join(value)
             elif value is None:
                 text = "null"

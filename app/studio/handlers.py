@@ -95,6 +95,27 @@ def import_gguf_upload(path: str | None, actor: dict[str, Any] | None = None
         "notes that dequantized weights approximate the original model.", "good")
 
 
+def install_reward_upload(path: str | None, actor: dict[str, Any] | None = None) -> str:
+    """Install an uploaded reward file into FTSTUDIO_HOME/rewards (engine.training.rewards
+    .install): a note naming the rewards it provides, or why not. Code that the workers run:
+    with logins on, only admins may (like `ftstudio rewards add FILE.py` on the server)."""
+    from engine.training.rewards import RewardError, install
+
+    if not path:
+        return ""
+    if actor is not None and not actor.get("is_admin"):
+        return render.note("Only an admin can install a reward function: it is code that runs "
+                           "on the workers. Ask an admin, or run `ftstudio rewards add FILE.py` "
+                           "on the server.", "bad")
+    src = Path(path)
+    try:
+        names = install(src)
+    except (RewardError, OSError) as exc:
+        return render.note(str(exc).replace(str(src.parent) + "/", ""), "bad")
+    return render.note(f"Installed {src.name}: {', '.join(names)}. Use one in the reward "
+                       f"functions, e.g. [{{name: {names[0]}}}].", "good")
+
+
 # --------------------------------------------------------------------------- data
 
 _tokenizers: dict[str, Any] = {}
@@ -139,6 +160,8 @@ def data_panel(values: dict[str, Any]) -> tuple[str, Any, list[list[tuple[str, s
     if not path or not Path(path).is_file():
         return render.note("Choose a bundled example or upload a .json, .jsonl, .csv or "
                            ".parquet file.", "info"), None, []
+    if cfg.train.objective == "grpo":      # prompts and reward columns, not answers to learn
+        return _prompt_report(cfg), None, []
     tok = tokenizer_for(cfg.model.name)
     try:
         rep = report_for(cfg)     # tokenized apart from the web process (jobs.apart)
@@ -215,6 +238,25 @@ def estimate_panel(values: dict[str, Any], actor: Any = None) -> str:
         plan = plan_for(est, p.gpus, cpu_offload=p.cpu_offload,
                         reshard=p.reshard_after_forward, max_gpus=gpus[0])
     return render.estimate_card(est, timing=timing, plan=plan)
+
+
+def _prompt_report(cfg: TrainConfig) -> str:
+    """A GRPO data file as the form shows it: its prompt format, how many prompts train and are
+    held out, and the columns its reward functions can read (engine.data.prompts)."""
+    from engine.data import DataError
+    from engine.data.prompts import split_prompts
+
+    try:
+        train, held, source = split_prompts(cfg)
+    except (DataError, ValueError, OSError) as exc:
+        return render.note(str(exc), "bad")
+    columns = sorted(train[0].columns) if train else []
+    first = train[0].shown if train else ""
+    return (render.tiles([("Format", "prompts (grpo)", "good"),
+                          ("Train / held out", f"{len(train)} / {len(held)}", ""),
+                          ("Reward columns", ", ".join(columns) or "none", "")])
+            + render.note(f"First prompt: {first[:200]}. Held out: {source}. Every column "
+                          "reaches the reward functions by name.", "info"))
 
 
 def report_for(cfg: TrainConfig, tokenizer: Any = None) -> dict[str, Any]:

@@ -40,7 +40,7 @@ class JobsTab:
 
 
 #: the job page's own outputs, session to log (then the Export and Evaluation sections')
-JOB_OUTPUTS = 13
+JOB_OUTPUTS = 18
 
 
 def _plot(title: str, y: str, color: str | None = None, elem_id: str | None = None):
@@ -100,6 +100,25 @@ def build() -> JobsTab:
                                    "(pairs whose chosen answer wins)", x_title="step",
                                    y_title="%", height=250, elem_id="reward-accuracy-plot",
                                    tooltip="all")
+        with gr.Column(visible=False, elem_id="grpo-section") as grpo_section:  # grpo jobs
+            with gr.Row():
+                grpo_reward = gr.LinePlot(x="step", y="value", color="series",
+                                          title="Reward (total, per function, held out)",
+                                          x_title="step",
+                                          y_title="reward", height=250,
+                                          elem_id="grpo-reward-plot", tooltip="all")
+                grpo_stats = gr.LinePlot(x="step", y="value", color="series",
+                                         title="Reward spread, KL, clip ratio", x_title="step",
+                                         y_title="value", height=250, elem_id="grpo-stats-plot",
+                                         tooltip="all")
+                grpo_length = gr.LinePlot(x="step", y="value", color="series",
+                                          title="Completion length", x_title="step",
+                                          y_title="tokens", height=250,
+                                          elem_id="grpo-length-plot", tooltip="all")
+            grpo_samples = gr.Dataframe(headers=jobview.SAMPLE_COLUMNS, interactive=False,
+                                        wrap=True, max_height=320, elem_id="grpo-samples",
+                                        label="Recent sampled completions (the newest "
+                                              "generation batch) and their rewards")
         with gr.Accordion("Log", open=True):
             log = gr.Textbox(show_label=False, lines=10, max_lines=10, autoscroll=True,
                              interactive=False, elem_id="log-tail")
@@ -127,7 +146,8 @@ def build() -> JobsTab:
     remembered = gr.BrowserState(None, storage_key="ftstudio-job")
     timer, table_timer = gr.Timer(TICK), gr.Timer(TABLE_TICK)
     outputs = [session, header, progress, loss, eval_loss, lr, tps, gen, reward_row, rewards,
-               accuracy, log, continued]
+               accuracy, grpo_section, grpo_reward, grpo_stats, grpo_length, grpo_samples, log,
+               continued]
     assert len(outputs) == JOB_OUTPUTS
     outputs += export.outputs + evaluation.outputs
     tab = JobsTab(table, status_filter, job_picker, session, remembered, clone, compare_picker,
@@ -206,7 +226,7 @@ def _download(fn):
     return run
 
 
-def _outputs(session, job) -> list[Any]:
+def _outputs(session, job, actor: Any = None) -> list[Any]:
     f = jobview.frames(session)
     log = "\n".join(session["log"])
     total = jobview.progress_of(job)[1] if job is not None else None
@@ -219,9 +239,13 @@ def _outputs(session, job) -> list[Any]:
     prefer = bool(len(f["rewards"]))                 # only preference-tuning jobs
     rewards = [gr.update(value=f[k] if len(f[k]) else None, x_lim=span)
                for k in ("rewards", "accuracy")]
+    grpo = bool(jobview.reward_series(job))          # only GRPO jobs
+    grpo_plots = [gr.update(value=f[k] if len(f[k]) else None, x_lim=span)
+                  for k in ("grpo_reward", "grpo_stats", "grpo_length")]
+    samples = jobview.samples_frame(job, actor) if grpo else gr.skip()
     return [session, jobview.header_html(job), jobview.progress_html(session, job), *plots, gen,
-            gr.update(visible=prefer), *rewards, log,
-            gr.update(visible=continue_panel.can_continue(job))]
+            gr.update(visible=prefer), *rewards, gr.update(visible=grpo), *grpo_plots, samples,
+            log, gr.update(visible=continue_panel.can_continue(job))]
 
 
 def tick(session, jid, request: gr.Request = None):
@@ -237,7 +261,7 @@ def tick(session, jid, request: gr.Request = None):
         session, evals_changed = eval_panel.poll(session, job, actor)
     except Exception:  # noqa: BLE001 - a store hiccup skips one tick
         return [gr.skip()] + skip_job + skip_export + skip_eval
-    return [session] + (_outputs(session, job)[1:] if changed else skip_job) + \
+    return [session] + (_outputs(session, job, actor)[1:] if changed else skip_job) + \
         (export_panel.view(session, actor) if exports_changed else skip_export) + \
         (eval_panel.view(session, "all", actor) if evals_changed else skip_eval)
 
@@ -248,7 +272,7 @@ def select_job(jid, session, request: gr.Request = None):
     session, _ = export_panel.poll(session, job, actor)
     session, _ = eval_panel.poll(session, job, actor)
     hidden = gr.update(value=None, visible=False)
-    return _outputs(session, job) + export_panel.view(session, actor) + \
+    return _outputs(session, job, actor) + export_panel.view(session, actor) + \
         eval_panel.view(session, "all", actor) + [jid, "", hidden, "", hidden, gr.update(
             choices=eval_panel.data_choices(actor), value=""), "all"]
 

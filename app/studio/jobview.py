@@ -40,8 +40,16 @@ REWARDS = {"reward_chosen": "chosen", "reward_rejected": "rejected",
            "reward_margin": "margin", "eval_reward_margin": "eval margin"}
 #: the share of pairs whose chosen answer wins, in percent
 ACCURACY = {"reward_accuracy": "train", "eval_reward_accuracy": "eval"}
+#: GRPO (train.objective grpo, engine.training.grpo): the mean reward of the sampled completions
+#: (total, and per function as "rewards/<function>" series), the held-out mean reward
+#: (gen_reward), the reward's spread, KL to the reference, clip ratio, completion length
+GRPO_REWARD = {"reward": "mean reward", "gen_reward": "held-out (greedy)"}
+GRPO_STATS = {"reward_std": "reward spread (std)", "kl": "KL", "clip_ratio": "clip ratio"}
+GRPO_LENGTH = {"completion_length": "completion tokens"}
+GRPO_PREFIX = "rewards/"
 CHARTED = ("loss", "eval_loss", "lr", *RATES, "total_steps", *GEN_CHARTED, *REWARDS,
-           *ACCURACY)  # kept
+           *ACCURACY, *GRPO_REWARD, *GRPO_STATS, *GRPO_LENGTH)  # kept
+SAMPLE_COLUMNS = ["Step", "Prompt", "Completion", "Reward", "Per function", "Advantage"]
 #: what Compare jobs can overlay: label -> (metric, its eval twin or None, scale)
 COMPARED = {"training loss": ("loss", "eval_loss", 1.0),
             "reward margin": ("reward_margin", "eval_reward_margin", 1.0),
@@ -207,7 +215,8 @@ def poll(session: dict[str, Any] | None, job_id: Any, actor: Any = None
         session.update(curves=None, since=-1, rate_from=None, rate_to=None)
     session["attempt"] = attempt
     if session["curves"] is None:     # the first poll: every curve so far, bucketed in SQL
-        added = _seed_curves(session, api.metric_buckets(jid, CHART_POINTS, names=CHARTED,
+        names = (*CHARTED, *reward_series(job))
+        added = _seed_curves(session, api.metric_buckets(jid, CHART_POINTS, names=names,
                                                          actor=actor))
     else:
         # rows at the last seen step are fetched again: an eval row may land after its train
@@ -242,9 +251,39 @@ def _add_rows(session: dict[str, Any], rows: list[tuple[int, str, float]]) -> in
     added = 0
     for step, name, value in rows:
         session["since"] = max(session["since"], step)
-        if name in CHARTED:
+        if name in CHARTED or name.startswith(GRPO_PREFIX):
             added += session["curves"].setdefault(name, Curve()).add(step, value)
     return added
+
+
+def reward_series(job: dict[str, Any] | None) -> list[str]:
+    """The per-function reward metrics a GRPO job logs ("rewards/<function>"), from its
+    config's train.rewards (dots in custom names become underscores, as the engine names them)."""
+    train = ((job or {}).get("config") or {}).get("train") or {}
+    if train.get("objective") != "grpo":
+        return []
+    return [GRPO_PREFIX + str(r.get("name", "")).replace(".", "_")
+            for r in train.get("rewards") or [] if isinstance(r, dict)]
+
+
+def samples_frame(job: dict[str, Any] | None, actor: Any = None):
+    """The newest sampled completions of a GRPO job (jobs.api.samples) as the table's frame."""
+    rows = []
+    if reward_series(job):
+        try:
+            found = _api().samples(job["id"], actor=actor)
+        except (KeyError, LookupError, ValueError):
+            found = {"rows": []}
+        for r in found.get("rows") or []:
+            per = ", ".join(f"{k} {'–' if v is None else f'{v:.2f}'}"
+                            for k, v in (r.get("rewards") or {}).items())
+            rows.append({"Step": int(r.get("step") or 0), "Prompt": str(r.get("prompt", "")),
+                         "Completion": str(r.get("completion", "")),
+                         "Reward": float("nan") if r.get("reward") is None else
+                         float(r["reward"]), "Per function": per,
+                         "Advantage": float(r.get("advantage") or 0.0)})
+    return frame(rows, {"Step": "int64", "Prompt": "str", "Completion": "str",
+                        "Reward": "float64", "Per function": "str", "Advantage": "float64"})
 
 
 def _log_lines(events: list[dict[str, Any]], since: int) -> tuple[list[str], int]:
@@ -301,6 +340,11 @@ def frames(session: dict[str, Any]) -> dict[str, Any]:
     out["gen"] = labelled(session, GEN_CHARTED, scale=100)
     out["rewards"] = labelled(session, REWARDS)
     out["accuracy"] = labelled(session, ACCURACY, scale=100)
+    per_function = {n: n.removeprefix(GRPO_PREFIX) for n in sorted(session.get("curves") or {})
+                    if n.startswith(GRPO_PREFIX)}
+    out["grpo_reward"] = labelled(session, {**GRPO_REWARD, **per_function})
+    out["grpo_stats"] = labelled(session, GRPO_STATS)
+    out["grpo_length"] = labelled(session, GRPO_LENGTH)
     return out
 
 

@@ -168,12 +168,25 @@ def build() -> TrainTab:
                     with gr.Row():
                         for key in form.TRAIN_TRACKERS:
                             add(key)
-                with gr.Accordion("Objective: SFT, or preference tuning (DPO, ORPO, SimPO, "
-                                  "KTO)", open=False, elem_id="objective-box"):
+                with gr.Accordion("Objective: SFT, preference tuning (DPO, ORPO, SimPO, "
+                                  "KTO) or RL with rewards (GRPO)", open=False,
+                                  elem_id="objective-box"):
                     with gr.Row():
                         add("train.objective")
                         for key, objectives in form.OBJECTIVE_KEYS.items():
                             add(key, visible=start_values["train.objective"] in objectives)
+                    with gr.Row(equal_height=False, elem_classes=["fs-toolbar"]):
+                        reward_upload = gr.UploadButton(
+                            "⇪ Install a reward function (.py)", file_types=[".py"],
+                            size="sm", scale=0, min_width=260, elem_id="install-reward")
+                        reward_status = gr.HTML(render.note(
+                            "GRPO's custom rewards: each public function of the file, with "
+                            "TRL's signature f(prompts, completions, **columns), becomes "
+                            "FILE.FUNCTION. Admins only when logins are on (it is code the "
+                            "workers run); or `ftstudio rewards add FILE.py`."),
+                            elem_id="install-reward-status")
+                    reward_upload.upload(_install_reward, reward_upload, reward_status,
+                                         api_visibility="private")
             # 5 -- parallelism: only where the workers have GPUs (handlers.worker_gpus)
             gpus = handlers.worker_gpus()
             with gr.Column(elem_classes=["fs-section"], visible=gpus is not None,
@@ -244,6 +257,11 @@ def _wire_sweep(t: TrainTab) -> None:
     gr.on([t.sweep.change] + [x.change for x in t.sweep_inputs], card,
           [t.sweep] + t.inputs + t.sweep_inputs, t.sweep_card, trigger_mode="always_last",
           **quiet)
+
+
+def _install_reward(file, request: gr.Request | None = None):
+    path = getattr(file, "name", file)
+    return handlers.install_reward_upload(path, actor_of(request))
 
 
 def _wire_gguf_import(upload, model_name, status):

@@ -8,6 +8,7 @@ cache, the data report and batching. Callers outside the package import from her
     engine.data.encode     a normalized example into input_ids and labels (the loss mask)
     engine.data.cache      the tokenized-data cache under FTSTUDIO_HOME/cache
     engine.data.report     the data report (DataReport) and its text forms
+    engine.data.prompts    prompt-only records for GRPO (prompt, chat, alpaca) and their columns
     engine.data.pipeline   the pipeline: prepare(), data_report(), check_file(), preview()
     engine.data.batching   packing and padding rows into batches (Batches)
     engine.data.examples   the bundled example datasets (static/examples), and the demo's text

@@ -50,7 +50,7 @@ import math
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +93,8 @@ class Answer:
     text: str
     stopped: bool                  # ended with a stop token (False: ran out of new tokens)
     new_tokens: int
+    #: the answer's token ids (the stop token left out), for GRPO's reward functions
+    ids: list[int] | None = field(default=None, compare=False, repr=False)
 
 
 def metric_names() -> list[str]:
@@ -277,7 +279,7 @@ def _answer(tokenizer, new_ids: list[int], stops: set[int]) -> Answer:
     cut = next((k for k, t in enumerate(new_ids) if t in stops), None)
     kept = new_ids if cut is None else new_ids[:cut]
     text = tokenizer.decode(kept, skip_special_tokens=True).strip()
-    return Answer(text, cut is not None, len(kept) + (cut is not None))
+    return Answer(text, cut is not None, len(kept) + (cut is not None), list(kept))
 
 
 # --------------------------------------------------------------------------- scoring
@@ -355,17 +357,23 @@ def flat_metrics(record: dict[str, Any]) -> dict[str, float]:
             if m.get("tuned") is not None}
 
 
-def card_line(record: dict[str, Any], metric: str = "exact_match") -> str:
-    """"exact match 10% -> 97% (+87 points, 95% CI +80 to +93), 60 held-out records"."""
+def card_line(record: dict[str, Any], metric: str | None = None) -> str:
+    """"exact match 10% -> 97% (+87 points, 95% CI +80 to +93), 60 held-out records"; a GRPO
+    run's record (scored with its reward functions) leads with the mean reward."""
+    from engine.evaluation.metrics import metric_info
+
+    metric = metric or ("exact_match" if "exact_match" in record["metrics"] else
+                        "reward" if "reward" in record["metrics"] else next(iter(record["metrics"])))
     m = record["metrics"][metric]
-    info = METRIC_INFO[metric]
+    info = metric_info(metric)
     share = info["scale"] == "share"
+    digits = 2 if metric.startswith("reward") else 1
 
     def val(x: float) -> str:
-        return f"{x * 100:.0f}%" if share else f"{x:.1f}"
+        return f"{x * 100:.0f}%" if share else f"{x:.{digits}f}"
 
     def pts(x: float) -> str:
-        return f"{x * 100:+.0f}" if share else f"{x:+.1f}"
+        return f"{x * 100:+.0f}" if share else f"{x:+.{digits}f}"
 
     unit = " points" if share else ""
     n = f"{record['n']} held-out record{'s' if record['n'] != 1 else ''}"

@@ -201,6 +201,37 @@ def summarize(base: list[dict] | None, tuned: list[dict],
     return report
 
 
+def metric_info(name: str) -> dict[str, Any]:
+    """METRIC_INFO of a metric, also for GRPO's reward metrics (reward, reward_<function>)."""
+    if name in METRIC_INFO:
+        return METRIC_INFO[name]
+    if name == "reward" or name.startswith("reward_"):
+        label = "mean reward" if name == "reward" else f"reward {name[len('reward_'):]}"
+        return {"label": label, "higher_is_better": True, "scale": "score"}
+    return {"label": name.replace("_", " "), "higher_is_better": True, "scale": "score"}
+
+
+def summarize_values(base: list[float] | None, tuned: list[float], *, resamples: int = 1000,
+                     seed: int = 0) -> dict[str, Any]:
+    """summarize()'s entry for one per-example value (a reward): base and tuned means, the
+    change, and paired 95% bootstrap intervals from the same index draws as summarize()."""
+    if not tuned:
+        raise ValueError("summarize_values needs at least one example")
+    n = len(tuned)
+    idx = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
+    t = np.array(tuned, dtype=float)
+    entry = {"base": None, "tuned": float(t.mean()), "delta": None, "base_ci": None,
+             "tuned_ci": _interval(t[idx].mean(axis=1)), "delta_ci": None, "n": n,
+             "scale": "score"}
+    if base is not None:
+        _check_lengths(tuned=tuned, base=base)
+        b = np.array(base, dtype=float)
+        entry.update(base=float(b.mean()), delta=float(t.mean() - b.mean()),
+                     base_ci=_interval(b[idx].mean(axis=1)),
+                     delta_ci=_interval(t[idx].mean(axis=1) - b[idx].mean(axis=1)))
+    return entry
+
+
 def _interval(draws: np.ndarray) -> list[float]:
     tail = (1 - CONFIDENCE) / 2 * 100
     lo, hi = np.percentile(draws, [tail, 100 - tail])

@@ -321,6 +321,21 @@ def estimate(cfg: TrainConfig, model_config: dict[str, Any] | None,
 
     parts = {"weights": int(weights), "adapter": int(adapter), "gradients": int(gradients),
              "optimizer": int(optimizer), "activations": int(acts), "logits": int(logits)}
+    if t.objective == "grpo":
+        # engine/training/grpo.py: the generation batch (batch_size x grad_accum completions)
+        # is sampled at once with the KV cache (keys and values of every layer for prompt +
+        # completion), and each step's float32 logits of its completions are kept for backward
+        rows = t.batch_size * t.grad_accum
+        kv = rows * seq * s.layers * 2 * s.kv_heads * s.head_dim * cbytes
+        parts["kv_cache"] = int(kv)
+        parts["logits"] = int(t.batch_size * min(t.max_completion_len, seq) * s.vocab *
+                              (cbytes + 4 + 4))
+        notes.append(f"grpo samples {rows} completions per generation batch (train.batch_size "
+                     f"x train.grad_accum) with a {human_bytes(kv)} KV cache")
+        if full and t.beta:
+            parts["reference"] = int(counts.total * wbytes)
+            notes.append("grpo with a KL term (train.beta) after full fine-tuning keeps a frozen "
+                         "copy of the starting model as its reference")
     if full and t.objective in ("dpo", "kto") and not t.precompute_reference:
         # the frozen reference copy (engine.training.loop); precomputed log-probs need none
         parts["reference"] = int(counts.total * wbytes)

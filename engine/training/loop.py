@@ -80,6 +80,7 @@ class Session:
     started: float = field(default_factory=time.time)
     throughput: "Throughput | None" = None
     sharded: bool = False            # FSDP: weights are shards, every forward is collective
+    reference: Any = None            # grpo after full fine-tuning with beta: a frozen copy
 
     @property
     def out(self) -> Path:
@@ -122,13 +123,22 @@ def setup(cfg: TrainConfig, reporter: Reporter) -> Session:
     resume_dir = find_checkpoint(t.resume_from, out) if t.resume_from else None
     model, tokenizer, info = load_model(cfg, log=say, device=accelerator.device,
                                         sharded=strategy == "fsdp")
-    with accelerator.main_process_first():
-        data = prepare(cfg, tokenizer, log=say)
-    check_objective_data(cfg, data)
-    mask_dtype = compute_dtype(model, accelerator.mixed_precision)
-    train_batches, eval_batches = make_batches(cfg, data, tokenizer, mask_dtype, accelerator, say,
-                                               varlen=is_varlen(info["attention"]))
-    total_steps = t.max_steps or math.ceil(t.epochs * len(train_batches) / t.grad_accum)
+    if t.objective == "grpo":    # prompts, not tokenized examples (engine/training/grpo.py)
+        from engine.training import grpo
+
+        data = grpo.prepare(cfg, tokenizer, log=say)
+        train_batches, eval_batches = None, None
+        per_epoch = len(data.train) // (t.batch_size * t.grad_accum // t.num_generations *
+                                        accelerator.num_processes)
+        total_steps = t.max_steps or math.ceil(t.epochs * max(per_epoch, 1) * t.num_iterations)
+    else:
+        with accelerator.main_process_first():
+            data = prepare(cfg, tokenizer, log=say)
+        check_objective_data(cfg, data)
+        mask_dtype = compute_dtype(model, accelerator.mixed_precision)
+        train_batches, eval_batches = make_batches(cfg, data, tokenizer, mask_dtype, accelerator,
+                                                   say, varlen=is_varlen(info["attention"]))
+        total_steps = t.max_steps or math.ceil(t.epochs * len(train_batches) / t.grad_accum)
     optimizer = build_optimizer(model, t)
     scheduler = get_scheduler(t.scheduler, optimizer, num_training_steps=total_steps,
                               num_warmup_steps=math.ceil(t.warmup_ratio * total_steps))
@@ -137,7 +147,10 @@ def setup(cfg: TrainConfig, reporter: Reporter) -> Session:
         say(check_sharded(model))            # every weight a shard, or a clear error
         keep_quant_state(model)              # qlora: bitsandbytes' 4-bit state per gather
     unwrapped = accelerator.unwrap_model(model)
-    loss_of = make_loss(cfg, unwrapped, accelerator, info, say)
+    loss_of = make_loss(cfg, unwrapped, accelerator, info, say) if t.objective != "grpo" else \
+        grpo.GRPO(cfg, tokenizer, unwrapped, data.train, rank=accelerator.process_index,
+                  world=accelerator.num_processes, log=say, out=out,
+                  main=accelerator.is_main_process, data_name=Path(cfg.data.train).name)
     if t.precompute_reference:      # dpo: each pair's reference log-probs once (cached)
         from engine.training.reference import precompute
 
@@ -150,6 +163,8 @@ def setup(cfg: TrainConfig, reporter: Reporter) -> Session:
         state, rng = load_checkpoint(resume_dir, unwrapped, optimizer, scheduler,
                                      rank=accelerator.process_index)
         say(f"resume: continuing from {resume_dir} at step {state.step} of {total_steps}")
+        if t.objective == "grpo":
+            grpo.load_buffer_into(loss_of, resume_dir, accelerator, say)
     if t.neftune_alpha:
         add_neftune_noise(unwrapped, t.neftune_alpha)
         say(f"neftune: noise alpha {t.neftune_alpha} on the input embeddings while training")
@@ -159,13 +174,16 @@ def setup(cfg: TrainConfig, reporter: Reporter) -> Session:
                       train_batches, eval_batches, loss_of, state, files, reporter, say,
                       total_steps, rng=rng, saved_step=state.step if resume_dir else None,
                       started=started, sharded=strategy == "fsdp")
+    if t.objective == "grpo" and cfg.method.kind == "full" and t.beta:
+        session.reference = copy_reference(unwrapped)   # the KL term's frozen starting model
     if session.sharded and t.eval_generate != "off":
         say("eval generate: skipped under fsdp (no process holds the whole model); score the "
             "trained model afterwards with `ftstudio eval JOB`")
     elif session.main:  # generation evaluation (engine/evaluation/evaluate.py): base answers before step 1
         from engine.evaluation.evaluate import GenEval
 
-        session.gen = GenEval.prepare(cfg, data, tokenizer, out, say)
+        session.gen = GenEval.prepare(cfg, data, tokenizer, out, say) \
+            if t.objective != "grpo" else grpo.make_reward_eval(cfg, data, tokenizer, out, say)
         if session.gen is not None:
             session.gen.base_answers(unwrapped, separate_base=cfg.method.kind == "full",
                                      trained=state.step > 0)
@@ -173,7 +191,8 @@ def setup(cfg: TrainConfig, reporter: Reporter) -> Session:
     files.update(status="running", **run_facts(cfg, info, data.report.to_dict()),
                  total_steps=total_steps, processes=accelerator.num_processes,
                  parallel=strategy,
-                 precision=accelerator.mixed_precision, batching=train_batches.summary(),
+                 precision=accelerator.mixed_precision,
+                 batching=train_batches.summary() if train_batches is not None else None,
                  resumed_from=str(resume_dir or "") or None, timings={"start": stamp(started)})
     return session
 
@@ -182,6 +201,11 @@ def fit(s: Session) -> str:
     """Step after step until the last one, early stopping or a stop request; returns the status:
     running (it reached the end), stopped_early or cancelled."""
     t, state, acc = s.cfg.train, s.state, s.accelerator
+    if t.objective == "grpo":   # sample, score, step: engine/training/grpo.py
+        from engine.training.grpo import fit as grpo_fit
+
+        return grpo_fit(s, agree=agree, generate_and_track=generate_and_track,
+                        global_sum=global_sum, save=save)
     world = acc.num_processes
     s.say(f"training: {s.total_steps} steps of {t.grad_accum} x {t.batch_size} rows"
           f"{f' x {world} processes' if world > 1 else ''}; {len(s.train_batches)} batches per "
@@ -309,6 +333,10 @@ def save(s: Session, reason: str | None = None) -> None:
     folder = save_checkpoint(s.out / "checkpoints", s.unwrapped, s.optimizer, s.scheduler,
                              s.state, s.rng, rank=s.accelerator.process_index,
                              barrier=s.barrier, sharded=s.sharded)
+    if t.objective == "grpo":   # the generation batch still being trained on
+        from engine.training.grpo import save_buffer
+
+        save_buffer(s, folder)
     s.saved_step = s.state.step
     gone = prune_checkpoints(s.out, t.keep_checkpoints) if s.main else []
     s.say(f"checkpoint: saved {folder} ({reason or f'every {t.save_every} steps'})"
@@ -423,6 +451,13 @@ def restore_kept(model, folder: Path, say) -> None:
     else:
         model.load_state_dict(tensors, strict=False)
     say(f"eval generate: scoring the best weights early stopping kept in {folder}")
+
+
+def copy_reference(model):
+    """A frozen copy of the model as it is now (the reference after full fine-tuning)."""
+    import copy
+
+    return copy.deepcopy(model).eval().requires_grad_(False)
 
 
 def make_loss(cfg: TrainConfig, model, accelerator, info: dict[str, Any], say):

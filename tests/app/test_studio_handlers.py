@@ -3,6 +3,8 @@ YAML, the command preview, uploads."""
 
 from __future__ import annotations
 
+import json
+
 import re
 import shlex
 import shutil
@@ -256,9 +258,34 @@ def test_another_users_run_is_not_used_for_their_estimate(home, tiny_model, exam
     assert "per epoch" in handlers.estimate_panel(values, None)    # local mode sees all
 
 
+def test_the_form_takes_grpo_and_shows_only_its_settings(tiny_model, examples, tmp_path):
+    data = tmp_path / "prompts.jsonl"
+    data.write_text('{"prompt": "2+2?", "answer": "4"}\n' * 8)
+    values = _good(tiny_model, examples)
+    values.update({"train.objective": "grpo", "data.train": str(data),
+                   "train.rewards": "[{name: numeric_match, args: {column: answer}}]",
+                   "train.num_generations": 4, "train.grpo_loss_type": "dr_grpo",
+                   "train.epsilon_high": "0.28", "train.max_completion_len": 64})
+    cfg, problems = form.check_form(values)
+    assert not problems, problems
+    assert cfg.train.rewards == [{"name": "numeric_match", "args": {"column": "answer"}}]
+    assert (cfg.train.grpo_loss_type, cfg.train.epsilon_high) == ("dr_grpo", 0.28)
+    shown = form.config_to_form(cfg)[form.FORM_KEYS.index("train.rewards")]
+    assert json.loads(shown) == cfg.train.rewards      # shown as JSON, read back as YAML
+    grpo = {k for k, objectives in form.OBJECTIVE_KEYS.items() if "grpo" in objectives}
+    assert {"train.rewards", "train.num_generations", "train.scale_rewards",
+            "train.beta"} <= grpo and "train.dpo_loss_type" not in grpo
+    assert form.label_for("train.num_generations") == "Completions per prompt"
+    html, hist, _ = handlers.data_panel(values)          # prompts and their reward columns
+    assert "prompts (grpo)" in html and "answer" in html and "2+2?" in html and hist is None
+    _, problems = form.check_form({**values, "train.rewards": "", "train.num_generations": 3})
+    keys = {p.key for p in problems}
+    assert {"train.rewards", "train.num_generations"} <= keys
+
+
 def test_the_form_offers_the_objective_and_only_its_settings(tiny_model, examples):
     spec = form.widget_spec("train.objective")
-    assert spec["choices"] == ["sft", "dpo", "orpo", "kto", "simpo"]
+    assert spec["choices"] == ["sft", "dpo", "orpo", "kto", "simpo", "grpo"]
     values = _good(tiny_model, examples)
     values.update({"train.objective": "dpo", "data.train": str(examples / "preference.jsonl"),
                    "train.beta": 0.2, "train.dpo_loss_type": "ipo"})

@@ -64,7 +64,10 @@ def studio(tiny_model, tmp_path_factory):
     exe = Path(sys.executable).parent / "ftstudio"
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "app.cli"]
     env = {**os.environ, "FTSTUDIO_HOME": str(home), "GRADIO_ANALYTICS_ENABLED": "False",
-           "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+           "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
+           # this checkout's code, not the editable install the `ftstudio` script points at
+           "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH"))
+                                         if p)}
     env.pop("FTSTUDIO_REDIS_URL", None)
     log = home.parent / "serve.log"
     with open(log, "w") as out:
@@ -116,7 +119,9 @@ def upload_data(page, path, kind: str) -> None:
 
 def cli(studio, *args: str) -> str:
     """`ftstudio ARGS` against the studio's home; its stdout (the test fails on an error)."""
-    env = {**os.environ, "FTSTUDIO_HOME": str(studio["home"]), "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "FTSTUDIO_HOME": str(studio["home"]), "PYTHONUNBUFFERED": "1",
+           "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH"))
+                                         if p)}
     env.pop("FTSTUDIO_REDIS_URL", None)
     done = subprocess.run([sys.executable, "-m", "app.cli", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
