@@ -4,6 +4,7 @@
     engine.training.loss         the causal-LM loss through the lm_head in chunks (TokenLoss)
     engine.training.preference   DPO, IPO, hinge, SimPO, ORPO and KTO losses from log-probs
     engine.training.reference    DPO's reference log-probs computed once and cached
+    engine.training.distill      knowledge distillation: forward KL, GKD, the teacher's cached top-k
     engine.training.optim        the optimizer over the trainable parameters, NEFTune noise
     engine.training.precision    weight dtype, compute dtype, accelerate's mixed precision
     engine.training.speedups     Liger kernels and torch.compile (train.kernels, train.compile)

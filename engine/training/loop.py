@@ -129,7 +129,13 @@ def setup(cfg: TrainConfig, reporter: Reporter) -> Session:
                               num_warmup_steps=math.ceil(t.warmup_ratio * total_steps))
     model, optimizer = accelerator.prepare(model, optimizer)
     unwrapped = accelerator.unwrap_model(model)
-    loss_of = make_loss(cfg, unwrapped, accelerator, info, say)
+    if t.objective == "distill":    # engine/training/distill.py: a teacher, or its cached top-k
+        from engine.training.distill import make_distill_loss
+
+        loss_of = make_distill_loss(cfg, unwrapped, tokenizer, accelerator, info,
+                                    [train_batches, eval_batches], say)
+    else:
+        loss_of = make_loss(cfg, unwrapped, accelerator, info, say)
     if t.precompute_reference:      # dpo: each pair's reference log-probs once (cached)
         from engine.training.reference import precompute
 
@@ -427,7 +433,7 @@ def check_objective_data(cfg: TrainConfig, data) -> None:
         raise DataError(f"{cfg.data.train}: its records are {data.format}, but "
                         f"train.objective={obj} needs {wants} records "
                         f"({'prompt, completion, label' if wants == 'kto' else 'prompt, chosen, rejected'})")
-    if obj == "sft" and kind in ("preference", "kto"):
+    if obj in ("sft", "distill") and kind in ("preference", "kto"):
         raise DataError(f"{cfg.data.train}: its records are {data.format} (preference data); "
                         "set train.objective to "
                         f"{'kto' if kind == 'kto' else 'dpo, orpo or simpo'} to train on them")
