@@ -508,3 +508,101 @@ def make_distill_loss(cfg, model, tokenizer, accelerator, info: dict[str, Any], 
                         autocast=accelerator.autocast, pad_id=tokenizer.pad_token_id or 0)
         return DistillLoss(model, None, cfg.train, autocast=accelerator.autocast, log=log)
     return DistillLoss(model, teacher(), cfg.train, autocast=accelerator.autocast, log=log)
+
+
+# --------------------------------------------------------------------------- the card
+
+
+def _folder_facts(folder: Path) -> dict[str, Any]:
+    from engine.models.catalog import safetensors_params
+
+    files = list(Path(folder).glob("*.safetensors"))
+    return {"params": safetensors_params(folder),
+            "bytes": sum(f.stat().st_size for f in files) if files else None}
+
+
+def summary(cfg, out: Path) -> dict[str, Any] | None:
+    """Teacher vs student after a distillation run: parameters, weights on disk, generation
+    tokens/s on this machine (the evaluation's greedy answers to the same prompts) and each
+    generation metric with its 95% interval; None without an evaluation (out/eval.json)."""
+    from engine.evaluation.evaluate import read_record
+
+    record = read_record(out / "eval.json")
+    teacher_dir = Path(str(cfg.train.teacher)).expanduser()
+    student_dir = out / "adapter" if cfg.method.kind == "full" else \
+        Path(cfg.model.name).expanduser()
+    sides = {"teacher": _folder_facts(teacher_dir) if teacher_dir.is_dir() else {},
+             "student": _folder_facts(student_dir) if student_dir.is_dir() else {}}
+    if record and record.get("baseline") == "teacher":
+        tokens, seconds = record.get("new_tokens") or {}, record.get("seconds") or {}
+        for side, key in (("teacher", "base"), ("student", "tuned")):
+            if tokens.get(key) and seconds.get(key):
+                sides[side]["tokens_per_s"] = round(tokens[key] / seconds[key], 1)
+            sides[side]["metrics"] = {
+                m: {"value": v[key], "ci": v[f"{key}_ci"]}
+                for m, v in record["metrics"].items() if v.get(key) is not None}
+        kept = {m: v["tuned"] / v["base"] for m, v in record["metrics"].items()
+                if v.get("base")}
+        return {"teacher_model": str(cfg.train.teacher), "student_model": str(student_dir),
+                "n": record.get("n"), "source": record.get("source"), **sides, "kept": kept,
+                "delta_ci": {m: v.get("delta_ci") for m, v in record["metrics"].items()}}
+    return {"teacher_model": str(cfg.train.teacher), "student_model": str(student_dir), **sides}
+
+
+def card(facts: dict[str, Any]) -> str:
+    """distill.md: the summary as a table a person reads."""
+    from engine.models.estimate import human_bytes
+
+    t, s = facts.get("teacher", {}), facts.get("student", {})
+
+    def count(x):
+        return f"{x:,}" if isinstance(x, int) else "?"
+
+    def size(x):
+        return human_bytes(x) if x else "?"
+
+    def speed(x):
+        return f"{x:g}" if x else "?"
+
+    rows = ["| | teacher | student | student / teacher |", "| --- | --- | --- | --- |",
+            f"| parameters | {count(t.get('params'))} | {count(s.get('params'))} | "
+            f"{_share(s.get('params'), t.get('params'))} |",
+            f"| weights on disk | {size(t.get('bytes'))} | {size(s.get('bytes'))} | "
+            f"{_share(s.get('bytes'), t.get('bytes'))} |",
+            f"| generation tokens/s (this machine) | {speed(t.get('tokens_per_s'))} | "
+            f"{speed(s.get('tokens_per_s'))} | "
+            f"{_share(s.get('tokens_per_s'), t.get('tokens_per_s'))} |"]
+    for m, v in (s.get("metrics") or {}).items():
+        tv = (t.get("metrics") or {}).get(m, {})
+        rows.append(f"| {m} | {_ci(tv)} | {_ci(v)} | {_share(v.get('value'), tv.get('value'))} |")
+    where = (f"Generation metrics: greedy answers to {facts['n']} prompts of the "
+             f"{facts['source']}, 95% bootstrap intervals in brackets." if facts.get("n") else
+             "No generation evaluation ran (train.eval_generate off, or no validation split).")
+    return "\n".join([f"# Distilled: {Path(facts['student_model']).name}", "",
+                      f"Teacher `{facts['teacher_model']}`, student `{facts['student_model']}`.",
+                      "", *rows, "", where, ""])
+
+
+def _share(a, b) -> str:
+    return f"{a / b:.1%}" if isinstance(a, (int, float)) and isinstance(b, (int, float)) and b \
+        else "?"
+
+
+def _ci(v: dict) -> str:
+    if v.get("value") is None:
+        return "?"
+    lo, hi = v.get("ci") or (None, None)
+    return f"{v['value']:.3f}" + (f" [{lo:.3f}, {hi:.3f}]" if lo is not None else "")
+
+
+def write_card(cfg, out: Path, log: Callable[[str], None] = print) -> dict[str, Any] | None:
+    """distill.md and the summary (returned, for run.json) of a finished distillation run."""
+    facts = summary(cfg, out)
+    if facts is None:
+        return None
+    (out / "distill.md").write_text(card(facts), encoding="utf-8")
+    kept = facts.get("kept", {}).get("exact_match")
+    log("distill: teacher vs student in distill.md" + (
+        f"; the student keeps {kept:.0%} of the teacher's exact match" if kept is not None
+        else ""))
+    return facts

@@ -161,7 +161,9 @@ def setup(cfg: TrainConfig, reporter: Reporter) -> Session:
         from engine.evaluation.evaluate import GenEval
 
         session.gen = GenEval.prepare(cfg, data, tokenizer, out, say)
-        if session.gen is not None:
+        if session.gen is not None and t.objective == "distill":   # teacher vs student
+            session.gen.teacher_answers(t.teacher)
+        elif session.gen is not None:
             session.gen.base_answers(unwrapped, separate_base=cfg.method.kind == "full",
                                      trained=state.step > 0)
     session.barrier()
@@ -261,6 +263,10 @@ def finish(s: Session, status: str) -> RunResult:
             s.barrier()
         elif state.last_gen_step != state.step:
             generate_and_track(s)
+    if s.main and t.objective == "distill" and status != "cancelled":  # teacher vs student
+        from engine.training.distill import write_card
+
+        s.files.update(distill=write_card(s.cfg, s.out, s.say))
     seconds = time.time() - s.started
     rates = s.throughput.overall(state.trained_tokens, state.seen_tokens) if s.throughput \
         else {}

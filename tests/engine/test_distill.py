@@ -245,3 +245,27 @@ def test_the_estimate_counts_the_teacher_only_while_it_stays_in_memory(tiny_mode
     assert "teacher" not in estimate_for(cfg).parts
     cfg.train.objective, cfg.train.teacher, cfg.train.teacher_topk_cache = "sft", None, None
     assert "teacher" not in estimate_for(cfg).parts
+
+
+def test_the_evaluation_puts_the_teacher_beside_the_student(tiny_model, teacher_model,
+                                                            examples, home, tmp_path):
+    from engine.evaluation.evaluate import evaluate_run
+
+    out = tmp_path / "run"
+    cfg = config(tiny_model, teacher_model, examples, out, max_steps=2, eval_every=0,
+                 eval_generate="end", eval_generate_max=6, eval_generate_max_new_tokens=6)
+    reporter = ListReporter()
+    run(cfg, reporter)
+    record = json.loads((out / "eval.json").read_text())
+    assert record["baseline"] == "teacher" and record["base_model"] == str(teacher_model)
+    assert record["n"] == 6 and record["metrics"]["exact_match"]["base_ci"] is not None
+    facts = json.loads((out / "run.json").read_text())["distill"]
+    assert facts["teacher"]["params"] == facts["student"]["params"] > 0   # same shape here
+    assert facts["teacher"]["tokens_per_s"] > 0 and facts["student"]["tokens_per_s"] > 0
+    assert set(facts["student"]["metrics"]) == set(record["metrics"])
+    card = (out / "distill.md").read_text()
+    assert "| parameters |" in card and "generation tokens/s" in card and "exact_match" in card
+    # an eval job of the run compares with the teacher too
+    again = evaluate_run(out, max_records=3, max_new_tokens=4, out=tmp_path / "eval.json",
+                         log=lambda _: None)
+    assert again["baseline"] == "teacher" and again["base_model"] == str(teacher_model)
