@@ -145,6 +145,10 @@ def main(argv: list[str] | None = None) -> int:
         return _run_export(job, reporter)
     if job["kind"] == "eval":
         return _run_eval(job, reporter)
+    if job["kind"] == "prune":   # jobs/prune_job.py: prune, then queue the healing job
+        from jobs.prune_job import run_prune
+
+        return run_prune(job, reporter, _run_stages)
     out = store.job_dir(job_id)
     log_path = out / "log.txt"
     try:

@@ -136,7 +136,7 @@ def _supervise(job: dict, ctx: WorkerContext) -> None:
     out.mkdir(parents=True, exist_ok=True)
     gpus = ctx.take_gpus()
     # an export or an eval is one process: on one GPU of the group, never under accelerate
-    child_gpus = gpus[:1] if gpus and job["kind"] in ("export", "eval") else gpus
+    child_gpus = gpus[:1] if gpus and job["kind"] in ("export", "eval", "prune") else gpus
     try:
         with open(out / "log.txt", "ab") as logfile:
             proc = subprocess.Popen(child_command(job["id"], child_gpus), stdout=logfile,
@@ -193,7 +193,7 @@ def _record_end(job: dict, returncode: int, ctx: WorkerContext, log_path: Path) 
         common = dict(frm=("running",), expect={"attempt": job["attempt"]},
                       finished_at=store.now())
         resume = f"`ftstudio jobs resume {job['id']}` " + (
-            "runs it again" if job["kind"] in ("export", "eval")
+            "runs it again" if job["kind"] in ("export", "eval", "prune")
             else "continues from the last checkpoint")
         if row["cancel_requested"]:
             store.transition(db, job["id"], "cancelled", **common,
