@@ -779,7 +779,9 @@ def _check_distill(cfg: TrainConfig) -> list[Problem]:
     if t.teacher_topk_cache is not None and t.teacher_topk_cache < 1:
         p.append(Problem("train.teacher_topk_cache", f"{t.teacher_topk_cache} must be at least "
                                                      "1 (32 is typical), or empty"))
-    if distill and t.teacher:
+    job_id = bool(t.teacher) and len(t.teacher) == 10 and \
+        all(c in "0123456789abcdef" for c in t.teacher) and not Path(t.teacher).exists()
+    if distill and t.teacher and not job_id:   # a job's id: the queue puts its model in place
         p.extend(Problem("train.teacher", x.message) for x in _check_model_source(t.teacher))
         why = tokenizer_mismatch(cfg.model.name, t.teacher)
         if why:

@@ -475,8 +475,9 @@ def _teacher_of_job(cfg: TrainConfig) -> Problem | None:
     with store.connect() as db:
         try:
             job = store.get_job(db, name)
-        except store.JobNotFound:
-            return None
+        except store.JobNotFound as exc:
+            return Problem("train.teacher", f"{exc}; name a finished job, a model folder or a "
+                                            "hub id") if len(name) == 10 else None
     merged = store.folder_of(job) / "exports" / "merged"
     if not (merged / "config.json").is_file():
         return Problem("train.teacher", f"job {name} has no merged model to teach with yet; "

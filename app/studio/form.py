@@ -94,6 +94,13 @@ OBJECTIVE_KEYS = {
     "train.simpo_gamma": ("simpo",),
     "train.kto_desirable_weight": ("kto",),
     "train.kto_undesirable_weight": ("kto",),
+    # distillation (engine/training/distill.py)
+    "train.teacher": ("distill",),
+    "train.distill_loss": ("distill",),
+    "train.distill_temperature": ("distill",),
+    "train.distill_alpha": ("distill",),
+    "train.gkd_beta": ("distill",),
+    "train.teacher_topk_cache": ("distill",),
 }
 TRAIN_OBJECTIVE = ["train.objective", *OBJECTIVE_KEYS]
 #: TensorBoard, MLflow, W&B (engine/training/trackers.py)
@@ -131,11 +138,20 @@ def _int_keys() -> set[str]:
 INT_KEYS = _int_keys()
 #: keys whose value may be empty (None) and take a number when given
 NUMBER_KEYS = {"train.max_steps", "train.early_stopping_patience", "data.max_tokens",
-               "train.neftune_alpha", "train.max_grad_norm"}
+               "train.neftune_alpha", "train.max_grad_norm", "train.teacher_topk_cache"}
 
 
 def label_for(key: str) -> str:
-    return LABELS.get(key, key.rsplit(".", 1)[-1].replace("_", " ").capitalize())
+    if key in LABELS:
+        return LABELS[key]
+    import dataclasses
+
+    from engine.config import SECTIONS
+
+    section, _, name = key.partition(".")     # a field's own label= (engine/config.py)
+    meta = {f.name: f.metadata for f in dataclasses.fields(SECTIONS[section])} \
+        if section in SECTIONS else {}
+    return meta.get(name, {}).get("label") or name.replace("_", " ").capitalize()
 
 
 def widget_spec(key: str) -> dict[str, Any]:

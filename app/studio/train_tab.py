@@ -168,8 +168,8 @@ def build() -> TrainTab:
                     with gr.Row():
                         for key in form.TRAIN_TRACKERS:
                             add(key)
-                with gr.Accordion("Objective: SFT, or preference tuning (DPO, ORPO, SimPO, "
-                                  "KTO)", open=False, elem_id="objective-box"):
+                with gr.Accordion("Objective: SFT, preference tuning (DPO, ORPO, SimPO, "
+                                  "KTO) or distillation", open=False, elem_id="objective-box"):
                     with gr.Row():
                         add("train.objective")
                         for key, objectives in form.OBJECTIVE_KEYS.items():

@@ -255,7 +255,7 @@ def test_another_users_run_is_not_used_for_their_estimate(home, tiny_model, exam
 
 def test_the_form_offers_the_objective_and_only_its_settings(tiny_model, examples):
     spec = form.widget_spec("train.objective")
-    assert spec["choices"] == ["sft", "dpo", "orpo", "kto", "simpo"]
+    assert spec["choices"] == ["sft", "dpo", "orpo", "kto", "simpo", "distill"]
     values = _good(tiny_model, examples)
     values.update({"train.objective": "dpo", "data.train": str(examples / "preference.jsonl"),
                    "train.beta": 0.2, "train.dpo_loss_type": "ipo"})

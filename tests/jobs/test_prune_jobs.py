@@ -128,3 +128,24 @@ def test_the_cli_and_the_api_endpoint_queue_prune_jobs(trained):
     assert done["status"] == "completed" and done["result"]["layers"] == [4, 2]
     bad = CliRunner().invoke(cli, ["prune", trained.id])
     assert bad.exit_code == 1 and "exactly one" in bad.output
+
+
+def test_a_finished_job_is_a_teacher_by_its_id(trained, four_layers):
+    from engine.config import TrainConfig
+
+    cfg = TrainConfig()
+    cfg.model.name = str(four_layers)
+    cfg.data.train = str(trained.root / "yes.json")
+    cfg.train.objective, cfg.train.teacher = "distill", trained.id
+    _, problems = api.prepare(cfg, "0123456789")     # not merged yet: says what to run
+    assert [p.key for p in problems] == ["train.teacher"]
+    assert f"ftstudio export {trained.id} --format merged" in problems[0].message
+    cfg.train.teacher = "abcdef0123"
+    assert "no job" in api.prepare(cfg, "0123456789")[1][0].message
+    merged = trained.home / "jobs" / trained.id / "exports" / "merged"
+    from engine.export import export
+
+    export(trained.home / "jobs" / trained.id, "merged", log=lambda _: None, verify=False)
+    cfg.train.teacher = trained.id
+    resolved, problems = api.prepare(cfg, "0123456789")
+    assert problems == [] and resolved.train.teacher == str(merged)
