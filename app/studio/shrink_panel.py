@@ -5,6 +5,7 @@ student, with the usual exports). Shown for a finished job whose adapter can be 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -52,8 +53,30 @@ def start(job_id: Any, target: str, value: Any, by: str, heal_steps: Any, name: 
     then = (f" then a healing job distills it from this job's model for {steps} steps and "
             "evaluates teacher vs student" if steps > 0 else "")
     return render.note(f"Queued prune job {job['id']}: the model becomes "
-                       f"{job['config']['name']} (a base model in the list){then}. Open it from "
-                       "the table to follow it.", "good")
+                       f"{job['config']['name']} (a base model in the list){then}. It is listed "
+                       "below (↻ to refresh); the healing job appears in the table once "
+                       "pruning is done.", "good")
+
+
+def made_from(job_id: Any, actor: Any = None) -> str:
+    """The prune jobs of this job, newest first: status, the model they made, the healing job."""
+    if not job_id:
+        return ""
+    jid = jobview.parse_id(job_id)
+    found = [j for j in jobview._api().list_jobs(kind="prune", actor=actor)
+             if (j.get("config") or {}).get("source_job") == jid]
+    lines = []
+    for j in found[:5]:
+        r = j.get("result") or {}
+        made = (f" → {render.esc(Path(r['folder']).name)}: {r['params_after']:,} of "
+                f"{r['params_before']:,} parameters" if r.get("folder") else "")
+        heal = f"; healing job #{render.esc(r['heal_job'])} (in the table)" \
+            if r.get("heal_job") else ""
+        why = f" ({render.esc(j.get('hint') or j.get('error') or '')})" \
+            if j["status"] == "failed" else ""
+        lines.append(f"<li>#{render.esc(j['id'])} {render.badge(j['status'])}{made}{heal}"
+                     f"{why}</li>")
+    return f'<ul class="fs-muted">{"".join(lines)}</ul>' if lines else ""
 
 
 def build(job_picker: Any) -> Any:
@@ -80,9 +103,14 @@ def build(job_picker: Any) -> Any:
             button = gr.Button("Make it smaller", size="sm", scale=0, min_width=150,
                                variant="primary", elem_id="shrink-start")
         message = gr.HTML(elem_id="shrink-message", elem_classes=["fs-slot"])
+        with gr.Row(elem_classes=["fs-toolbar"]):
+            made = gr.HTML(elem_id="shrink-jobs")
+            refresh = gr.Button("↻", size="sm", scale=0, min_width=40, elem_id="shrink-refresh")
     button.click(_start, [job_picker, target, value, by, heal, name], message,
-                 api_visibility="private")
-    job_picker.change(_opened, job_picker, [box, message], api_visibility="private",
+                 api_visibility="private").then(_made, job_picker, made,
+                                                api_visibility="private")
+    refresh.click(_made, job_picker, made, api_visibility="private")
+    job_picker.change(_opened, job_picker, [box, message, made], api_visibility="private",
                       show_progress="hidden")
     return box
 
@@ -95,7 +123,12 @@ def _opened(job_id, request: gr.Request = None):
             job = jobview._api().get(jobview.parse_id(job_id), actor=actor_of(request))
         except (KeyError, ValueError):
             job = None
-    return gr.update(visible=can_shrink(job)), ""
+    shown = can_shrink(job)
+    return gr.update(visible=shown), "", made_from(job_id, actor_of(request)) if shown else ""
+
+
+def _made(job_id, request: gr.Request = None):
+    return made_from(job_id, actor_of(request))
 
 
 def _start(job_id, target, value, by, heal, name, request: gr.Request = None):

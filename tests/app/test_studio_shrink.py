@@ -38,3 +38,19 @@ def test_make_it_smaller_shows_for_finished_jobs_and_says_why_not(home):
     assert "not a whole number" in said
     said = shrink_panel.start("0123456789", "layers", "2", "layers", 0, "")
     assert "Cannot make job 0123456789 smaller" in said and "source" in said
+
+
+def test_the_section_lists_the_prune_jobs_of_the_job(home):
+    from jobs import store
+
+    with store.connect() as db:
+        job = store.insert_job(db, config={"source_job": "aaaaaaaaaa", "name": "x-pruned"},
+                               name="x-pruned", owner="local", priority=0, kind="prune")
+        store.transition(db, job, "running")
+        store.transition(db, job, "completed", result={
+            "folder": str(home / "models" / "x-pruned"), "params_before": 1000,
+            "params_after": 750, "heal_job": "bbbbbbbbbb"})
+    listed = shrink_panel.made_from("aaaaaaaaaa")
+    assert job in listed and "x-pruned: 750 of 1,000 parameters" in listed
+    assert "healing job #bbbbbbbbbb" in listed and "completed" in listed
+    assert shrink_panel.made_from("cccccccccc") == ""

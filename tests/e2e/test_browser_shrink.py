@@ -63,13 +63,19 @@ def test_make_a_finished_job_smaller_from_its_page(studio, browser, tmp_path):  
     page.locator("#shrink-start").click()
     page.wait_for_function("() => document.querySelector('#shrink-message')?.innerText"
                            ".includes('Queued prune job')", timeout=30_000)
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    page.locator("#shrink-panel").screenshot(path=str(ARTIFACTS / "make-it-smaller.png"))
     message = page.locator("#shrink-message").inner_text()
     prune_id = message.split("Queued prune job ")[1].split(":")[0]
+    assert prune_id in page.locator("#shrink-jobs").inner_text()
     pruned = wait_job(studio, prune_id)
     assert pruned["status"] == "completed", pruned
     assert pruned["result"]["layers"] == [2, 1]
+    page.locator("#shrink-refresh").click()
+    page.wait_for_function("() => document.querySelector('#shrink-jobs')?.innerText"
+                           ".includes('healing job')", timeout=30_000)
+    listed = page.locator("#shrink-jobs").inner_text()
+    assert "completed" in listed and "e2e-big-pruned" in listed
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.locator("#shrink-panel").screenshot(path=str(ARTIFACTS / "make-it-smaller.png"))
     heal = wait_job(studio, pruned["result"]["heal_job"])
     assert heal["status"] == "completed", heal
     record = json.loads((studio["home"] / "jobs" / heal["id"] / "eval.json").read_text()) \
