@@ -20,6 +20,7 @@ from jobs.prune_job import submit_prune
 from jobs.store import JobError
 from queue_helpers import Workers, train_config, wait_for
 
+pytestmark = pytest.mark.slow    # a real worker trains, prunes and heals: minutes on 2 cores
 DONE = ("completed", "failed", "cancelled", "interrupted")
 
 
