@@ -92,7 +92,7 @@ def test_make_a_finished_job_smaller_then_heal_it(trained):
     assert "| parameters |" in card and "generation tokens/s" in card
 
 
-def test_refusals_come_before_anything_is_queued(trained, tmp_path):
+def test_refusals_come_before_anything_is_queued(trained, four_layers, tmp_path):
     before = len(api.list_jobs())
     with pytest.raises(ConfigError) as e:
         submit_prune(trained.id)
@@ -104,9 +104,9 @@ def test_refusals_come_before_anything_is_queued(trained, tmp_path):
     with pytest.raises(ConfigError) as e:
         submit_prune(str(tmp_path / "nowhere"), drop_layers=1)
     assert [p.key for p in e.value.problems] == ["source"]
+    (trained.home / "models" / "taken").mkdir(parents=True, exist_ok=True)
     with pytest.raises(ConfigError) as e:
-        submit_prune(str(trained.home / "models" / "yes-pruned"), drop_layers=1,
-                     name="yes-pruned", heal={"steps": 2})
+        submit_prune(str(four_layers), drop_layers=1, name="taken", heal={"steps": 2})
     assert {"name", "data"} <= {p.key for p in e.value.problems}
     assert len(api.list_jobs()) == before
 
