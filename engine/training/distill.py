@@ -578,7 +578,9 @@ def card(facts: dict[str, Any]) -> str:
     where = (f"Generation metrics: greedy answers to {facts['n']} prompts of the "
              f"{facts['source']}, 95% bootstrap intervals in brackets." if facts.get("n") else
              "No generation evaluation ran (train.eval_generate off, or no validation split).")
-    return "\n".join([f"# Distilled: {Path(facts['student_model']).name}", "",
+    student = Path(facts["student_model"])
+    title = student.parent.name if student.name == "adapter" else student.name
+    return "\n".join([f"# Distilled: {title}", "",
                       f"Teacher `{facts['teacher_model']}`, student `{facts['student_model']}`.",
                       "", *rows, "", where, ""])
 
