@@ -57,7 +57,7 @@ def test_prune_a_quarter_and_heal_by_distillation(smollm2_model, home, tmp_path)
 
     data = colour_data(tmp_path / "colours.json")
     teacher_run = tmp_path / "teacher"
-    cfg = base_config(smollm2_model, data, teacher_run, max_steps=10, lr=2e-3)
+    cfg = base_config(smollm2_model, data, teacher_run, max_steps=16, lr=2e-3)
     cfg.method.r, cfg.method.alpha = 8, 16
     run(cfg, ListReporter())
     teacher_eval = json.loads((teacher_run / "eval.json").read_text())
@@ -72,7 +72,7 @@ def test_prune_a_quarter_and_heal_by_distillation(smollm2_model, home, tmp_path)
     assert pruned.layers_after == layers - layers // 4
 
     student_run = tmp_path / "student"
-    cfg = base_config(pruned.folder, data, student_run, max_steps=12, lr=1e-4,
+    cfg = base_config(pruned.folder, data, student_run, max_steps=24, lr=1e-4,
                       objective="distill", teacher=str(merged), distill_alpha=0.5,
                       distill_temperature=1.0, teacher_topk_cache=32)
     cfg.method.kind = "full"
