@@ -175,6 +175,8 @@ from app.cli_export import export  # noqa: E402
 cli.add_command(export)
 from app.cli_eval import evaluate  # noqa: E402
 cli.add_command(evaluate)
+from app.cli_prune import prune  # noqa: E402
+cli.add_command(prune)
 from app.cli_sweep import sweep, sweeps_group  # noqa: E402
 cli.add_command(sweep)
 cli.add_command(sweeps_group)

@@ -173,8 +173,10 @@ class TrainSection:
     compile: bool = _f(False, "Compile the model body with torch.compile: faster steps after a "
                               "slow start (the first steps, and new lengths, compile first).",
                               label="torch.compile")
-    objective: Literal["sft", "dpo", "orpo", "kto", "simpo", "grpo"] = _f(
-        "sft", "Training objective: sft (next-token loss on the answers), or preference tuning "
+    objective: Literal["sft", "dpo", "orpo", "kto", "simpo", "grpo", "distill"] = _f(
+        "sft", "Training objective: sft (next-token loss on the answers), distill (learn the "
+               "answers' next-token distributions of train.teacher, mixed with the next-token "
+               "loss: engine/training/distill.py), or preference tuning "
                "from pairs of a chosen and a rejected answer: dpo (against a reference: the "
                "base, i.e. the same model with its adapter disabled), orpo (odds ratio plus the "
                "chosen answer's loss, no reference), simpo (length-normalised margin, no "
@@ -240,6 +242,36 @@ class TrainSection:
         "group", "For grpo: divide advantages by the rewards' standard deviation in each group "
                  "(group), over the batch (batch), or not at all (none: Dr. GRPO's advice).",
         label="Scale rewards")
+    teacher: str | None = _f(
+        None, "For distill: the teacher model whose outputs the student learns: a hub id, a "
+              "local folder (an imported GGUF model is one, under FTSTUDIO_HOME/models), or a "
+              "finished job's id (the job's merged model). Its tokenizer must be the "
+              "student's.", label="Teacher model")
+    distill_loss: Literal["forward_kl", "gkd"] = _f(
+        "forward_kl", "For distill: forward_kl (KL(teacher || student) of the temperature-"
+                      "softened distributions, times temperature squared, as Hinton et al.) or "
+                      "gkd (the generalized Jensen-Shannon divergence of GKD, Agarwal et al. "
+                      "2024, with train.gkd_beta; TRL's generalized_jsd_loss), on the answer "
+                      "tokens of the data.", label="Distillation loss")
+    distill_temperature: float = _f(
+        1.0, "For distill: the softmax temperature both models' logits are divided by before "
+             "they are compared (above 1 shows the student more of the teacher's runner-up "
+             "tokens; 1 to 2 is typical).", label="Distillation temperature")
+    distill_alpha: float = _f(
+        0.5, "For distill: the weight of the distillation term; the usual next-token loss on "
+             "the references gets 1 - alpha (1: learn from the teacher alone).",
+        label="Distillation weight")
+    gkd_beta: float = _f(
+        0.5, "For distill with distill_loss gkd: the interpolation coefficient of the "
+             "generalized JSD (0: forward KL, 1: reverse KL, 0.5: symmetric JSD).",
+        label="GKD beta")
+    teacher_topk_cache: int | None = _f(
+        None, "For distill: compute the teacher's top-k log-probabilities at every answer "
+              "token once before training (cached under FTSTUDIO_HOME/cache with the tokenized "
+              "data) and free the teacher, so it does not stay in memory while the student "
+              "trains; the rest of the vocabulary counts as one bucket. k, e.g. 32; empty: the "
+              "teacher stays loaded and the full distributions are compared.",
+        label="Teacher top-k cache")
     max_grad_norm: float | None = _f(1.0, "Clip the gradient norm to this value; empty: no "
                                           "clipping.", label="Max grad norm")
     eval_every: int = _f(50, "Evaluate on the validation split every N optimizer steps (and at "
@@ -1027,6 +1059,10 @@ BOUNDS: dict[str, tuple[float, float, str]] = {
     "train.epsilon": (1e-6, 0.99, "0.2 is typical"),
     "train.epsilon_high": (1e-6, 10, "0.28 in DAPO; empty: train.epsilon"),
     "train.num_iterations": (1, 1000, "1 is typical"),
+    "train.distill_temperature": (1e-3, 100, "1 to 2 is typical"),
+    "train.distill_alpha": (0, 1, "0.5 is typical"),
+    "train.gkd_beta": (0, 1, "0.5 is symmetric JSD"),
+    "train.teacher_topk_cache": (1, 1 << 20, "32 is typical; empty keeps the teacher loaded"),
 }
 #: the bound of a numeric key without its own entry in BOUNDS
 NUMERIC_LIMIT = 1e12
@@ -1116,8 +1152,8 @@ def objective_format_problem(objective: str, fmt: str) -> Problem | None:
         fields = "prompt, completion, label" if wants == "kto" else "prompt, chosen, rejected"
         return Problem("data.format", f"the records are {fmt}, but train.objective={objective} "
                                       f"needs {wants} records ({fields})")
-    if objective == "sft" and fmt in ("preference", "kto"):
-        return Problem("train.objective", f"sft cannot learn from {fmt} records (preference "
+    if objective in ("sft", "distill") and fmt in ("preference", "kto"):
+        return Problem("train.objective", f"{objective} cannot learn from {fmt} records (preference "
                                           "data); set train.objective to "
                                           f"{'kto' if fmt == 'kto' else 'dpo, orpo or simpo'}")
     return None
@@ -1130,6 +1166,7 @@ def _check_objective(cfg: TrainConfig) -> list[Problem]:
     problem = objective_format_problem(obj, cfg.data.format)
     if problem:
         p.append(problem)
+    p.extend(_check_distill(cfg))
     if obj != "sft" and cfg.method.kind in VIRTUAL_TOKEN_METHODS:
         p.append(Problem("train.objective", f"{obj} is not supported with {cfg.method.kind} "
                                             "(virtual tokens) yet; use lora, dora, qlora, ia3 "
@@ -1267,6 +1304,70 @@ def _check_grpo(cfg: TrainConfig) -> list[Problem]:
                                                         "gen_reward (with train.eval_generate "
                                                         "'every N')"))
     return p
+
+
+def _check_distill(cfg: TrainConfig) -> list[Problem]:
+    """train.objective distill and its settings: a teacher that exists and shares the student's
+    tokenizer, sane temperature, weights and k."""
+    t, p = cfg.train, []
+    distill = t.objective == "distill"
+    if distill and not t.teacher:
+        p.append(Problem("train.teacher", "is empty; distill needs a teacher: a hub id, a local "
+                                          "model folder, or a finished job's id"))
+    if not distill:
+        changed = [k for k in ("teacher", "teacher_topk_cache") if getattr(t, k) is not None]
+        changed += [k for k in ("distill_loss", "distill_temperature", "distill_alpha",
+                                "gkd_beta") if getattr(t, k) != default_for(f"train.{k}")]
+        for key in changed:
+            p.append(Problem(f"train.{key}", f"applies to train.objective distill, not "
+                                             f"{t.objective}; set train.objective: distill or "
+                                             "leave it at its default"))
+    if not (math.isfinite(t.distill_temperature) and t.distill_temperature > 0):
+        p.append(Problem("train.distill_temperature", f"{t.distill_temperature} must be "
+                                                      "positive (1 to 2 is typical)"))
+    if not 0 <= t.distill_alpha <= 1:
+        p.append(Problem("train.distill_alpha", f"{t.distill_alpha} must be between 0 and 1"))
+    if not 0 <= t.gkd_beta <= 1:
+        p.append(Problem("train.gkd_beta", f"{t.gkd_beta} must be between 0 and 1 (0.5: "
+                                           "symmetric JSD)"))
+    if distill and t.gkd_beta != 0.5 and t.distill_loss != "gkd":
+        p.append(Problem("train.gkd_beta", "applies to train.distill_loss gkd; set that, or "
+                                           "leave gkd_beta at 0.5"))
+    if t.teacher_topk_cache is not None and t.teacher_topk_cache < 1:
+        p.append(Problem("train.teacher_topk_cache", f"{t.teacher_topk_cache} must be at least "
+                                                     "1 (32 is typical), or empty"))
+    job_id = bool(t.teacher) and len(t.teacher) == 10 and \
+        all(c in "0123456789abcdef" for c in t.teacher) and not Path(t.teacher).exists()
+    if distill and t.teacher and not job_id:   # a job's id: the queue puts its model in place
+        p.extend(Problem("train.teacher", x.message) for x in _check_model_source(t.teacher))
+        why = tokenizer_mismatch(cfg.model.name, t.teacher)
+        if why:
+            p.append(Problem("train.teacher", why))
+    return p
+
+
+def tokenizer_mismatch(student: str, teacher: str) -> str | None:
+    """Why the two local models' tokenizers differ (read from tokenizer.json / config.json), or
+    None when they match or cannot be read here (engine.training.distill checks the loaded
+    tokenizers again)."""
+    def vocab(name: str):
+        path = Path(name).expanduser() / "tokenizer.json"
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        model = data.get("model") or {}
+        return model.get("vocab"), [t.get("content") for t in data.get("added_tokens") or []]
+
+    a, b = vocab(student), vocab(teacher)
+    if a is None or b is None:
+        return None
+    if a != b:
+        return (f"the teacher {teacher} and the student {student} (model.name) have different "
+                f"tokenizers (the student's vocabulary has {len(a[0] or {})} tokens, the "
+                f"teacher's {len(b[0] or {})}); distillation compares distributions token by token, so pick a "
+                "teacher of the student's family")
+    return None
 
 
 def packing_applies(cfg) -> tuple[bool, str]:

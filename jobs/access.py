@@ -24,7 +24,7 @@ from jobs.store import JobError, JobNotFound
 EXAMPLES = Path(__file__).resolve().parents[1] / "static" / "examples"
 DEFAULT_MAX_QUEUED = 20
 #: the keys naming files, which a non-admin may only point at allowed places
-PATH_KEYS = ("model.name", "data.train", "data.validation")
+PATH_KEYS = ("model.name", "data.train", "data.validation", "train.teacher")
 
 
 def owner_of(actor: dict[str, Any] | None, owner: str | None = None) -> str:
@@ -131,6 +131,15 @@ def _path_problems(cfg: TrainConfig, username: str) -> list[Problem]:
             not Path(name).expanduser().resolve().is_relative_to(home / "models"):
         problems.append(Problem("model.name", "a local model must be one of the studio's models "
                                 f"(under {home / 'models'}) or a hub id"))
+    teacher = str(cfg.train.teacher or "")
+    if teacher and _names_a_path(teacher):
+        path = Path(teacher).expanduser().resolve()
+        job_merged = path.is_relative_to(home / "jobs") and path.parts[-2:] == ("exports",
+                                                                                "merged")
+        if not (path.is_relative_to(home / "models") or job_merged):
+            problems.append(Problem("train.teacher", "a local teacher must be one of the "
+                                    f"studio's models (under {home / 'models'}), a finished "
+                                    "job's id, or a hub id"))
     from jobs.datasets import owned_paths
 
     mine = owned_paths(username)

@@ -89,7 +89,10 @@ def prepare(config: TrainConfig | dict, job_id: str, actor: dict | None = None
     cfg = from_dict(config) if isinstance(config, dict) else config.copy()
     cfg.output_dir = str(store.job_dir(job_id))
     _absolute_paths(cfg)
+    teacher_problem = _teacher_of_job(cfg)
     problems = access.screened(cfg, actor, validate(cfg))  # the access rules first
+    if teacher_problem:
+        problems = [x for x in problems if x.key != "train.teacher"] + [teacher_problem]
     if cfg.train.resume_from == "latest":
         problems.append(Problem("train.resume_from", "latest: a new job has no checkpoints; "
                                 "to continue a job use `ftstudio jobs resume ID`, or name a "
@@ -560,9 +563,32 @@ def _enqueue_or_fail(db, job_id: str, priority: float, since: float | None = Non
         raise JobError(f"could not enqueue job {job_id}: {exc}") from exc
 
 
+def _teacher_of_job(cfg: TrainConfig) -> Problem | None:
+    """train.teacher naming a finished job: its merged model (exports/merged/), put in its
+    place; a Problem when that job has none yet (what to run to make it)."""
+    name = cfg.train.teacher
+    if not name or "/" in name or is_local_model(name):
+        return None
+    with store.connect() as db:
+        try:
+            job = store.get_job(db, name)
+        except store.JobNotFound as exc:
+            return Problem("train.teacher", f"{exc}; name a finished job, a model folder or a "
+                                            "hub id") if len(name) == 10 else None
+    merged = store.folder_of(job) / "exports" / "merged"
+    if not (merged / "config.json").is_file():
+        return Problem("train.teacher", f"job {name} has no merged model to teach with yet; "
+                                        f"export it first (`ftstudio export {name} --format "
+                                        "merged`) and submit again")
+    cfg.train.teacher = str(merged)
+    return None
+
+
 def _absolute_paths(cfg: TrainConfig) -> None:
     if is_local_model(cfg.model.name):
         cfg.model.name = str(Path(cfg.model.name).expanduser().resolve())
+    if cfg.train.teacher and is_local_model(cfg.train.teacher):
+        cfg.train.teacher = str(Path(cfg.train.teacher).expanduser().resolve())
     for key in ("train", "validation"):
         value = getattr(cfg.data, key)
         if value and Path(value).expanduser().exists():

@@ -39,9 +39,10 @@ HOW = ("finished", "paused", "stopped", "raised", "exited", "lost")
 #: the runner's stop reasons (SIGTERM, its worker's pid gone) that mean "the worker went away"
 WORKER_GONE = {"terminated": "its worker stopped", "orphaned": "its worker died"}
 #: job kinds that run again from the start rather than continue from a checkpoint
-RERUN_KINDS = ("export", "eval")
+RERUN_KINDS = ("export", "eval", "prune")
 #: what the hint calls each kind's process when it dies
-PROCESS = {"export": "the export process", "eval": "the evaluation process"}
+PROCESS = {"export": "the export process", "eval": "the evaluation process",
+           "prune": "the pruning process"}
 
 
 @dataclass(frozen=True)

@@ -57,6 +57,8 @@ def _pid_namespace() -> str:
 #: where a pid means this process's pids: the host and the pid namespace
 PIDNS = _pid_namespace()
 POLL_S = 0.5
+#: job kinds that run as one process on one GPU, never under accelerate launch
+ONE_PROCESS_KINDS = ("export", "eval", "prune")
 log = logging.getLogger("ftstudio.worker")
 
 
@@ -298,7 +300,7 @@ def run_job(job_id: str, task=None) -> None:
 
 def gpus_wanted(job: dict) -> int:
     """GPUs a job asks for: parallel.gpus for training, one for an export or an eval."""
-    if job["kind"] in ("export", "eval"):
+    if job["kind"] in ONE_PROCESS_KINDS:
         return 1
     return int(((job.get("config") or {}).get("parallel") or {}).get("gpus") or 1)
 
@@ -396,7 +398,7 @@ def _signal_group(proc: subprocess.Popen, sig: int) -> None:
 def launched(job: dict) -> bool:
     """Whether a training job runs under `accelerate launch` even on one GPU: FSDP needs the
     distributed launch to shard (and to offload) at all."""
-    return job["kind"] not in ("export", "eval") and \
+    return job["kind"] not in ONE_PROCESS_KINDS and \
         ((job.get("config") or {}).get("parallel") or {}).get("strategy") == "fsdp"
 
 

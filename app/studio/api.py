@@ -12,6 +12,8 @@
     sw = c.predict(yaml_text, "train.lr=1e-4,2e-4\nmethod.r=8,16", "lr-r", 0, "",
                    api_name="/submit_sweep")                   # a sweep group of 4 jobs
     c.predict(sw["sweep_id"], "eval_loss", api_name="/sweep_leaderboard")
+    pr = c.predict(job["job_id"], 8, "", "layers", "", "", 200, api_name="/prune_model")
+                                              # make it smaller: prune, then heal (a prune job)
 
 Each endpoint is a thin wrapper over jobs.api or the engine; answers are plain JSON. With logins
 on (`ftstudio serve --auth`; gradio_client's auth=(user, password)) each acts as the logged-in
@@ -33,7 +35,7 @@ from engine.config import ConfigError, Problem, TrainConfig, from_dict, parse_co
 
 ENDPOINTS = ("submit_job", "job_status", "job_metrics", "job_logs", "list_jobs", "cancel_job",
              "export_job", "job_artifacts", "eval_job", "job_eval", "validate_config",
-             "estimate_memory", "submit_sweep", "sweep_leaderboard")
+             "estimate_memory", "submit_sweep", "sweep_leaderboard", "prune_model")
 #: and /data_report (a file upload: a Gradio event of its own, see register)
 
 
@@ -173,6 +175,26 @@ def job_artifacts(job_id: str, request: gr.Request = None) -> list:
     from jobs import api
 
     return _jsonable(api.artifacts(_jid(job_id), actor=actor_of(request)))
+
+
+@errors_as_gr_error
+def prune_model(source: str, drop_layers: int = 0, param_budget: str = "", by: str = "layers",
+                data: str = "", name: str = "", heal_steps: int = 0,
+                request: gr.Request = None) -> dict:
+    """Make a model smaller: queue a prune job of `source` (a finished job's id, or a model
+    folder or hub id) to drop_layers fewer layers, or under param_budget parameters (100M,
+    0.75, 75%) by layers or mlp, calibrated on `data` (a data file path on the server); with
+    heal_steps > 0 a healing distillation job from the original follows. 0 / "": not given.
+    Returns {"prune_job_id", "status"}; the finished job's result names the model folder and
+    its heal_job."""
+    from jobs.prune_job import submit_prune
+
+    heal = {"steps": int(heal_steps)} if heal_steps else None
+    job = submit_prune(str(source).strip(), drop_layers=int(drop_layers) or None,
+                       param_budget=str(param_budget or "").strip() or None,
+                       by=str(by or "layers"), data=(data or "").strip() or None,
+                       name=(name or "").strip() or None, heal=heal, actor=actor_of(request))
+    return {"prune_job_id": job["id"], "status": job["status"]}
 
 
 @errors_as_gr_error

@@ -76,6 +76,13 @@ OBJECTIVE_KEYS = {
     "train.simpo_gamma": ("simpo",),
     "train.kto_desirable_weight": ("kto",),
     "train.kto_undesirable_weight": ("kto",),
+    # distillation (engine/training/distill.py)
+    "train.teacher": ("distill",),
+    "train.distill_loss": ("distill",),
+    "train.distill_temperature": ("distill",),
+    "train.distill_alpha": ("distill",),
+    "train.gkd_beta": ("distill",),
+    "train.teacher_topk_cache": ("distill",),
 }
 TRAIN_OBJECTIVE = ["train.objective", *OBJECTIVE_KEYS]
 #: the Parallelism section (shown where the workers have GPUs; engine/training/parallel.py)
@@ -118,7 +125,8 @@ def _int_keys() -> set[str]:
 INT_KEYS = _int_keys()
 #: keys whose value may be empty (None) and take a number when given
 NUMBER_KEYS = {"train.max_steps", "train.early_stopping_patience", "data.max_tokens",
-               "train.neftune_alpha", "train.max_grad_norm", "train.epsilon_high"}
+               "train.neftune_alpha", "train.max_grad_norm", "train.epsilon_high",
+               "train.teacher_topk_cache"}
 
 
 def label_for(key: str) -> str:

@@ -15,7 +15,8 @@ from typing import Any
 
 import gradio as gr
 
-from app.studio import continue_panel, eval_panel, export_panel, form, jobview, render
+from app.studio import (continue_panel, eval_panel, export_panel, form, jobview, render,
+                        shrink_panel)
 from app.studio.session import actor as actor_of
 
 TICK = 1.5          # seconds between live-chart polls
@@ -132,6 +133,7 @@ def build() -> JobsTab:
         evaluation = eval_panel.build(job_picker, session)
         export = export_panel.build(job_picker)
         continued = continue_panel.build(job_picker)
+        shrink_panel.build(job_picker)      # "Make it smaller": prune, then heal (own wiring)
     with gr.Accordion("Compare jobs", open=False, elem_id="compare"):
         compare_picker = gr.Dropdown(choices=[], multiselect=True, label="Jobs to overlay",
                                      elem_id="compare-picker")

@@ -12,7 +12,8 @@ Job records are the plain dicts of jobs.api (jobs.store's rows).
 
 About 460 lines, in four parts marked below (table, live metrics, compare, files): the job
 page's state without gradio, so tests drive it as the page does; the page's sections with
-their own controls (eval_panel, export_panel, continue_panel) live in their own modules.
+their own controls (eval_panel, export_panel, continue_panel, shrink_panel) live in their own
+modules.
 """
 
 from __future__ import annotations

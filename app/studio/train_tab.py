@@ -169,7 +169,7 @@ def build() -> TrainTab:
                         for key in form.TRAIN_TRACKERS:
                             add(key)
                 with gr.Accordion("Objective: SFT, preference tuning (DPO, ORPO, SimPO, "
-                                  "KTO) or RL with rewards (GRPO)", open=False,
+                                  "KTO), RL with rewards (GRPO) or distillation", open=False,
                                   elem_id="objective-box"):
                     with gr.Row():
                         add("train.objective")

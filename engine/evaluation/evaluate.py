@@ -429,6 +429,7 @@ class GenEval:
         self.out, self.max_new_tokens, self.seed, self.log = out, max_new_tokens, seed, log
         self.base: list[Answer] | None = None
         self.base_seconds = 0.0
+        self.baseline: dict[str, Any] = {}   # teacher_answers: {"baseline": "teacher", ...}
 
     @classmethod
     def prepare(cls, cfg, data, tokenizer, out: Path, log: Log) -> "GenEval | None":
@@ -477,22 +478,55 @@ class GenEval:
         started = time.time()
         self.base = generate_answers(model, self.tokenizer, self.examples,
                                      max_new_tokens=self.max_new_tokens, base=not separate_base)
-        self.base_seconds = round(time.time() - started, 2)
+        self.base_seconds = round(time.time() - started, 4)
         write_record({"key": self.key(), "seconds": self.base_seconds,
                       "answers": [a.__dict__ for a in self.base]}, cache)
         self.log(f"eval generate: base answered {len(self.base)} prompts in "
                  f"{self.base_seconds:.1f}s")
 
+    def teacher_answers(self, teacher: str) -> None:
+        """Distillation: the base side is the teacher (loaded here, answered, freed), so each
+        evaluation shows how much of the teacher's score the student keeps; cached in
+        out/eval/base.json for a resume like the base's answers."""
+        import torch
+
+        from engine.evaluation.generate import open_model
+
+        cache = self.out / "eval" / "base.json"
+        key = f"{self.key()}-teacher-{hashlib.sha256(teacher.encode()).hexdigest()[:8]}"
+        self.baseline = {"baseline": "teacher", "base_model": teacher}
+        saved = read_record(cache)
+        if saved and saved.get("key") == key:
+            self.base = [Answer(**a) for a in saved["answers"]]
+            self.base_seconds = saved.get("seconds", 0.0)
+            self.log(f"eval generate: the teacher's answers from {cache}")
+            return
+        loaded = open_model(teacher, None)
+        started = time.time()
+        self.base = generate_answers(loaded.model, self.tokenizer, self.examples,
+                                     max_new_tokens=self.max_new_tokens)
+        self.base_seconds = round(time.time() - started, 4)
+        del loaded
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        write_record({"key": key, "seconds": self.base_seconds,
+                      "answers": [a.__dict__ for a in self.base]}, cache)
+        self.log(f"eval generate: the teacher answered {len(self.base)} prompts in "
+                 f"{self.base_seconds:.1f}s (the base side of every evaluation)")
+
     def run(self, model, step: int, **facts: Any) -> dict[str, Any]:
+        facts = {**self.baseline, **facts}
         started = time.time()
         tuned = generate_answers(model, self.tokenizer, self.examples,
                                  max_new_tokens=self.max_new_tokens)
-        took = round(time.time() - started, 2)
+        took = round(time.time() - started, 4)
         record = score(self.examples, self.base, tuned, source=self.source, step=step,
                        max_new_tokens=self.max_new_tokens, seed=self.seed,
                        seconds={"base": self.base_seconds, "tuned": took,
                                 "scoring": 0.0}, **facts)
         record["seconds"]["scoring"] = round(time.time() - started - took, 2)
+        record["new_tokens"] = {"base": sum(a.new_tokens for a in self.base) if self.base
+                                else None, "tuned": sum(a.new_tokens for a in tuned)}
         write_record(record, self.out / "eval.json")
         self.log(f"eval generate at step {step}: {card_line(record)}; tuned answered in "
                  f"{took:.1f}s")
@@ -538,29 +572,38 @@ def evaluate_run(run_dir: str | Path, data: str | Path | None = None, *,
     log(f"eval: {len(examples)} records of the {source}, greedy, at most {budget} new tokens")
     loaded_s = round(time.time() - started, 2)
     model = tuned_model.model
-    if tuned_model.is_peft:
+    teacher = cfg.train.teacher if cfg and cfg.train.objective == "distill" else None
+    if teacher:  # distillation: the teacher is what the student is compared with
+        t0 = time.time()
+        base_model = open_model(teacher, None)
+        base = generate_answers(base_model.model, base_model.tokenizer, examples,
+                                max_new_tokens=budget)
+        base_s = round(time.time() - t0, 4)
+        del base_model
+    elif tuned_model.is_peft:
         t0 = time.time()
         base = generate_answers(model, tokenizer, examples, max_new_tokens=budget, base=True)
-        base_s = round(time.time() - t0, 2)
+        base_s = round(time.time() - t0, 4)
     else:  # full fine-tuning: the base is another model; answer with it first, then free it
         del model, tuned_model
         t0 = time.time()
         base_model = open_model(run.base, None)
         base = generate_answers(base_model.model, base_model.tokenizer, examples,
                                 max_new_tokens=budget)
-        base_s = round(time.time() - t0, 2)
+        base_s = round(time.time() - t0, 4)
         del base_model
         tuned_model = open_model(run.base, str(run.adapter_dir))
         model = tuned_model.model
-    log(f"eval: base answered in {base_s:.1f}s")
+    log(f"eval: {'the teacher' if teacher else 'base'} answered in {base_s:.1f}s")
     t0 = time.time()
     tuned = generate_answers(model, tokenizer, examples, max_new_tokens=budget)
-    tuned_s = round(time.time() - t0, 2)
+    tuned_s = round(time.time() - t0, 4)
     log(f"eval: tuned answered in {tuned_s:.1f}s")
     record = score(examples, base, tuned, source=source, step=(run.record or {}).get("steps"),
                    max_new_tokens=budget, seed=cfg.train.seed if cfg else 0,
                    seconds={"load": loaded_s, "base": base_s, "tuned": tuned_s},
-                   kind="job", base_model=run.base, adapter=str(run.adapter_dir),
+                   kind="job", base_model=teacher or run.base, adapter=str(run.adapter_dir),
+                   **({"baseline": "teacher"} if teacher else {}),
                    device=str(next(model.parameters()).device),
                    data=str(data) if data is not None else None)
     target = Path(out) if out is not None else Path(run_dir) / "eval.json"

@@ -51,7 +51,7 @@ from engine.export.run import (Artifact, ExportError, ExportResult, Log, Run, ch
 from engine.export.verify import (TOLERANCES, VERIFY_MAX_NEW_TOKENS, VERIFY_PROMPTS,
                                   verification_line, verify_export)
 
-__all__ = ["FORMATS", "export", "ExportError", "ExportResult", "Artifact", "Run", "read_run",
+__all__ = ["FORMATS", "export", "export_model", "ExportError", "ExportResult", "Artifact", "Run", "read_run",
            "check_mergeable", "load_merged", "model_card", "write_gguf", "check_supported",
            "gguf_name", "rope_permute", "write_modelfile", "modelfile", "chat_style",
            "export_adapter", "export_merged", "export_bnb4", "export_bnb8", "export_gguf_f16",
@@ -74,6 +74,23 @@ def export(run_dir: str | Path, fmt: str, out: str | Path | None = None,
     if fmt != "adapter":
         check_mergeable(run, fmt)
     target = Path(out) if out is not None else run.run_dir / "exports" / fmt
+    return _export(run, fmt, target, log, verify, verify_options)
+
+
+def export_model(folder: str | Path, fmt: str, out: str | Path, log: Log = print,
+                 verify: bool = True, **verify_options) -> ExportResult:
+    """Export a model folder that no run made (a pruned or imported base) as fmt into out,
+    verified against the folder's own model, as a full fine-tuning run's would be."""
+    if fmt not in FORMATS or fmt == "adapter":
+        formats = ", ".join(f for f in FORMATS if f != "adapter")
+        raise ExportError(f"a model folder exports as {formats}, not {fmt!r}")
+    folder = Path(folder)
+    run = Run(folder, folder, str(folder), "full", {})
+    return _export(run, fmt, Path(out), log, verify, verify_options)
+
+
+def _export(run: Run, fmt: str, target: Path, log: Log, verify: bool, verify_options
+            ) -> ExportResult:
     created = not target.exists()
     target.mkdir(parents=True, exist_ok=True)
     log(f"export {fmt}: {run.method} run on {run.base} -> {target}")

@@ -8,6 +8,7 @@
     engine.models.gguf_import   a GGUF file as a safetensors model folder (`ftstudio models import`)
     engine.models.recipes       defaults that fit the model (lr, epochs, max_seq_len) with reasons
     engine.models.estimate      parameters and peak training memory (estimate, estimate_for)
+    engine.models.prune         structured pruning: drop the layers that change least, or narrow MLPs
 
 Use from Python:
     from engine.models.load import load_model

@@ -18,6 +18,8 @@ precision. Peak memory is the sum of
                   (with gradient checkpointing: the layer inputs plus one layer recomputed)
     logits        one chunk of engine/training/loss.py's chunked loss (tokens x vocabulary), upcast to
                   float32, its log-softmax and gradient
+    teacher       distill (engine/training/distill.py) without train.teacher_topk_cache: the
+                  frozen teacher's weights and one chunk of its logits
     slack         the allocator's: memory freed is not all reused at once (CPU_SLACK)
     runtime       what the process holds before it loads anything: the Python process with
                   torch and friends imported (CPU), or the CUDA context (GPU)
@@ -341,6 +343,20 @@ def estimate(cfg: TrainConfig, model_config: dict[str, Any] | None,
         parts["reference"] = int(counts.total * wbytes)
         notes.append(f"{t.objective} after full fine-tuning keeps a frozen copy of the starting "
                      "model as its reference")
+    if t.objective == "distill" and t.teacher and not t.teacher_topk_cache:
+        # engine/training/distill.py: the frozen teacher beside the student, in the student's
+        # weight dtype, and one chunk of its logits next to the student's
+        from engine.models.presets import read_config
+
+        teacher = read_config(t.teacher)
+        if teacher:
+            parts["teacher"] = int(count_params(teacher).total * wbytes + logit_tokens *
+                                   Shape.from_config(teacher).vocab * 8)
+            notes.append("distill keeps the teacher in memory; train.teacher_topk_cache frees "
+                         "it after caching its top-k once")
+        else:
+            notes.append(f"distill keeps the teacher {t.teacher} in memory, whose size is "
+                         "unknown here and not counted")
     if device.kind == "cuda":   # the caching allocator's slack
         slack = 0.05 * sum(parts.values())
     else:   # what backward frees is not all reused at once (see CPU_SLACK)

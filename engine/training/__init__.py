@@ -6,6 +6,7 @@
     engine.training.reference    DPO's reference log-probs computed once and cached
     engine.training.grpo         GRPO: sampling, group advantages, the clipped policy loss, its steps
     engine.training.rewards      GRPO's reward functions: built-ins, admin-installed, called safely
+    engine.training.distill      knowledge distillation: forward KL, GKD, the teacher's cached top-k
     engine.training.optim        the optimizer over the trainable parameters, NEFTune noise
     engine.training.precision    weight dtype, compute dtype, accelerate's mixed precision
     engine.training.speedups     Liger kernels and torch.compile (train.kernels, train.compile)

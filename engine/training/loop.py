@@ -147,10 +147,17 @@ def setup(cfg: TrainConfig, reporter: Reporter) -> Session:
         say(check_sharded(model))            # every weight a shard, or a clear error
         keep_quant_state(model)              # qlora: bitsandbytes' 4-bit state per gather
     unwrapped = accelerator.unwrap_model(model)
-    loss_of = make_loss(cfg, unwrapped, accelerator, info, say) if t.objective != "grpo" else \
-        grpo.GRPO(cfg, tokenizer, unwrapped, data.train, rank=accelerator.process_index,
-                  world=accelerator.num_processes, log=say, out=out,
-                  main=accelerator.is_main_process, data_name=Path(cfg.data.train).name)
+    if t.objective == "distill":    # engine/training/distill.py: a teacher, or its cached top-k
+        from engine.training.distill import make_distill_loss
+
+        loss_of = make_distill_loss(cfg, unwrapped, tokenizer, accelerator, info,
+                                    [train_batches, eval_batches], say)
+    elif t.objective == "grpo":
+        loss_of = grpo.GRPO(cfg, tokenizer, unwrapped, data.train, rank=accelerator.process_index,
+                            world=accelerator.num_processes, log=say, out=out,
+                            main=accelerator.is_main_process, data_name=Path(cfg.data.train).name)
+    else:
+        loss_of = make_loss(cfg, unwrapped, accelerator, info, say)
     if t.precompute_reference:      # dpo: each pair's reference log-probs once (cached)
         from engine.training.reference import precompute
 
@@ -184,7 +191,9 @@ def setup(cfg: TrainConfig, reporter: Reporter) -> Session:
 
         session.gen = GenEval.prepare(cfg, data, tokenizer, out, say) \
             if t.objective != "grpo" else grpo.make_reward_eval(cfg, data, tokenizer, out, say)
-        if session.gen is not None:
+        if session.gen is not None and t.objective == "distill":   # teacher vs student
+            session.gen.teacher_answers(t.teacher)
+        elif session.gen is not None:
             session.gen.base_answers(unwrapped, separate_base=cfg.method.kind == "full",
                                      trained=state.step > 0)
     session.barrier()
@@ -291,6 +300,10 @@ def finish(s: Session, status: str) -> RunResult:
             s.barrier()
         elif state.last_gen_step != state.step:
             generate_and_track(s)
+    if s.main and t.objective == "distill" and status != "cancelled":  # teacher vs student
+        from engine.training.distill import write_card
+
+        s.files.update(distill=write_card(s.cfg, s.out, s.say))
     seconds = time.time() - s.started
     rates = s.throughput.overall(state.trained_tokens, state.seen_tokens) if s.throughput \
         else {}

@@ -285,7 +285,7 @@ def test_the_form_takes_grpo_and_shows_only_its_settings(tiny_model, examples, t
 
 def test_the_form_offers_the_objective_and_only_its_settings(tiny_model, examples):
     spec = form.widget_spec("train.objective")
-    assert spec["choices"] == ["sft", "dpo", "orpo", "kto", "simpo", "grpo"]
+    assert spec["choices"] == ["sft", "dpo", "orpo", "kto", "simpo", "grpo", "distill"]
     values = _good(tiny_model, examples)
     values.update({"train.objective": "dpo", "data.train": str(examples / "preference.jsonl"),
                    "train.beta": 0.2, "train.dpo_loss_type": "ipo"})
