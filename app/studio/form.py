@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from engine.config import (TRACKERS, ConfigError, Problem, TrainConfig, all_keys, choices_for,
-                           default_for, from_dict, help_for, validate)
+                           default_for, fields_of, from_dict, help_for, validate)
 
 LABELS = {
     "model.name": "Base model", "model.dtype": "Weight dtype",
@@ -77,6 +77,8 @@ DATA_MAIN = ["data.format", "data.max_seq_len", "data.val_fraction"]
 DATA_ADVANCED = ["data.validation", "data.train_on_prompt", "data.packing", "data.dedupe",
                  "data.on_bad_record", "data.order", "data.min_tokens", "data.max_tokens",
                  "data.system_prompt"]
+#: which file column holds each field (shown next to the upload, app/studio/train_tab.py)
+DATA_COLUMNS = ["data.columns"]
 TRAIN_MAIN = ["train.epochs", "train.max_steps", "train.lr", "train.batch_size",
               "train.grad_accum", "train.scheduler"]
 TRAIN_ADVANCED = ["train.warmup_ratio", "train.optimizer", "train.precision",
@@ -100,7 +102,7 @@ TRAIN_OBJECTIVE = ["train.objective", *OBJECTIVE_KEYS]
 TRAIN_TRACKERS = ["train.report_to", "train.tracker_experiment"]
 #: every key in the form, in the order handlers receive their values
 FORM_KEYS = (["model.name", "data.train", "method.kind"] + MODEL_ADVANCED + DATA_MAIN +
-             DATA_ADVANCED + list(METHOD_KEYS) + TRAIN_MAIN + TRAIN_ADVANCED + TRAIN_OBJECTIVE +
+             DATA_ADVANCED + DATA_COLUMNS + list(METHOD_KEYS) + TRAIN_MAIN + TRAIN_ADVANCED + TRAIN_OBJECTIVE +
              TRAIN_TRACKERS)
 #: keys that change the memory estimate
 ESTIMATE_KEYS = {"model.name", "model.dtype", "model.attn_implementation", "data.max_seq_len",
@@ -110,7 +112,7 @@ ESTIMATE_KEYS = {"model.name", "model.dtype", "model.attn_implementation", "data
 #: keys that change the data report and preview
 DATA_KEYS = {"model.name", "data.train", "data.format", "data.max_seq_len",
              "data.train_on_prompt", "data.system_prompt", "data.dedupe", "data.min_tokens",
-             "data.max_tokens", "data.val_fraction", "data.validation"}
+             "data.max_tokens", "data.val_fraction", "data.validation", "data.columns"}
 
 
 
@@ -135,7 +137,14 @@ NUMBER_KEYS = {"train.max_steps", "train.early_stopping_patience", "data.max_tok
 
 
 def label_for(key: str) -> str:
-    return LABELS.get(key, key.rsplit(".", 1)[-1].replace("_", " ").capitalize())
+    if key in LABELS:
+        return LABELS[key]
+    section, _, name = key.partition(".")
+    try:   # the label in the field's metadata (engine.config's _f(..., label=...))
+        found = [f.metadata.get("label") for f in fields_of(section) if f.name == name]
+    except (KeyError, ValueError):
+        found = []
+    return (found and found[0]) or name.replace("_", " ").capitalize()
 
 
 def widget_spec(key: str) -> dict[str, Any]:
@@ -162,6 +171,11 @@ def widget_spec(key: str) -> dict[str, Any]:
         return {**spec, "type": "text", "value": "all-linear",
                 "placeholder": "all-linear, or q_proj, v_proj"}
     return {**spec, "type": "text", "value": "" if default is None else str(default)}
+
+
+def columns_text(columns: dict[str, str] | None) -> str:
+    """data.columns as the form's text (and --set's value): "instruction=question, ..."."""
+    return ", ".join(f"{k}={v}" for k, v in (columns or {}).items())
 
 
 def form_to_values(values: list[Any] | tuple[Any, ...]) -> dict[str, Any]:
@@ -215,6 +229,8 @@ def config_to_form(cfg: TrainConfig) -> list[Any]:
         value = getattr(getattr(cfg, section), name)
         if key == "method.target_modules" and isinstance(value, list):
             value = ", ".join(value)
+        elif isinstance(value, dict):          # data.columns: field=column, ...
+            value = columns_text(value)
         elif widget_spec(key)["type"] == "text":
             value = "" if value is None else str(value)
         out.append(value)
@@ -235,6 +251,8 @@ def overrides(cfg: TrainConfig) -> list[str]:
         if value != default[section][name]:
             if isinstance(value, list):
                 text = ",".join(value)
+            elif isinstance(value, dict):
+                text = columns_text(value).replace(" ", "")
             elif value is None:
                 text = "null"
             elif isinstance(value, bool):

@@ -128,12 +128,15 @@ def tokenizer_for(name: str):
 
 
 def store_upload(path: str | None, owner: str | None = None,
-                 actor: dict[str, Any] | None = None) -> str | None:
-    """The uploaded file, checked and kept by jobs.datasets.store_upload as the actor's (else
-    `owner`'s, default "local"); None for no file. A refused file raises DataError and leaves nothing behind."""
+                 actor: dict[str, Any] | None = None,
+                 columns: dict[str, str] | None = None) -> str | None:
+    """The uploaded file, checked (its columns renamed by `columns`, data.columns) and kept by
+    jobs.datasets.store_upload as the actor's (else `owner`'s, default "local"); None for no
+    file. A refused file raises DataError and leaves nothing behind."""
     from jobs import access, datasets
 
-    return datasets.store_upload(path, access.owner_of(actor, owner)) if path else None
+    return datasets.store_upload(path, access.owner_of(actor, owner), columns) if path \
+        else None
 
 
 def data_panel(values: dict[str, Any]) -> tuple[str, Any, list[list[tuple[str, str | None]]]]:

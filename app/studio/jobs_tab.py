@@ -37,10 +37,12 @@ class JobsTab:
     outputs: list[Any]      # what a poll updates
     timer: Any
     table_timer: Any
+    selected: list[Any]     # what opening a job updates (select_job's outputs)
 
 
-#: the job page's own outputs, session to log (then the Export and Evaluation sections')
-JOB_OUTPUTS = 13
+#: the job page's own outputs, session to the Continue section (then the Export and Evaluation
+#: sections')
+JOB_OUTPUTS = 16
 
 
 def _plot(title: str, y: str, color: str | None = None, elem_id: str | None = None):
@@ -118,27 +120,29 @@ def build() -> JobsTab:
                                      elem_id="compare-picker")
         compare_metric = gr.Dropdown(choices=list(jobview.COMPARED), value="training loss",
                                      label="Metric", elem_id="compare-metric")
-        compare_plot = gr.LinePlot(x="step", y="loss", color="job", height=320,
+        compare_plot = gr.LinePlot(x="step", y="loss", color="job", height=360,
                                    title="Smoothed, with its eval value as a second line",
-                                   y_title="value", elem_id="compare-plot")
+                                   y_title="value", elem_id="compare-plot",
+                                   elem_classes=["fs-chart"])
         compare_evals = gr.Dataframe(interactive=False, wrap=False, elem_id="compare-evals",
                                      label="Generation evaluation, newest of each job "
                                            "(base → tuned)")
     remembered = gr.BrowserState(None, storage_key="ftstudio-job")
     timer, table_timer = gr.Timer(TICK), gr.Timer(TABLE_TICK)
     outputs = [session, header, progress, loss, eval_loss, lr, tps, gen, reward_row, rewards,
-               accuracy, log, continued]
+               accuracy, log, cancel, resume, delete, continued]
     assert len(outputs) == JOB_OUTPUTS
     outputs += export.outputs + evaluation.outputs
+    selected = outputs + [remembered, export.message, export.download, evaluation.message,
+                          evaluation.download, evaluation.data, evaluation.which, message,
+                          confirm]
+    assert len(selected) == SELECTED_OUTPUTS
     tab = JobsTab(table, status_filter, job_picker, session, remembered, clone, compare_picker,
-                  export, evaluation, outputs, timer, table_timer)
+                  export, evaluation, outputs, timer, table_timer, selected)
 
     timer.tick(tick, [session, job_picker], outputs, show_progress="hidden",
                api_visibility="private")
-    job_picker.change(select_job, [job_picker, session],
-                      outputs + [remembered, export.message, export.download,
-                                 evaluation.message, evaluation.download, evaluation.data,
-                                 evaluation.which],
+    job_picker.change(select_job, [job_picker, session], selected,
                       show_progress="hidden", api_visibility="private")
     table_timer.tick(table_tick, [status_filter, table], [table, job_picker, compare_picker],
                      show_progress="hidden", api_visibility="private")
@@ -182,9 +186,9 @@ def build() -> JobsTab:
 
 def compare(ids, metric="training loss", request: gr.Request = None):
     if not ids:
-        return None, None
+        return gr.update(value=None), None
     actor = actor_of(request)
-    return (jobview.compare_frame(ids, actor=actor, metric=metric),
+    return (jobview.plot_update(jobview.compare_frame(ids, actor=actor, metric=metric), "job"),
             eval_panel.compare_frame(ids, actor))
 
 
@@ -210,16 +214,19 @@ def _outputs(session, job) -> list[Any]:
     log = "\n".join(session["log"])
     total = jobview.progress_of(job)[1] if job is not None else None
     span = [0, total] if total else None           # the charts fill up from left to right
-    # an empty frame would fix a chart's colour scale before any series exists: send None
-    plots = [gr.update(value=f[k] if len(f[k]) else None, x_lim=span)
-             for k in ("loss", "eval_loss", "lr", "tokens_per_s")]
-    gen = gr.update(value=f["gen"] if len(f["gen"]) else None, x_lim=span,
-                    visible=bool(len(f["gen"])))     # only jobs that score their answers
+    # every multi-series chart gets a colour per series with its frame (jobview.plot_update)
+    plot = jobview.plot_update
+    plots = [plot(f["loss"], "series", x_lim=span), plot(f["eval_loss"], x_lim=span),
+             plot(f["lr"], x_lim=span), plot(f["tokens_per_s"], "series", x_lim=span)]
+    gen = plot(f["gen"], "series", x_lim=span,
+               visible=bool(len(f["gen"])))          # only jobs that score their answers
     prefer = bool(len(f["rewards"]))                 # only preference-tuning jobs
-    rewards = [gr.update(value=f[k] if len(f[k]) else None, x_lim=span)
-               for k in ("rewards", "accuracy")]
+    rewards = [plot(f[k], "series", x_lim=span) for k in ("rewards", "accuracy")]
+    can = jobview.actions(job)         # a button is enabled only where its action applies
     return [session, jobview.header_html(job), jobview.progress_html(session, job), *plots, gen,
             gr.update(visible=prefer), *rewards, log,
+            gr.update(interactive=can["cancel"]), gr.update(interactive=can["resume"]),
+            gr.update(interactive=can["delete"]),
             gr.update(visible=continue_panel.can_continue(job))]
 
 
@@ -247,9 +254,16 @@ def select_job(jid, session, request: gr.Request = None):
     session, _ = export_panel.poll(session, job, actor)
     session, _ = eval_panel.poll(session, job, actor)
     hidden = gr.update(value=None, visible=False)
-    return _outputs(session, job) + export_panel.view(session, actor) + \
+    page = _outputs(session, job)
+    page[JOB_OUTPUTS - 2] = gr.update(interactive=jobview.actions(job)["delete"], visible=True)
+    return page + export_panel.view(session, actor) + \
         eval_panel.view(session, "all", actor) + [jid, "", hidden, "", hidden, gr.update(
-            choices=eval_panel.data_choices(actor), value=""), "all"]
+            choices=eval_panel.data_choices(actor), value=""), "all", "",
+            gr.update(visible=False)]
+
+
+#: how many outputs opening a job updates (JobsTab.selected)
+SELECTED_OUTPUTS = JOB_OUTPUTS + export_panel.OUTPUTS + eval_panel.OUTPUTS + 9
 
 
 def refresh_table(status, request: gr.Request = None):
@@ -287,12 +301,13 @@ def attach(demo, tab: JobsTab) -> None:
 
 
 def open_started(job_id, session, request: gr.Request = None):
-    """After Start: switch to the Jobs tab showing the new job."""
+    """After Start: switch to the Jobs tab showing the new job, its page drawn in the same
+    step (not on the picker's change, which waits in the queue behind the old job's ticks)."""
     if job_id is None:
-        return gr.skip(), gr.skip(), gr.skip()
-    return (gr.Tabs(selected="jobs"),
+        return [gr.skip()] * (2 + SELECTED_OUTPUTS)
+    return [gr.Tabs(selected="jobs"),
             gr.update(choices=jobview.choices(actor=actor_of(request)), value=str(job_id)),
-            jobview.new_session(job_id))
+            *select_job(str(job_id), session, request)]
 
 
 def clone_values(jid, request: gr.Request = None):

@@ -16,6 +16,7 @@ import gradio as gr
 
 from app.studio import form, render
 from app.studio.curves import Curve, curves
+from app.studio.jobview import plot_update
 from app.studio.session import actor as actor_of
 from engine.config import ConfigError, Problem
 
@@ -107,15 +108,17 @@ def card(values: dict[str, Any], texts: dict[str, str], actor: Any = None) -> st
                                                              point.items()]), actor)
         except ConfigError:
             timing = None
-        if timing and "seconds_per_epoch" in timing:
-            total += timing["seconds_per_epoch"] * (timing["epochs"] or 1)
+        if timing and "seconds_per_epoch" in timing:   # each job loads and saves again
+            total += timing["seconds_per_epoch"] * (timing["epochs"] or 1) + \
+                timing.get("startup_s", 0.0)
             why = "" if timing["epochs"] else " (one epoch each: train.max_steps is set)"
         else:
             missing += 1
             why = (timing or {}).get("missing", "no data report yet")
     shape = " × ".join(f"{len(v)} {form.label_for(k).lower()}" for k, v in grid.items())
     time_text = (f"about <b>{render.duration(total)}</b> in total{render.esc(why)}, one "
-                 "after another on one worker" if not missing else
+                 "after another on one worker, each job's start-up (loading, saving) "
+                 "counted" if not missing else
                  f"time: {render.esc(why)}")
     return (f'<div class="fs-card" id="sweep-count"><b>{len(points)} jobs</b> '
             f'({render.esc(shape)}) · {time_text}</div>')
@@ -175,9 +178,11 @@ def build() -> SweepTab:
         loss = gr.LinePlot(x="step", y="value", color="job", title="Training loss (smoothed)",
                            x_title="step", y_title="loss", height=280, tooltip="all",
                            elem_id="sweep-loss")
-        chosen = gr.LinePlot(x="step", y="value", color="job", title="Ranked metric",
-                             x_title="step", y_title="value", height=280, tooltip="all",
-                             elem_id="sweep-curves")
+        # points, not lines: an eval metric may have one value per job (a line of one point
+        # draws nothing)
+        chosen = gr.ScatterPlot(x="step", y="value", color="job", title="Ranked metric",
+                                x_title="step", y_title="value", height=280, tooltip="all",
+                                elem_id="sweep-curves")
     download = gr.File(label="Ready to download", interactive=False, visible=False,
                        elem_id="sweep-download")
     timer = gr.Timer(TICK)
@@ -214,8 +219,13 @@ def view(sid, metric, request: gr.Request = None):
     except (KeyError, ValueError) as exc:
         return [render.note(str(exc).strip("'\""), "bad")] + [gr.skip()] * 4
     loss, ranked = _curves(data, actor)
+    totals = [r["total_steps"] for r in data["rows"] if r["total_steps"]]
+    span = [0, max(totals)] if totals else None     # a metric at one step keeps a step axis
     return [header_html(data), board_frame(data),
-            gr.update(choices=data["metrics"], value=data["metric"]), loss, ranked]
+            gr.update(choices=data["metrics"], value=data["metric"]),
+            plot_update(loss, "job", x_lim=span),
+            plot_update(ranked, "job", x_lim=span, title=f"Ranked metric: {data['metric']}",
+                        y_title=data["metric"])]
 
 
 def header_html(data: dict[str, Any]) -> str:

@@ -97,8 +97,11 @@ def _wire_across(demo, tabs, train, jobs, play, jobs_tab_item, play_item) -> Non
         [train.problems, train.status, train.started, train.started_sweep] + marks,
         api_visibility="private")
     started.success(jobs_tab.open_started, [train.started, jobs.session],
-                    [tabs, jobs.job_picker, jobs.session], queue=False,
+                    [tabs, jobs.job_picker] + jobs.selected, queue=False,
                     api_visibility="private")
+    # the Train tab's note about the job it started follows that job's state
+    jobs.table_timer.tick(train_tab.started_note, [train.started, train.status], train.status,
+                          show_progress="hidden", api_visibility="private")
     cloned = jobs.clone.click(jobs_tab.clone_values, jobs.job_picker,
                               train.inputs + [train.job_name, tabs, train.status],
                               api_visibility="private")
