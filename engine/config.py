@@ -610,8 +610,10 @@ def validate(cfg: TrainConfig, *, check_files: bool = True, require_output_dir: 
         p.append(Problem("train.lr", f"{t.lr} must be a positive number (2e-4 is typical for "
                                      "LoRA, 2e-5 for full fine-tuning)"))
     elif t.lr >= 1:
-        p.append(Problem("train.lr", f"{t.lr} is far too large and will diverge; use 1e-5 to "
-                                     "1e-3"))
+        p.append(Problem("train.lr", f"{t.lr} is far too large and will diverge; rates that "
+                                     "train run from about 2e-5 (full fine-tuning) through 2e-4 "
+                                     "(LoRA) to 3e-2 (prompt tuning): the studio suggests one "
+                                     "for your method and model"))
     if t.epochs <= 0 and t.max_steps is None:
         p.append(Problem("train.epochs", f"{t.epochs} must be positive, or set train.max_steps"))
     if t.max_steps is not None and t.max_steps < 1:

@@ -281,7 +281,8 @@ def build(job_picker: Any, session: Any) -> EvalPanel:
                           elem_id="eval-download")
     button.click(_start, [job_picker, data, limit], message, api_visibility="private")
     which.change(_filter, [session, which], rows, api_visibility="private")
-    dl.click(_csv, [job_picker, which], [fetched, message], api_visibility="private")
+    dl.click(_csv, [job_picker, which], [fetched, message], api_visibility="private").success(
+        None, js=jobview.click_download("eval-download"), api_visibility="private")
     return EvalPanel(box, card, jobs, rows, which, data, message, fetched)
 
 

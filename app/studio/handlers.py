@@ -204,13 +204,20 @@ def estimate_panel(values: dict[str, Any], actor: Any = None) -> str:
     from engine.models.estimate import estimate_for
     from jobs import api
 
+    from engine.models.recipes import lr_warning
+
     cfg, _ = form.build_config(values)
     timing = api.time_estimate(cfg, actor)
+    try:   # the rate far from what fits the method and model: said where the numbers are
+        far = lr_warning(cfg.train.lr, cfg.method.kind, cfg.model.name)
+    except Exception:  # noqa: BLE001 - an unreadable config.json: no advice
+        far = None
+    warn = render.note(far[:1].upper() + far[1:] + ".", "warn") if far else ""
     try:
         est = estimate_for(cfg, device=device())
     except Exception as exc:  # noqa: BLE001 - odd config.json files: say so, keep going
-        return render.estimate_card(None, f"No estimate: {exc}", timing=timing)
-    return render.estimate_card(est, timing=timing)
+        return render.estimate_card(None, f"No estimate: {exc}", timing=timing) + warn
+    return render.estimate_card(est, timing=timing) + warn
 
 
 def report_for(cfg: TrainConfig, tokenizer: Any = None) -> dict[str, Any]:

@@ -45,10 +45,28 @@ class JobsTab:
 JOB_OUTPUTS = 16
 
 
-def _plot(title: str, y: str, color: str | None = None, elem_id: str | None = None):
-    return gr.LinePlot(x="step", y="value", color=color, title=title, x_title="step",
-                       y_title=y, height=250, elem_id=elem_id, tooltip="all",
-                       color_map={"raw": "#a5b4fc", "smoothed": "#4338ca"} if color else None)
+#: each chart's name, shown above it (with what it waits for while it has no data)
+CHART_LABELS = {"loss": "Training loss (train vs eval)", "eval_loss": "Eval loss",
+                "lr": "Learning rate", "tokens_per_s": "Throughput",
+                "gen": "Held-out answers of the tuned model (train.eval_generate)",
+                "rewards": "Rewards (train.objective: policy vs reference)",
+                "accuracy": "Reward accuracy (pairs whose chosen answer wins)"}
+WAITING = {"eval_loss": "waiting for the first evaluation (train.eval_every)"}
+#: scroll the log pane to its newest line whenever it changes (follow the tail)
+FOLLOW_LOG = ("() => { const t = document.querySelector('#log-tail textarea'); "
+              "if (t) { t.scrollTop = t.scrollHeight; } }")
+def _plot(name: str, y: str, color: str | None = None, elem_id: str | None = None):
+    return gr.LinePlot(x="step", y="value", color=color, x_title="step", y_title=y,
+                       height=250, elem_id=elem_id, tooltip="all", label=CHART_LABELS[name],
+                       show_label=True, elem_classes=["fs-chart"])
+
+
+def _chart(frame, name: str, column: str | None = None, **kw):
+    """A job chart's update: its frame, a colour per series, and its name saying what it
+    waits for while it has no data."""
+    waiting = WAITING.get(name, "waiting for the first step")
+    return jobview.plot_update(frame, column, label=CHART_LABELS[name] if len(frame) else
+                               f"{CHART_LABELS[name]} · {waiting}", **kw)
 
 
 def build() -> JobsTab:
@@ -81,27 +99,21 @@ def build() -> JobsTab:
         progress = gr.HTML(elem_id="job-progress")
         message = gr.HTML(elem_id="job-message", elem_classes=["fs-slot"])
         with gr.Row():
-            loss = _plot("Training loss", "loss", color="series", elem_id="loss-plot")
-            eval_loss = gr.ScatterPlot(x="step", y="value", title="Eval loss", x_title="step",
-                                       y_title="eval loss", height=250, elem_id="eval-plot",
-                                       tooltip="all")
+            loss = _plot("loss", "loss", color="series", elem_id="loss-plot")
+            eval_loss = gr.ScatterPlot(x="step", y="value", x_title="step", y_title="eval loss",
+                                       height=250, elem_id="eval-plot", tooltip="all",
+                                       label=CHART_LABELS["eval_loss"], show_label=True,
+                                       elem_classes=["fs-chart"])
         with gr.Row():
-            lr = _plot("Learning rate", "lr", elem_id="lr-plot")
-            tps = gr.LinePlot(x="step", y="value", color="series", title="Throughput",
-                              x_title="step", y_title="tokens/s", height=250,
-                              elem_id="tps-plot", tooltip="all")
-        gen = gr.LinePlot(x="step", y="value", color="series", title="Held-out answers of the "
-                          "tuned model (train.eval_generate)", x_title="step", y_title="%",
-                          height=230, elem_id="gen-plot", tooltip="all", visible=False)
+            lr = _plot("lr", "lr", elem_id="lr-plot")
+            tps = _plot("tokens_per_s", "tokens/s", color="series", elem_id="tps-plot")
+        gen = gr.LinePlot(x="step", y="value", color="series", label=CHART_LABELS["gen"],
+                          show_label=True, x_title="step", y_title="%", height=230,
+                          elem_id="gen-plot", tooltip="all", visible=False,
+                          elem_classes=["fs-chart"])
         with gr.Row(visible=False, elem_id="reward-row") as reward_row:   # preference jobs
-            rewards = gr.LinePlot(x="step", y="value", color="series", title="Rewards "
-                                  "(train.objective: policy vs reference)", x_title="step",
-                                  y_title="reward", height=250, elem_id="reward-plot",
-                                  tooltip="all")
-            accuracy = gr.LinePlot(x="step", y="value", color="series", title="Reward accuracy "
-                                   "(pairs whose chosen answer wins)", x_title="step",
-                                   y_title="%", height=250, elem_id="reward-accuracy-plot",
-                                   tooltip="all")
+            rewards = _plot("rewards", "reward", color="series", elem_id="reward-plot")
+            accuracy = _plot("accuracy", "%", color="series", elem_id="reward-accuracy-plot")
         with gr.Accordion("Log", open=True):
             log = gr.Textbox(show_label=False, lines=10, max_lines=10, autoscroll=True,
                              interactive=False, elem_id="log-tail")
@@ -177,7 +189,9 @@ def build() -> JobsTab:
     for button, fn in ((dl_adapter, jobview.adapter_zip), (dl_bundle, jobview.bundle_zip),
                        (dl_csv, jobview.metrics_csv)):
         button.click(_download(fn), [job_picker, downloads], [downloads, message],
-                     api_visibility="private")
+                     api_visibility="private").success(
+            None, js=jobview.click_download("downloads"), api_visibility="private")
+    log.change(None, js=FOLLOW_LOG, api_visibility="private")
     gr.on([compare_picker.change, compare_metric.change], compare,
           [compare_picker, compare_metric], [compare_plot, compare_evals],
           api_visibility="private")
@@ -215,13 +229,13 @@ def _outputs(session, job) -> list[Any]:
     total = jobview.progress_of(job)[1] if job is not None else None
     span = [0, total] if total else None           # the charts fill up from left to right
     # every multi-series chart gets a colour per series with its frame (jobview.plot_update)
-    plot = jobview.plot_update
-    plots = [plot(f["loss"], "series", x_lim=span), plot(f["eval_loss"], x_lim=span),
-             plot(f["lr"], x_lim=span), plot(f["tokens_per_s"], "series", x_lim=span)]
-    gen = plot(f["gen"], "series", x_lim=span,
-               visible=bool(len(f["gen"])))          # only jobs that score their answers
+    plots = [_chart(f["loss"], "loss", "series", x_lim=span),
+             _chart(f["eval_loss"], "eval_loss", x_lim=span), _chart(f["lr"], "lr", x_lim=span),
+             _chart(f["tokens_per_s"], "tokens_per_s", "series", x_lim=span)]
+    gen = _chart(f["gen"], "gen", "series", x_lim=span,
+                 visible=bool(len(f["gen"])))        # only jobs that score their answers
     prefer = bool(len(f["rewards"]))                 # only preference-tuning jobs
-    rewards = [plot(f[k], "series", x_lim=span) for k in ("rewards", "accuracy")]
+    rewards = [_chart(f[k], k, "series", x_lim=span) for k in ("rewards", "accuracy")]
     can = jobview.actions(job)         # a button is enabled only where its action applies
     return [session, jobview.header_html(job), jobview.progress_html(session, job), *plots, gen,
             gr.update(visible=prefer), *rewards, log,

@@ -421,6 +421,14 @@ def compare_frame(job_ids: list[Any], actor: Any = None, metric: str = "training
 # --------------------------------------------------------------------------- files
 
 
+def click_download(elem_id: str) -> str:
+    """The JS that fetches the newest file shown in the gr.File `elem_id`: run after a handler
+    handed it a file, so one click on a download button (or on a file) downloads it; the
+    file box stays, as a link to fetch it again."""
+    return ("() => setTimeout(() => { const links = document.querySelectorAll('#" + elem_id +
+            " a[download]'); if (links.length) links[links.length - 1].click(); }, 300)")
+
+
 def visible_job(job_id: Any, actor: Any = None) -> dict[str, Any]:
     """The job if the actor may see it; JobNotFound (a KeyError) otherwise, as for a missing
     id. Every download fetches the job this way before touching its folder."""

@@ -127,7 +127,8 @@ def _wire_sweeps(demo, tabs, train, sweeps, sweeps_item) -> None:
                                 train.inputs + [train.job_name, tabs, train.status], **quiet)
     cloned.then(lambda: gr.update(value=False), None, train.sweep, queue=False, **quiet)
     for event in (demo.load, sweeps_item.select):
-        event(sweep_tab.refresh_choices, sweeps.picker, sweeps.picker, **quiet)
+        event(sweep_tab.refresh_choices, sweeps.picker, [sweeps.picker] + sweeps.empty,
+              **quiet)
 
 
 def launch_kwargs() -> dict[str, Any]:
