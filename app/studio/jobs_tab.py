@@ -152,10 +152,12 @@ def build() -> JobsTab:
     tab = JobsTab(table, status_filter, job_picker, session, remembered, clone, compare_picker,
                   export, evaluation, outputs, timer, table_timer, selected)
 
-    timer.tick(tick, [session, job_picker], outputs, show_progress="hidden",
-               api_visibility="private")
-    job_picker.change(select_job, [job_picker, session], selected,
-                      show_progress="hidden", api_visibility="private")
+    multi = [loss, tps, gen, rewards, accuracy]     # each with a colour per series
+    quiet = dict(show_progress="hidden", api_visibility="private")
+    timer.tick(tick, [session, job_picker], outputs, **quiet).then(
+        chart_colors, session, multi, **quiet)
+    job_picker.change(select_job, [job_picker, session], selected, **quiet).then(
+        chart_colors, session, multi, **quiet)
     table_timer.tick(table_tick, [status_filter, table], [table, job_picker, compare_picker],
                      show_progress="hidden", api_visibility="private")
     gr.on([refresh.click, status_filter.change], refresh_table, [status_filter],
@@ -194,7 +196,8 @@ def build() -> JobsTab:
     log.change(None, js=FOLLOW_LOG, api_visibility="private")
     gr.on([compare_picker.change, compare_metric.change], compare,
           [compare_picker, compare_metric], [compare_plot, compare_evals],
-          api_visibility="private")
+          trigger_mode="always_last", api_visibility="private").then(   # the last pick counts
+        compare_colors, [compare_picker, compare_metric], compare_plot, **quiet)
     return tab
 
 
@@ -202,8 +205,28 @@ def compare(ids, metric="training loss", request: gr.Request = None):
     if not ids:
         return gr.update(value=None), None
     actor = actor_of(request)
-    return (jobview.plot_update(jobview.compare_frame(ids, actor=actor, metric=metric), "job"),
+    return (jobview.plot_update(jobview.compare_frame(ids, actor=actor, metric=metric), "job",
+                                title=f"{metric}: {len(ids)} job{'s' if len(ids) != 1 else ''}, "
+                                      "smoothed, each with its eval value as a second line"),
             eval_panel.compare_frame(ids, actor))
+
+
+def compare_colors(ids, metric="training loss", request: gr.Request = None):
+    """The compare chart's colours, once its data is in the page (jobview.colors_update)."""
+    if not ids:
+        return gr.skip()
+    return jobview.colors_update(jobview.compare_frame(ids, actor=actor_of(request),
+                                                      metric=metric), "job")
+
+
+def chart_colors(session):
+    """The job page's multi-series charts' colours, once their data is in the page
+    (jobview.colors_update): read from the session, no store access."""
+    if not session or not session.get("curves"):
+        return [gr.skip()] * 5
+    f = jobview.frames(session)
+    return [jobview.colors_update(f[k], "series")
+            for k in ("loss", "tokens_per_s", "gen", "rewards", "accuracy")]
 
 
 def _download(fn):

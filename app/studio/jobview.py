@@ -283,10 +283,7 @@ FIXED_COLORS = {"raw": "#a5b4fc", "smoothed": "#4338ca", "eval": "#ea580c"}
 
 
 def color_map(frame: Any, column: str) -> dict[str, str] | None:
-    """A colour for every series in `frame[column]`, in order of appearance. The browser's
-    chart fixes its colour scale when its settings change, not when only its data does, so a
-    series that arrives later would not be drawn: sending the map with every frame rebuilds the
-    chart whenever the set of series changes (and only then)."""
+    """A colour for every series in `frame[column]`, in order of appearance; None when empty."""
     if frame is None or column not in getattr(frame, "columns", ()) or not len(frame):
         return None
     names = list(dict.fromkeys(str(v) for v in frame[column]))
@@ -296,14 +293,26 @@ def color_map(frame: Any, column: str) -> dict[str, str] | None:
 
 
 def plot_update(frame: Any, column: str | None = None, **kw: Any) -> dict[str, Any]:
-    """The gr.update of a chart: its frame (None while empty: an empty frame would fix the
-    colour scale before any series exists) and, for a chart of several series, a colour for
-    each (color_map), so every series given is drawn at once."""
+    """The gr.update of a chart's data: its frame (None while empty: an empty frame would fix
+    the colour scale before any series exists). Its colours follow in a second update
+    (colors_update): the browser's chart fixes which series it draws when its settings
+    change, not when only its data does, and a settings change sent with the data is applied
+    before the data is; so a chart of several series gets its data first, then a colour per
+    series, which redraws it with every series it was given whenever that set changed."""
     import gradio as gr
 
     empty = frame is None or not len(frame)
-    extra = {"color_map": color_map(frame, column)} if column and not empty else {}
-    return gr.update(value=None if empty else frame, **extra, **kw)
+    return gr.update(value=None if empty else frame, **kw)
+
+
+def colors_update(frame: Any, column: str) -> Any:
+    """The second update of a multi-series chart (after plot_update's, once it was applied):
+    a colour per series; unchanged when the same series are drawn (no redraw), skipped while
+    empty."""
+    import gradio as gr
+
+    found = color_map(frame, column)
+    return gr.update(color_map=found) if found else gr.skip()
 
 
 def labelled(session: dict[str, Any], names: dict[str, str], scale: float = 1.0):

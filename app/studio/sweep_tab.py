@@ -191,7 +191,8 @@ def build() -> SweepTab:
     timer = gr.Timer(TICK)
     outputs = [header, board, metric, loss, chosen, cancel, resume, clone, tb, charts]
     quiet = dict(show_progress="hidden", api_visibility="private")
-    gr.on([picker.change, metric.change, timer.tick], view, [picker, metric], outputs, **quiet)
+    gr.on([picker.change, metric.change, timer.tick], view, [picker, metric], outputs,
+          **quiet).then(colors, [picker, metric], [loss, chosen], **quiet)
 
     def act(fn, verb):
         def run(sid, request: gr.Request = None):
@@ -238,6 +239,19 @@ def view(sid, metric, request: gr.Request = None):
             gr.update(interactive=bool(statuses & {"failed", "cancelled", "interrupted"})),
             gr.update(interactive=has_metric), gr.update(interactive=True),
             gr.update(visible=True)]
+
+
+def colors(sid, metric, request: gr.Request = None):
+    """The two charts' colours, once their data is in the page (jobview.colors_update)."""
+    if not sid:
+        return gr.skip(), gr.skip()
+    try:
+        actor = actor_of(request)
+        data = _sweeps().leaderboard(sid, metric or "eval_loss", actor=actor)
+    except (KeyError, ValueError):
+        return gr.skip(), gr.skip()
+    loss, ranked = _curves(data, actor)
+    return jobview.colors_update(loss, "job"), jobview.colors_update(ranked, "job")
 
 
 def header_html(data: dict[str, Any]) -> str:

@@ -128,7 +128,7 @@ def _wire_sweeps(demo, tabs, train, sweeps, sweeps_item) -> None:
     cloned.then(lambda: gr.update(value=False), None, train.sweep, queue=False, **quiet)
     for event in (demo.load, sweeps_item.select):
         event(sweep_tab.refresh_choices, sweeps.picker, [sweeps.picker] + sweeps.empty,
-              **quiet)
+              show_progress="hidden", **quiet)
 
 
 def launch_kwargs() -> dict[str, Any]:

@@ -82,7 +82,8 @@ def test_the_group_page_frames_and_clone_the_best(home):
     header, board, metric, loss, ranked, cancel, resume, clone, tb, charts = \
         sweep_tab.view(sw["id"], "eval_loss")
     board, loss, ranked = board["value"], loss["value"], ranked["value"]
-    assert set(loss_map(sweep_tab.view(sw["id"], "eval_loss"))) == \
+    loss_colors, ranked_colors = sweep_tab.colors(sw["id"], "eval_loss")
+    assert set(loss_colors["color_map"]) == set(ranked_colors["color_map"]) == \
         {"page-1", "page-2"}                       # a colour per job: both drawn at once
     assert not cancel["interactive"] and not resume["interactive"] and clone["interactive"]
     assert "page" in header and "varies train.lr" in header
@@ -97,7 +98,3 @@ def test_the_group_page_frames_and_clone_the_best(home):
     assert dict(zip(form.FORM_KEYS, cloned[:n]))["train.lr"] == 2e-3
     assert api.get(b)["status"] == "completed"
 
-
-def loss_map(outputs):
-    """The colour per series sent with the sweep's loss chart."""
-    return outputs[3]["color_map"]
