@@ -84,6 +84,13 @@ class DataConfig:
                 "pre-training), preference (prompt/chosen/rejected, or messages/chosen/"
                 "rejected: pairs for dpo, orpo, simpo), kto (prompt/completion/label), or auto "
                 "to detect it from the fields.", label="Record format")
+    columns: dict[str, str] | None = _f(
+        None, "Which of the file's columns holds each field a record format reads, when the "
+              "file names them otherwise: a mapping field: column, e.g. {instruction: question, "
+              "output: answer} (or, after --set, instruction=question,output=answer). Fields: "
+              "instruction, input, output, system (alpaca); prompt, completion (completion, "
+              "kto); messages; conversations; text; chosen, rejected; label. Empty: the file's "
+              "own names.", label="Column mapping")
     max_seq_len: int = _f(512, "Longest sequence in tokens; longer records are truncated and "
                                "counted in the data report.", label="Max sequence length")
     train_on_prompt: bool = _f(False, "Also compute loss on prompt and template tokens. Off: only "
@@ -783,6 +790,8 @@ def _coerce(key: str, value: Any) -> Any:
             return [v.strip() for v in value if v.strip()]
         raise ValueError(f"{_quote(value)} is not a list of tracker names "
                          f"({', '.join(TRACKERS)})")
+    if key == "data.columns":
+        return _columns(value)
     tp = _type_of(key)
     args = get_args(tp)
     optional = type(None) in args
@@ -848,6 +857,36 @@ def _coerce(key: str, value: Any) -> Any:
         raise ValueError(f"{_quote(value)} is not one of: {', '.join(choices)}")
     want = " or ".join(_type_name(t) for t in inner) + (" or null" if optional else "")
     raise ValueError(f"{_quote(value)} is not a valid {want}")
+
+
+#: the record fields data.columns may map a file's columns to (engine.data.formats reads them)
+COLUMN_FIELDS = ("instruction", "input", "output", "system", "prompt", "completion", "messages",
+                 "conversations", "text", "chosen", "rejected", "label")
+
+
+def _columns(value: Any) -> dict[str, str] | None:
+    """data.columns from YAML (a mapping) or text ("instruction=question, output=answer";
+    empty or none: no mapping); ValueError naming what is wrong and the fields that exist."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none",
+                                                                                "null")):
+        return None
+    if isinstance(value, str):
+        pairs = {}
+        for part in value.split(","):
+            field_name, sep, column = part.replace(":", "=", 1).partition("=")
+            if not sep or not field_name.strip() or not column.strip():
+                raise ValueError(f"{part.strip()!r} is not field=column; write e.g. "
+                                 "instruction=question, output=answer")
+            pairs[field_name.strip()] = column.strip()
+        value = pairs
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                              for k, v in value.items()):
+        raise ValueError(f"{value!r} is not a mapping of field: column names")
+    unknown = [k for k in value if k not in COLUMN_FIELDS]
+    if unknown:
+        raise ValueError(f"{', '.join(unknown)}: not a record field; map columns to "
+                         f"{', '.join(COLUMN_FIELDS)}")
+    return dict(value) or None
 
 
 def _type_name(t: Any) -> str:
@@ -944,8 +983,10 @@ def validate(cfg: TrainConfig, *, check_files: bool = True, require_output_dir: 
         p.append(Problem("train.lr", f"{t.lr} must be a positive number (2e-4 is typical for "
                                      "LoRA, 2e-5 for full fine-tuning)"))
     elif t.lr >= 1:
-        p.append(Problem("train.lr", f"{t.lr} is far too large and will diverge; use 1e-5 to "
-                                     "1e-3"))
+        p.append(Problem("train.lr", f"{t.lr} is far too large and will diverge; rates that "
+                                     "train run from about 2e-5 (full fine-tuning) through 2e-4 "
+                                     "(LoRA) to 3e-2 (prompt tuning): the studio suggests one "
+                                     "for your method and model"))
     if t.epochs <= 0 and t.max_steps is None:
         p.append(Problem("train.epochs", f"{t.epochs} must be positive, or set train.max_steps"))
     if t.max_steps is not None and t.max_steps < 1:

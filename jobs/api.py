@@ -360,6 +360,13 @@ def metrics(job_id: str, since_step: int = -1, actor: dict | None = None
         return store.metrics(db, job_id, since_step)
 
 
+def step_times(jobs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """When each of these jobs (records the caller may see, e.g. from list_jobs) logged its
+    first and latest training step (jobs.store.step_times): what the ETA is measured from."""
+    with store.connect() as db:
+        return store.step_times(db, [j["id"] for j in jobs])
+
+
 def metric_buckets(job_id: str, points: int, names: list[str] | tuple[str, ...] | None = None,
                    actor: dict | None = None) -> dict[str, Any]:
     """Each metric's curve (or only `names`) in at most `points` buckets, aggregated in the

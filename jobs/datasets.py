@@ -32,11 +32,14 @@ def max_upload_bytes() -> int:
     return int(settings.max_upload_mb(DEFAULT_MAX_UPLOAD_MB) * 1024 * 1024)
 
 
-def store_upload(path: str | os.PathLike, owner: str = "local") -> str:
+def store_upload(path: str | os.PathLike, owner: str = "local",
+                 columns: dict[str, str] | None = None) -> str:
     """Check an uploaded file, keep it under FTSTUDIO_HOME/datasets/<sha256[:16]>/<name> and
     record it as `owner`'s upload; returns the stored file's absolute path. Everything is checked first (type, FTSTUDIO_MAX_UPLOAD_MB,
-    that engine.data can read it and finds usable records): a refused file raises DataError,
-    named as uploaded, and leaves nothing behind (no file under datasets/, no row)."""
+    that engine.data can read it and finds usable records, its columns renamed by `columns`,
+    data.columns): a refused file raises DataError, named as uploaded, and leaves nothing
+    behind (no file under datasets/, no row); when no format fits its columns, the error is a
+    FormatNotDetected whose `.columns` lists them, for a column mapping."""
     from engine.data import DataError, check_file
     from jobs.apart import run_apart
 
@@ -51,9 +54,11 @@ def store_upload(path: str | os.PathLike, owner: str = "local") -> str:
                         f"{limit / 2**20:.0f} MB (FTSTUDIO_MAX_UPLOAD_MB); split it, or ask "
                         "the admin to raise the limit")
     try:   # parsed in jobs.apart's child: a big file never holds up the server's requests
-        info = run_apart(check_file, str(src))
+        info = run_apart(check_file, str(src), columns)
     except DataError as exc:  # name the file as the person knows it, not the temp path
-        raise DataError(str(exc).replace(str(src), name)) from None
+        renamed = type(exc)(str(exc).replace(str(src), name))
+        renamed.columns = getattr(exc, "columns", None)
+        raise renamed from None
     except (RecursionError, MemoryError) as exc:
         raise DataError(f"{name} cannot be read ({type(exc).__name__}); check that it is a "
                         "dataset file") from None

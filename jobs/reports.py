@@ -155,8 +155,9 @@ def measured_throughput(model: str, method: str | None = None, actor: dict | Non
 
 
 def time_estimate(cfg: TrainConfig, actor: dict | None = None) -> dict[str, Any] | None:
-    """{seconds_per_epoch, epochs, tokens_per_epoch, tokens_per_s, job_id, method,
-    same_method} from the kept data report (trained tokens of the training split) and the
+    """{seconds_per_epoch, startup_s, epochs, tokens_per_epoch, tokens_per_s, job_id, method,
+    same_method} (startup_s: what the measured job spent outside its steps, loading and
+    saving, which every job pays again) from the kept data report (trained tokens of the training split) and the
     throughput a finished run of this model measured that the actor can see
     (measured_throughput); or {"missing": why}. None while no report is kept."""
     from engine.models.estimate import estimate_time
@@ -174,7 +175,10 @@ def time_estimate(cfg: TrainConfig, actor: dict | None = None) -> dict[str, Any]
     if measured is None:
         return {"missing": "no finished run of this model here yet: the time per epoch shows "
                            "once one has measured its speed"}
+    with store.connect() as db:
+        overhead = store.job_overhead(db, measured["job_id"])
     return {"seconds_per_epoch": estimate_time(tokens, measured["tokens_per_s"]),
+            "startup_s": overhead or 0.0,
             "epochs": None if cfg.train.max_steps else cfg.train.epochs,
             "tokens_per_epoch": tokens, "same_method": measured["method"] == cfg.method.kind,
             **measured}

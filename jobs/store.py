@@ -488,6 +488,35 @@ def measured_throughput(db: Database, model: str, method: str | None = None,
     return {"job_id": row["job_id"], "method": row["method"], "tokens_per_s": float(rate)}
 
 
+def step_times(db: Database, job_ids: list[str]) -> dict[str, dict[str, Any]]:
+    """When each job logged its first and its latest training step: {job_id: {first_step,
+    first_time, last_step, last_time}} (jobs without a step left out), for an ETA measured
+    from the job's own steps (start-up excluded). Two index lookups per job."""
+    out: dict[str, dict[str, Any]] = {}
+    for jid in job_ids:
+        ends = list(db.execute(
+            "SELECT step, time FROM (SELECT step, time FROM metrics WHERE job_id = ? AND "
+            "name = 'loss' ORDER BY step LIMIT 1) UNION ALL SELECT step, time FROM (SELECT "
+            "step, time FROM metrics WHERE job_id = ? AND name = 'loss' ORDER BY step DESC "
+            "LIMIT 1)", [jid, jid]))
+        if len(ends) == 2 and ends[0][1] is not None and ends[1][1] is not None:
+            out[jid] = {"first_step": ends[0][0], "first_time": ends[0][1],
+                        "last_step": ends[1][0], "last_time": ends[1][1]}
+    return out
+
+
+def job_overhead(db: Database, job_id: str) -> float | None:
+    """Seconds a finished job spent outside its training steps: from its start to its first
+    step (loading the model, tokenizing, the first step's warm-up) and from its last step to its
+    end (the final evaluation, saving). None when it logged no step or has no times."""
+    job = next(db.query("SELECT started_at, finished_at FROM jobs WHERE id = ?", [job_id]), None)
+    ends = step_times(db, [job_id]).get(job_id)
+    if not job or not ends or not job["started_at"] or not job["finished_at"]:
+        return None
+    return max(0.0, ends["first_time"] - job["started_at"]) + \
+        max(0.0, job["finished_at"] - ends["last_time"])
+
+
 def _complete_upto(db: Database, job_id: str) -> int:
     """The last step whose metrics are complete: metrics_step while the job runs, any step
     once it has stopped (everything written is final)."""

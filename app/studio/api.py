@@ -317,7 +317,8 @@ READS = ("job_status", "job_metrics", "job_logs", "list_jobs", "job_artifacts", 
          "sweep_leaderboard")
 POOLS = {"validate_config": ("checks", 4), "estimate_memory": ("checks", 4),
          "submit_job": ("writes", 4), "submit_sweep": ("writes", 4),
-         "cancel_job": ("writes", 4), "export_job": ("writes", 4), "eval_job": ("writes", 4)}
+         "cancel_job": ("writes", 4), "export_job": ("writes", 4), "eval_job": ("writes", 4),
+         "prune_model": ("writes", 4)}
 
 
 def register() -> None:

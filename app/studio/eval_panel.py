@@ -25,6 +25,13 @@ FILTERS = ("all", "changed", "still wrong", "got worse")
 ROW_COLUMNS = ["#", "Prompt", "Reference", "Base", "Tuned", "Change"]
 SPLIT = "the job's validation split"
 MAX_ROWS = 500      # rows drawn in the table (the CSV has them all)
+#: fewer held-out records than this cannot tell a change from chance: the card says so, and no
+#: tile is coloured
+MIN_RECORDS = 20
+EMPTY_ANSWER = "(empty answer)"
+ADVICE = ("To tell, evaluate on more records: add data, raise the validation share "
+          "(data.val_fraction) or give a validation file (data.validation), or press Evaluate "
+          "on another data file.")
 OUTPUTS = 4         # what a poll updates: EvalPanel.outputs, the values of view()
 
 
@@ -130,8 +137,7 @@ def card_html(ev: dict[str, Any] | None, evals: list[dict[str, Any]] | None = No
             return f"{x * 100:.0f}%" if share else f"{x:.1f}"
 
         delta = m.get("delta")
-        tone = "" if delta is None else ("good" if m["delta_ci"][0] > 0 else
-                                         "bad" if m["delta_ci"][1] < 0 else "")
+        tone = tile_tone(m, ev["n"])
         change = "" if delta is None else (f" ({delta * 100:+.0f})" if share
                                            else f" ({delta:+.1f})")
         tiles.append((info["label"], f"{show(m.get('base'))} → {show(m['tuned'])}{change}",
@@ -144,10 +150,40 @@ def card_html(ev: dict[str, Any] | None, evals: list[dict[str, Any]] | None = No
             + (f" · {len(evals)} evaluations" if evals and len(evals) > 1 else ""))
     headline = card_line(ev)
     return (f'<div class="fs-card fs-eval-card" id="eval-card"><div class="fs-card-h">'
-            f'{render.esc(headline)}</div>{render.tiles(tiles)}<div class="fs-muted">'
+            f'{render.esc(headline)}</div>{verdict_html(ev)}{render.tiles(tiles)}'
+            f'<div class="fs-muted">'
             f'{render.esc(meta)}. Greedy answers, base vs tuned; intervals are paired bootstrap '
             f'95% intervals of the change. Exact match compares case- and punctuation-'
             f'insensitively.</div></div>')
+
+
+def tile_tone(m: dict[str, Any], n: int) -> str:
+    """A metric tile's colour: green only when the whole 95% interval of the change is above
+    zero, red only when it is below, and neither on fewer than MIN_RECORDS records."""
+    ci = m.get("delta_ci")
+    if m.get("delta") is None or not ci or n < MIN_RECORDS:
+        return ""
+    return "good" if ci[0] > 0 else "bad" if ci[1] < 0 else ""
+
+
+def verdict_html(ev: dict[str, Any], metric: str = "exact_match") -> str:
+    """Whether the evaluation can tell anything: too few records, or a change whose interval
+    covers zero, is said as such, with what to do; a clear change needs no words."""
+    n, m = ev["n"], (ev.get("metrics") or {}).get(metric) or {}
+    if n < MIN_RECORDS:
+        return render.note(f"Too few records to tell: {n} held-out record"
+                           f"{'s' if n != 1 else ''} (at least {MIN_RECORDS} are needed), so "
+                           f"these numbers are not a verdict. {ADVICE}", "warn")
+    ci = m.get("delta_ci")
+    if m.get("delta") is not None and ci and ci[0] <= 0 <= ci[1]:
+        return render.note("Not enough evidence of a change: the 95% interval of the change "
+                           f"covers zero. {ADVICE}", "warn")
+    return ""
+
+
+def answer_text(text: Any) -> str:
+    """An answer as the table shows it: a blank one said as such, not an empty cell."""
+    return text if isinstance(text, str) and text.strip() else EMPTY_ANSWER
 
 
 def jobs_html(running: list[dict[str, Any]]) -> str:
@@ -170,8 +206,8 @@ def rows_frame(job_id: Any, ev: dict[str, Any] | None, which: str = "all", actor
         found = jobview._api().job_eval(jobview.parse_id(job_id), eval_id=ev["id"],
                                         which=which or "all", limit=MAX_ROWS, actor=actor)
         rows = [{"#": r["index"] + 1, "Prompt": r["prompt"], "Reference": r["reference"],
-                 "Base": r.get("base") if r.get("base") is not None else "–",
-                 "Tuned": r["tuned"], "Change": r["change"]} for r in found["rows"]]
+                 "Base": answer_text(r["base"]) if r.get("base") is not None else "–",
+                 "Tuned": answer_text(r["tuned"]), "Change": r["change"]} for r in found["rows"]]
     return jobview.frame(rows, {c: ("int64" if c == "#" else "str") for c in ROW_COLUMNS})
 
 
@@ -247,7 +283,8 @@ def build(job_picker: Any, session: Any) -> EvalPanel:
                           elem_id="eval-download")
     button.click(_start, [job_picker, data, limit], message, api_visibility="private")
     which.change(_filter, [session, which], rows, api_visibility="private")
-    dl.click(_csv, [job_picker, which], [fetched, message], api_visibility="private")
+    dl.click(_csv, [job_picker, which], [fetched, message], api_visibility="private").success(
+        None, js=jobview.click_download("eval-download"), api_visibility="private")
     return EvalPanel(box, card, jobs, rows, which, data, message, fetched)
 
 

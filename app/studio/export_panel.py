@@ -240,7 +240,7 @@ def build(job_picker: Any) -> ExportPanel:
         with gr.Row(equal_height=False, elem_classes=["fs-export-grid"]):
             for fmt, (name, text) in FORMATS.items():
                 with gr.Column(min_width=160, elem_classes=["fs-export-fmt"]):
-                    buttons[fmt] = gr.Button(f"⇪ {name}", size="sm", elem_id=f"export-{fmt}")
+                    buttons[fmt] = gr.Button(f"⇩ {name}", size="sm", elem_id=f"export-{fmt}")
                     gr.HTML(f'<div class="fs-muted">{render.esc(text)}</div>')
         message = gr.HTML(elem_id="export-message", elem_classes=["fs-slot"])
         with gr.Row(equal_height=False, elem_classes=["fs-toolbar"]):
@@ -255,7 +255,8 @@ def build(job_picker: Any) -> ExportPanel:
     for fmt, button in buttons.items():
         button.click(_start(fmt), job_picker, message, api_visibility="private")
     stop.click(_cancel, job_picker, message, api_visibility="private")
-    files.select(_download, job_picker, [fetched, message], api_visibility="private")
+    files.select(_download, job_picker, [fetched, message], api_visibility="private").success(
+        None, js=jobview.click_download("export-download"), api_visibility="private")
     return ExportPanel(box, message, jobs, stop, files, fetched)
 
 

@@ -13,7 +13,7 @@ from dataclasses import fields
 from typing import Any
 
 from engine.config import (TRACKERS, ConfigError, Problem, TrainConfig, all_keys, choices_for,
-                           default_for, from_dict, help_for, validate)
+                           default_for, fields_of, from_dict, help_for, validate)
 from engine.config import label_for as config_label_for
 
 METHOD_LABELS = {
@@ -48,6 +48,8 @@ DATA_MAIN = ["data.format", "data.max_seq_len", "data.val_fraction"]
 DATA_ADVANCED = ["data.validation", "data.train_on_prompt", "data.packing", "data.dedupe",
                  "data.on_bad_record", "data.order", "data.min_tokens", "data.max_tokens",
                  "data.system_prompt"]
+#: which file column holds each field (shown next to the upload, app/studio/train_tab.py)
+DATA_COLUMNS = ["data.columns"]
 TRAIN_MAIN = ["train.epochs", "train.max_steps", "train.lr", "train.batch_size",
               "train.grad_accum", "train.scheduler"]
 TRAIN_ADVANCED = ["train.warmup_ratio", "train.optimizer", "train.precision",
@@ -92,7 +94,7 @@ PARALLEL_KEYS = ["parallel.gpus", "parallel.strategy", "parallel.cpu_offload",
 TRAIN_TRACKERS = ["train.report_to", "train.tracker_experiment"]
 #: every key in the form, in the order handlers receive their values
 FORM_KEYS = (["model.name", "data.train", "method.kind"] + MODEL_ADVANCED + DATA_MAIN +
-             DATA_ADVANCED + list(METHOD_KEYS) + TRAIN_MAIN + TRAIN_ADVANCED + TRAIN_OBJECTIVE +
+             DATA_ADVANCED + DATA_COLUMNS + list(METHOD_KEYS) + TRAIN_MAIN + TRAIN_ADVANCED + TRAIN_OBJECTIVE +
              TRAIN_TRACKERS + PARALLEL_KEYS)
 #: keys that change the memory estimate
 ESTIMATE_KEYS = {"model.name", "model.dtype", "model.attn_implementation", "data.max_seq_len",
@@ -104,7 +106,8 @@ ESTIMATE_KEYS = {"model.name", "model.dtype", "model.attn_implementation", "data
 #: keys that change the data report and preview
 DATA_KEYS = {"model.name", "data.train", "data.format", "data.max_seq_len",
              "data.train_on_prompt", "data.system_prompt", "data.dedupe", "data.min_tokens",
-             "data.max_tokens", "data.val_fraction", "data.validation", "train.objective"}
+             "data.max_tokens", "data.val_fraction", "data.validation", "train.objective",
+             "data.columns"}
 
 
 
@@ -167,6 +170,11 @@ def widget_spec(key: str) -> dict[str, Any]:
     return {**spec, "type": "text", "value": "" if default is None else str(default)}
 
 
+def columns_text(columns: dict[str, str] | None) -> str:
+    """data.columns as the form's text (and --set's value): "instruction=question, ..."."""
+    return ", ".join(f"{k}={v}" for k, v in (columns or {}).items())
+
+
 def form_to_values(values: list[Any] | tuple[Any, ...]) -> dict[str, Any]:
     """Positional form values (in FORM_KEYS order) to {key: value}, empties as None."""
     out = {}
@@ -224,6 +232,8 @@ def config_to_form(cfg: TrainConfig) -> list[Any]:
             import json
 
             value = json.dumps(value) if value else ""
+        elif isinstance(value, dict):          # data.columns: field=column, ...
+            value = columns_text(value)
         elif widget_spec(key)["type"] == "text":
             value = "" if value is None else str(value)
         out.append(value)
@@ -248,6 +258,8 @@ def overrides(cfg: TrainConfig) -> list[str]:
                 text = json.dumps(value)
             elif isinstance(value, list):
                 text = ",".join(value)
+            elif isinstance(value, dict):
+                text = columns_text(value).replace(" ", "")
             elif value is None:
                 text = "null"
             elif isinstance(value, bool):

@@ -140,12 +140,15 @@ def tokenizer_for(name: str):
 
 
 def store_upload(path: str | None, owner: str | None = None,
-                 actor: dict[str, Any] | None = None) -> str | None:
-    """The uploaded file, checked and kept by jobs.datasets.store_upload as the actor's (else
-    `owner`'s, default "local"); None for no file. A refused file raises DataError and leaves nothing behind."""
+                 actor: dict[str, Any] | None = None,
+                 columns: dict[str, str] | None = None) -> str | None:
+    """The uploaded file, checked (its columns renamed by `columns`, data.columns) and kept by
+    jobs.datasets.store_upload as the actor's (else `owner`'s, default "local"); None for no
+    file. A refused file raises DataError and leaves nothing behind."""
     from jobs import access, datasets
 
-    return datasets.store_upload(path, access.owner_of(actor, owner)) if path else None
+    return datasets.store_upload(path, access.owner_of(actor, owner), columns) if path \
+        else None
 
 
 def data_panel(values: dict[str, Any]) -> tuple[str, Any, list[list[tuple[str, str | None]]]]:
@@ -225,19 +228,26 @@ def estimate_panel(values: dict[str, Any], actor: Any = None) -> str:
     from engine.models.estimate import estimate_for, plan_for
     from jobs import api
 
+    from engine.models.recipes import lr_warning
+
     cfg, _ = form.build_config(values)
     timing = api.time_estimate(cfg, actor)
+    try:   # the rate far from what fits the method and model: said where the numbers are
+        far = lr_warning(cfg.train.lr, cfg.method.kind, cfg.model.name)
+    except Exception:  # noqa: BLE001 - an unreadable config.json: no advice
+        far = None
+    warn = render.note(far[:1].upper() + far[1:] + ".", "warn") if far else ""
     gpus = worker_gpus()
     try:
         est = estimate_for(cfg, device=gpus[1] if gpus else device())
     except Exception as exc:  # noqa: BLE001 - odd config.json files: say so, keep going
-        return render.estimate_card(None, f"No estimate: {exc}", timing=timing)
+        return render.estimate_card(None, f"No estimate: {exc}", timing=timing) + warn
     plan = None
     if gpus and est is not None:
         p = cfg.parallel
         plan = plan_for(est, p.gpus, cpu_offload=p.cpu_offload,
                         reshard=p.reshard_after_forward, max_gpus=gpus[0])
-    return render.estimate_card(est, timing=timing, plan=plan)
+    return render.estimate_card(est, timing=timing, plan=plan) + warn
 
 
 def _prompt_report(cfg: TrainConfig) -> str:

@@ -38,16 +38,39 @@ class JobsTab:
     outputs: list[Any]      # what a poll updates
     timer: Any
     table_timer: Any
+    selected: list[Any]     # what opening a job updates (select_job's outputs)
 
 
-#: the job page's own outputs, session to log (then the Export and Evaluation sections')
-JOB_OUTPUTS = 18
+#: the job page's own outputs, session to the Continue section (then the Export and Evaluation
+#: sections')
+JOB_OUTPUTS = 21
 
 
-def _plot(title: str, y: str, color: str | None = None, elem_id: str | None = None):
-    return gr.LinePlot(x="step", y="value", color=color, title=title, x_title="step",
-                       y_title=y, height=250, elem_id=elem_id, tooltip="all",
-                       color_map={"raw": "#a5b4fc", "smoothed": "#4338ca"} if color else None)
+#: each chart's name, shown above it (with what it waits for while it has no data)
+CHART_LABELS = {"loss": "Training loss (train vs eval)", "eval_loss": "Eval loss",
+                "lr": "Learning rate", "tokens_per_s": "Throughput",
+                "gen": "Held-out answers of the tuned model (train.eval_generate)",
+                "rewards": "Rewards (train.objective: policy vs reference)",
+                "accuracy": "Reward accuracy (pairs whose chosen answer wins)",
+                "grpo_reward": "Reward (total, per function, held out)",
+                "grpo_stats": "Reward spread, KL, clip ratio",
+                "grpo_length": "Completion length"}
+WAITING = {"eval_loss": "waiting for the first evaluation (train.eval_every)"}
+#: scroll the log pane to its newest line whenever it changes (follow the tail)
+FOLLOW_LOG = ("() => { const t = document.querySelector('#log-tail textarea'); "
+              "if (t) { t.scrollTop = t.scrollHeight; } }")
+def _plot(name: str, y: str, color: str | None = None, elem_id: str | None = None):
+    return gr.LinePlot(x="step", y="value", color=color, x_title="step", y_title=y,
+                       height=250, elem_id=elem_id, tooltip="all", label=CHART_LABELS[name],
+                       show_label=True, elem_classes=["fs-chart"])
+
+
+def _chart(frame, name: str, column: str | None = None, **kw):
+    """A job chart's update: its frame, a colour per series, and its name saying what it
+    waits for while it has no data."""
+    waiting = WAITING.get(name, "waiting for the first step")
+    return jobview.plot_update(frame, column, label=CHART_LABELS[name] if len(frame) else
+                               f"{CHART_LABELS[name]} · {waiting}", **kw)
 
 
 def build() -> JobsTab:
@@ -80,42 +103,29 @@ def build() -> JobsTab:
         progress = gr.HTML(elem_id="job-progress")
         message = gr.HTML(elem_id="job-message", elem_classes=["fs-slot"])
         with gr.Row():
-            loss = _plot("Training loss", "loss", color="series", elem_id="loss-plot")
-            eval_loss = gr.ScatterPlot(x="step", y="value", title="Eval loss", x_title="step",
-                                       y_title="eval loss", height=250, elem_id="eval-plot",
-                                       tooltip="all")
+            loss = _plot("loss", "loss", color="series", elem_id="loss-plot")
+            eval_loss = gr.ScatterPlot(x="step", y="value", x_title="step", y_title="eval loss",
+                                       height=250, elem_id="eval-plot", tooltip="all",
+                                       label=CHART_LABELS["eval_loss"], show_label=True,
+                                       elem_classes=["fs-chart"])
         with gr.Row():
-            lr = _plot("Learning rate", "lr", elem_id="lr-plot")
-            tps = gr.LinePlot(x="step", y="value", color="series", title="Throughput",
-                              x_title="step", y_title="tokens/s", height=250,
-                              elem_id="tps-plot", tooltip="all")
-        gen = gr.LinePlot(x="step", y="value", color="series", title="Held-out answers of the "
-                          "tuned model (train.eval_generate)", x_title="step", y_title="%",
-                          height=230, elem_id="gen-plot", tooltip="all", visible=False)
+            lr = _plot("lr", "lr", elem_id="lr-plot")
+            tps = _plot("tokens_per_s", "tokens/s", color="series", elem_id="tps-plot")
+        gen = gr.LinePlot(x="step", y="value", color="series", label=CHART_LABELS["gen"],
+                          show_label=True, x_title="step", y_title="%", height=230,
+                          elem_id="gen-plot", tooltip="all", visible=False,
+                          elem_classes=["fs-chart"])
         with gr.Row(visible=False, elem_id="reward-row") as reward_row:   # preference jobs
-            rewards = gr.LinePlot(x="step", y="value", color="series", title="Rewards "
-                                  "(train.objective: policy vs reference)", x_title="step",
-                                  y_title="reward", height=250, elem_id="reward-plot",
-                                  tooltip="all")
-            accuracy = gr.LinePlot(x="step", y="value", color="series", title="Reward accuracy "
-                                   "(pairs whose chosen answer wins)", x_title="step",
-                                   y_title="%", height=250, elem_id="reward-accuracy-plot",
-                                   tooltip="all")
+            rewards = _plot("rewards", "reward", color="series", elem_id="reward-plot")
+            accuracy = _plot("accuracy", "%", color="series", elem_id="reward-accuracy-plot")
         with gr.Column(visible=False, elem_id="grpo-section") as grpo_section:  # grpo jobs
             with gr.Row():
-                grpo_reward = gr.LinePlot(x="step", y="value", color="series",
-                                          title="Reward (total, per function, held out)",
-                                          x_title="step",
-                                          y_title="reward", height=250,
-                                          elem_id="grpo-reward-plot", tooltip="all")
-                grpo_stats = gr.LinePlot(x="step", y="value", color="series",
-                                         title="Reward spread, KL, clip ratio", x_title="step",
-                                         y_title="value", height=250, elem_id="grpo-stats-plot",
-                                         tooltip="all")
-                grpo_length = gr.LinePlot(x="step", y="value", color="series",
-                                          title="Completion length", x_title="step",
-                                          y_title="tokens", height=250,
-                                          elem_id="grpo-length-plot", tooltip="all")
+                grpo_reward = _plot("grpo_reward", "reward", color="series",
+                                    elem_id="grpo-reward-plot")
+                grpo_stats = _plot("grpo_stats", "value", color="series",
+                                   elem_id="grpo-stats-plot")
+                grpo_length = _plot("grpo_length", "tokens", color="series",
+                                    elem_id="grpo-length-plot")
             grpo_samples = gr.Dataframe(headers=jobview.SAMPLE_COLUMNS, interactive=False,
                                         wrap=True, max_height=320, elem_id="grpo-samples",
                                         label="Recent sampled completions (the newest "
@@ -139,9 +149,10 @@ def build() -> JobsTab:
                                      elem_id="compare-picker")
         compare_metric = gr.Dropdown(choices=list(jobview.COMPARED), value="training loss",
                                      label="Metric", elem_id="compare-metric")
-        compare_plot = gr.LinePlot(x="step", y="loss", color="job", height=320,
+        compare_plot = gr.LinePlot(x="step", y="loss", color="job", height=360,
                                    title="Smoothed, with its eval value as a second line",
-                                   y_title="value", elem_id="compare-plot")
+                                   y_title="value", elem_id="compare-plot",
+                                   elem_classes=["fs-chart"])
         compare_evals = gr.Dataframe(interactive=False, wrap=False, elem_id="compare-evals",
                                      label="Generation evaluation, newest of each job "
                                            "(base → tuned)")
@@ -149,20 +160,23 @@ def build() -> JobsTab:
     timer, table_timer = gr.Timer(TICK), gr.Timer(TABLE_TICK)
     outputs = [session, header, progress, loss, eval_loss, lr, tps, gen, reward_row, rewards,
                accuracy, grpo_section, grpo_reward, grpo_stats, grpo_length, grpo_samples, log,
-               continued]
+               cancel, resume, delete, continued]
     assert len(outputs) == JOB_OUTPUTS
     outputs += export.outputs + evaluation.outputs
+    selected = outputs + [remembered, export.message, export.download, evaluation.message,
+                          evaluation.download, evaluation.data, evaluation.which, message,
+                          confirm]
+    assert len(selected) == SELECTED_OUTPUTS
     tab = JobsTab(table, status_filter, job_picker, session, remembered, clone, compare_picker,
-                  export, evaluation, outputs, timer, table_timer)
+                  export, evaluation, outputs, timer, table_timer, selected)
 
+    multi = [loss, tps, gen, rewards, accuracy, grpo_reward, grpo_stats, grpo_length]
+    quiet = dict(show_progress="hidden", api_visibility="private")
     # the ticks only read: never in line behind each other or behind slow work (app/studio/api.py)
-    timer.tick(tick, [session, job_picker], outputs, show_progress="hidden",
-               concurrency_limit=None, api_visibility="private")
-    job_picker.change(select_job, [job_picker, session],
-                      outputs + [remembered, export.message, export.download,
-                                 evaluation.message, evaluation.download, evaluation.data,
-                                 evaluation.which],
-                      show_progress="hidden", api_visibility="private")
+    timer.tick(tick, [session, job_picker], outputs, concurrency_limit=None, **quiet).then(
+        chart_colors, session, multi, concurrency_limit=None, **quiet)
+    job_picker.change(select_job, [job_picker, session], selected, **quiet).then(
+        chart_colors, session, multi, **quiet)
     table_timer.tick(table_tick, [status_filter, table], [table, job_picker, compare_picker],
                      show_progress="hidden", concurrency_limit=None, api_visibility="private")
     gr.on([refresh.click, status_filter.change], refresh_table, [status_filter],
@@ -196,19 +210,43 @@ def build() -> JobsTab:
     for button, fn in ((dl_adapter, jobview.adapter_zip), (dl_bundle, jobview.bundle_zip),
                        (dl_csv, jobview.metrics_csv)):
         button.click(_download(fn), [job_picker, downloads], [downloads, message],
-                     api_visibility="private")
+                     api_visibility="private").success(
+            None, js=jobview.click_download("downloads"), api_visibility="private")
+    log.change(None, js=FOLLOW_LOG, api_visibility="private")
     gr.on([compare_picker.change, compare_metric.change], compare,
           [compare_picker, compare_metric], [compare_plot, compare_evals],
-          api_visibility="private")
+          trigger_mode="always_last", api_visibility="private").then(   # the last pick counts
+        compare_colors, [compare_picker, compare_metric], compare_plot, **quiet)
     return tab
 
 
 def compare(ids, metric="training loss", request: gr.Request = None):
     if not ids:
-        return None, None
+        return gr.update(value=None), None
     actor = actor_of(request)
-    return (jobview.compare_frame(ids, actor=actor, metric=metric),
+    return (jobview.plot_update(jobview.compare_frame(ids, actor=actor, metric=metric), "job",
+                                title=f"{metric}: {len(ids)} job{'s' if len(ids) != 1 else ''}, "
+                                      "smoothed, each with its eval value as a second line"),
             eval_panel.compare_frame(ids, actor))
+
+
+def compare_colors(ids, metric="training loss", request: gr.Request = None):
+    """The compare chart's colours, once its data is in the page (jobview.colors_update)."""
+    if not ids:
+        return gr.skip()
+    return jobview.colors_update(jobview.compare_frame(ids, actor=actor_of(request),
+                                                      metric=metric), "job")
+
+
+def chart_colors(session):
+    """The job page's multi-series charts' colours, once their data is in the page
+    (jobview.colors_update): read from the session, no store access."""
+    names = ("loss", "tokens_per_s", "gen", "rewards", "accuracy", "grpo_reward", "grpo_stats",
+             "grpo_length")
+    if not session or not session.get("curves"):
+        return [gr.skip()] * len(names)
+    f = jobview.frames(session)
+    return [jobview.colors_update(f[k], "series") for k in names]
 
 
 def _download(fn):
@@ -233,21 +271,24 @@ def _outputs(session, job, actor: Any = None) -> list[Any]:
     log = "\n".join(session["log"])
     total = jobview.progress_of(job)[1] if job is not None else None
     span = [0, total] if total else None           # the charts fill up from left to right
-    # an empty frame would fix a chart's colour scale before any series exists: send None
-    plots = [gr.update(value=f[k] if len(f[k]) else None, x_lim=span)
-             for k in ("loss", "eval_loss", "lr", "tokens_per_s")]
-    gen = gr.update(value=f["gen"] if len(f["gen"]) else None, x_lim=span,
-                    visible=bool(len(f["gen"])))     # only jobs that score their answers
+    # every multi-series chart gets a colour per series with its frame (jobview.plot_update)
+    plots = [_chart(f["loss"], "loss", "series", x_lim=span),
+             _chart(f["eval_loss"], "eval_loss", x_lim=span), _chart(f["lr"], "lr", x_lim=span),
+             _chart(f["tokens_per_s"], "tokens_per_s", "series", x_lim=span)]
+    gen = _chart(f["gen"], "gen", "series", x_lim=span,
+                 visible=bool(len(f["gen"])))        # only jobs that score their answers
     prefer = bool(len(f["rewards"]))                 # only preference-tuning jobs
-    rewards = [gr.update(value=f[k] if len(f[k]) else None, x_lim=span)
-               for k in ("rewards", "accuracy")]
+    rewards = [_chart(f[k], k, "series", x_lim=span) for k in ("rewards", "accuracy")]
     grpo = bool(jobview.reward_series(job))          # only GRPO jobs
-    grpo_plots = [gr.update(value=f[k] if len(f[k]) else None, x_lim=span)
+    grpo_plots = [_chart(f[k], k, "series", x_lim=span)
                   for k in ("grpo_reward", "grpo_stats", "grpo_length")]
     samples = jobview.samples_frame(job, actor) if grpo else gr.skip()
+    can = jobview.actions(job)         # a button is enabled only where its action applies
     return [session, jobview.header_html(job), jobview.progress_html(session, job), *plots, gen,
             gr.update(visible=prefer), *rewards, gr.update(visible=grpo), *grpo_plots, samples,
-            log, gr.update(visible=continue_panel.can_continue(job))]
+            log, gr.update(interactive=can["cancel"]), gr.update(interactive=can["resume"]),
+            gr.update(interactive=can["delete"]),
+            gr.update(visible=continue_panel.can_continue(job))]
 
 
 def tick(session, jid, request: gr.Request = None):
@@ -274,9 +315,16 @@ def select_job(jid, session, request: gr.Request = None):
     session, _ = export_panel.poll(session, job, actor)
     session, _ = eval_panel.poll(session, job, actor)
     hidden = gr.update(value=None, visible=False)
-    return _outputs(session, job, actor) + export_panel.view(session, actor) + \
+    page = _outputs(session, job, actor)
+    page[JOB_OUTPUTS - 2] = gr.update(interactive=jobview.actions(job)["delete"], visible=True)
+    return page + export_panel.view(session, actor) + \
         eval_panel.view(session, "all", actor) + [jid, "", hidden, "", hidden, gr.update(
-            choices=eval_panel.data_choices(actor), value=""), "all"]
+            choices=eval_panel.data_choices(actor), value=""), "all", "",
+            gr.update(visible=False)]
+
+
+#: how many outputs opening a job updates (JobsTab.selected)
+SELECTED_OUTPUTS = JOB_OUTPUTS + export_panel.OUTPUTS + eval_panel.OUTPUTS + 9
 
 
 def refresh_table(status, request: gr.Request = None):
@@ -314,12 +362,13 @@ def attach(demo, tab: JobsTab) -> None:
 
 
 def open_started(job_id, session, request: gr.Request = None):
-    """After Start: switch to the Jobs tab showing the new job."""
+    """After Start: switch to the Jobs tab showing the new job, its page drawn in the same
+    step (not on the picker's change, which waits in the queue behind the old job's ticks)."""
     if job_id is None:
-        return gr.skip(), gr.skip(), gr.skip()
-    return (gr.Tabs(selected="jobs"),
+        return [gr.skip()] * (2 + SELECTED_OUTPUTS)
+    return [gr.Tabs(selected="jobs"),
             gr.update(choices=jobview.choices(actor=actor_of(request)), value=str(job_id)),
-            jobview.new_session(job_id))
+            *select_job(str(job_id), session, request)]
 
 
 def clone_values(jid, request: gr.Request = None):

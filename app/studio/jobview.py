@@ -92,16 +92,32 @@ def progress_of(job: dict[str, Any]) -> tuple[int, int | None]:
                                         else None)
 
 
-def eta_of(job: dict[str, Any], now: float | None = None) -> float | None:
+#: steps the job must have timed itself over before its ETA comes from its own pace
+PACE_STEPS = 3
+
+
+def eta_of(job: dict[str, Any], times: dict[str, Any] | None = None,
+           now: float | None = None) -> float | None:
+    """Seconds left for a running job: THE ETA, for every place that shows one (the table,
+    the progress bar). From the job's own pace between its first and latest logged step
+    (`times`: jobs.api.step_times of the job) once PACE_STEPS steps were timed, so loading the
+    model does not count as training; before that from the time since it started. None when
+    not running or the total is unknown."""
     step, total = progress_of(job)
     started = job.get("started_at")
     if job["status"] != "running" or not started or not total or step <= 0:
         return None
-    elapsed = (now or time.time()) - started
-    return elapsed / step * max(0, total - step)
+    now = now or time.time()
+    if times and times["last_step"] - times["first_step"] >= PACE_STEPS:
+        pace = (times["last_time"] - times["first_time"]) / \
+            (times["last_step"] - times["first_step"])
+        done = max(step, times["last_step"])
+        since = max(0.0, now - times["last_time"])     # the step under way
+        return max(0.0, pace * max(0, total - done) - min(since, pace))
+    return (now - started) / step * max(0, total - step)
 
 
-def table_row(job: dict[str, Any]) -> list[Any]:
+def table_row(job: dict[str, Any], times: dict[str, Any] | None = None) -> list[Any]:
     cfg, status = job["config"], job["status"]
     step, total = progress_of(job)
     share = f"{step / total:.0%} · {step}/{total}" if total else (f"step {step}" if step else "")
@@ -111,7 +127,7 @@ def table_row(job: dict[str, Any]) -> list[Any]:
     took = (finished or time.time()) - started if started else None
     model = str((cfg.get("model") or {}).get("name", ""))
     return [job["id"], job["name"], f"{render.STATUS_ICONS.get(status, '')} {status}", share,
-            render.duration(eta_of(job)), _clock(job.get("started_at") or job["created_at"]),
+            render.duration(eta_of(job, times)), _clock(job.get("started_at") or job["created_at"]),
             render.duration(took), job["owner"],
             model.rstrip("/").rsplit("/", 1)[-1] if "/" in model and Path(model).is_absolute()
             else model, (cfg.get("method") or {}).get("kind", ""), gpus_cell(job)]
@@ -159,7 +175,10 @@ def table(status: str | None = None, jobs: list[Any] | None = None, actor: Any =
     import pandas as pd
 
     jobs = list_jobs(status, actor=actor) if jobs is None else jobs
-    return pd.DataFrame([table_row(j) for j in jobs], columns=TABLE_COLUMNS)
+    running = [j for j in jobs if j["status"] == "running"]
+    times = _api().step_times(running) if running else {}
+    return pd.DataFrame([table_row(j, times.get(j["id"])) for j in jobs],
+                        columns=TABLE_COLUMNS)
 
 
 def job_label(job: dict[str, Any]) -> str:
@@ -188,8 +207,7 @@ def pick_default(jobs: list[dict[str, Any]], remembered: Any = None) -> str | No
 def new_session(job_id: Any = None) -> dict[str, Any]:
     """A page's state for one job; "curves" is None until the first poll reads them."""
     return {"job": None if job_id in (None, "") else str(job_id), "since": -1, "curves": None,
-            "status": None, "log_since": 0, "log": [], "version": 0, "rate_from": None,
-            "rate_to": None}
+            "status": None, "log_since": 0, "log": [], "version": 0}
 
 
 def poll(session: dict[str, Any] | None, job_id: Any, actor: Any = None
@@ -213,7 +231,7 @@ def poll(session: dict[str, Any] | None, job_id: Any, actor: Any = None
     if session.get("attempt") not in (None, attempt):
         # claimed again (resumed from a checkpoint): the steps past the checkpoint were
         # deleted and are being written anew, so the curves start over from the store
-        session.update(curves=None, since=-1, rate_from=None, rate_to=None)
+        session.update(curves=None, since=-1)
     session["attempt"] = attempt
     if session["curves"] is None:     # the first poll: every curve so far, bucketed in SQL
         names = (*CHARTED, *reward_series(job))
@@ -224,10 +242,6 @@ def poll(session: dict[str, Any] | None, job_id: Any, actor: Any = None
         # row (Curve.add skips a step it has counted)
         records = api.metrics(jid, since_step=max(-1, session["since"] - 1), actor=actor)
         added = _add_rows(session, metric_rows(records))
-    if added and session["since"] > 0:   # for the ETA: steps seen over time
-        seen = (time.time(), session["since"])
-        session["rate_from"] = session.get("rate_from") or seen
-        session["rate_to"] = seen
     lines = api.logs(jid, since=session["log_since"], actor=actor)
     new_lines, session["log_since"] = _log_lines(lines, session["log_since"])
     if new_lines:
@@ -316,6 +330,44 @@ def frame(rows: list[dict[str, Any]], columns: dict[str, str]):
 
 STEP_VALUE = {"step": "int64", "value": "float64"}
 
+#: series colours, distinct at a glance (Tableau 10); named series keep theirs (FIXED_COLORS)
+PALETTE = ("#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1",
+           "#ff9da7", "#9c755f", "#bab0ac")
+FIXED_COLORS = {"raw": "#a5b4fc", "smoothed": "#4338ca", "eval": "#ea580c"}
+
+
+def color_map(frame: Any, column: str) -> dict[str, str] | None:
+    """A colour for every series in `frame[column]`, in order of appearance; None when empty."""
+    if frame is None or column not in getattr(frame, "columns", ()) or not len(frame):
+        return None
+    names = list(dict.fromkeys(str(v) for v in frame[column]))
+    free = iter(c for c in PALETTE * (1 + len(names) // len(PALETTE))
+                if c not in FIXED_COLORS.values())
+    return {n: FIXED_COLORS.get(n) or next(free) for n in names}
+
+
+def plot_update(frame: Any, column: str | None = None, **kw: Any) -> dict[str, Any]:
+    """The gr.update of a chart's data: its frame (None while empty: an empty frame would fix
+    the colour scale before any series exists). Its colours follow in a second update
+    (colors_update): the browser's chart fixes which series it draws when its settings
+    change, not when only its data does, and a settings change sent with the data is applied
+    before the data is; so a chart of several series gets its data first, then a colour per
+    series, which redraws it with every series it was given whenever that set changed."""
+    import gradio as gr
+
+    empty = frame is None or not len(frame)
+    return gr.update(value=None if empty else frame, **kw)
+
+
+def colors_update(frame: Any, column: str) -> Any:
+    """The second update of a multi-series chart (after plot_update's, once it was applied):
+    a colour per series; unchanged when the same series are drawn (no redraw), skipped while
+    empty."""
+    import gradio as gr
+
+    found = color_map(frame, column)
+    return gr.update(color_map=found) if found else gr.skip()
+
 
 def labelled(session: dict[str, Any], names: dict[str, str], scale: float = 1.0):
     """One chart's frame of several curves: each metric in `names` as the series of its label,
@@ -326,13 +378,14 @@ def labelled(session: dict[str, Any], names: dict[str, str], scale: float = 1.0)
 
 
 def frames(session: dict[str, Any]) -> dict[str, Any]:
-    """The chart frames: loss (raw and smoothed), eval loss, learning rate, tokens/s, and the
+    """The chart frames: loss (raw, smoothed and eval: train vs eval on one chart), eval loss, learning rate, tokens/s, and the
     generation metrics (the tuned model's answers, in percent: one point per evaluation), and
     for preference tuning the rewards and reward accuracy (percent); at most twice CHART_POINTS
     points per series (Curve.points)."""
     loss = curve(session, "loss")
     rows = [{"step": s, "value": v, "series": "raw"} for s, v in loss.points()] + \
-        [{"step": s, "value": v, "series": "smoothed"} for s, v in loss.smoothed()]
+        [{"step": s, "value": v, "series": "smoothed"} for s, v in loss.smoothed()] + \
+        [{"step": s, "value": v, "series": "eval"} for s, v in series(session, "eval_loss")]
     out = {"loss": frame(rows, {**STEP_VALUE, "series": "str"})}
     for name in ("eval_loss", "lr"):
         out[name] = frame([{"step": s, "value": v} for s, v in series(session, name)],
@@ -361,13 +414,27 @@ def progress_html(session: dict[str, Any], job: dict[str, Any] | None) -> str:
         total = int(last_total[1])
     if status == "completed" and not total:
         total = step or None
-    eta = eta_of({**job, "step": step, "total_steps": total})
-    (t0, s0), (t1, s1) = session.get("rate_from") or (0, 0), session.get("rate_to") or (0, 0)
-    if status == "running" and total and s1 > s0:       # the pace seen on this page
-        eta = (t1 - t0) / (s1 - s0) * max(0, total - s1) - (time.time() - t1)
-        eta = max(eta, 0)
+    times = _api().step_times([job]).get(job["id"]) if status == "running" else None
+    eta = eta_of({**job, "step": step, "total_steps": total}, times)
     label = f"ETA {render.duration(eta)}" if eta is not None else ""
     return render.progress(step, total, label, status)
+
+
+def actions(job: dict[str, Any] | None) -> dict[str, bool]:
+    """Which of the job page's buttons apply to the job's state: cancel a queued, running or
+    interrupted job; resume an interrupted, failed or cancelled one (jobs.api.resume's rule);
+    delete one that is not queued or running."""
+    status = job["status"] if job else None
+    return {"cancel": status in ("queued", "running", "interrupted"),
+            "resume": status in ("interrupted", "failed", "cancelled"),
+            "delete": status is not None and status not in ("queued", "running")}
+
+
+def studio_hint(hint: str) -> str:
+    """A job's hint as the studio says it: the CLI's resume command is the Resume button here."""
+    import re
+
+    return re.sub(r"`ftstudio jobs resume [^`]+`", "the ↻ Resume button above", hint)
 
 
 def header_html(job: dict[str, Any] | None) -> str:
@@ -382,7 +449,7 @@ def header_html(job: dict[str, Any] | None) -> str:
         + [f"parallel {parallel_text(job)}"])
     error, hint = job.get("error"), job.get("hint")
     notes = (render.note(str(error), "bad") if error else "") + \
-        (render.note(str(hint), "info") if hint else "")
+        (render.note(studio_hint(str(hint)), "info") if hint else "")
     return (f'<div class="fs-job-h"><span class="fs-job-name">#{render.esc(job["id"])} '
             f'{render.esc(job["name"])}</span>'
             f'{render.badge(job["status"])}<span class="fs-muted">'
@@ -421,6 +488,14 @@ def compare_frame(job_ids: list[Any], actor: Any = None, metric: str = "training
 
 
 # --------------------------------------------------------------------------- files
+
+
+def click_download(elem_id: str) -> str:
+    """The JS that fetches the newest file shown in the gr.File `elem_id`: run after a handler
+    handed it a file, so one click on a download button (or on a file) downloads it; the
+    file box stays, as a link to fetch it again."""
+    return ("() => setTimeout(() => { const links = document.querySelectorAll('#" + elem_id +
+            " a[download]'); if (links.length) links[links.length - 1].click(); }, 300)")
 
 
 def visible_job(job_id: Any, actor: Any = None) -> dict[str, Any]:

@@ -23,6 +23,7 @@ PART_LABELS = {"weights": "Weights", "adapter": "Adapter", "gradients": "Gradien
                "optimizer": "Optimizer state", "activations": "Activations",
                "logits": "Logits", "slack": "Allocator slack",
                "runtime": "Runtime (libraries, CUDA context)"}
+CPU_RUNTIME = "Runtime (Python libraries)"     # no CUDA context where there is no GPU
 #: engine.models.estimate's note on glibc's heap on CPU (it names this variable) is a paragraph: the
 #: card says it in one line and keeps the paragraph under Breakdown
 ALLOCATOR_MARK = "MALLOC_MMAP_THRESHOLD_"
@@ -104,7 +105,8 @@ def estimate_card(est: Estimate | None, reason: str = "",
              f"CPU RAM · {human_bytes(dev.available_bytes)} free of "
              f"{human_bytes(dev.total_bytes)}")
     parts = sorted(((k, v) for k, v in est.parts.items() if v), key=lambda kv: -kv[1])
-    legend = "".join(f'<div class="fs-part"><span>{esc(PART_LABELS.get(k, k))}</span>'
+    labels = PART_LABELS if dev.kind == "cuda" else {**PART_LABELS, "runtime": CPU_RUNTIME}
+    legend = "".join(f'<div class="fs-part"><span>{esc(labels.get(k, k))}</span>'
                      f'<span>{human_bytes(v)}</span></div>' for k, v in parts)
     allocator = [n for n in est.notes if ALLOCATOR_MARK in n]
     legend += "".join(f'<div class="fs-muted fs-part-note">{esc(n[:1].upper() + n[1:])}.</div>'

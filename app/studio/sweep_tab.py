@@ -16,6 +16,8 @@ import gradio as gr
 
 from app.studio import form, render
 from app.studio.curves import Curve, curves
+from app.studio import jobview
+from app.studio.jobview import plot_update
 from app.studio.session import actor as actor_of
 from engine.config import ConfigError, Problem
 
@@ -107,15 +109,17 @@ def card(values: dict[str, Any], texts: dict[str, str], actor: Any = None) -> st
                                                              point.items()]), actor)
         except ConfigError:
             timing = None
-        if timing and "seconds_per_epoch" in timing:
-            total += timing["seconds_per_epoch"] * (timing["epochs"] or 1)
+        if timing and "seconds_per_epoch" in timing:   # each job loads and saves again
+            total += timing["seconds_per_epoch"] * (timing["epochs"] or 1) + \
+                timing.get("startup_s", 0.0)
             why = "" if timing["epochs"] else " (one epoch each: train.max_steps is set)"
         else:
             missing += 1
             why = (timing or {}).get("missing", "no data report yet")
     shape = " × ".join(f"{len(v)} {form.label_for(k).lower()}" for k, v in grid.items())
     time_text = (f"about <b>{render.duration(total)}</b> in total{render.esc(why)}, one "
-                 "after another on one worker" if not missing else
+                 "after another on one worker, each job's start-up (loading, saving) "
+                 "counted" if not missing else
                  f"time: {render.esc(why)}")
     return (f'<div class="fs-card" id="sweep-count"><b>{len(points)} jobs</b> '
             f'({render.esc(shape)}) · {time_text}</div>')
@@ -149,6 +153,7 @@ class SweepTab:
     board: Any
     clone: Any
     message: Any
+    empty: list[Any]        # what refresh_choices updates besides the picker (empty_state)
 
 
 def choices(actor: Any = None) -> list[tuple[str, str]]:
@@ -158,32 +163,36 @@ def choices(actor: Any = None) -> list[tuple[str, str]]:
 
 def build() -> SweepTab:
     with gr.Row(equal_height=False, elem_classes=["fs-toolbar"]):
-        picker = gr.Dropdown(choices=[], label="Sweep", show_label=False, scale=1,
-                             min_width=260, container=False, elem_id="sweep-picker")
+        picker = gr.Dropdown(choices=[], label="Sweep", scale=1, min_width=260,
+                             elem_id="sweep-picker")
         metric = gr.Dropdown(choices=["eval_loss"], value="eval_loss", label="Rank by",
-                             scale=0, min_width=200, container=False, elem_id="sweep-metric")
-        kw = dict(size="sm", scale=0, min_width=150)
+                             scale=0, min_width=200, elem_id="sweep-metric")
+        kw = dict(size="sm", scale=0, min_width=150, interactive=False)   # until a sweep
         cancel = gr.Button("■ Cancel the rest", elem_id="sweep-cancel", **kw)
         resume = gr.Button("↻ Resume failed", elem_id="sweep-resume", **kw)
         clone = gr.Button("Clone the best into Train", elem_id="sweep-clone", **kw)
         tb = gr.Button("⇩ TensorBoard (.zip)", elem_id="sweep-tb", **kw)
-    header = gr.HTML(elem_id="sweep-header")
+    header = gr.HTML(empty_html(), elem_id="sweep-header")
     message = gr.HTML(elem_id="sweep-message", elem_classes=["fs-slot"])
-    board = gr.Dataframe(interactive=False, wrap=False, elem_id="sweep-board",
-                         label="Leaderboard")
-    with gr.Row():
+    board = gr.Dataframe(value=board_frame({"metric": "eval_loss", "keys": [], "rows": []}),
+                         interactive=False, wrap=False, elem_id="sweep-board",
+                         label="Leaderboard", visible=False)
+    with gr.Row(visible=False, elem_id="sweep-charts") as charts:
         loss = gr.LinePlot(x="step", y="value", color="job", title="Training loss (smoothed)",
                            x_title="step", y_title="loss", height=280, tooltip="all",
-                           elem_id="sweep-loss")
-        chosen = gr.LinePlot(x="step", y="value", color="job", title="Ranked metric",
-                             x_title="step", y_title="value", height=280, tooltip="all",
-                             elem_id="sweep-curves")
+                           elem_id="sweep-loss", elem_classes=["fs-chart"])
+        # points, not lines: an eval metric may have one value per job (a line of one point
+        # draws nothing)
+        chosen = gr.ScatterPlot(x="step", y="value", color="job", title="Ranked metric",
+                                x_title="step", y_title="value", height=280, tooltip="all",
+                                elem_id="sweep-curves", elem_classes=["fs-chart"])
     download = gr.File(label="Ready to download", interactive=False, visible=False,
                        elem_id="sweep-download")
     timer = gr.Timer(TICK)
-    outputs = [header, board, metric, loss, chosen]
+    outputs = [header, board, metric, loss, chosen, cancel, resume, clone, tb, charts]
     quiet = dict(show_progress="hidden", api_visibility="private")
-    gr.on([picker.change, metric.change, timer.tick], view, [picker, metric], outputs, **quiet)
+    gr.on([picker.change, metric.change, timer.tick], view, [picker, metric], outputs,
+          **quiet).then(colors, [picker, metric], [loss, chosen], **quiet)
 
     def act(fn, verb):
         def run(sid, request: gr.Request = None):
@@ -201,21 +210,48 @@ def build() -> SweepTab:
     resume.click(act(lambda s, actor: _sweeps().resume_failed(s, actor=actor),
                      "resume failed"), picker, message, api_visibility="private")
     tb.click(tensorboard, picker, [download, message], api_visibility="private")
-    return SweepTab(picker, metric, board, clone, message)
+    download.change(None, js=jobview.click_download("sweep-download"), **quiet)
+    return SweepTab(picker, metric, board, clone, message,
+                    [header, board, charts, cancel, resume, clone, tb])
 
 
 def view(sid, metric, request: gr.Request = None):
     """The group page of sweep `sid`: header, leaderboard, metric choices, the curves."""
     if not sid:
-        return [gr.skip()] * 5
+        return [gr.skip()] * 10
     try:
         actor = actor_of(request)
         data = _sweeps().leaderboard(sid, metric or "eval_loss", actor=actor)
     except (KeyError, ValueError) as exc:
-        return [render.note(str(exc).strip("'\""), "bad")] + [gr.skip()] * 4
+        return [render.note(str(exc).strip("'\""), "bad")] + [gr.skip()] * 9
+    statuses = {r["status"] for r in data["rows"]}
+    has_metric = any(r["value"] is not None for r in data["rows"])
     loss, ranked = _curves(data, actor)
-    return [header_html(data), board_frame(data),
-            gr.update(choices=data["metrics"], value=data["metric"]), loss, ranked]
+    totals = [r["total_steps"] for r in data["rows"] if r["total_steps"]]
+    span = [0, max(totals)] if totals else None     # a metric at one step keeps a step axis
+    return [header_html(data), gr.update(value=board_frame(data), visible=True),
+            gr.update(choices=data["metrics"], value=data["metric"]),
+            plot_update(loss, "job", x_lim=span),
+            plot_update(ranked, "job", x_lim=span, title=f"Ranked metric: {data['metric']}",
+                        y_title=data["metric"]),
+            # each button only where its action applies
+            gr.update(interactive=bool(statuses & {"queued", "running", "interrupted"})),
+            gr.update(interactive=bool(statuses & {"failed", "cancelled", "interrupted"})),
+            gr.update(interactive=has_metric), gr.update(interactive=True),
+            gr.update(visible=True)]
+
+
+def colors(sid, metric, request: gr.Request = None):
+    """The two charts' colours, once their data is in the page (jobview.colors_update)."""
+    if not sid:
+        return gr.skip(), gr.skip()
+    try:
+        actor = actor_of(request)
+        data = _sweeps().leaderboard(sid, metric or "eval_loss", actor=actor)
+    except (KeyError, ValueError):
+        return gr.skip(), gr.skip()
+    loss, ranked = _curves(data, actor)
+    return jobview.colors_update(loss, "job"), jobview.colors_update(ranked, "job")
 
 
 def header_html(data: dict[str, Any]) -> str:
@@ -310,9 +346,24 @@ def best_values(sid, metric, request: gr.Request = None):
 
 
 def refresh_choices(current, request: gr.Request = None):
+    """The picker's sweeps, and the page's empty state while there is none."""
     every = choices(actor_of(request))
     value = current if current in {v for _, v in every} else (every[0][1] if every else None)
-    return gr.update(choices=every, value=value)
+    if every:
+        return [gr.update(choices=every, value=value), gr.skip(), gr.update(visible=True),
+                gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()]
+    off = gr.update(interactive=False)
+    return [gr.update(choices=[], value=None), empty_html(), gr.update(visible=False),
+            gr.update(visible=False), off, off, off, off]
+
+
+def empty_html() -> str:
+    """The Sweeps tab before any sweep: what a sweep is and where to start one."""
+    return ('<div class="fs-card fs-sweep-empty" id="sweep-empty"><div class="fs-card-h">No '
+            'sweep yet</div><div class="fs-muted">A sweep trains one job per combination of '
+            'settings and ranks them here. To start one, tick <b>Sweep</b> next to '
+            '<b>▶ Start training</b> in the Train tab: number fields then take a list '
+            '(1e-4, 2e-4) or a range (8..32 step 8).</div></div>')
 
 
 def open_started(sweep_id, request: gr.Request = None):

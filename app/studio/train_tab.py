@@ -7,6 +7,7 @@ estimate, job name, Start, every problem at once, YAML and the equivalent comman
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -15,6 +16,8 @@ from app.studio import form, handlers, render, sweep_tab
 from app.studio.session import actor as actor_of
 
 FIELD = "fs-field"
+#: the preview's marks: trained tokens, and a preference pair's rejected answer
+PREVIEW_COLORS = {"trained": "#16a34a", "rejected": "#dc2626"}
 
 
 @dataclass
@@ -115,6 +118,8 @@ def build() -> TrainTab:
                     upload = gr.UploadButton("⇪ Upload data file", scale=1, size="lg",
                                              file_types=[".json", ".jsonl", ".csv", ".parquet"],
                                              elem_id="upload-data")
+                upload_note = gr.HTML(elem_id="upload-status", elem_classes=["fs-slot"])
+                mapping = _column_mapping()
                 add("data.train")
                 report = gr.HTML(elem_id="data-report")
                 with gr.Row(equal_height=False):
@@ -125,7 +130,7 @@ def build() -> TrainTab:
                     with gr.Column(scale=3):
                         previews = [gr.HighlightedText(
                             label=f"Record {i + 1} as the model sees it", show_legend=i == 0,
-                            color_map={"trained": "#16a34a", "rejected": "#dc2626"}, combine_adjacent=True,
+                            color_map=PREVIEW_COLORS, combine_adjacent=True,
                             show_inline_category=False,
                             elem_classes=["fs-preview"]) for i in range(handlers.PREVIEW_RECORDS)]
                 with gr.Row():
@@ -138,6 +143,7 @@ def build() -> TrainTab:
                     with gr.Row():
                         for key in form.DATA_ADVANCED[5:]:
                             add(key)
+                    add("data.columns")
             # 3 -- method
             with gr.Column(elem_classes=["fs-section"]):
                 _step(3, "Method", "How the model learns. Only the chosen method's settings "
@@ -230,7 +236,8 @@ def build() -> TrainTab:
     t.defaults = gr.State(start_defaults)
     stored = _wire(t, model_card, example, upload, report, hist, previews, blurb, estimate,
                    save, load, yaml_box, command)
-    _wire_defaults(t, example, stored, imported)
+    mapped = _wire_upload(t, upload, upload_note, mapping)
+    _wire_defaults(t, example, *mapped, imported)
     _wire_sweep(t)
     return t
 
@@ -300,8 +307,13 @@ def _wire(t: TrainTab, model_card, example, upload, report, hist, previews, blur
     def data(request: gr.Request, *args):
         values = _values(args)
         html, frame, recs = handlers.data_panel(values)
-        shown = [gr.update(value=recs[i], visible=True) if i < len(recs) else
-                 gr.update(value=None, visible=i == 0) for i in range(len(previews))]
+        # the legend names only what the records show: "rejected" only for preference pairs
+        colors = PREVIEW_COLORS if any(label == "rejected" for rec in recs
+                                       for _, label in rec) else {"trained": PREVIEW_COLORS[
+                                           "trained"]}
+        shown = [gr.update(value=recs[i], visible=True, color_map=colors) if i < len(recs)
+                 else gr.update(value=None, visible=i == 0, color_map=colors)
+                 for i in range(len(previews))]
         # the estimate again: its time per epoch counts the tokens of this report
         return [html, frame, handlers.estimate_panel(values, actor_of(request)), *shown]
 
@@ -316,9 +328,6 @@ def _wire(t: TrainTab, model_card, example, upload, report, hist, previews, blur
     known = {path for _, path in handlers.example_choices()}
     w["data.train"].change(lambda p: p if p in known else None, w["data.train"], example,
                            queue=False, api_visibility="private")
-
-    stored = upload.upload(uploaded, upload, [w["data.train"], t.status],
-                           api_visibility="private")
 
     # the number fields' visibility follows the method and objective in _wire_sweep (with
     # Sweep on, their list twins show instead); these show and hide the others
@@ -354,17 +363,121 @@ def _wire(t: TrainTab, model_card, example, upload, report, hist, previews, blur
     load.upload(loaded, [load, t.defaults], t.inputs + [t.problems, t.defaults,
                                                         t.defaults_card],
                 api_visibility="private")
-    return stored     # the upload's event: the defaults follow a new data file
 
 
-def uploaded(file, request: gr.Request | None = None):
-    """A dataset upload: (the stored file for data.train, a note); kept as the uploader's
-    (session.actor: a disabled or removed account is refused with gr.Error)."""
+def uploaded(file, request: gr.Request | None = None, columns: dict[str, str] | None = None):
+    """A dataset upload: (the stored file for data.train, or None when refused; a note: empty,
+    or why); kept as the uploader's (session.actor: a disabled or removed account is refused
+    with gr.Error). `columns`: data.columns for a file whose columns need renaming."""
     actor = actor_of(request)
     try:
-        return handlers.store_upload(file, actor=actor), ""
+        return handlers.store_upload(file, actor=actor, columns=columns), ""
     except (OSError, ValueError) as exc:
-        return gr.skip(), render.note(str(exc), "bad")
+        return None, render.note(str(exc), "bad")
+
+
+#: the record shapes a column mapping offers: (label, the fields of its three pickers: the
+#: second optional)
+SHAPES = {"alpaca": ("instruction / input / output", ("instruction", "input", "output")),
+          "completion": ("prompt / completion", ("prompt", None, "completion")),
+          "chat": ("messages (a list of {role, content})", ("messages", None, None))}
+
+
+@dataclass
+class ColumnMapping:
+    """Next to the upload: which of a refused file's columns is which field (data.columns)."""
+    box: Any
+    shape: Any
+    pickers: list[Any]
+    use: Any
+    pending: Any        # gr.State: the uploaded file waiting for a mapping
+
+
+def _column_mapping() -> ColumnMapping:
+    with gr.Group(visible=False, elem_id="column-map") as box:
+        shape = gr.Radio([(label, key) for key, (label, _) in SHAPES.items()], value="alpaca",
+                         label="The file's records are", elem_id="column-shape")
+        with gr.Row():
+            pickers = [gr.Dropdown(choices=[], label=f"{name or 'input'} column",
+                                   elem_id=f"column-{i}")
+                       for i, name in enumerate(SHAPES["alpaca"][1])]
+        use = gr.Button("Use these columns", size="sm", variant="primary",
+                        elem_id="column-use")
+    return ColumnMapping(box, shape, pickers, use, gr.State(None))
+
+
+def picked_columns(shape: str, picks: list[Any]) -> dict[str, str]:
+    """data.columns from the mapping's pickers: {field: column} of each picked column."""
+    fields = SHAPES.get(shape, SHAPES["alpaca"])[1]
+    return {f: str(c) for f, c in zip(fields, picks) if f and c}
+
+
+def upload_outcome(file, columns: dict[str, str] | None, request: gr.Request | None):
+    """What the Data section shows after an upload (or a mapping): [data.train, the note next
+    to the upload, the file kept for a mapping, the mapping box, its three pickers,
+    data.columns]. A refused file clears data.train (nothing is trained on an older file),
+    says why next to the upload and, when no format fits the file's columns, offers the
+    mapping with the file's columns to pick from."""
+    from engine.data import DataError
+
+    actor = actor_of(request)
+    name = Path(str(file)).name if file else ""
+    try:
+        path = handlers.store_upload(file, actor=actor, columns=columns)
+    except DataError as exc:
+        found = getattr(exc, "columns", None)
+        note = render.note(f"{name} was not used: {exc}", "bad")
+        if found is None:
+            return [None, note, None, gr.update(visible=False)] + [gr.skip()] * 4
+        note += render.note(f"Its columns: {', '.join(found)}. Pick below which column holds "
+                            "what, then press Use these columns.", "info")
+        choices = [("", "")] + [(c, c) for c in found]
+        return [None, note, file, gr.update(visible=True)] + [
+            gr.update(choices=choices, value=_guess(found, i)) for i in range(3)] + [gr.skip()]
+    except (OSError, ValueError) as exc:
+        return [None, render.note(f"{name} was not used: {exc}", "bad"), None,
+                gr.update(visible=False)] + [gr.skip()] * 4
+    used = f" with columns {form.columns_text(columns)}" if columns else ""
+    return [path, render.note(f"Using {name}{used}.", "good"), None,
+            gr.update(visible=False)] + [gr.skip()] * 3 + [form.columns_text(columns)]
+
+
+def _guess(columns: list[str], i: int) -> str:
+    """A first pick for the alpaca pickers: the first column as the instruction, the last as
+    the output, no input."""
+    if i == 0 and columns:
+        return columns[0]
+    if i == 2 and len(columns) > 1:
+        return columns[-1]
+    return ""
+
+
+def _wire_upload(t: TrainTab, upload, note, m: ColumnMapping) -> tuple[Any, Any]:
+    """The upload and the column mapping next to it; returns their events (the defaults follow
+    a new data file)."""
+    quiet = dict(api_visibility="private")
+    outputs = [t.widgets["data.train"], note, m.pending, m.box, *m.pickers,
+               t.widgets["data.columns"]]
+
+    def on_upload(file, request: gr.Request = None):
+        return upload_outcome(file, None, request)
+
+    def on_use(file, shape, a, b, c, request: gr.Request = None):
+        columns = picked_columns(shape, [a, b, c])
+        if not file or not columns:
+            return [gr.skip(), render.note("Upload the file again and pick its columns.",
+                                           "warn")] + [gr.skip()] * 6
+        return upload_outcome(file, columns, request)
+
+    def on_shape(shape):
+        fields = SHAPES.get(shape, SHAPES["alpaca"])[1]
+        return [gr.update(label=f"{f} column", visible=True) if f else
+                gr.update(visible=False, value="") for f in fields]
+
+    stored = upload.upload(on_upload, upload, outputs, **quiet)
+    used = m.use.click(on_use, [m.pending, m.shape, *m.pickers], outputs, **quiet)
+    m.shape.change(on_shape, m.shape, m.pickers, queue=False, **quiet)
+    return stored, used
 
 
 def _wire_defaults(t: TrainTab, example, *set_by_handlers) -> None:
@@ -447,5 +560,35 @@ def start_handler(*args, request: gr.Request | None = None):
     if sweep_id is not None:
         return ["", render.note(f"Sweep {sweep_id} queued: follow it in the Sweeps tab.",
                                 "good"), None, sweep_id] + marks
-    return ["", render.note(f"Job {job_id} queued: follow it in the Jobs tab.", "good"),
-            job_id, None] + marks
+    return ["", job_note(job_id, "queued"), job_id, None] + marks
+
+
+#: the Train tab's note about the job it started, by that job's state
+JOB_NOTES = {"queued": ("Job {id} queued: follow it in the Jobs tab.", "good"),
+             "running": ("Job {id} is running: follow it in the Jobs tab.", "good"),
+             "completed": ("Job {id} completed: its results are in the Jobs tab.", "good"),
+             "failed": ("Job {id} failed: the Jobs tab says why.", "bad"),
+             "cancelled": ("Job {id} was cancelled.", "warn"),
+             "interrupted": ("Job {id} was interrupted: resume it in the Jobs tab.", "warn")}
+
+
+def job_note(job_id: Any, status: str) -> str:
+    """The note about job `job_id` in `status`, marked with the job's id so the timer can tell
+    it from other messages in the same place."""
+    text, tone = JOB_NOTES.get(status, ("Job {id} is " + status + ".", "info"))
+    return f'<div data-job="{render.esc(job_id)}">{render.note(text.format(id=job_id), tone)}</div>'
+
+
+def started_note(job_id, current, request: gr.Request | None = None):
+    """Refresh the note about the started job when that job's state changed (another
+    message in its place is left alone)."""
+    from app.studio import jobview
+
+    if not job_id or f'data-job="{render.esc(job_id)}"' not in (current or ""):
+        return gr.skip()
+    try:
+        status = jobview._api().get(str(job_id), actor=actor_of(request))["status"]
+    except Exception:  # noqa: BLE001 - deleted, or the store is busy: leave the note
+        return gr.skip()
+    note = job_note(job_id, status)
+    return gr.skip() if note == current else note

@@ -97,8 +97,11 @@ def _wire_across(demo, tabs, train, jobs, play, jobs_tab_item, play_item) -> Non
         [train.problems, train.status, train.started, train.started_sweep] + marks,
         api_visibility="private")
     started.success(jobs_tab.open_started, [train.started, jobs.session],
-                    [tabs, jobs.job_picker, jobs.session], queue=False,
+                    [tabs, jobs.job_picker] + jobs.selected, queue=False,
                     api_visibility="private")
+    # the Train tab's note about the job it started follows that job's state
+    jobs.table_timer.tick(train_tab.started_note, [train.started, train.status], train.status,
+                          show_progress="hidden", api_visibility="private")
     cloned = jobs.clone.click(jobs_tab.clone_values, jobs.job_picker,
                               train.inputs + [train.job_name, tabs, train.status],
                               api_visibility="private")
@@ -124,7 +127,8 @@ def _wire_sweeps(demo, tabs, train, sweeps, sweeps_item) -> None:
                                 train.inputs + [train.job_name, tabs, train.status], **quiet)
     cloned.then(lambda: gr.update(value=False), None, train.sweep, queue=False, **quiet)
     for event in (demo.load, sweeps_item.select):
-        event(sweep_tab.refresh_choices, sweeps.picker, sweeps.picker, **quiet)
+        event(sweep_tab.refresh_choices, sweeps.picker, [sweeps.picker] + sweeps.empty,
+              show_progress="hidden", **quiet)
 
 
 #: the most sessions whose state Gradio keeps (the oldest dropped first). Each holds a copy of

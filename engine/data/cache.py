@@ -46,7 +46,8 @@ def _settings(d: DataConfig) -> dict[str, Any]:
     """The data settings that change the tokenized output (the rest do not touch the cache)."""
     return {"format": d.format, "max_seq_len": d.max_seq_len, "train_on_prompt": d.train_on_prompt,
             "system_prompt": d.system_prompt, "dedupe": d.dedupe, "min_tokens": d.min_tokens,
-            "max_tokens": d.max_tokens, "on_bad_record": d.on_bad_record}
+            "max_tokens": d.max_tokens, "on_bad_record": d.on_bad_record,
+            **({"columns": d.columns} if d.columns else {})}   # older cache keys stay valid
 
 
 def _kind(d: DataConfig) -> dict[str, Any]:

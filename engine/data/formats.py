@@ -431,7 +431,8 @@ def detect_format(records: Iterable[Any]) -> tuple[str, str]:
         wants = "; ".join(f"{n}: {' + '.join(f.fields)}" for n, f in FORMATS.items())
         raise RecordError(None, f"cannot tell the format: records have fields "
                                 f"{', '.join(seen) or '(none)'}",
-                          f"expected one of {wants}; rename the fields or set data.format")
+                          f"expected one of {wants}; map its columns to them with data.columns "
+                          "(e.g. instruction=question, output=answer), or set data.format")
     fields = FORMATS[best].fields
     full = full_records[best]
     reason = f"{best}: records have {' and '.join(fields)}"

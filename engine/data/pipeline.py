@@ -73,7 +73,8 @@ from engine.data.cache import cache_key, default_cache_dir, progress_bars, save_
 from engine.data.encode import IGNORE_INDEX, Encoder
 from engine.data.formats import (CHAT_KINDS, FORMATS, PREFERENCE_KINDS, EmptyAnswer,
                                   RecordError, detect_format)
-from engine.data.readers import SKIP_HINT, DataError, RawRecord, check_path, read_records
+from engine.data.readers import (SKIP_HINT, DataError, RawRecord, check_path, map_columns,
+                                 read_records, record_columns)
 from engine.data.report import DataReport, fill_lengths, fill_side_lengths, summary_line
 from engine.data.template import ensure_chat_template
 
@@ -248,7 +249,8 @@ def _build(path: str | os.PathLike, d: DataConfig, tokenizer, on_bad: str,
            fingerprint: str | None = None) -> tuple[datasets.Dataset | None, DataReport]:
     """Read, normalize, curate and tokenize one file (tokenizer None: count words only)."""
     path = str(path)
-    records = read_records(path, "skip")  # unreadable records reach the tally in file order
+    # unreadable records reach the tally in file order; columns renamed per data.columns
+    records = map_columns(read_records(path, "skip"), d.columns)
     report = DataReport(path=path, records=len(records), max_seq_len=d.max_seq_len,
                         length_unit="tokens" if tokenizer is not None else "words")
     tally = _Tally(path, report, on_bad)
@@ -424,7 +426,7 @@ def normalized_examples(path: str | os.PathLike, d: DataConfig
                         ) -> tuple[str, str, list[tuple[str, Any]]]:
     """(format, kind, [(where, normalized example)]) of a file's usable records, curated as for
     training (system prompt, dedupe; bad records passed over), in file order."""
-    records = read_records(path, "skip")
+    records = map_columns(read_records(path, "skip"), d.columns)
     fmt, _ = _resolve_format(str(path), records, d.format)
     report = DataReport(path=str(path))
     return fmt, FORMATS[fmt].kind, _normalize(records, fmt, d, _Tally(str(path), report, "skip"))
@@ -442,7 +444,7 @@ def data_report(path: str | os.PathLike, tokenizer=None, data_cfg: DataConfig | 
     try:
         _, report = _build(path, d, tokenizer, on_bad="skip")
     except FormatNotDetected as exc:
-        records = read_records(path, "skip")
+        records = map_columns(read_records(path, "skip"), d.columns)
         report = DataReport(path=str(path), format="unknown", format_reason=str(exc),
                             records=len(records), skipped_bad=len(records),
                             bad_examples=[str(exc)], max_seq_len=d.max_seq_len,
@@ -453,16 +455,23 @@ def data_report(path: str | os.PathLike, tokenizer=None, data_cfg: DataConfig | 
     return report
 
 
-def check_file(path: str | os.PathLike) -> dict[str, Any]:
+def check_file(path: str | os.PathLike, columns: dict[str, str] | None = None
+               ) -> dict[str, Any]:
     """Check a file as an upload is checked, before it is kept: it must read (see read_records:
-    encoding, binary, size of lines, nesting), have a detectable format and at least one usable
-    record. Returns {records, usable, format}; raises DataError saying what is wrong."""
-    records = read_records(path, "skip")
+    encoding, binary, size of lines, nesting), have a detectable format (its columns renamed
+    by `columns`, data.columns) and at least one usable record. Returns {records, usable,
+    format}; raises DataError saying what is wrong (FormatNotDetected, with the file's
+    columns in `.columns`, when no format fits them)."""
+    records = map_columns(read_records(path, "skip"), columns)
     if all(r.error for r in records):
         first = records[0]
         raise DataError(f"{path}: none of its {len(records)} records can be read; the first, "
                         f"{first.where}: {first.error}")
-    fmt, _ = _resolve_format(str(path), records, "auto")
+    try:
+        fmt, _ = _resolve_format(str(path), records, "auto")
+    except FormatNotDetected as exc:
+        exc.columns = record_columns(records)
+        raise
     report = DataReport(path=str(path))
     usable = _normalize(records, fmt, DataConfig(train=str(path)),
                         _Tally(str(path), report, "skip"))
@@ -482,7 +491,7 @@ def preview(records_path: str | os.PathLike, tokenizer, data_cfg: DataConfig | N
     (kto records are a list of pieces, prompt + completion, like the other formats.)
     """
     d = data_cfg or DataConfig()
-    records = read_records(records_path, "skip")
+    records = map_columns(read_records(records_path, "skip"), d.columns)
     fmt, _ = _resolve_format(str(records_path), records, d.format)
     kind = FORMATS[fmt].kind
     if kind in CHAT_KINDS:

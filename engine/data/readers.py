@@ -85,6 +85,32 @@ def read_records(path: str | os.PathLike, on_bad_record: str = "error") -> list[
     return records
 
 
+def map_columns(records: list[RawRecord], columns: dict[str, str] | None
+                ) -> list[RawRecord]:
+    """The records with their columns renamed to the fields a format reads (data.columns:
+    {field: column}); a record without a mapped column keeps what it has, so the format names
+    the field it misses."""
+    if not columns:
+        return records
+    out = []
+    for r in records:
+        if isinstance(r.data, dict):
+            data = {k: v for k, v in r.data.items() if k not in columns.values()}
+            data.update({f: r.data[c] for f, c in columns.items() if c in r.data})
+            r = RawRecord(r.index, r.line, data, r.error, r.kind)
+        out.append(r)
+    return out
+
+
+def record_columns(records: list[RawRecord]) -> list[str]:
+    """The column names the records use, in first-seen order (what a mapping can pick)."""
+    seen: dict[str, None] = {}
+    for r in records:
+        if isinstance(r.data, dict):
+            seen.update(dict.fromkeys(str(k) for k in r.data))
+    return list(seen)
+
+
 def check_path(path: str | os.PathLike) -> Path:
     p = Path(path)
     suffix = p.suffix.lower()

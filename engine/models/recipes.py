@@ -160,6 +160,34 @@ def suggest_lr(method: str, model_config: dict[str, Any] | None = None) -> Sugge
     return Suggestion("train.lr", lr, f"lr {format_value('train.lr', lr)}: {why}")
 
 
+#: a learning rate this many times above or below the suggested one draws a warning
+LR_FAR = 10.0
+
+
+def lr_warning(lr: Any, method: str, model_name: str,
+               model_config: dict[str, Any] | None = None) -> str | None:
+    """A warning when `lr` is far (LR_FAR times or more) from the rate suggested for this
+    method and model (suggest_lr; the demo model's own rate), naming that rate; None when
+    it is near, or not a positive number (config.validate reports that)."""
+    if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not lr > 0:
+        return None
+    if model_config is None and model_name:
+        from engine.models.catalog import read_config
+
+        model_config = read_config(str(model_name))
+    if is_demo(model_name, model_config):
+        good, why = DEMO_SETTINGS["train.lr"], DEMO_REASON
+    else:
+        s = suggest_lr(method, model_config)
+        good, why = s.value, s.reason.partition(": ")[2]
+    if good / LR_FAR < lr < good * LR_FAR:
+        return None
+    way = "above" if lr > good else "below"
+    return (f"learning rate {format_value('train.lr', lr)} is {lr / good if lr > good else good / lr:.0f}x "
+            f"{way} the {format_value('train.lr', good)} suggested for {method} on this model "
+            f"({why}): {'it may diverge' if lr > good else 'it may barely learn'}")
+
+
 def epochs_for(records: int) -> int:
     for bound, epochs in EPOCHS_BY_SIZE:
         if records < bound:

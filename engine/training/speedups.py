@@ -62,7 +62,7 @@ def use_liger(kernels: str, device: torch.device | str, model_type: str) -> tupl
         reasons.append("Liger's Triton kernels need a CUDA GPU and this run is on "
                        f"{device.type}")
     version = liger_version()
-    if version is None:
+    if version is None and device.type == "cuda":     # install advice only where it can help
         reasons.append('liger-kernel is not installed: pip install "ftstudio[gpu]"')
     if not reasons and model_type not in liger_model_types():
         reasons.append(f"Liger {version} has no kernels for model type {model_type!r}")

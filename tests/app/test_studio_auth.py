@@ -95,7 +95,8 @@ def test_acting_on_anothers_job_is_not_found(people):
     for fn in (jobview.adapter_zip, jobview.bundle_zip, jobview.metrics_csv):
         out, note = jobs_tab._download(fn)(b, None, alice)
         assert out is not None and "no job" in note and "bob" not in note.replace(b, "")
-    assert [len(part) for part in jobs_tab.compare([b], "training loss", alice)] == [0, 0]  # curves, evals
+    plot, evals = jobs_tab.compare([b], "training loss", alice)
+    assert plot["value"] is None and len(evals) == 0   # no curves, no evaluations
     # the actions of the job page (cancel / resume / delete), as the page wires them
     for call in (api.cancel, api.resume, api.delete):
         with pytest.raises(KeyError, match="no job"):

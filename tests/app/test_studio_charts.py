@@ -117,8 +117,9 @@ def frames_before(records) -> dict[str, pd.DataFrame]:
     smoothed = zip([s for s, _ in loss], charts.smooth([v for _, v in loss]))
     out = {"loss": jobview.frame(
         [{"step": s, "value": v, "series": "raw"} for s, v in loss] +
-        [{"step": s, "value": v, "series": "smoothed"} for s, v in smoothed],
-        {**jobview.STEP_VALUE, "series": "str"})}
+        [{"step": s, "value": v, "series": "smoothed"} for s, v in smoothed] +
+        [{"step": s, "value": v, "series": "eval"} for s, v in points("eval_loss")],
+        {**jobview.STEP_VALUE, "series": "str"})}    # train vs eval on one chart
     for name in ("eval_loss", "lr"):
         out[name] = jobview.frame([{"step": s, "value": v} for s, v in points(name)],
                                   jobview.STEP_VALUE)
@@ -156,7 +157,7 @@ def test_a_short_job_draws_every_point_exactly_as_before(home):
     assert all(b.count == 1 for b in session["curves"]["loss"].buckets)
     expected = frames_before(api.metrics(job_id))
     got = jobview.frames(session)
-    assert len(got["loss"]) == 100 and len(got["eval_loss"]) == 5
+    assert len(got["loss"]) == 105 and len(got["eval_loss"]) == 5
     for name, frame in expected.items():
         pd.testing.assert_frame_equal(got[name], frame, check_exact=True)
 

@@ -165,7 +165,7 @@ def test_export_jobs_stay_out_of_the_table_and_show_under_their_parent(home):
     assert [v for _, v in jobview.choices()] == [job_id]
     outputs = jobs_tab.select_job(job_id, jobview.new_session())
     n = jobs_tab.JOB_OUTPUTS + export_panel.OUTPUTS + eval_panel.OUTPUTS
-    assert len(outputs) == n + 7 and outputs[n] == job_id
+    assert len(outputs) == n + 9 and outputs[n] == job_id      # + the message, Really delete?
     session = outputs[0]
     assert "waiting for a worker" in outputs[jobs_tab.JOB_OUTPUTS + 1]
     again = jobs_tab.tick(session, job_id)          # nothing changed: every output skipped

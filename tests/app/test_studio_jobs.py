@@ -14,6 +14,9 @@ from jobs import api
 class FakeApi:
     """jobs.api's shape, in memory: one record per step, events with ids."""
 
+    def step_times(self, jobs):
+        return {}           # no timed steps: the ETA counts from the start
+
     def __init__(self):
         self.jobs = {"a1": {"id": "a1", "name": "demo", "status": "running", "owner": "local",
                             "created_at": 1000.0, "started_at": 1000.0, "step": 0,
@@ -94,8 +97,8 @@ def test_frames_have_raw_and_smoothed_loss(fake):
         fake.step(n, eval_loss=1.0 if n == 5 else None)
     session, _, job = jobview.poll(None, "a1")
     f = jobview.frames(session)
-    assert set(f["loss"]["series"]) == {"raw", "smoothed"}
-    assert len(f["loss"]) == 10 and len(f["eval_loss"]) == 1 and len(f["tokens_per_s"]) == 5
+    assert set(f["loss"]["series"]) == {"raw", "smoothed", "eval"}   # train vs eval
+    assert len(f["loss"]) == 11 and len(f["eval_loss"]) == 1 and len(f["tokens_per_s"]) == 5
     assert "step 5 of 10" in jobview.progress_html(session, job)
 
 

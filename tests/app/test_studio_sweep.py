@@ -79,7 +79,13 @@ def test_the_group_page_frames_and_clone_the_best(home):
             store.add_metrics(db, job_id, {"step": 2, "loss": 0.9, "eval_loss": loss},
                               attempt=0)
             store.transition(db, job_id, "completed")
-    header, board, metric, loss, ranked = sweep_tab.view(sw["id"], "eval_loss")
+    header, board, metric, loss, ranked, cancel, resume, clone, tb, charts = \
+        sweep_tab.view(sw["id"], "eval_loss")
+    board, loss, ranked = board["value"], loss["value"], ranked["value"]
+    loss_colors, ranked_colors = sweep_tab.colors(sw["id"], "eval_loss")
+    assert set(loss_colors["color_map"]) == set(ranked_colors["color_map"]) == \
+        {"page-1", "page-2"}                       # a colour per job: both drawn at once
+    assert not cancel["interactive"] and not resume["interactive"] and clone["interactive"]
     assert "page" in header and "varies train.lr" in header
     assert list(board["Job"]) == [b, a] and list(board["eval_loss"]) == [0.3, 0.8]
     assert list(board.columns[-1:]) == ["train.lr"] and list(board["#"]) == [1, 2]
@@ -91,3 +97,4 @@ def test_the_group_page_frames_and_clone_the_best(home):
     assert cloned[n] == "page-2-copy"
     assert dict(zip(form.FORM_KEYS, cloned[:n]))["train.lr"] == 2e-3
     assert api.get(b)["status"] == "completed"
+

@@ -194,3 +194,26 @@ def test_word_valued_keys_keep_the_word_yaml_would_read_as_a_boolean():
     # a boolean field still reads the words as booleans
     assert apply_overrides(TrainConfig(), ["train.gradient_checkpointing=off"]
                            ).train.gradient_checkpointing is False
+
+
+def test_data_columns_map_a_files_columns_to_a_formats_fields(tmp_path):
+    """data.columns: from YAML (a mapping) or --set text; unknown fields named at the door;
+    engine.data reads the renamed records."""
+    import pytest
+
+    from engine.config import ConfigError, TrainConfig, apply_overrides, from_dict
+    from engine.data import check_file, normalized_examples
+
+    cfg = apply_overrides(TrainConfig(), ["data.columns=instruction=question, output=answer"])
+    assert cfg.data.columns == {"instruction": "question", "output": "answer"}
+    assert from_dict({"data": {"columns": {"prompt": "q"}}}).data.columns == {"prompt": "q"}
+    with pytest.raises(ConfigError, match="question: not a record field"):
+        apply_overrides(TrainConfig(), ["data.columns=question=instruction"])
+    path = tmp_path / "qa.csv"
+    path.write_text("question,answer\nWhat is 1+1?,2\nWhat is 2+2?,4\n", encoding="utf-8")
+    with pytest.raises(Exception, match="data.columns") as refused:
+        check_file(path)
+    assert refused.value.columns == ["question", "answer"]
+    assert check_file(path, cfg.data.columns)["format"] == "alpaca"
+    fmt, _, examples = normalized_examples(path, cfg.data)
+    assert fmt == "alpaca" and len(examples) == 2

@@ -145,3 +145,14 @@ def test_learning_rates_are_written_short():
     assert [recipes.format_value("train.lr", v) for v in (2e-4, 3e-2, 2e-5, 2.5e-4)] == \
         ["2e-4", "3e-2", "2e-5", "2.5e-4"]
     assert recipes.format_value("train.epochs", 3) == "3"
+
+
+def test_a_learning_rate_far_from_the_methods_recipe_is_warned_about():
+    from engine.models.recipes import lr_warning
+
+    assert lr_warning(2e-4, "lora", "", {"model_type": "llama"}) is None
+    far = lr_warning(0.5, "lora", "", {"model_type": "llama"})
+    assert "2e-4 suggested for lora" in far and "diverge" in far
+    assert lr_warning(3e-2, "prompt_tuning", "", {"model_type": "llama"}) is None
+    assert "barely learn" in lr_warning(1e-7, "full", "", {"model_type": "llama"})
+    assert lr_warning(3e-3, "lora", "", {"model_type": "llama", "ftstudio_demo": 1}) is None

@@ -143,3 +143,8 @@ def test_compiled_training_matches_eager(tiny_model, examples, tmp_path):
             return set(f.keys())
 
     assert names(tmp_path / "compiled") == names(tmp_path / "eager")
+
+
+def test_a_cpu_run_gets_no_gpu_install_advice():
+    on, why = use_liger("auto", "cpu", "llama")
+    assert not on and "CUDA GPU" in why and "pip install" not in why
