@@ -35,7 +35,11 @@ def commands(ctx: click.Context) -> list[tuple[str, click.Context]]:
 
 
 def help_text(ctx: click.Context) -> str:
-    """The command's --help as `ftstudio ... --help` prints it, at WIDTH columns."""
+    """The command's --help as `ftstudio ... --help` prints it, at WIDTH columns. Click keeps
+    the help option it made first on the command: one made while the command ran alone (a test
+    invoking it without the `ftstudio` group) lacks the group's -h, so it is made anew here."""
+    if getattr(ctx.command, "_help_option", None) is not None:
+        ctx.command._help_option = None
     return ctx.command.get_help(ctx)
 
 

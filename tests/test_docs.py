@@ -35,6 +35,17 @@ def test_the_cli_reference_is_current():
         f"docs/cli.md is stale: regenerate it with `{REGENERATE}`"
 
 
+def test_the_cli_reference_does_not_depend_on_what_ran_before():
+    """A command invoked alone first (as some tests do) keeps a help option without the
+    group's -h; the reference is still what `ftstudio ... --help` prints."""
+    from click.testing import CliRunner
+
+    from app.cli_jobs import worker
+
+    CliRunner().invoke(worker, ["--help"])
+    assert _doc("cli.md") == cli_markdown()
+
+
 def test_the_cli_reference_is_what_help_prints():
     from click.testing import CliRunner
 
