@@ -493,9 +493,17 @@ def compare_frame(job_ids: list[Any], actor: Any = None, metric: str = "training
 def click_download(elem_id: str) -> str:
     """The JS that fetches the newest file shown in the gr.File `elem_id`: run after a handler
     handed it a file, so one click on a download button (or on a file) downloads it; the
-    file box stays, as a link to fetch it again."""
-    return ("() => setTimeout(() => { const links = document.querySelectorAll('#" + elem_id +
-            " a[download]'); if (links.length) links[links.length - 1].click(); }, 300)")
+    file box stays, as a link to fetch it again. The box may render the new link a while after
+    the handler returned (a busy browser or server): it waits up to 3 s for a link it has not
+    fetched yet, then fetches the newest link (the same file asked for again)."""
+    return ("() => { const box = '#" + elem_id + " a[download]'; "
+            "const done = (window.__ftFetched = window.__ftFetched || {}); "
+            "const seen = (done['" + elem_id + "'] = done['" + elem_id + "'] || new Set()); "
+            "let tries = 0; const look = () => { const links = document.querySelectorAll(box); "
+            "const last = links.length ? links[links.length - 1] : null; "
+            "if (last && (!seen.has(last.href) || tries >= 15)) { seen.add(last.href); "
+            "last.click(); return; } if (tries++ < 50) setTimeout(look, 200); }; "
+            "setTimeout(look, 200); }")
 
 
 def visible_job(job_id: Any, actor: Any = None) -> dict[str, Any]:

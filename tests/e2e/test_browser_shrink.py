@@ -35,7 +35,7 @@ def test_distillation_settings_show_for_the_distill_objective(studio, browser): 
     _pick(page, "#f-train-objective", "distill")
     page.wait_for_selector("#f-train-teacher", state="visible", timeout=15_000)
     for key in ("distill-loss", "distill-temperature", "distill-alpha", "teacher-topk-cache"):
-        assert page.locator(f"#f-train-{key}").first.is_visible(), key
+        page.wait_for_selector(f"#f-train-{key}", state="visible", timeout=15_000)
     assert "Teacher model" in page.locator("#f-train-teacher").inner_text()
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.locator("#objective-box").screenshot(path=str(ARTIFACTS / "distill-settings.png"))
@@ -65,7 +65,8 @@ def test_make_a_finished_job_smaller_from_its_page(studio, browser, tmp_path):  
                            ".includes('Queued prune job')", timeout=30_000)
     message = page.locator("#shrink-message").inner_text()
     prune_id = message.split("Queued prune job ")[1].split(":")[0]
-    assert prune_id in page.locator("#shrink-jobs").inner_text()
+    page.wait_for_function(f"() => document.querySelector('#shrink-jobs')?.innerText"
+                           f".includes('{prune_id}')", timeout=30_000)
     pruned = wait_job(studio, prune_id)
     assert pruned["status"] == "completed", pruned
     assert pruned["result"]["layers"] == [2, 1]
